@@ -1,0 +1,1 @@
+"""Template sets and class-name lists, shipped as package data (zsclip.prompt_files)."""

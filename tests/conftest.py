@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny random-init open_clip models saved to disk, real images from ../shared/data, and a
+private cache directory per test so no test sees another's cached vectors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ZSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+TINY_VIT = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+# SigLIP-style: sigmoid loss bias, no causal mask, last-token pooling, no CLIP text tower shortcuts.
+TINY_SIGLIP = {
+    "embed_dim": 64,
+    "init_logit_bias": -10,
+    "custom_text": True,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {
+        "context_length": 64,
+        "vocab_size": 49408,
+        "width": 64,
+        "heads": 2,
+        "layers": 2,
+        "no_causal_mask": True,
+        "proj_bias": True,
+        "pool_type": "last",
+        "norm_kwargs": {"eps": 1e-6},
+    },
+}
+PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+
+
+def save_local_dir(directory: Path, model_cfg: dict, seed: int = 0, zsclip_meta: dict | None = None) -> Path:
+    """A random-init open_clip model in open_clip's local-dir format (what `zsclip train` writes)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    cfg = json.loads(json.dumps(model_cfg))
+    custom = cfg.pop("custom_text", False)
+    model = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": PREPROCESS}
+    if zsclip_meta:
+        config["zsclip"] = zsclip_meta
+    (directory / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "open_clip_model.safetensors")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_local_dir(tmp_path_factory.mktemp("models") / "tiny-vit", TINY_VIT)
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> Path:
+    return save_local_dir(tmp_path_factory.mktemp("models") / "tiny-siglip", TINY_SIGLIP, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ZSCLIP_CACHE_DIR", str(cache))
+    monkeypatch.setenv("ZSCLIP_MODELS_DIR", str(tmp_path / "user-models"))
+    for var in [v for v in os.environ if v.startswith("ZSCLIP_") and v not in ("ZSCLIP_CACHE_DIR", "ZSCLIP_SHARED_DATA")]:
+        if var != "ZSCLIP_MODELS_DIR":
+            monkeypatch.delenv(var)
+    return cache
+
+
+def shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is missing (real evaluation images live in ../shared/data)")
+    return path
+
+
+def sample_images(name: str, per_class: int, limit_classes: int | None = None) -> list[tuple[Path, str]]:
+    """(path, class name) for the first `per_class` images of each class of a ../shared/data set."""
+    root = shared(name)
+    rows = [line.split("\t") for line in (root / "classes.tsv").read_text().splitlines()[1:]]
+    out = []
+    for _, folder, classname in rows[:limit_classes]:
+        files = sorted((root / folder).iterdir())[:per_class]
+        out += [(f, classname.strip()) for f in files]
+    return out

@@ -1,0 +1,194 @@
+"""The zsclip cache: one directory, one SQLite file (WAL) holding text embeddings and file hashes.
+
+Every vector is keyed by what produced it: model fingerprint, precision and the exact prompt text. SQLite gives
+atomic transactions and safe concurrent readers; a file that is corrupt or from another schema is moved aside and
+rebuilt, so a damaged cache costs a re-encode, never a failed run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+
+SCHEMA_VERSION = 1
+DB_NAME = "zsclip.sqlite"
+# SQLite allows at most 999 bound parameters per statement in older builds.
+_CHUNK = 900
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS text_embeddings (
+    fingerprint TEXT NOT NULL,
+    precision   TEXT NOT NULL,
+    prompt      TEXT NOT NULL,
+    vector      BLOB NOT NULL,
+    PRIMARY KEY (fingerprint, precision, prompt)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS models (
+    fingerprint TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    last_used   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path     TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256   TEXT NOT NULL
+);
+"""
+
+
+def cache_dir() -> Path:
+    """The cache directory: $ZSCLIP_CACHE_DIR, else the platform's user cache directory."""
+    env = os.environ.get("ZSCLIP_CACHE_DIR")
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("zsclip"))
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    fingerprint: str
+    spec: str
+    text_vectors: int
+    bytes: int
+
+
+class Cache:
+    """Text-embedding cache and file-hash memo in `<cache_dir>/zsclip.sqlite`."""
+
+    def __init__(self, directory: Path | str | None = None):
+        self.directory = Path(directory) if directory is not None else cache_dir()
+        self.path = self.directory / DB_NAME
+        self._conn: sqlite3.Connection | None = None
+
+    # -- connection ---------------------------------------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            moved = self.path.with_name(f"{DB_NAME}.corrupt-{int(time.time())}")
+            print(
+                f"warning: cache {self.path} is unreadable ({exc}); moved it to {moved} and starting a new one",
+                file=sys.stderr,
+            )
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    src.replace(Path(str(moved) + suffix))
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+            if version == 0:
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # Touch a table so a file that is not a database fails here, not mid-run.
+            conn.execute("SELECT count(*) FROM models").fetchone()
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- text embeddings ----------------------------------------------------------------------------------
+    def get_text(self, fingerprint: str, precision: str, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors for those prompts that have one."""
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(prompts), _CHUNK):
+            chunk = list(prompts[start : start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT prompt, vector FROM text_embeddings WHERE fingerprint = ? AND precision = ? "
+                f"AND prompt IN ({marks})",
+                [fingerprint, precision, *chunk],
+            )
+            for prompt, blob in rows:
+                found[prompt] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_text(self, fingerprint: str, precision: str, vectors: Iterable[tuple[str, np.ndarray]]) -> None:
+        rows = [(fingerprint, precision, p, np.asarray(v, dtype=np.float32).tobytes()) for p, v in vectors]
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("INSERT OR REPLACE INTO text_embeddings VALUES (?, ?, ?, ?)", rows)
+
+    def remember_model(self, fingerprint: str, spec: str) -> None:
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?)", (fingerprint, spec, time.time()))
+
+    # -- maintenance --------------------------------------------------------------------------------------
+    def info(self) -> list[ModelEntry]:
+        """Entries and bytes per model fingerprint."""
+        rows = self.conn.execute(
+            "SELECT t.fingerprint, coalesce(m.spec, ''), count(*), sum(length(t.vector)) "
+            "FROM text_embeddings t LEFT JOIN models m USING (fingerprint) GROUP BY t.fingerprint "
+            "ORDER BY t.fingerprint"
+        )
+        return [ModelEntry(*row) for row in rows]
+
+    def clear(self, fingerprint: str | None = None) -> int:
+        """Delete cached vectors (all, or one model's); returns how many were removed."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            if fingerprint is None:
+                n = self.conn.execute("DELETE FROM text_embeddings").rowcount
+                self.conn.execute("DELETE FROM models")
+            else:
+                n = self.conn.execute("DELETE FROM text_embeddings WHERE fingerprint = ?", (fingerprint,)).rowcount
+                self.conn.execute("DELETE FROM models WHERE fingerprint = ?", (fingerprint,))
+        if fingerprint is None:
+            self.conn.execute("VACUUM")
+        return n
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.glob(DB_NAME + "*") if p.is_file())
+
+    # -- file hashes --------------------------------------------------------------------------------------
+    def file_sha256(self, path: Path | str) -> str:
+        """sha256 of a file, memoised by (path, size, mtime) so large weights are hashed once."""
+        path = Path(path).resolve()
+        st = path.stat()
+        row = self.conn.execute(
+            "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
+            (str(path), st.st_size, st.st_mtime_ns),
+        ).fetchone()
+        if row:
+            return row[0]
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        sha = digest.hexdigest()
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(
+                "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)",
+                (str(path), st.st_size, st.st_mtime_ns, sha),
+            )
+        return sha

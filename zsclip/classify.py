@@ -1,0 +1,101 @@
+"""Image embeddings x classifier -> predictions: logits = logit_scale * cosine, softmax, top-k, abstain."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .encode import encode_images
+from .errors import UsageError
+from .images import expand_sources, iter_batches
+from .models import ClipModel
+from .text import Classifier
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    prob: float
+    top_k: list[dict] = field(default_factory=list)  # [{"label": str, "prob": float}], best first
+    abstained: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "label": self.label,
+            "prob": self.prob,
+            "top_k": self.top_k,
+            "abstained": self.abstained,
+        }
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+
+def probabilities(image_features: torch.Tensor, classifier: Classifier) -> torch.Tensor:
+    """Softmax over classes of logit_scale * cosine similarity; features must be unit-norm."""
+    weights = classifier.weights.to(image_features.device)
+    return (classifier.logit_scale * image_features @ weights.T).softmax(dim=-1)
+
+
+def check_options(classifier: Classifier, top_k: int | None, threshold: float | None) -> int:
+    """Validate --top-k/--threshold against the classifier; returns the effective k."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold {threshold}: must be a probability between 0 and 1")
+    k = min(3, len(classifier)) if top_k is None else top_k
+    if k < 1:
+        raise UsageError(f"--top-k {top_k}: must be at least 1")
+    return min(k, len(classifier))
+
+
+def predict(
+    paths: list[str], probs: torch.Tensor, classifier: Classifier, top_k: int, threshold: float | None
+) -> list[Prediction]:
+    values, indices = probs.float().cpu().topk(top_k, dim=-1)
+    out = []
+    for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
+        ranked = [{"label": classifier.classnames[i], "prob": p} for p, i in zip(vals, idxs, strict=True)]
+        abstain = threshold is not None and vals[0] < threshold
+        out.append(Prediction(path, UNKNOWN if abstain else ranked[0]["label"], vals[0], ranked, abstain))
+    return out
+
+
+def classify(
+    model: ClipModel,
+    classifier: Classifier,
+    paths: Iterable[str | os.PathLike] | str | os.PathLike,
+    *,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    recursive: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Iterator[Prediction | Skipped]:
+    """Stream a Prediction per image and a Skipped per file that could not be read, in walk order.
+
+    `paths` are image files, folders, or `@list.txt` files. `on_batch(classified, skipped)` reports progress.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    k = check_options(classifier, top_k, threshold)
+    sources = expand_sources(paths)
+    for batch in iter_batches(sources, model.preprocess, batch_size=batch_size, workers=workers, recursive=recursive):
+        yield from (Skipped(p, r) for p, r in batch.skipped)
+        if batch.pixels is not None:
+            probs = probabilities(encode_images(model, batch.pixels), classifier)
+            yield from predict(batch.paths, probs, classifier, k, threshold)
+        if on_batch:
+            on_batch(len(batch.paths), len(batch.skipped))

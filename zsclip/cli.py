@@ -1,0 +1,314 @@
+"""The `zsclip` command: parse options, call the Python API, render. No logic of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from . import __version__, progress
+from .cache import Cache, cache_dir
+from .classify import Skipped, check_options, classify
+from .errors import UsageError, ZsclipError
+from .images import count_candidates, expand_sources, first_image
+from .models import DEFAULT_MODEL, PRECISIONS, fingerprint_spec, list_models, load_model
+from .output import FORMATS, format_for_path, make_writer
+from .prompts import parse_classes, read_classes_file
+from .text import build_classifier
+
+
+class _Group(TyperGroup):
+    """Every error a user can cause ends as one line on stderr and an exit code; never a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            _fail(f"{exc.format_message()}{where}", 2)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted", 130)
+        except ZsclipError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    progress.stderr.print(f"error: {message}", markup=False, soft_wrap=True)
+    sys.exit(code)
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Zero-shot image classification with CLIP: label images by class names the model never trained on.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+cache_app = typer.Typer(cls=_Group, help="Inspect or clear the cache of text embeddings.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zsclip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+def _env(name: str) -> str:
+    return f"ZSCLIP_{name.upper().replace('-', '_')}"
+
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        envvar=_env("model"),
+        help="Model spec: ARCH:TAG, ARCH:/path/weights.pt, hf-hub:org/repo, local-dir:/path, a model directory, "
+        "or a shipped model name.",
+    ),
+]
+
+
+@app.command("classify")
+def classify_cmd(
+    paths: Annotated[
+        list[str], typer.Argument(help="Image files, folders, or @list.txt files of paths.", show_default=False)
+    ],
+    classes: Annotated[
+        str | None,
+        typer.Option("--classes", "-c", envvar=_env("classes"), help="Comma-separated class names."),
+    ] = None,
+    classes_file: Annotated[
+        Path | None,
+        typer.Option(envvar=_env("classes_file"), help="Class names, one per line, or a classes.tsv/CSV table."),
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    templates: Annotated[
+        str,
+        typer.Option(
+            "--templates",
+            "-t",
+            envvar=_env("templates"),
+            help="Template set name (zsclip prompts list), a file with one template per line, or 'default'.",
+        ),
+    ] = "default",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            envvar=_env("format"),
+            help=f"Output format: {', '.join(FORMATS)} "
+            "[default: table on a terminal, else jsonl, or by --output's extension]",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", envvar=_env("output"), help="Write results to FILE.")
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            envvar=_env("top_k"), help="Classes listed per image [default: 3, or fewer classes].", show_default=False
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(envvar=_env("threshold"), help="Label 'unknown' when the top probability is below P."),
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive/--no-recursive", envvar=_env("recursive"), help="Walk into subfolders.")
+    ] = True,
+    batch_size: Annotated[int, typer.Option(envvar=_env("batch_size"), help="Images per forward pass.")] = 32,
+    workers: Annotated[
+        int | None,
+        typer.Option(envvar=_env("workers"), help="Decoding processes [default: cores - 1].", show_default=False),
+    ] = None,
+    device: Annotated[str, typer.Option(envvar=_env("device"), help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("precision"),
+            help=f"{', '.join(PRECISIONS)} [default: bf16 on CUDA, else fp32].",
+            show_default=False,
+        ),
+    ] = None,
+    failures: Annotated[
+        Path | None,
+        typer.Option(envvar=_env("failures"), help="Write skipped files and reasons to FILE (JSONL)."),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", envvar=_env("strict"), help="Fail the run (exit 1) on the first bad file.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", envvar=_env("quiet"), help="No progress bar, no summary.")
+    ] = False,
+) -> None:
+    """Classify images by class names: a label, its probability and the top-k classes per image."""
+    names = _class_names(classes, classes_file)
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    sources = expand_sources(paths)
+    if first_image(sources, recursive) is None:
+        raise UsageError(f"no images found under {', '.join(paths)} (looked for {_extensions()})")
+    show = progress.enabled(quiet)
+    cache = Cache()
+    clip = load_model(model, device=device, precision=precision, cache=cache)
+    clf = _build(clip, names, templates, cache, show)
+    k = check_options(clf, top_k, threshold)
+    fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if sys.stdout.isatty() else "jsonl")
+
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(output, "w", encoding="utf-8", newline="")) if output else sys.stdout
+        fail_log = stack.enter_context(open(failures, "w", encoding="utf-8")) if failures else None
+        writer = make_writer(fmt, out, k)
+        bar = stack.enter_context(progress.bar("classifying", None, "img", show))
+        if bar:
+            threading.Thread(
+                target=lambda: bar.update(0, total=count_candidates(sources, recursive)), daemon=True
+            ).start()
+        done = skipped = 0
+        try:
+            for record in classify(
+                clip,
+                clf,
+                paths,
+                top_k=k,
+                threshold=threshold,
+                batch_size=batch_size,
+                workers=workers,
+                recursive=recursive,
+            ):
+                if isinstance(record, Skipped):
+                    skipped += 1
+                    if not quiet:
+                        progress.stderr.print(f"skipped {record.path}: {record.reason}", markup=False)
+                    if fail_log:
+                        fail_log.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+                        fail_log.flush()
+                    if strict:
+                        raise ZsclipError(f"{record.path}: {record.reason} (--strict stops at the first bad file)")
+                else:
+                    done += 1
+                    writer.write(record)
+                if bar:
+                    bar.update(0, advance=1, extra=f"{skipped} skipped" if skipped else "")
+        finally:
+            writer.close()
+    if done == 0:
+        raise ZsclipError(f"no image could be read: all {skipped} files were skipped")
+    if not quiet:
+        where = f" (listed in {failures})" if failures and skipped else ""
+        msg = f"classified {done} images" + (f", skipped {skipped} bad files{where}" if skipped else "")
+        progress.stderr.print(msg + (f"; results in {output}" if output else ""), markup=False)
+
+
+def _class_names(classes: str | None, classes_file: Path | None) -> list[str]:
+    if classes is not None and classes_file is not None:
+        raise UsageError("give --classes or --classes-file, not both")
+    if classes is not None:
+        return parse_classes(classes)
+    if classes_file is not None:
+        return read_classes_file(classes_file)
+    raise UsageError("no classes given: use --classes 'cat,dog' or --classes-file FILE")
+
+
+def _extensions() -> str:
+    from .images import IMAGE_EXTENSIONS
+
+    return " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+def _build(clip, names, templates, cache, show):
+    with progress.bar("encoding prompts", None, "prompt", show) as bar:
+
+        def report(done: int, total: int) -> None:
+            if bar:
+                bar.update(0, completed=done, total=total)
+
+        return build_classifier(clip, names, templates, cache=cache, progress=report)
+
+
+@app.command("models")
+def models_cmd(
+    downloaded: Annotated[bool, typer.Option("--downloaded", help="Only models whose weights are here.")] = False,
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="table or jsonl [default: table on a terminal]")
+    ] = None,
+) -> None:
+    """List open_clip pretrained models (and whether they are downloaded), shipped and local models."""
+    rows = [r for r in list_models() if r["available"] or not downloaded]
+    if (fmt or ("table" if sys.stdout.isatty() else "jsonl")) == "jsonl":
+        for r in rows:
+            typer.echo(json.dumps(r))
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for col in ("spec", "source", "available"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["spec"], r["source"], "yes" if r["available"] else "")
+    progress.Console(highlight=False).print(table)
+
+
+@cache_app.command("path")
+def cache_path() -> None:
+    """Print the cache directory ($ZSCLIP_CACHE_DIR overrides it)."""
+    typer.echo(str(cache_dir()))
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Cached text embeddings per model, and the cache's size on disk."""
+    cache = Cache()
+    entries = cache.info()
+    typer.echo(f"cache: {cache.directory} ({_size(cache.size_bytes())} on disk)")
+    for e in entries:
+        typer.echo(f"{e.spec or '?'}\t{e.fingerprint}\t{e.text_vectors} text vectors\t{_size(e.bytes)}")
+    if not entries:
+        typer.echo("no text embeddings cached")
+
+
+@cache_app.command("clear")
+def cache_clear(model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's entries.")] = None):
+    """Delete cached embeddings: all, or one model's."""
+    cache = Cache()
+    n = cache.clear(fingerprint_spec(model, cache) if model else None)
+    typer.echo(f"removed {n} text vectors" + (f" of {model}" if model else ""))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

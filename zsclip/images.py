@@ -1,0 +1,259 @@
+"""Paths -> image files -> decoded, preprocessed batches. Bad files become skip records, never exceptions.
+
+Inputs are image files, folders (walked in sorted order, recursively by default, hidden entries skipped, symlinks
+followed without loops) and `@list.txt` files of paths. Inside folders a file counts as an image by its extension
+or, lacking one, by its magic bytes; anything else is ignored silently. Decoding runs in DataLoader workers; each
+worker takes every n-th batch of the same deterministic walk, so results stream out in walk order.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .errors import UsageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+@dataclass
+class Batch:
+    """One batch from the stream: pixels for the images that decoded, skip reasons for those that did not."""
+
+    paths: list[str] = field(default_factory=list)
+    pixels: torch.Tensor | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class SkipFile(Exception):
+    """A file that cannot be classified; the message is the one-line reason."""
+
+
+# -- finding files -----------------------------------------------------------------------------------------
+def expand_sources(sources: Iterable[str | os.PathLike]) -> list[tuple[str, bool]]:
+    """Check the user's PATH arguments and read @list files: (path, is_explicit_file) per source."""
+    out: list[tuple[str, bool]] = []
+    for src in map(str, sources):
+        if src.startswith("@"):
+            out.extend((p, True) for p in _read_list(src[1:]))
+            continue
+        if not os.path.exists(src):
+            raise UsageError(f"{src}: no such file or directory")
+        out.append((src, not os.path.isdir(src)))
+    if not out:
+        raise UsageError("no input paths given")
+    return out
+
+
+def _read_list(list_file: str) -> list[str]:
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"@{list_file}: cannot read the list of paths ({exc})") from exc
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def walk(sources: list[tuple[str, bool]], recursive: bool = True) -> Iterator[tuple[str, bool]]:
+    """Every candidate entry under the sources, in sorted order: (path, explicit)."""
+    for path, explicit in sources:
+        if explicit:
+            yield path, True
+        else:
+            yield from ((p, False) for p in _walk_dir(path, recursive))
+
+
+def _walk_dir(root: str, recursive: bool) -> Iterator[str]:
+    seen: set[tuple[int, int]] = set()
+    stack: list[Iterator[os.DirEntry]] = []
+
+    def enter(path: str) -> None:
+        try:
+            st = os.stat(path)
+            key = (st.st_dev, st.st_ino)
+            if key in seen:  # a symlink back up the tree, or two links to one folder
+                return
+            seen.add(key)
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        stack.append(iter(entries))
+
+    enter(root)
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if recursive:
+                enter(entry.path)
+        else:
+            yield entry.path
+
+
+def has_image_extension(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def looks_like_image(path: str) -> bool:
+    """Sniff magic bytes, for image files without an image extension."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def count_candidates(sources: list[tuple[str, bool]], recursive: bool = True) -> int:
+    """How many entries look like images by name: a cheap total for progress bars."""
+    return sum(1 for p, explicit in walk(sources, recursive) if explicit or has_image_extension(p))
+
+
+# -- decoding ----------------------------------------------------------------------------------------------
+def load_image(path: str, preprocess: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    """Decode one file to the model's input tensor, or raise SkipFile with the reason."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        reason = "broken symbolic link" if os.path.islink(path) else (exc.strerror or str(exc))
+        raise SkipFile(reason) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SkipFile("not a regular file")
+    if st.st_size == 0:
+        raise SkipFile("empty file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return preprocess(to_rgb(_upright(im)))
+    except UnidentifiedImageError:
+        raise SkipFile("not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise SkipFile(f"too many pixels ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise SkipFile(f"cannot decode: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block should not cost the image
+        return im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB for the model: 16-bit greyscale rescaled, transparency composited onto white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float32)
+        peak = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        im = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+# -- streaming ---------------------------------------------------------------------------------------------
+class ImageStream(IterableDataset):
+    """Batches of decoded images in walk order; with N workers, worker w decodes batches w, w+N, w+2N, ..."""
+
+    def __init__(
+        self,
+        sources: list[tuple[str, bool]],
+        preprocess: Callable,
+        batch_size: int,
+        recursive: bool = True,
+    ):
+        self.sources = sources
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+        self.recursive = recursive
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        workers, me = (info.num_workers, info.id) if info else (1, 0)
+        entries = walk(self.sources, self.recursive)
+        index = 0
+        while chunk := list(islice(entries, self.batch_size)):
+            if index % workers == me:
+                yield self._load(chunk)
+            index += 1
+
+    def _load(self, chunk: list[tuple[str, bool]]) -> Batch:
+        batch = Batch()
+        tensors = []
+        for path, explicit in chunk:
+            if not (explicit or has_image_extension(path) or looks_like_image(path)):
+                continue
+            try:
+                tensors.append(load_image(path, self.preprocess))
+                batch.paths.append(path)
+            except SkipFile as exc:
+                batch.skipped.append((path, str(exc)))
+        if tensors:
+            batch.pixels = torch.stack(tensors)
+        return batch
+
+
+def default_workers() -> int:
+    """Leave a core to the encoder: decoding overlaps with it instead of competing."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def iter_batches(
+    sources: list[tuple[str, bool]],
+    preprocess: Callable,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    recursive: bool = True,
+) -> Iterator[Batch]:
+    """Stream decoded batches; memory stays bounded by a few batches per worker whatever the folder size."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise UsageError(f"--workers {workers}: must be 0 or more")
+    stream = ImageStream(sources, preprocess, batch_size, recursive)
+    if workers == 0:
+        yield from stream
+        return
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_identity, prefetch_factor=2)
+    yield from loader
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def first_image(sources: list[tuple[str, bool]], recursive: bool = True) -> str | None:
+    """The first entry that would be classified, to fail fast on a folder with no images."""
+    for path, explicit in walk(sources, recursive):
+        if explicit or has_image_extension(path) or looks_like_image(path):
+            return path
+    return None
