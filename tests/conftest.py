@@ -72,7 +72,9 @@ def private_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("ZSCLIP_CACHE_DIR", str(cache))
     monkeypatch.setenv("ZSCLIP_MODELS_DIR", str(tmp_path / "user-models"))
-    for var in [v for v in os.environ if v.startswith("ZSCLIP_") and v not in ("ZSCLIP_CACHE_DIR", "ZSCLIP_SHARED_DATA")]:
+    for var in [
+        v for v in os.environ if v.startswith("ZSCLIP_") and v not in ("ZSCLIP_CACHE_DIR", "ZSCLIP_SHARED_DATA")
+    ]:
         if var != "ZSCLIP_MODELS_DIR":
             monkeypatch.delenv(var)
     return cache
@@ -94,3 +96,51 @@ def sample_images(name: str, per_class: int, limit_classes: int | None = None) -
         files = sorted((root / folder).iterdir())[:per_class]
         out += [(f, classname.strip()) for f in files]
     return out
+
+
+FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="session")
+def vitb32_weights(tmp_path_factory) -> Path:
+    """ViT-B-32 (the real architecture) in random init, saved as safetensors."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", force_quick_gelu=True)
+    path = tmp_path_factory.mktemp("vitb32") / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache for this test, with no network: the hub endpoint is a closed local port."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return cache
+
+
+def put_in_hf_cache(cache: Path, repo: str, files: dict[str, Path]) -> Path:
+    """Lay files out as huggingface_hub does after a download (refs/main -> snapshots/<commit>/...)."""
+    import shutil
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / FAKE_COMMIT
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(FAKE_COMMIT)
+    for name, src in files.items():
+        if src.stat().st_size > 50_000_000:
+            (snapshot / name).symlink_to(src)
+        else:
+            shutil.copy(src, snapshot / name)
+    return snapshot

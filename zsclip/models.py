@@ -243,11 +243,14 @@ def load_model(
     except ZsclipError:
         raise
     except Exception as exc:  # open_clip and torch raise many kinds for a bad file; the user needs one line
-        reason = " ".join(str(exc).split())[:300]
-        raise ZsclipError(f"cannot load model {spec}: {type(exc).__name__}: {reason}; {_ALTERNATIVES}") from exc
+        raise ZsclipError(f"cannot load model {spec}: {_one_line(exc)}; {_ALTERNATIVES}") from exc
     model = model.to(dev).eval()
     cache.remember_model(fingerprint, spec)
     return ClipModel(spec, parsed.arch, model, preprocess, tokenizer, fingerprint, dev, prec, metadata)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]
 
 
 def _quiet_create(*args, **kwargs):
@@ -282,8 +285,9 @@ def _load_pretrained(parsed: ModelSpec):
         except RuntimeError as exc:
             if "download" not in str(exc).lower():
                 raise
-            reason = " ".join(str(exc).split())[:200]
-            raise ZsclipError(f"cannot load model {parsed.spec}: download failed ({reason}); {_ALTERNATIVES}") from exc
+            raise ZsclipError(
+                f"cannot load model {parsed.spec}: download failed ({_one_line(exc)}); {_ALTERNATIVES}"
+            ) from exc
     return model, preprocess, open_clip.get_tokenizer(arch), {}
 
 
@@ -291,7 +295,13 @@ def _load_checkpoint(parsed: ModelSpec):
     path = Path(parsed.source)
     if not path.is_file():
         raise ZsclipError(f"cannot load model {parsed.spec}: weights file {path} does not exist; {_ALTERNATIVES}")
-    model, preprocess = _quiet_create(parsed.arch, pretrained=str(path))
+    try:
+        model, preprocess = _quiet_create(parsed.arch, pretrained=str(path))
+    except Exception as exc:  # a state dict of another architecture fails in many ways
+        raise ZsclipError(
+            f"cannot load model {parsed.spec}: {path} does not hold {parsed.arch} weights ({_one_line(exc)}); "
+            "check the architecture name against `zsclip models`"
+        ) from exc
     return model, preprocess, open_clip.get_tokenizer(parsed.arch), {}
 
 
@@ -386,17 +396,13 @@ def _local_model_dirs() -> list[Path]:
 
 
 def _hub_cached_repos() -> list[str]:
-    try:
-        from huggingface_hub import scan_cache_dir
+    """open_clip repos in the Hugging Face cache (models--org--name/snapshots/<rev>/open_clip_config.json)."""
+    from huggingface_hub import constants
 
-        repos = scan_cache_dir().repos
-    except Exception:  # no cache yet, or an unreadable one: nothing to list
-        return []
-    return sorted(
-        r.repo_id
-        for r in repos
-        if r.repo_type == "model" and any(f.file_name == CONFIG_NAME for rev in r.revisions for f in rev.files)
-    )
+    root = Path(constants.HF_HUB_CACHE)
+    configs = root.glob(f"models--*/snapshots/*/{CONFIG_NAME}")
+    found = {c.parents[2].name[len("models--") :].replace("--", "/") for c in configs}
+    return sorted(found)
 
 
 def list_models() -> list[dict]:
