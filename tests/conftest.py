@@ -10,14 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from zsclip.models import random_init_model, save_model_dir
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ZSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-TINY_VIT = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+TINY_VIT = json.loads((REPO / "zsclip" / "configs" / "tiny-vit.json").read_text())
 # SigLIP-style: sigmoid loss bias, no causal mask, last-token pooling, no CLIP text tower shortcuts.
 TINY_SIGLIP = {
     "embed_dim": 64,
@@ -41,20 +39,8 @@ PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0
 
 def save_local_dir(directory: Path, model_cfg: dict, seed: int = 0, zsclip_meta: dict | None = None) -> Path:
     """A random-init open_clip model in open_clip's local-dir format (what `zsclip train` writes)."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    cfg = json.loads(json.dumps(model_cfg))
-    custom = cfg.pop("custom_text", False)
-    model = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": model_cfg, "preprocess_cfg": PREPROCESS}
-    if zsclip_meta:
-        config["zsclip"] = zsclip_meta
-    (directory / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "open_clip_model.safetensors")
-    return directory
+    model = random_init_model(model_cfg, seed)
+    return save_model_dir(model, model_cfg, directory, preprocess_cfg=PREPROCESS, metadata=zsclip_meta)
 
 
 @pytest.fixture(scope="session")

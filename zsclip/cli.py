@@ -12,6 +12,7 @@ from typing import Annotated
 
 import click
 import typer
+from rich.console import Console
 from typer.core import TyperGroup
 
 from . import __version__, progress
@@ -24,6 +25,9 @@ from .output import FORMATS, format_for_path, make_writer
 from .prompts import parse_classes, read_classes_file
 from .text import build_classifier
 
+# Typer >= 0.29 vendors its own click; older releases raise click's exceptions.
+_CLICK_ERRORS = (click.ClickException, click.exceptions.Abort, getattr(typer, "TyperException", click.ClickException))
+
 
 class _Group(TyperGroup):
     """Every error a user can cause ends as one line on stderr and an exit code; never a traceback."""
@@ -31,13 +35,13 @@ class _Group(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.UsageError as exc:
-            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            _fail(f"{exc.format_message()}{where}", 2)
-        except click.ClickException as exc:
-            _fail(exc.format_message(), exc.exit_code)
-        except click.exceptions.Abort:
-            _fail("aborted", 130)
+        except _CLICK_ERRORS as exc:
+            if not hasattr(exc, "format_message"):  # Abort
+                _fail("aborted", 130)
+            code = getattr(exc, "exit_code", 1)
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if code == 2 and ctx else ""
+            _fail(f"{exc.format_message()}{where}", code)
         except ZsclipError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
@@ -46,7 +50,7 @@ class _Group(TyperGroup):
 
 
 def _fail(message: str, code: int) -> None:
-    progress.stderr.print(f"error: {message}", markup=False, soft_wrap=True)
+    progress.log(f"error: {message}")
     sys.exit(code)
 
 
@@ -122,7 +126,7 @@ def classify_cmd(
             "-f",
             envvar=_env("format"),
             help=f"Output format: {', '.join(FORMATS)} "
-            "[default: table on a terminal, else jsonl, or by --output's extension]",
+            "(default: by --output's extension, else table on a terminal, else jsonl).",
             show_default=False,
         ),
     ] = None,
@@ -132,7 +136,7 @@ def classify_cmd(
     top_k: Annotated[
         int | None,
         typer.Option(
-            envvar=_env("top_k"), help="Classes listed per image [default: 3, or fewer classes].", show_default=False
+            envvar=_env("top_k"), help="Classes listed per image (default: 3, or fewer classes).", show_default=False
         ),
     ] = None,
     threshold: Annotated[
@@ -145,14 +149,14 @@ def classify_cmd(
     batch_size: Annotated[int, typer.Option(envvar=_env("batch_size"), help="Images per forward pass.")] = 32,
     workers: Annotated[
         int | None,
-        typer.Option(envvar=_env("workers"), help="Decoding processes [default: cores - 1].", show_default=False),
+        typer.Option(envvar=_env("workers"), help="Decoding processes (default: cores - 1).", show_default=False),
     ] = None,
     device: Annotated[str, typer.Option(envvar=_env("device"), help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[
         str | None,
         typer.Option(
             envvar=_env("precision"),
-            help=f"{', '.join(PRECISIONS)} [default: bf16 on CUDA, else fp32].",
+            help=f"{', '.join(PRECISIONS)} (default: bf16 autocast on CUDA, else fp32).",
             show_default=False,
         ),
     ] = None,
@@ -205,7 +209,7 @@ def classify_cmd(
                 if isinstance(record, Skipped):
                     skipped += 1
                     if not quiet:
-                        progress.stderr.print(f"skipped {record.path}: {record.reason}", markup=False)
+                        progress.log(f"skipped {record.path}: {record.reason}")
                     if fail_log:
                         fail_log.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
                         fail_log.flush()
@@ -223,7 +227,7 @@ def classify_cmd(
     if not quiet:
         where = f" (listed in {failures})" if failures and skipped else ""
         msg = f"classified {done} images" + (f", skipped {skipped} bad files{where}" if skipped else "")
-        progress.stderr.print(msg + (f"; results in {output}" if output else ""), markup=False)
+        progress.log(msg + (f"; results in {output}" if output else ""))
 
 
 def _class_names(classes: str | None, classes_file: Path | None) -> list[str]:
@@ -256,7 +260,7 @@ def _build(clip, names, templates, cache, show):
 def models_cmd(
     downloaded: Annotated[bool, typer.Option("--downloaded", help="Only models whose weights are here.")] = False,
     fmt: Annotated[
-        str | None, typer.Option("--format", "-f", help="table or jsonl [default: table on a terminal]")
+        str | None, typer.Option("--format", "-f", help="table or jsonl (default: table on a terminal, else jsonl).")
     ] = None,
 ) -> None:
     """List open_clip pretrained models (and whether they are downloaded), shipped and local models."""
@@ -272,7 +276,7 @@ def models_cmd(
         table.add_column(col)
     for r in rows:
         table.add_row(r["spec"], r["source"], "yes" if r["available"] else "")
-    progress.Console(highlight=False).print(table)
+    Console(highlight=False).print(table)
 
 
 @cache_app.command("path")

@@ -378,6 +378,48 @@ def fingerprint_spec(spec: str | ModelSpec, cache: Cache | None = None) -> str:
     return f"local-dir@sha256:{digest[:20]}"
 
 
+# -- saving ------------------------------------------------------------------------------------------------
+def save_model_dir(
+    model: torch.nn.Module,
+    model_cfg: dict,
+    directory: str | os.PathLike,
+    *,
+    preprocess_cfg: dict | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Write open_clip's local-dir format (open_clip_config.json + open_clip_model.safetensors) plus zsclip
+    metadata, loadable by `open_clip.create_model_and_transforms("local-dir:DIR")` and `--model DIR`."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    if metadata:
+        config["zsclip"] = metadata
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = directory / "open_clip_model.safetensors.tmp"
+    save_file(state, tmp)
+    tmp.replace(directory / "open_clip_model.safetensors")
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return directory
+
+
+def model_config(name: str) -> dict | None:
+    """A model_cfg by name: zsclip's own small configs (zsclip/configs/NAME.json) or open_clip's built-ins."""
+    own = resources.files("zsclip") / "configs" / f"{name}.json"
+    if own.is_file():
+        return json.loads(own.read_text(encoding="utf-8"))
+    return open_clip.get_model_config(name)
+
+
+def random_init_model(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
+    """An open_clip model built from a model_cfg dict with seeded random weights (tests, demos, benchmarks)."""
+    cfg = json.loads(json.dumps(model_cfg))
+    custom = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
+    torch.manual_seed(seed)
+    return (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+
+
 # -- listing -----------------------------------------------------------------------------------------------
 def models_dir() -> Path:
     """Where `zsclip models` looks for the user's own model directories ($ZSCLIP_MODELS_DIR overrides)."""

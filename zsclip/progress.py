@@ -21,6 +21,11 @@ from rich.progress import (
 stderr = Console(stderr=True, highlight=False)
 
 
+def log(message: str) -> None:
+    """One line on stderr, never wrapped or styled, and drawn above a live progress bar."""
+    stderr.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 

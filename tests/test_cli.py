@@ -1,0 +1,239 @@
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+from PIL import Image
+from typer.testing import CliRunner
+
+import zsclip
+from zsclip.cli import app
+
+from .conftest import sample_images, shared
+
+runner = CliRunner()
+CLASSES = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck"
+
+
+def run(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """A few real CIFAR-10 images (symlinked, never copied into the repo) plus generated ones."""
+    root = tmp_path / "photos"
+    (root / "nested").mkdir(parents=True)
+    for i, (path, _) in enumerate(sample_images("cifar10-test", 1, 4)):
+        (root / ("nested" if i % 2 else "") / f"{i}_{path.name}").symlink_to(path)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "red.jpg")
+    return root
+
+
+def test_jsonl_records_have_label_prob_and_top_k(tiny_model_dir, folder):
+    result = run("classify", folder, "--classes", CLASSES, "--model", tiny_model_dir, "--templates", "photo")
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 5
+    for r in records:
+        assert set(r) == {"path", "label", "prob", "top_k", "abstained"}
+        assert r["label"] == r["top_k"][0]["label"] and r["prob"] == r["top_k"][0]["prob"]
+        assert len(r["top_k"]) == 3
+        assert [t["prob"] for t in r["top_k"]] == sorted((t["prob"] for t in r["top_k"]), reverse=True)
+    first = sorted((shared("cifar10-test") / "airplane").iterdir())[0].name
+    assert records[0]["path"] == str(folder / f"0_{first}")
+    assert "classified 5 images" in result.stderr
+
+
+def test_probabilities_are_the_softmax_of_scaled_cosines(tiny_model_dir, folder):
+    result = run("classify", folder / "red.jpg", "-c", "red,green,blue", "-m", tiny_model_dir, "-t", "photo")
+    record = json.loads(result.stdout)
+    model = zsclip.load_model(str(tiny_model_dir))
+    clf = zsclip.build_classifier(model, ["red", "green", "blue"], "photo")
+    image = model.preprocess(Image.open(folder / "red.jpg")).unsqueeze(0)
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(model.model.encode_image(image), dim=-1)
+    probs = (model.logit_scale * feats @ clf.weights.T).softmax(-1)[0]
+    expected = {name: p for name, p in zip(["red", "green", "blue"], probs.tolist(), strict=True)}
+    assert {t["label"]: t["prob"] for t in record["top_k"]} == pytest.approx(expected, abs=1e-5)
+    assert sum(t["prob"] for t in record["top_k"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_json_csv_and_table_formats(tiny_model_dir, folder):
+    common = [folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "--top-k", "2"]
+    as_json = json.loads(run("classify", *common, "--format", "json").stdout)
+    assert isinstance(as_json, list) and len(as_json) == 5 and len(as_json[0]["top_k"]) == 2
+
+    rows = list(csv.DictReader(io.StringIO(run("classify", *common, "-f", "csv").stdout)))
+    assert [r["path"] for r in rows] == [r["path"] for r in as_json]
+    assert list(rows[0]) == ["path", "label", "prob", "abstained", "label_1", "prob_1", "label_2", "prob_2"]
+    assert [r["label"] for r in rows] == [r["label"] for r in as_json]
+
+    table = run("classify", *common, "-f", "table").stdout
+    assert "red.jpg" in table and as_json[0]["label"] in table
+
+
+def test_output_file_takes_format_from_extension(tiny_model_dir, folder, tmp_path):
+    out = tmp_path / "preds.csv"
+    result = run("classify", folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "-o", out)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert out.read_text().startswith("path,label,prob,abstained,label_1")
+    assert f"results in {out}" in result.stderr
+
+
+def test_threshold_abstains(tiny_model_dir, folder):
+    result = run("classify", folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "--threshold", "0.99")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(r["label"] == "unknown" and r["abstained"] for r in records)
+    low = run("classify", folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "--threshold", "0")
+    assert not any(json.loads(line)["abstained"] for line in low.stdout.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-c", "cat,,dog"], "--classes: empty class name at position 2"),
+        (["-c", "cat,dog,cat"], "duplicate class names: 'cat'"),
+        (["-c", "cat"], "at least 2 class names"),
+        ([], "no classes given"),
+        (["-c", "a,b", "--threshold", "1.5"], "--threshold 1.5: must be a probability"),
+        (["-c", "a,b", "--format", "xml"], "--format xml: use one of"),
+        (["-c", "a,b", "--templates", "nosuchset"], "unknown template set 'nosuchset'"),
+        (["-c", "a,b", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tiny_model_dir, folder, args, message):
+    result = run("classify", folder, "-m", tiny_model_dir, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_missing_folder_and_folder_without_images(tiny_model_dir, tmp_path):
+    missing = run("classify", tmp_path / "nope", "-c", "a,b", "-m", tiny_model_dir)
+    assert missing.exit_code == 2 and "nope: no such file or directory" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    empty = run("classify", tmp_path / "empty", "-c", "a,b", "-m", tiny_model_dir)
+    assert empty.exit_code == 2 and "no images found under" in empty.stderr and ".jpg" in empty.stderr
+
+
+def test_corrupt_files_are_skipped_reported_and_listed(tiny_model_dir, folder, tmp_path):
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    (folder / "page.png").write_text("<html></html>")
+    failures = tmp_path / "failures.jsonl"
+    result = run("classify", folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "--failures", failures)
+    assert result.exit_code == 0
+    assert len(result.stdout.splitlines()) == 5
+    assert f"skipped {folder / 'broken.jpg'}: " in result.stderr
+    assert f"skipped {folder / 'page.png'}: not a recognised image format" in result.stderr
+    assert "skipped 2 bad files" in result.stderr
+    logged = [json.loads(line) for line in failures.read_text().splitlines()]
+    assert {Path(r["path"]).name for r in logged} == {"broken.jpg", "page.png"}
+    assert "Traceback" not in result.stderr
+
+    strict = run("classify", folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "--strict")
+    assert strict.exit_code == 1 and "--strict" in strict.stderr
+
+
+def test_all_files_bad_is_a_failed_run(tiny_model_dir, tmp_path):
+    (tmp_path / "a.jpg").write_text("nope")
+    result = run("classify", tmp_path, "-c", "a,b", "-m", tiny_model_dir, "-t", "photo")
+    assert result.exit_code == 1 and "all 1 files were skipped" in result.stderr
+
+
+def test_offline_pretrained_tag_is_one_line_exit_1(hf_cache, folder):
+    start = time.monotonic()
+    result = run("classify", folder, "-c", "a,b", "--model", "ViT-B-32:openai")
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error: cannot load model ViT-B-32:openai")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - start < 15
+
+
+def test_unknown_model_suggests_close_names(folder):
+    result = run("classify", folder, "-c", "a,b", "--model", "ViT-B-32:opanai")
+    assert result.exit_code == 2 and "available:" in result.stderr and "openai" in result.stderr
+
+
+def test_env_vars_set_options(tiny_model_dir, folder):
+    env = {
+        "ZSCLIP_MODEL": str(tiny_model_dir),
+        "ZSCLIP_CLASSES": "cat,dog",
+        "ZSCLIP_TEMPLATES": "photo",
+        "ZSCLIP_FORMAT": "json",
+        "ZSCLIP_TOP_K": "1",
+    }
+    result = run("classify", folder, env=env)
+    records = json.loads(result.stdout)
+    assert len(records) == 5 and all(len(r["top_k"]) == 1 for r in records)
+
+
+def test_top_k_is_clamped_to_the_number_of_classes(tiny_model_dir, folder):
+    result = run("classify", folder, "-c", "cat,dog", "-m", tiny_model_dir, "-t", "photo", "--top-k", "5")
+    assert all(len(json.loads(line)["top_k"]) == 2 for line in result.stdout.splitlines())
+
+
+def test_second_run_reuses_the_cache(tiny_model_dir, folder):
+    args = ["classify", folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "imagenet7"]
+    first = run(*args)
+    info = run("cache", "info")
+    assert "70 text vectors" in info.stdout and str(tiny_model_dir) in info.stdout
+    second = run(*args)
+    assert second.stdout == first.stdout
+    assert "70 text vectors" in run("cache", "info").stdout
+    cleared = run("cache", "clear", "--model", tiny_model_dir)
+    assert "removed 70 text vectors" in cleared.stdout
+    assert "no text embeddings cached" in run("cache", "info").stdout
+
+
+def test_cache_path_follows_env(private_cache):
+    assert run("cache", "path").stdout.strip() == str(private_cache)
+
+
+def test_models_lists_pretrained_tags():
+    result = run("models", "--format", "jsonl")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {"spec": "ViT-B-32:openai", "source": "open_clip"}.items() <= next(
+        r for r in rows if r["spec"] == "ViT-B-32:openai"
+    ).items()
+
+
+def test_parity_with_open_clip_on_real_images(tiny_model_dir, tmp_path):
+    """Same top-1 labels as open_clip's own preprocess, encode_image and build_zero_shot_classifier."""
+    images = [p for p, _ in sample_images("cifar10-test", 20)] + [
+        p for p, _ in sample_images("imagenet-samples", 1, 60)
+    ]
+    assert len(images) >= 250
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(map(str, images)))
+    classes = CLASSES.split(",")
+    result = run("classify", f"@{listing}", "-c", CLASSES, "-m", tiny_model_dir, "-t", "imagenet7", "--workers", "1")
+    ours = [json.loads(line)["label"] for line in result.stdout.splitlines()]
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_model_dir}")
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tiny_model_dir}")
+    with torch.no_grad():
+        weights = open_clip.build_zero_shot_classifier(model, tokenizer, classes, SIMPLE_IMAGENET_TEMPLATES)
+        pixels = torch.stack([preprocess(Image.open(p)) for p in images])
+        feats = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+    reference = [classes[i] for i in (feats @ weights).argmax(-1).tolist()]
+    assert len(ours) == len(reference)
+    assert ours == reference
+
+
+def test_readme_documents_every_classify_option():
+    import typer.main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = typer.main.get_command(app).commands["classify"]
+    for param in command.params:
+        for opt in param.opts:
+            if opt.startswith("--"):
+                assert f"`{opt}" in readme, f"README does not document {opt}"
