@@ -247,11 +247,15 @@ def _extensions() -> str:
 
 
 def _build(clip, names, templates, cache, show):
-    with progress.bar("encoding prompts", None, "prompt", show) as bar:
+    """Build the classifier; a progress bar appears only if prompts actually need encoding."""
+    with contextlib.ExitStack() as stack:
+        bars = []
 
         def report(done: int, total: int) -> None:
-            if bar:
-                bar.update(0, completed=done, total=total)
+            if show and not bars:
+                bars.append(stack.enter_context(progress.bar("encoding prompts", total, "prompt", show)))
+            if bars:
+                bars[0].update(0, completed=done, total=total)
 
         return build_classifier(clip, names, templates, cache=cache, progress=report)
 

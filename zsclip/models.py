@@ -288,7 +288,8 @@ def _load_pretrained(parsed: ModelSpec):
             raise ZsclipError(
                 f"cannot load model {parsed.spec}: download failed ({_one_line(exc)}); {_ALTERNATIVES}"
             ) from exc
-    return model, preprocess, open_clip.get_tokenizer(arch), {}
+        tokenizer = open_clip.get_tokenizer(arch)  # SigLIP-style tokenizers come from the hub cache too
+    return model, preprocess, tokenizer, {}
 
 
 def _load_checkpoint(parsed: ModelSpec):

@@ -55,7 +55,7 @@ def build_classifier(
     classnames = list(classnames)
     prompts_per_class = [template_set.expand(c) for c in classnames]
     unique = list(dict.fromkeys(p for ps in prompts_per_class for p in ps))
-    cache = cache or Cache() if use_cache else None
+    cache = (cache or Cache()) if use_cache else None
     found = cache.get_text(model.fingerprint, model.precision, unique) if cache else {}
     missing = [p for p in unique if p not in found]
     if missing:
@@ -82,6 +82,8 @@ def encode_prompts(
 ) -> list[np.ndarray]:
     """Raw (unnormalised) text embeddings, float32, one per prompt, in order."""
     out: list[np.ndarray] = []
+    if progress:
+        progress(0, len(prompts))
     for start in range(0, len(prompts), TEXT_BATCH):
         batch = list(prompts[start : start + TEXT_BATCH])
         tokens = model.tokenizer(batch).to(model.device)
