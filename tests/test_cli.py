@@ -237,3 +237,36 @@ def test_readme_documents_every_classify_option():
         for opt in param.opts:
             if opt.startswith("--"):
                 assert f"`{opt}" in readme, f"README does not document {opt}"
+
+
+def test_siglip_style_model_classifies_through_the_generic_path(tiny_siglip_dir, folder):
+    result = run("classify", folder, "-c", "cat,dog,ship", "-m", tiny_siglip_dir, "-t", "imagenet7")
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 5 and all(sum(t["prob"] for t in r["top_k"]) == pytest.approx(1, abs=1e-5) for r in records)
+
+
+def test_bf16_autocast_agrees_with_fp32(tiny_model_dir, folder):
+    args = ["classify", folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "--device", "cpu"]
+    fp32 = [json.loads(line) for line in run(*args).stdout.splitlines()]
+    bf16 = [json.loads(line) for line in run(*args, "--precision", "bf16").stdout.splitlines()]
+    assert [r["path"] for r in bf16] == [r["path"] for r in fp32]
+    assert max(abs(a["prob"] - b["prob"]) for a, b in zip(fp32, bf16, strict=True)) < 0.05
+
+
+def test_classes_file_from_a_real_classes_tsv(tiny_model_dir, folder):
+    tsv = shared("cifar10-test") / "classes.tsv"
+    result = run("classify", folder, "--classes-file", tsv, "-m", tiny_model_dir, "-t", "photo", "--top-k", "10")
+    labels = {t["label"] for t in json.loads(result.stdout.splitlines()[0])["top_k"]}
+    assert labels == set(CLASSES.split(","))
+    both = run("classify", folder, "--classes-file", tsv, "-c", "a,b", "-m", tiny_model_dir)
+    assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_explicit_files_and_list_files(tiny_model_dir, folder, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{folder / 'red.jpg'}\n")
+    result = run("classify", folder / "red.jpg", f"@{listing}", "-c", "a,b", "-m", tiny_model_dir, "-t", "photo")
+    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(folder / "red.jpg")] * 2
+    flat = run("classify", folder, "--no-recursive", "-c", "a,b", "-m", tiny_model_dir, "-t", "photo")
+    assert len(flat.stdout.splitlines()) == 3
