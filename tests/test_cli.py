@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import zsclip
 from zsclip.cli import app
 
-from .conftest import sample_images, shared
+from .conftest import SHARED_DATA, sample_images, shared
 
 runner = CliRunner()
 CLASSES = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck"
@@ -26,11 +26,16 @@ def run(*args, env=None):
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    """A few real CIFAR-10 images (symlinked, never copied into the repo) plus generated ones."""
+    """Four real CIFAR-10 images (symlinked, never copied into the repo; generated ones where ../shared/data is
+    missing), two of them in a subfolder, plus one generated JPEG."""
     root = tmp_path / "photos"
     (root / "nested").mkdir(parents=True)
-    for i, (path, _) in enumerate(sample_images("cifar10-test", 1, 4)):
-        (root / ("nested" if i % 2 else "") / f"{i}_{path.name}").symlink_to(path)
+    if SHARED_DATA.joinpath("cifar10-test").is_dir():
+        for i, (path, _) in enumerate(sample_images("cifar10-test", 1, 4)):
+            (root / ("nested" if i % 2 else "") / f"{i}_{path.name}").symlink_to(path)
+    else:
+        for i in range(4):
+            Image.new("RGB", (32, 32), (60 * i, 90, 200 - 40 * i)).save(root / ("nested" if i % 2 else "") / f"{i}.png")
     Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "red.jpg")
     return root
 
@@ -45,8 +50,8 @@ def test_jsonl_records_have_label_prob_and_top_k(tiny_model_dir, folder):
         assert r["label"] == r["top_k"][0]["label"] and r["prob"] == r["top_k"][0]["prob"]
         assert len(r["top_k"]) == 3
         assert [t["prob"] for t in r["top_k"]] == sorted((t["prob"] for t in r["top_k"]), reverse=True)
-    first = sorted((shared("cifar10-test") / "airplane").iterdir())[0].name
-    assert records[0]["path"] == str(folder / f"0_{first}")
+    assert records[0]["path"] == str(next(folder.glob("0*")))
+    assert [Path(r["path"]).parent.name for r in records] == ["photos", "photos", "nested", "nested", "photos"]
     assert "classified 5 images" in result.stderr
 
 
