@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +64,8 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(cls=_Group, help="Inspect or clear the cache of text embeddings.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+data_app = typer.Typer(cls=_Group, help="Generate data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 def _version(value: bool) -> None:
@@ -281,6 +284,105 @@ def models_cmd(
     for r in rows:
         table.add_row(r["spec"], r["source"], "yes" if r["available"] else "")
     Console(highlight=False).print(table)
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Annotated[Path, typer.Argument(help="Folder to write (images/, captions.csv, eval/).", show_default=False)],
+    n: Annotated[int, typer.Option("--n", envvar=_env("n"), help="Training images.")] = 30_000,
+    seed: Annotated[
+        int, typer.Option(envvar=_env("seed"), help="Random seed; the same seed gives the same files.")
+    ] = 0,
+    size: Annotated[int, typer.Option(envvar=_env("size"), help="Image side in pixels.")] = 64,
+    eval_per_class: Annotated[
+        int, typer.Option(envvar=_env("eval_per_class"), help="Eval images per composition (36 compositions).")
+    ] = 30,
+) -> None:
+    """Coloured shapes with varied captions; six colour-shape pairings never appear in any training caption."""
+    from .shapes import HELD_OUT, write_dataset
+
+    if n < 1 or size < 16 or eval_per_class < 0:
+        raise UsageError("--n must be >= 1, --size >= 16 and --eval-per-class >= 0")
+    start = time.perf_counter()
+    counts = write_dataset(out, n=n, seed=seed, size=size, eval_per_class=eval_per_class)
+    elapsed = time.perf_counter() - start
+    held = ", ".join(sorted(f"{c} {s}" for c, s in HELD_OUT))
+    typer.echo(json.dumps({**counts, "out": str(out), "held_out": held}))
+    progress.log(f"wrote {counts['train_images'] + counts['eval_images']} images in {elapsed:.1f} s to {out}")
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[
+        Path | None, typer.Argument(help="captions CSV (filepath,caption) or a folder holding captions.csv.")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("config"),
+            help="Model config: a JSON file in open_clip's model_cfg form, "
+            "or a name (shapes-rn, tiny-vit, any open_clip architecture).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", envvar=_env("output"), help="Model directory.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(envvar=_env("epochs"))] = 10,
+    batch_size: Annotated[int, typer.Option(envvar=_env("batch_size"))] = 256,
+    lr: Annotated[float, typer.Option(envvar=_env("lr"), help="Peak learning rate.")] = 1e-3,
+    wd: Annotated[float, typer.Option(envvar=_env("wd"), help="AdamW weight decay (weight matrices only).")] = 0.1,
+    warmup: Annotated[int, typer.Option(envvar=_env("warmup"), help="Linear warmup steps.")] = 200,
+    device: Annotated[str, typer.Option(envvar=_env("device"))] = "auto",
+    precision: Annotated[
+        str, typer.Option(envvar=_env("precision"), help="auto (bf16 autocast on CUDA, else fp32), fp32, bf16.")
+    ] = "auto",
+    workers: Annotated[int, typer.Option(envvar=_env("workers"), help="Image decoding processes.")] = 0,
+    seed: Annotated[int, typer.Option(envvar=_env("seed"))] = 0,
+    eval_dir: Annotated[
+        Path | None, typer.Option(envvar=_env("eval_dir"), help="ImageFolder eval split (default: DATA/eval).")
+    ] = None,
+    templates: Annotated[
+        str, typer.Option("--templates", "-t", envvar=_env("templates"), help="Template set for eval; recommended.")
+    ] = "photo",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("quiet"))] = False,
+) -> None:
+    """Train a CLIP model contrastively on image-caption pairs (the CLIP recipe, small)."""
+    from .prompts import load_templates
+    from .train import TrainConfig, train
+
+    if resume is not None:
+        metrics = train(
+            TrainConfig(data="", config="", output=str(resume)), resume=True, show_progress=progress.enabled(quiet)
+        )
+    else:
+        if data is None or config is None or output is None:
+            raise UsageError("give DATA, --config and --output (or --resume DIR)")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"--precision {precision}: use auto, fp32 or bf16")
+        if epochs < 1 or batch_size < 2 or lr <= 0 or warmup < 0 or workers < 0:
+            raise UsageError("--epochs >= 1, --batch-size >= 2, --lr > 0, --warmup >= 0 and --workers >= 0 are needed")
+        load_templates(templates)
+        cfg = TrainConfig(
+            data=str(data),
+            config=config,
+            output=str(output),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            wd=wd,
+            warmup=warmup,
+            device=device,
+            precision=precision,
+            workers=workers,
+            seed=seed,
+            eval_dir=str(eval_dir) if eval_dir else None,
+            templates=templates,
+        )
+        metrics = train(cfg, show_progress=progress.enabled(quiet))
+    typer.echo(json.dumps(metrics))
 
 
 @cache_app.command("path")

@@ -84,7 +84,7 @@ class ClipModel:
 # -- spec resolution ---------------------------------------------------------------------------------------
 def shipped_models() -> dict[str, Path]:
     """Models that ship inside the package: name -> directory in open_clip's local-dir format."""
-    root = resources.files("zsclip") / "models"
+    root = resources.files("zsclip") / "shipped"
     if not root.is_dir():
         return {}
     return {
