@@ -223,6 +223,8 @@ def train(
         else torch.autocast("cpu", enabled=False)
     )
     out.mkdir(parents=True, exist_ok=True)
+    if state:
+        _truncate_log(out / LOG, step)
     from .progress import bar
 
     with (
@@ -264,7 +266,9 @@ def train(
                 scale = model.logit_scale.exp().item()
                 log.writerow([step, epoch, f"{loss.item():.6f}", f"{lr:.6g}", f"{scale:.4f}", f"{rate:.1f}", skipped])
                 if progress:
-                    progress.update(0, advance=1, extra=f"loss {loss.item():.3f} lr {lr:.2e} scale {scale:.1f}")
+                    progress.update(
+                        0, advance=1, extra=f"loss {loss.item():.3f} lr {lr:.1e} scale {scale:.1f} {rate:.0f} img/s"
+                    )
             log_file.flush()
             metrics = {"epoch": epoch + 1, "step": step, "loss": float(loss.item())}
             if eval_dir.is_dir():
@@ -276,6 +280,19 @@ def train(
             if on_epoch_end:
                 on_epoch_end(epoch, metrics)
     return metrics
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint (a crash mid-epoch), so the resumed log has no duplicates."""
+    if not path.is_file():
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(kept)
+    tmp.replace(path)
 
 
 def _report(epoch: int, metrics: dict) -> None:
