@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from .errors import UsageError
 from .images import SkipFile, load_image
-from .models import ClipModel, model_config, random_init_model, save_model_dir
+from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
+from .progress import bar
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.csv"
@@ -193,7 +194,7 @@ def train(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     precision = "bf16" if cfg.precision == "auto" and device.type == "cuda" else cfg.precision
     precision = "fp32" if precision == "auto" else precision
 
@@ -217,16 +218,10 @@ def train(
         start_epoch, step, metrics = state["epoch"] + 1, state["step"], state["metrics"]
         torch.set_rng_state(state["torch_rng"])
     eval_dir = Path(cfg.eval_dir) if cfg.eval_dir else csv_path.parent / "eval"
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else torch.autocast("cpu", enabled=False)
-    )
+    clip = ClipModel("training", "training", model, preprocess, tokenizer, "training", device, precision)
     out.mkdir(parents=True, exist_ok=True)
     if state:
         _truncate_log(out / LOG, step)
-    from .progress import bar
-
     with (
         open(out / LOG, "a" if state else "w", newline="", encoding="utf-8") as log_file,
         bar("training", total_steps, "step", show_progress) as progress,
@@ -252,7 +247,7 @@ def train(
                 if images is None:
                     continue
                 images, tokens = images.to(device), tokens.to(device)
-                with autocast:
+                with clip.autocast():
                     image_features = F.normalize(model.encode_image(images), dim=-1)
                     text_features = F.normalize(model.encode_text(tokens), dim=-1)
                     loss = clip_loss(image_features.float(), text_features.float(), model.logit_scale.exp())
@@ -272,7 +267,7 @@ def train(
             log_file.flush()
             metrics = {"epoch": epoch + 1, "step": step, "loss": float(loss.item())}
             if eval_dir.is_dir():
-                clip = _as_clip_model(model, preprocess, tokenizer, device, precision)
+                model.eval()
                 metrics.update(zero_shot_eval(clip, eval_dir, cfg.templates, [c for _, c in pairs]))
             _save(out, model, model_cfg, optimizer, cfg, epoch, step, metrics, csv_path, len(dataset))
             if show_progress or on_epoch_end is None:
@@ -318,17 +313,6 @@ def _model_cfg(config: str) -> dict:
     if "vision_cfg" not in cfg or "text_cfg" not in cfg:
         raise UsageError(f"--config {config}: expected open_clip's model_cfg form with vision_cfg and text_cfg")
     return cfg
-
-
-def _device(device: str) -> torch.device:
-    from .models import resolve_device
-
-    return resolve_device(device)
-
-
-def _as_clip_model(model, preprocess, tokenizer, device, precision) -> ClipModel:
-    model.eval()
-    return ClipModel("training", "training", model, preprocess, tokenizer, "training", device, precision)
 
 
 def _save(out: Path, model, model_cfg, optimizer, cfg: TrainConfig, epoch, step, metrics, csv_path, n_pairs):
