@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .encode import encode_images
+from .encode import embed_stream
 from .errors import UsageError
-from .images import expand_sources, iter_batches
+from .images import expand_sources
 from .models import ClipModel
 from .text import Classifier
 
@@ -92,10 +92,10 @@ def classify(
         paths = [paths]
     k = check_options(classifier, top_k, threshold)
     sources = expand_sources(paths)
-    for batch in iter_batches(sources, model.preprocess, batch_size=batch_size, workers=workers, recursive=recursive):
+    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers, recursive=recursive):
         yield from (Skipped(p, r) for p, r in batch.skipped)
-        if batch.pixels is not None:
-            probs = probabilities(encode_images(model, batch.pixels), classifier)
+        if batch.features is not None:
+            probs = probabilities(batch.features, classifier)
             yield from predict(batch.paths, probs, classifier, k, threshold)
         if on_batch:
             on_batch(len(batch.paths), len(batch.skipped))

@@ -66,6 +66,8 @@ cache_app = typer.Typer(cls=_Group, help="Inspect or clear the cache of text emb
 app.add_typer(cache_app, name="cache")
 data_app = typer.Typer(cls=_Group, help="Generate data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+prompts_app = typer.Typer(cls=_Group, help="List, show and compare prompt template sets.", no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
 
 
 def _version(value: bool) -> None:
@@ -284,6 +286,224 @@ def models_cmd(
     for r in rows:
         table.add_row(r["spec"], r["source"], "yes" if r["available"] else "")
     Console(highlight=False).print(table)
+
+
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(envvar=_env("root"), help="An existing copy of a named data set (no download)."),
+]
+ClassnamesOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("classnames"),
+        help="Class names for a folder or csv: data set: imagenet, cifar10, cifar100, shapes, or a file.",
+    ),
+]
+LimitOpt = Annotated[
+    int | None, typer.Option(envvar=_env("limit"), help="Score a stratified subset of N images.", show_default=False)
+]
+BatchOpt = Annotated[int, typer.Option(envvar=_env("batch_size"), help="Images per forward pass.")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(envvar=_env("workers"), help="Decoding processes (default: cores - 1).", show_default=False),
+]
+DeviceOpt = Annotated[str, typer.Option(envvar=_env("device"), help="auto, cpu, cuda, cuda:N or mps.")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("precision"),
+        help=f"{', '.join(PRECISIONS)} (default: bf16 autocast on CUDA, else fp32).",
+        show_default=False,
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("quiet"), help="No progress bar.")]
+
+
+def _embed_with_progress(clip, dataset, batch_size, workers, show):
+    from .evaluate import embed_dataset
+
+    with progress.bar("encoding images", len(dataset.items), "img", show) as bar:
+
+        def tick(done: int, skipped: int) -> None:
+            if bar:
+                bar.update(0, advance=done + skipped, extra=f"{skipped} skipped" if skipped else "")
+
+        embedded = embed_dataset(clip, dataset, batch_size=batch_size, workers=workers, on_batch=tick)
+    for path, reason in embedded.skipped:
+        progress.log(f"skipped {path}: {reason}")
+    return embedded
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[
+        str, typer.Argument(help="imagenet-v2[/threshold-0.7|/top-images], cifar10, cifar100, a folder, or csv:FILE.")
+    ],
+    model: ModelOpt = DEFAULT_MODEL,
+    templates: Annotated[
+        str,
+        typer.Option(
+            "--templates",
+            "-t",
+            envvar=_env("templates"),
+            help="Template set or file; 'default' = the data set's own set, else the model's, else imagenet80.",
+        ),
+    ] = "default",
+    root: RootOpt = None,
+    classnames: ClassnamesOpt = None,
+    limit: LimitOpt = None,
+    report: Annotated[
+        Path | None, typer.Option(envvar=_env("report"), help="Write the full report (JSON, CSV, PNG, HTML) here.")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", envvar=_env("format"), help="table or json (the metrics.json content).")
+    ] = "table",
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports."""
+    from .datasets import load_dataset
+    from .evaluate import resolve_dataset_templates, score
+    from .report import summary_dict, write_report
+
+    if fmt not in ("table", "json"):
+        raise UsageError(f"--format {fmt}: use table or json")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit}: must be at least 1")
+    data = load_dataset(dataset, root=str(root) if root else None, classnames=classnames).limit(limit)
+    if not data.items:
+        raise UsageError(f"{dataset}: no images found")
+    show = progress.enabled(quiet)
+    cache = Cache()
+    clip = load_model(model, device=device, precision=precision, cache=cache)
+    clf = _build(clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show)
+    result = score(_embed_with_progress(clip, data, batch_size, workers, show), clf)
+    summary = (
+        write_report(result, report, clip.spec, clip.fingerprint)
+        if report
+        else summary_dict(result, clip.spec, clip.fingerprint)
+    )
+    if fmt == "json":
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        _summary_table(summary)
+    if result.skipped:
+        progress.log(f"skipped {len(result.skipped)} unreadable files (not counted)")
+    if report:
+        progress.log(f"report written to {report} (open {report / 'report.html'})")
+
+
+def _summary_table(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold", title=f"{summary['dataset']} · {summary['model']}")
+    for col in ("images", "classes", "templates", *summary["metrics"]):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(summary["images"]),
+        str(summary["num_classes"]),
+        f"{summary['templates']} ({summary['num_templates']})",
+        *(f"{v:.2%}" for v in summary["metrics"].values()),
+    )
+    Console(highlight=False).print(table)
+
+
+@prompts_app.command("list")
+def prompts_list() -> None:
+    """The shipped template sets: name, size and description."""
+    from .prompts import list_template_sets
+
+    for s in list_template_sets():
+        typer.echo(f"{s.name}\t{len(s.templates)}\t{s.description}")
+
+
+@prompts_app.command("show")
+def prompts_show(
+    name: Annotated[str, typer.Argument(help="Template set name or file.")],
+    classname: Annotated[str | None, typer.Option("--class", help="Expand the templates for this class.")] = None,
+) -> None:
+    """Print a template set, one template per line (expanded for --class)."""
+    from .prompts import load_templates
+
+    template_set = load_templates(name)
+    for line in template_set.expand(classname) if classname else template_set.templates:
+        typer.echo(line)
+
+
+@prompts_app.command("compare")
+def prompts_compare(
+    dataset: Annotated[str, typer.Argument(help="Data set, as for zsclip eval.")] = "imagenet-v2",
+    sets: Annotated[
+        str | None, typer.Option(envvar=_env("sets"), help="Comma-separated template sets (default: all shipped).")
+    ] = None,
+    per_template: Annotated[
+        bool, typer.Option("--per-template", help="Also score every single template and a greedy best subset.")
+    ] = False,
+    model: ModelOpt = DEFAULT_MODEL,
+    root: RootOpt = None,
+    classnames: ClassnamesOpt = None,
+    limit: LimitOpt = None,
+    report: Annotated[
+        Path | None, typer.Option(envvar=_env("report"), help="Write compare.csv, compare.json, compare.png here.")
+    ] = None,
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score several template sets on one data set, encoding the images once; best first."""
+    from rich.table import Table
+
+    from .datasets import load_dataset
+    from .evaluate import compare_templates
+    from .prompts import load_templates
+    from .report import write_comparison
+
+    names = [s.strip() for s in sets.split(",") if s.strip()] if sets else None
+    for n in names or []:
+        load_templates(n)
+    data = load_dataset(dataset, root=str(root) if root else None, classnames=classnames).limit(limit)
+    show = progress.enabled(quiet)
+    clip = load_model(model, device=device, precision=precision)
+    embedded = _embed_with_progress(clip, data, batch_size, workers, show)
+    comparison = compare_templates(clip, embedded, names, per_template)
+    table = Table(
+        show_edge=False, header_style="bold", title=f"{data.name} · {clip.spec} · {len(embedded.paths)} images"
+    )
+    for col in ("template set", "templates", "acc1", "acc5", "mean per-class recall"):
+        table.add_column(col, justify="left" if col == "template set" else "right")
+    for r in comparison.rows:
+        acc5 = f"{r['acc5']:.2%}" if "acc5" in r else "-"
+        table.add_row(r["set"], str(r["templates"]), f"{r['acc1']:.2%}", acc5, f"{r['mean_per_class_recall']:.2%}")
+    console = Console(highlight=False)
+    console.print(table)
+    if per_template:
+        single = Table(show_edge=False, header_style="bold", title="single templates")
+        single.add_column("template")
+        single.add_column("acc1", justify="right")
+        for r in comparison.per_template:
+            single.add_row(r["template"], f"{r['acc1']:.2%}")
+        console.print(single)
+        greedy = Table(show_edge=False, header_style="bold", title="greedy subset (forward selection)")
+        for col in ("step", "added template", "ensemble acc1"):
+            greedy.add_column(col)
+        for r in comparison.greedy:
+            greedy.add_row(str(r["step"]), r["added"], f"{r['acc1']:.2%}")
+        console.print(greedy)
+    if report:
+        context = {
+            "model": clip.spec,
+            "fingerprint": clip.fingerprint,
+            "dataset": data.name,
+            "images": len(embedded.paths),
+            "skipped": len(embedded.skipped),
+        }
+        write_comparison(comparison, report, context)
+        progress.log(f"comparison written to {report}")
 
 
 @data_app.command("shapes")

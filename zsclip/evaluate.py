@@ -1,0 +1,167 @@
+"""Score a model on a labelled data set, and compare template sets on it with the images encoded once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import metrics
+from .classify import probabilities
+from .datasets import EvalDataset, load_dataset
+from .encode import embed_stream
+from .errors import ZsclipError
+from .models import ClipModel
+from .prompts import list_template_sets, load_templates
+from .text import Classifier, build_classifier, ensemble
+
+
+@dataclass
+class Embedded:
+    """A data set's image embeddings, with the files that could not be read."""
+
+    dataset: EvalDataset
+    paths: list[str]
+    labels: np.ndarray  # [N] true class indices
+    features: torch.Tensor  # [N, dim] unit-norm
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    dataset: EvalDataset
+    classifier: Classifier
+    paths: list[str]
+    labels: np.ndarray
+    topk: np.ndarray  # [N, k] predicted class indices, best first
+    topk_prob: np.ndarray  # [N, k]
+    skipped: list[tuple[str, str]]
+    metrics: dict
+
+
+def embed_dataset(
+    model: ClipModel,
+    dataset: EvalDataset,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Embedded:
+    truth = {p: label for p, label in dataset.items}
+    sources = [(p, True) for p, _ in dataset.items]
+    paths, feats, skipped = [], [], []
+    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers):
+        skipped += batch.skipped
+        if batch.features is not None:
+            paths += batch.paths
+            feats.append(batch.features.cpu())
+        if on_batch:
+            on_batch(len(batch.paths), len(batch.skipped))
+    if not paths:
+        raise ZsclipError(f"{dataset.name}: no image could be read ({len(skipped)} skipped)")
+    labels = np.array([truth[p] for p in paths])
+    return Embedded(dataset, paths, labels, torch.cat(feats), skipped)
+
+
+def score(embedded: Embedded, classifier: Classifier, k: int = 5) -> EvalResult:
+    probs = probabilities(embedded.features, classifier)
+    values, indices = probs.topk(min(k, len(classifier)), dim=-1)
+    topk = indices.numpy()
+    summary = metrics.summary(embedded.labels, topk)
+    return EvalResult(
+        embedded.dataset, classifier, embedded.paths, embedded.labels, topk, values.numpy(), embedded.skipped, summary
+    )
+
+
+def resolve_dataset_templates(templates: str, dataset: EvalDataset, model: ClipModel) -> str:
+    """`default` in eval: the data set's own set, else the model's recommended set, else imagenet80."""
+    if templates != "default":
+        return templates
+    return dataset.templates or model.recommended_templates or "imagenet80"
+
+
+def evaluate(
+    model: ClipModel,
+    dataset: str | EvalDataset,
+    templates: str | Sequence[str] = "default",
+    *,
+    root: str | None = None,
+    classnames: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset)."""
+    if isinstance(dataset, str):
+        dataset = load_dataset(dataset, root=root, classnames=classnames)
+    dataset = dataset.limit(limit)
+    if isinstance(templates, str):
+        templates = resolve_dataset_templates(templates, dataset, model)
+    classifier = build_classifier(model, dataset.classnames, templates)
+    embedded = embed_dataset(model, dataset, batch_size=batch_size, workers=workers, on_batch=on_batch)
+    return score(embedded, classifier)
+
+
+# -- comparing template sets -------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    rows: list[dict]  # one per template set: name, templates, acc1, acc5, mean_per_class_recall; best first
+    per_template: list[dict] = field(default_factory=list)  # one per template: template, acc1
+    greedy: list[dict] = field(default_factory=list)  # the greedy subset, step by step: added template, acc1
+
+
+def compare_templates(
+    model: ClipModel, embedded: Embedded, sets: Sequence[str] | None = None, per_template: bool = False
+) -> Comparison:
+    """Score every template set on the same image embeddings; text comes from the cache."""
+    names = list(sets) if sets else [s.name for s in list_template_sets()]
+    classnames = embedded.dataset.classnames
+    rows = []
+    for name in names:
+        template_set = load_templates(name)
+        result = score(embedded, build_classifier(model, classnames, template_set))
+        rows.append({"set": template_set.name, "templates": len(template_set.templates), **result.metrics})
+    rows.sort(key=lambda r: (-r["acc1"], -r.get("acc5", 0), r["set"]))
+    comparison = Comparison(rows)
+    if per_template:
+        unique = list(dict.fromkeys(t for name in names for t in load_templates(name).templates))
+        single = {t: build_classifier(model, classnames, [t]).weights for t in unique}
+        for t in unique:
+            acc1 = _acc1(embedded, single[t])
+            comparison.per_template.append({"template": t, "acc1": acc1})
+        comparison.per_template.sort(key=lambda r: -r["acc1"])
+        comparison.greedy = greedy_subset(embedded, single)
+    return comparison
+
+
+def _acc1(embedded: Embedded, weights: torch.Tensor) -> float:
+    predicted = (embedded.features @ weights.T).argmax(-1).numpy()
+    return float((predicted == embedded.labels).mean())
+
+
+def greedy_subset(embedded: Embedded, single: dict[str, torch.Tensor]) -> list[dict]:
+    """Forward selection: add the template that most improves the ensemble's acc1, stop when none does.
+
+    A single-template classifier row is that prompt's unit-norm embedding, so the ensemble of a subset is the
+    normalised sum of its rows, exactly the CLIP prompt ensemble.
+    """
+    chosen: list[str] = []
+    best = -1.0
+    steps = []
+    while len(chosen) < len(single):
+        candidates = []
+        for t in single:
+            if t in chosen:
+                continue
+            weights = ensemble(np.stack([single[c].numpy() for c in [*chosen, t]], axis=1))
+            candidates.append((_acc1(embedded, weights), t))
+        acc, t = max(candidates, key=lambda c: (c[0], -len(c[1])))
+        if acc <= best:
+            break
+        best = acc
+        chosen.append(t)
+        steps.append({"step": len(chosen), "added": t, "acc1": acc})
+    return steps
