@@ -101,6 +101,37 @@ ModelOpt = Annotated[
 ]
 
 
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(envvar=_env("root"), help="An existing copy of a named data set (no download)."),
+]
+ClassnamesOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("classnames"),
+        help="Class names for a folder or csv: data set: imagenet, cifar10, cifar100, shapes, or a file.",
+    ),
+]
+LimitOpt = Annotated[
+    int | None, typer.Option(envvar=_env("limit"), help="Score a stratified subset of N images.", show_default=False)
+]
+BatchOpt = Annotated[int, typer.Option(envvar=_env("batch_size"), help="Images per forward pass.")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(envvar=_env("workers"), help="Decoding processes (default: cores - 1).", show_default=False),
+]
+DeviceOpt = Annotated[str, typer.Option(envvar=_env("device"), help="auto, cpu, cuda, cuda:N or mps.")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("precision"),
+        help=f"{', '.join(PRECISIONS)} (default: bf16 autocast on CUDA, else fp32).",
+        show_default=False,
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("quiet"), help="No progress bar.")]
+
+
 @app.command("classify")
 def classify_cmd(
     paths: Annotated[
@@ -151,20 +182,10 @@ def classify_cmd(
     recursive: Annotated[
         bool, typer.Option("--recursive/--no-recursive", envvar=_env("recursive"), help="Walk into subfolders.")
     ] = True,
-    batch_size: Annotated[int, typer.Option(envvar=_env("batch_size"), help="Images per forward pass.")] = 32,
-    workers: Annotated[
-        int | None,
-        typer.Option(envvar=_env("workers"), help="Decoding processes (default: cores - 1).", show_default=False),
-    ] = None,
-    device: Annotated[str, typer.Option(envvar=_env("device"), help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            envvar=_env("precision"),
-            help=f"{', '.join(PRECISIONS)} (default: bf16 autocast on CUDA, else fp32).",
-            show_default=False,
-        ),
-    ] = None,
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     failures: Annotated[
         Path | None,
         typer.Option(envvar=_env("failures"), help="Write skipped files and reasons to FILE (JSONL)."),
@@ -286,37 +307,6 @@ def models_cmd(
     for r in rows:
         table.add_row(r["spec"], r["source"], "yes" if r["available"] else "")
     Console(highlight=False).print(table)
-
-
-RootOpt = Annotated[
-    Path | None,
-    typer.Option(envvar=_env("root"), help="An existing copy of a named data set (no download)."),
-]
-ClassnamesOpt = Annotated[
-    str | None,
-    typer.Option(
-        envvar=_env("classnames"),
-        help="Class names for a folder or csv: data set: imagenet, cifar10, cifar100, shapes, or a file.",
-    ),
-]
-LimitOpt = Annotated[
-    int | None, typer.Option(envvar=_env("limit"), help="Score a stratified subset of N images.", show_default=False)
-]
-BatchOpt = Annotated[int, typer.Option(envvar=_env("batch_size"), help="Images per forward pass.")]
-WorkersOpt = Annotated[
-    int | None,
-    typer.Option(envvar=_env("workers"), help="Decoding processes (default: cores - 1).", show_default=False),
-]
-DeviceOpt = Annotated[str, typer.Option(envvar=_env("device"), help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[
-    str | None,
-    typer.Option(
-        envvar=_env("precision"),
-        help=f"{', '.join(PRECISIONS)} (default: bf16 autocast on CUDA, else fp32).",
-        show_default=False,
-    ),
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("quiet"), help="No progress bar.")]
 
 
 def _embed_with_progress(clip, dataset, batch_size, workers, show):
