@@ -1,3 +1,4 @@
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -12,14 +13,9 @@ CLASSES = list(IMAGENET_CLASSNAMES[:12])
 
 
 def _count_text_calls(model, monkeypatch) -> list[int]:
+    """Prompts that go through the text transformer, counted by a forward hook (either encoding path)."""
     calls = []
-    original = model.model.encode_text
-
-    def counting(tokens, *a, **k):
-        calls.append(tokens.shape[0])
-        return original(tokens, *a, **k)
-
-    monkeypatch.setattr(model.model, "encode_text", counting)
+    model.model.transformer.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
     return calls
 
 
@@ -98,3 +94,26 @@ def test_no_cache_option_writes_nothing(tiny_model_dir, private_cache):
     model = zsclip.load_model(str(tiny_model_dir))
     zsclip.build_classifier(model, ["cat", "dog"], "photo", use_cache=False)
     assert Cache(private_cache).info() == []
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_siglip_dir", "vitb32_weights"])
+def test_fast_text_encoding_matches_encode_text(fixture, request):
+    """Trimmed CLIP towers and the generic path both give encode_text's vectors for every prompt length."""
+    from zsclip.text import _pool_positions, encode_prompts
+
+    target = request.getfixturevalue(fixture)
+    spec = f"ViT-B-32-quickgelu:{target}" if fixture == "vitb32_weights" else str(target)
+    model = zsclip.load_model(spec)
+    prompts = [
+        t.format(c)
+        for c in ["cat", "golden retriever", "a very long class name with many words"]
+        for t in ["{}", "a photo of a {}.", "a blurry black and white photo of the big {} in the city."]
+    ]
+    prompts.append("word " * 100)  # longer than the context: truncated, EOT at the last position
+    ours = torch.from_numpy(np.stack(encode_prompts(model, prompts)))
+    with torch.no_grad():
+        reference = model.model.encode_text(model.tokenizer(prompts))
+    cosine = torch.nn.functional.cosine_similarity(ours, reference, dim=-1)
+    assert cosine.min().item() >= 0.99999
+    trimmed = _pool_positions(model.model, model.tokenizer(prompts)) is not None
+    assert trimmed == (fixture != "tiny_siglip_dir")

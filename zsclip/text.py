@@ -76,20 +76,70 @@ def ensemble(per_class: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
 
+def _pool_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
+    """Per prompt, the position the text tower pools at, when running only up to it gives the same vector.
+
+    That holds for open_clip's CLIP text tower with a causal mask (no position attends to a later one) and pooling
+    at the end-of-text token (argmax/eos) or the first token. SigLIP-style towers (no causal mask, 'last'
+    pooling over padding) and HF or custom text towers return None and take the plain `encode_text` path.
+    """
+    import open_clip
+
+    if type(model) is not open_clip.CLIP or getattr(model, "attn_mask", None) is None:
+        return None
+    pool = getattr(model, "text_pool_type", "argmax")
+    if pool == "argmax":
+        return tokens.argmax(dim=-1)
+    if pool == "eos" and getattr(model, "text_eos_id", None) is not None:
+        return (tokens == model.text_eos_id).int().argmax(dim=-1)
+    if pool == "first":
+        return torch.zeros(len(tokens), dtype=torch.long)
+    return None
+
+
+def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text, run only up to the batch's last pooled position."""
+    length = int(positions.max()) + 1
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens[:, :length]).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), positions]
+    if model.text_projection is not None:
+        x = (
+            model.text_projection(x)
+            if isinstance(model.text_projection, torch.nn.Linear)
+            else x @ model.text_projection
+        )
+    return x
+
+
 @torch.inference_mode()
 def encode_prompts(
     model: ClipModel, prompts: Sequence[str], *, progress: Callable[[int, int], None] | None = None
 ) -> list[np.ndarray]:
-    """Raw (unnormalised) text embeddings, float32, one per prompt, in order."""
-    out: list[np.ndarray] = []
+    """Raw (unnormalised) text embeddings, float32, one per prompt, in order.
+
+    CLIP text towers see 77 positions although prompts are short; sorted by length and batched, each batch runs
+    only to its longest prompt (several times faster, same vectors to ~1e-6). Other towers run `encode_text`.
+    """
     if progress:
         progress(0, len(prompts))
+    tokens = model.tokenizer(list(prompts))
+    positions = _pool_positions(model.model, tokens)
+    order = torch.argsort(positions, stable=True) if positions is not None else torch.arange(len(prompts))
+    out: list[np.ndarray | None] = [None] * len(prompts)
     for start in range(0, len(prompts), TEXT_BATCH):
-        batch = list(prompts[start : start + TEXT_BATCH])
-        tokens = model.tokenizer(batch).to(model.device)
+        idx = order[start : start + TEXT_BATCH]
+        batch = tokens[idx].to(model.device)
         with model.autocast():
-            features = model.model.encode_text(tokens)
-        out.extend(features.float().cpu().numpy())
+            if positions is None:
+                features = model.model.encode_text(batch)
+            else:
+                features = _encode_trimmed(model.model, batch, positions[idx].to(model.device))
+        for i, vector in zip(idx.tolist(), features.float().cpu().numpy(), strict=True):
+            out[i] = vector
         if progress:
-            progress(len(out), len(prompts))
+            progress(min(start + TEXT_BATCH, len(prompts)), len(prompts))
     return out
