@@ -93,7 +93,7 @@ def test_default_templates_fall_back_to_imagenet80(tiny_model_dir):
 def test_no_cache_option_writes_nothing(tiny_model_dir, private_cache):
     model = zsclip.load_model(str(tiny_model_dir))
     zsclip.build_classifier(model, ["cat", "dog"], "photo", use_cache=False)
-    assert Cache(private_cache).info() == []
+    assert Cache(private_cache).info() == []  # nothing cached: no model has any vector
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_siglip_dir", "vitb32_weights"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: image_embeddings
 DB_NAME = "zsclip.sqlite"
 # SQLite allows at most 999 bound parameters per statement in older builds.
 _CHUNK = 900
@@ -37,6 +37,17 @@ CREATE TABLE IF NOT EXISTS models (
     spec        TEXT NOT NULL,
     last_used   REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS image_embeddings (
+    fingerprint  TEXT NOT NULL,
+    variant      TEXT NOT NULL,  -- precision + preprocessing: anything else that changes the numbers
+    path         TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    mtime_ns     INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    vector       BLOB NOT NULL,
+    PRIMARY KEY (fingerprint, variant, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS image_by_content ON image_embeddings (fingerprint, variant, content_hash);
 CREATE TABLE IF NOT EXISTS file_hashes (
     path     TEXT PRIMARY KEY,
     size     INTEGER NOT NULL,
@@ -57,6 +68,7 @@ class ModelEntry:
     fingerprint: str
     spec: str
     text_vectors: int
+    image_vectors: int
     bytes: int
 
 
@@ -98,9 +110,9 @@ class Cache:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
-            if version == 0:
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema version {version}, newer than this zsclip's {SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION:  # every table is CREATE IF NOT EXISTS, so older files just gain tables
                 conn.executescript(_SCHEMA)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Touch a table so a file that is not a database fails here, not mid-run.
@@ -146,25 +158,31 @@ class Cache:
     def info(self) -> list[ModelEntry]:
         """Entries and bytes per model fingerprint."""
         rows = self.conn.execute(
-            "SELECT t.fingerprint, coalesce(m.spec, ''), count(*), sum(length(t.vector)) "
-            "FROM text_embeddings t LEFT JOIN models m USING (fingerprint) GROUP BY t.fingerprint "
-            "ORDER BY t.fingerprint"
+            "SELECT f.fingerprint, coalesce(m.spec, ''), "
+            "  (SELECT count(*) FROM text_embeddings t WHERE t.fingerprint = f.fingerprint), "
+            "  (SELECT count(*) FROM image_embeddings i WHERE i.fingerprint = f.fingerprint), "
+            "  (SELECT coalesce(sum(length(vector)), 0) FROM text_embeddings t WHERE t.fingerprint = f.fingerprint) "
+            "  + (SELECT coalesce(sum(length(vector)), 0) FROM image_embeddings i WHERE i.fingerprint = f.fingerprint) "
+            "FROM (SELECT fingerprint FROM text_embeddings UNION SELECT fingerprint FROM image_embeddings) f "
+            "LEFT JOIN models m USING (fingerprint) ORDER BY f.fingerprint"
         )
         return [ModelEntry(*row) for row in rows]
 
-    def clear(self, fingerprint: str | None = None) -> int:
-        """Delete cached vectors (all, or one model's); returns how many were removed."""
+    def clear(self, fingerprint: str | None = None) -> tuple[int, int]:
+        """Delete cached vectors (all, or one model's); returns how many (text, image) vectors were removed."""
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             if fingerprint is None:
                 n = self.conn.execute("DELETE FROM text_embeddings").rowcount
+                m = self.conn.execute("DELETE FROM image_embeddings").rowcount
                 self.conn.execute("DELETE FROM models")
             else:
                 n = self.conn.execute("DELETE FROM text_embeddings WHERE fingerprint = ?", (fingerprint,)).rowcount
+                m = self.conn.execute("DELETE FROM image_embeddings WHERE fingerprint = ?", (fingerprint,)).rowcount
                 self.conn.execute("DELETE FROM models WHERE fingerprint = ?", (fingerprint,))
         if fingerprint is None:
             self.conn.execute("VACUUM")
-        return n
+        return n, m
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.glob(DB_NAME + "*") if p.is_file())

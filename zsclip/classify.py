@@ -82,17 +82,19 @@ def classify(
     batch_size: int = 32,
     workers: int | None = None,
     recursive: bool = True,
+    store: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Iterator[Prediction | Skipped]:
     """Stream a Prediction per image and a Skipped per file that could not be read, in walk order.
 
-    `paths` are image files, folders, or `@list.txt` files. `on_batch(classified, skipped)` reports progress.
+    `paths` are image files, folders, or `@list.txt` files. With `store`, image embeddings are kept in the cache
+    and reused (another run with other classes encodes no image). `on_batch(classified, skipped)` reports progress.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     k = check_options(classifier, top_k, threshold)
     sources = expand_sources(paths)
-    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers, recursive=recursive):
+    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers, recursive=recursive, store=store):
         yield from (Skipped(p, r) for p, r in batch.skipped)
         if batch.features is not None:
             probs = probabilities(batch.features, classifier)

@@ -62,7 +62,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-cache_app = typer.Typer(cls=_Group, help="Inspect or clear the cache of text embeddings.", no_args_is_help=True)
+cache_app = typer.Typer(
+    cls=_Group, help="Inspect or clear the cache of text and image embeddings.", no_args_is_help=True
+)
 app.add_typer(cache_app, name="cache")
 data_app = typer.Typer(cls=_Group, help="Generate data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -129,6 +131,14 @@ PrecisionOpt = Annotated[
         show_default=False,
     ),
 ]
+StoreOpt = Annotated[
+    bool,
+    typer.Option(
+        "--store/--no-store",
+        envvar=_env("store"),
+        help="Keep image embeddings in the cache and reuse them (another run with other classes encodes no image).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("quiet"), help="No progress bar.")]
 
 
@@ -186,6 +196,7 @@ def classify_cmd(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    store: StoreOpt = True,
     failures: Annotated[
         Path | None,
         typer.Option(envvar=_env("failures"), help="Write skipped files and reasons to FILE (JSONL)."),
@@ -231,6 +242,7 @@ def classify_cmd(
                 batch_size=batch_size,
                 workers=workers,
                 recursive=recursive,
+                store=store,
             ):
                 if isinstance(record, Skipped):
                     skipped += 1
@@ -309,7 +321,7 @@ def models_cmd(
     Console(highlight=False).print(table)
 
 
-def _embed_with_progress(clip, dataset, batch_size, workers, show):
+def _embed_with_progress(clip, dataset, batch_size, workers, store, show):
     from .evaluate import embed_dataset
 
     with progress.bar("encoding images", len(dataset.items), "img", show) as bar:
@@ -318,7 +330,7 @@ def _embed_with_progress(clip, dataset, batch_size, workers, show):
             if bar:
                 bar.update(0, advance=done + skipped, extra=f"{skipped} skipped" if skipped else "")
 
-        embedded = embed_dataset(clip, dataset, batch_size=batch_size, workers=workers, on_batch=tick)
+        embedded = embed_dataset(clip, dataset, batch_size=batch_size, workers=workers, store=store, on_batch=tick)
     for path, reason in embedded.skipped:
         progress.log(f"skipped {path}: {reason}")
     return embedded
@@ -352,6 +364,7 @@ def eval_cmd(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    store: StoreOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports."""
@@ -370,7 +383,7 @@ def eval_cmd(
     cache = Cache()
     clip = load_model(model, device=device, precision=precision, cache=cache)
     clf = _build(clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show)
-    result = score(_embed_with_progress(clip, data, batch_size, workers, show), clf)
+    result = score(_embed_with_progress(clip, data, batch_size, workers, store, show), clf)
     summary = (
         write_report(result, report, clip.spec, clip.fingerprint)
         if report
@@ -443,6 +456,7 @@ def prompts_compare(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    store: StoreOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Score several template sets on one data set, encoding the images once; best first."""
@@ -459,7 +473,7 @@ def prompts_compare(
     data = load_dataset(dataset, root=str(root) if root else None, classnames=classnames).limit(limit)
     show = progress.enabled(quiet)
     clip = load_model(model, device=device, precision=precision)
-    embedded = _embed_with_progress(clip, data, batch_size, workers, show)
+    embedded = _embed_with_progress(clip, data, batch_size, workers, store, show)
     comparison = compare_templates(clip, embedded, names, per_template)
     table = Table(
         show_edge=False, header_style="bold", title=f"{data.name} · {clip.spec} · {len(embedded.paths)} images"
@@ -603,22 +617,25 @@ def cache_path() -> None:
 
 @cache_app.command("info")
 def cache_info() -> None:
-    """Cached text embeddings per model, and the cache's size on disk."""
+    """Cached text and image embeddings per model, and the cache's size on disk."""
     cache = Cache()
     entries = cache.info()
     typer.echo(f"cache: {cache.directory} ({_size(cache.size_bytes())} on disk)")
     for e in entries:
-        typer.echo(f"{e.spec or '?'}\t{e.fingerprint}\t{e.text_vectors} text vectors\t{_size(e.bytes)}")
+        typer.echo(
+            f"{e.spec or '?'}\t{e.fingerprint}\t{e.text_vectors} text vectors\t{e.image_vectors} image vectors"
+            f"\t{_size(e.bytes)}"
+        )
     if not entries:
-        typer.echo("no text embeddings cached")
+        typer.echo("no embeddings cached")
 
 
 @cache_app.command("clear")
 def cache_clear(model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's entries.")] = None):
     """Delete cached embeddings: all, or one model's."""
     cache = Cache()
-    n = cache.clear(fingerprint_spec(model, cache) if model else None)
-    typer.echo(f"removed {n} text vectors" + (f" of {model}" if model else ""))
+    texts, images = cache.clear(fingerprint_spec(model, cache) if model else None)
+    typer.echo(f"removed {texts} text vectors and {images} image vectors" + (f" of {model}" if model else ""))
 
 
 def _size(n: int) -> str:

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cache import Cache
 from .images import iter_batches
 from .models import ClipModel
+from .store import ImageStore, variant_key
 
 
 @dataclass
@@ -34,8 +36,30 @@ def embed_stream(
     batch_size: int = 32,
     workers: int | None = None,
     recursive: bool = True,
+    store: bool = True,
+    cache: Cache | None = None,
 ) -> Iterator[EmbeddedBatch]:
-    """Decode and encode in batches, in walk order; what classify, eval and prompt comparison all stand on."""
-    for batch in iter_batches(sources, model.preprocess, batch_size=batch_size, workers=workers, recursive=recursive):
-        features = encode_images(model, batch.pixels) if batch.pixels is not None else None
+    """Decode and encode in batches, in walk order; what classify, eval and prompt comparison all stand on.
+
+    With `store`, files already in the image-embedding store are not decoded or encoded again, and every newly
+    encoded image is added to it.
+    """
+    image_store = (
+        ImageStore.open(cache or Cache(), model.fingerprint, variant_key(model.precision, model.preprocess))
+        if store
+        else None
+    )
+    for batch in iter_batches(
+        sources, model.preprocess, batch_size=batch_size, workers=workers, recursive=recursive, store=image_store
+    ):
+        if not batch.paths:
+            yield EmbeddedBatch([], None, batch.skipped)
+            continue
+        rows: dict[int, torch.Tensor] = {i: torch.from_numpy(v.copy()) for i, v in batch.stored.items()}
+        if batch.pixels is not None:
+            encoded = encode_images(model, batch.pixels).cpu()
+            rows.update(zip(batch.decoded, encoded, strict=True))
+        if image_store is not None:
+            image_store.put([(identity, rows[i].numpy()) for i, identity in batch.identities.items()])
+        features = torch.stack([rows[i] for i in range(len(batch.paths))]).to(model.device)
         yield EmbeddedBatch(batch.paths, features, batch.skipped)

@@ -47,12 +47,13 @@ def embed_dataset(
     *,
     batch_size: int = 32,
     workers: int | None = None,
+    store: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Embedded:
     truth = {p: label for p, label in dataset.items}
     sources = [(p, True) for p, _ in dataset.items]
     paths, feats, skipped = [], [], []
-    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers):
+    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers, store=store):
         skipped += batch.skipped
         if batch.features is not None:
             paths += batch.paths
@@ -92,6 +93,7 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    store: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset)."""
@@ -101,7 +103,7 @@ def evaluate(
     if isinstance(templates, str):
         templates = resolve_dataset_templates(templates, dataset, model)
     classifier = build_classifier(model, dataset.classnames, templates)
-    embedded = embed_dataset(model, dataset, batch_size=batch_size, workers=workers, on_batch=on_batch)
+    embedded = embed_dataset(model, dataset, batch_size=batch_size, workers=workers, store=store, on_batch=on_batch)
     return score(embedded, classifier)
 
 

@@ -9,6 +9,7 @@ worker takes every n-th batch of the same deterministic walk, so results stream 
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import UsageError
+from .store import FileIdentity, ImageStore
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -30,10 +32,14 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"
 
 @dataclass
 class Batch:
-    """One batch from the stream: pixels for the images that decoded, skip reasons for those that did not."""
+    """One batch from the stream, in walk order: every readable image's path; pixels for those decoded here and
+    vectors for those found in the image-embedding store; skip reasons for files that could not be read."""
 
     paths: list[str] = field(default_factory=list)
     pixels: torch.Tensor | None = None
+    decoded: list[int] = field(default_factory=list)  # indices into paths that `pixels` holds, in order
+    stored: dict[int, np.ndarray] = field(default_factory=dict)  # index into paths -> stored vector
+    identities: dict[int, FileIdentity] = field(default_factory=dict)  # index -> identity to (re)store
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -188,11 +194,13 @@ class ImageStream(IterableDataset):
         preprocess: Callable,
         batch_size: int,
         recursive: bool = True,
+        store: ImageStore | None = None,
     ):
         self.sources = sources
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.recursive = recursive
+        self.store = store
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -210,14 +218,31 @@ class ImageStream(IterableDataset):
         for path, explicit in chunk:
             if not (explicit or has_image_extension(path) or looks_like_image(path)):
                 continue
-            try:
-                tensors.append(load_image(path, self.preprocess))
-                batch.paths.append(path)
-            except SkipFile as exc:
-                batch.skipped.append((path, str(exc)))
+            vector, identity = self._lookup(path)
+            index = len(batch.paths)
+            if vector is None:
+                try:
+                    tensors.append(load_image(path, self.preprocess))
+                except SkipFile as exc:
+                    batch.skipped.append((path, str(exc)))
+                    continue
+                batch.decoded.append(index)
+            else:
+                batch.stored[index] = vector
+            batch.paths.append(path)
+            if identity is not None:
+                batch.identities[index] = identity
         if tensors:
             batch.pixels = torch.stack(tensors)
         return batch
+
+    def _lookup(self, path: str) -> tuple[np.ndarray | None, FileIdentity | None]:
+        if self.store is None:
+            return None, None
+        try:
+            return self.store.lookup(path)
+        except sqlite3.Error:  # an unreadable store costs a re-encode, never the run
+            return None, None
 
 
 def default_workers() -> int:
@@ -232,6 +257,7 @@ def iter_batches(
     batch_size: int = 32,
     workers: int | None = None,
     recursive: bool = True,
+    store: ImageStore | None = None,
 ) -> Iterator[Batch]:
     """Stream decoded batches; memory stays bounded by a few batches per worker whatever the folder size."""
     if batch_size < 1:
@@ -239,7 +265,7 @@ def iter_batches(
     workers = default_workers() if workers is None else workers
     if workers < 0:
         raise UsageError(f"--workers {workers}: must be 0 or more")
-    stream = ImageStream(sources, preprocess, batch_size, recursive)
+    stream = ImageStream(sources, preprocess, batch_size, recursive, store)
     if workers == 0:
         yield from stream
         return

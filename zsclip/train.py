@@ -163,7 +163,8 @@ def zero_shot_eval(clip: ClipModel, eval_dir: Path, templates: str, captions: li
     held_out = {c for c in classes if c.lower() not in text}
     clf = build_classifier(clip, classes, templates, use_cache=False)
     hits = {"seen": [], "held_out": []}
-    for record in classify(clip, clf, [eval_dir], batch_size=256, workers=0, top_k=1):
+    # No image store: the weights change every epoch while the "training" fingerprint does not.
+    for record in classify(clip, clf, [eval_dir], batch_size=256, workers=0, top_k=1, store=False):
         if isinstance(record, Prediction):
             truth = Path(record.path).parent.name
             hits["held_out" if truth in held_out else "seen"].append(record.label == truth)

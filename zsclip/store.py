@@ -1,0 +1,117 @@
+"""The image-embedding store: classify the same files again, with other classes or templates, without
+re-encoding a single image.
+
+Vectors live in the cache's SQLite file, keyed by model fingerprint, a variant (precision + preprocessing +
+decoding version) and file identity: path, size and mtime, with a content hash so moved or renamed files are
+found too. Decoding workers look files up before decoding them; only the main process writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cache import Cache
+
+DECODE_VERSION = "decode-1"  # bump when decoding or colour handling changes pixels
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+def variant_key(precision: str, preprocess) -> str:
+    """What besides the weights changes an image vector: precision and the exact preprocessing pipeline."""
+    digest = hashlib.sha256(repr(preprocess).encode()).hexdigest()[:16]
+    return f"{precision}|{DECODE_VERSION}|{digest}"
+
+
+def content_hash(path: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ImageStore:
+    """Picklable handle: each process opens its own connection on first use."""
+
+    db_path: str
+    fingerprint: str
+    variant: str
+
+    def __post_init__(self) -> None:
+        self._conn: sqlite3.Connection | None = None
+
+    def __getstate__(self) -> dict:
+        return {"db_path": self.db_path, "fingerprint": self.fingerprint, "variant": self.variant}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._conn = None
+
+    @classmethod
+    def open(cls, cache: Cache, fingerprint: str, variant: str) -> ImageStore:
+        cache.conn  # noqa: B018 -- creates the file and its tables before any worker reads it
+        return cls(str(cache.path), fingerprint, variant)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            self._conn.execute("PRAGMA busy_timeout = 60000")
+        return self._conn
+
+    def lookup(self, path: str) -> tuple[np.ndarray | None, FileIdentity | None]:
+        """(vector, identity): a stored vector for this file if any; the identity to record when it must be
+        (re)stored, None when the stored row already matches."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None, None
+        key = os.path.abspath(path)
+        row = self.conn.execute(
+            "SELECT vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ? "
+            "AND size = ? AND mtime_ns = ?",
+            (self.fingerprint, self.variant, key, st.st_size, st.st_mtime_ns),
+        ).fetchone()
+        if row:
+            return np.frombuffer(row[0], dtype=np.float32), None
+        try:
+            identity = FileIdentity(key, st.st_size, st.st_mtime_ns, content_hash(path))
+        except OSError:
+            return None, None
+        row = self.conn.execute(
+            "SELECT vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND content_hash = ? LIMIT 1",
+            (self.fingerprint, self.variant, identity.content_hash),
+        ).fetchone()
+        return (np.frombuffer(row[0], dtype=np.float32) if row else None), identity
+
+    def put(self, rows: list[tuple[FileIdentity, np.ndarray]]) -> None:
+        if not rows:
+            return
+        values = [
+            (
+                self.fingerprint,
+                self.variant,
+                i.path,
+                i.size,
+                i.mtime_ns,
+                i.content_hash,
+                np.asarray(v, dtype=np.float32).tobytes(),
+            )
+            for i, v in rows
+        ]
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("INSERT OR REPLACE INTO image_embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", values)
