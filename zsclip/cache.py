@@ -23,6 +23,7 @@ SCHEMA_VERSION = 2  # 2: image_embeddings
 DB_NAME = "zsclip.sqlite"
 # SQLite allows at most 999 bound parameters per statement in older builds.
 _CHUNK = 900
+_SCAN_ABOVE = 5000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS text_embeddings (
@@ -131,6 +132,18 @@ class Cache:
     def get_text(self, fingerprint: str, precision: str, prompts: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached vectors for those prompts that have one."""
         found: dict[str, np.ndarray] = {}
+        if len(prompts) > _SCAN_ABOVE:
+            # Many prompts (e.g. 1000 classes x 80 templates): one range scan of the model's rows beats tens of
+            # thousands of point lookups.
+            wanted = set(prompts)
+            rows = self.conn.execute(
+                "SELECT prompt, vector FROM text_embeddings WHERE fingerprint = ? AND precision = ?",
+                (fingerprint, precision),
+            )
+            for prompt, blob in rows:
+                if prompt in wanted:
+                    found[prompt] = np.frombuffer(blob, dtype=np.float32)
+            return found
         for start in range(0, len(prompts), _CHUNK):
             chunk = list(prompts[start : start + _CHUNK])
             marks = ",".join("?" * len(chunk))

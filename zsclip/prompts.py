@@ -7,6 +7,7 @@ A template set file is plain text: an optional first line `# description`, then 
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -27,12 +28,16 @@ class TemplateSet:
     templates: tuple[str, ...]
 
     def expand(self, classname: str) -> list[str]:
-        return [fill(t, classname) for t in self.templates]
+        return [classname.join(parts) for parts in self._parts]
+
+    @functools.cached_property
+    def _parts(self) -> list[list[str]]:
+        return [_SLOT.split(t) for t in self.templates]
 
 
 def fill(template: str, classname: str) -> str:
     """Put a class name into a template; unlike str.format, braces in the name or elsewhere are left alone."""
-    return _SLOT.sub(lambda _: classname, template)
+    return classname.join(_SLOT.split(template))
 
 
 def parse_templates(text: str, source: str) -> tuple[str, tuple[str, ...]]:
