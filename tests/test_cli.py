@@ -219,7 +219,19 @@ def test_parity_with_open_clip_on_real_images(tiny_model_dir, tmp_path):
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(map(str, images)))
     classes = CLASSES.split(",")
-    result = run("classify", f"@{listing}", "-c", CLASSES, "-m", tiny_model_dir, "-t", "imagenet7", "--workers", "1")
+    result = run(
+        "classify",
+        f"@{listing}",
+        "-c",
+        CLASSES,
+        "-m",
+        tiny_model_dir,
+        "-t",
+        "imagenet7",
+        "--workers",
+        "1",
+        "--exact-preprocess",
+    )
     ours = [json.loads(line)["label"] for line in result.stdout.splitlines()]
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_model_dir}")

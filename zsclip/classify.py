@@ -83,12 +83,14 @@ def classify(
     workers: int | None = None,
     recursive: bool = True,
     store: bool = True,
+    exact: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Iterator[Prediction | Skipped]:
     """Stream a Prediction per image and a Skipped per file that could not be read, in walk order.
 
     `paths` are image files, folders, or `@list.txt` files. With `store`, image embeddings are kept in the cache
-    and reused (another run with other classes encodes no image). `on_batch(classified, skipped)` reports progress.
+    and reused (another run with other classes encodes no image); `exact` turns off JPEG draft decoding.
+    `on_batch(classified, skipped)` reports progress.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]

@@ -139,6 +139,14 @@ StoreOpt = Annotated[
         help="Keep image embeddings in the cache and reuse them (another run with other classes encodes no image).",
     ),
 ]
+ExactOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exact-preprocess",
+        envvar=_env("exact_preprocess"),
+        help="Decode JPEGs at full size (default: large JPEGs are decoded at a reduced scale, >= 2x the input).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("quiet"), help="No progress bar.")]
 
 
@@ -197,6 +205,7 @@ def classify_cmd(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     store: StoreOpt = True,
+    exact_preprocess: ExactOpt = False,
     failures: Annotated[
         Path | None,
         typer.Option(envvar=_env("failures"), help="Write skipped files and reasons to FILE (JSONL)."),
@@ -243,6 +252,7 @@ def classify_cmd(
                 workers=workers,
                 recursive=recursive,
                 store=store,
+                exact=exact_preprocess,
             ):
                 if isinstance(record, Skipped):
                     skipped += 1
@@ -321,7 +331,7 @@ def models_cmd(
     Console(highlight=False).print(table)
 
 
-def _embed_with_progress(clip, dataset, batch_size, workers, store, show):
+def _embed_with_progress(clip, dataset, batch_size, workers, store, exact, show):
     from .evaluate import embed_dataset
 
     with progress.bar("encoding images", len(dataset.items), "img", show) as bar:
@@ -365,6 +375,7 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     store: StoreOpt = True,
+    exact_preprocess: ExactOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports."""
@@ -383,7 +394,7 @@ def eval_cmd(
     cache = Cache()
     clip = load_model(model, device=device, precision=precision, cache=cache)
     clf = _build(clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show)
-    result = score(_embed_with_progress(clip, data, batch_size, workers, store, show), clf)
+    result = score(_embed_with_progress(clip, data, batch_size, workers, store, exact_preprocess, show), clf)
     summary = (
         write_report(result, report, clip.spec, clip.fingerprint)
         if report
@@ -457,6 +468,7 @@ def prompts_compare(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     store: StoreOpt = True,
+    exact_preprocess: ExactOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Score several template sets on one data set, encoding the images once; best first."""
@@ -473,7 +485,7 @@ def prompts_compare(
     data = load_dataset(dataset, root=str(root) if root else None, classnames=classnames).limit(limit)
     show = progress.enabled(quiet)
     clip = load_model(model, device=device, precision=precision)
-    embedded = _embed_with_progress(clip, data, batch_size, workers, store, show)
+    embedded = _embed_with_progress(clip, data, batch_size, workers, store, exact_preprocess, show)
     comparison = compare_templates(clip, embedded, names, per_template)
     table = Table(
         show_edge=False, header_style="bold", title=f"{data.name} · {clip.spec} · {len(embedded.paths)} images"

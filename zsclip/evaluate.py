@@ -48,12 +48,13 @@ def embed_dataset(
     batch_size: int = 32,
     workers: int | None = None,
     store: bool = True,
+    exact: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Embedded:
     truth = {p: label for p, label in dataset.items}
     sources = [(p, True) for p, _ in dataset.items]
     paths, feats, skipped = [], [], []
-    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers, store=store):
+    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers, store=store, exact=exact):
         skipped += batch.skipped
         if batch.features is not None:
             paths += batch.paths
@@ -94,6 +95,7 @@ def evaluate(
     batch_size: int = 32,
     workers: int | None = None,
     store: bool = True,
+    exact: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset)."""

@@ -139,8 +139,13 @@ def count_candidates(sources: list[tuple[str, bool]], recursive: bool = True) ->
 
 
 # -- decoding ----------------------------------------------------------------------------------------------
-def load_image(path: str, preprocess: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
-    """Decode one file to the model's input tensor, or raise SkipFile with the reason."""
+def load_image(path: str, preprocess: Callable[[Image.Image], torch.Tensor], draft: int | None = None) -> torch.Tensor:
+    """Decode one file to the model's input tensor, or raise SkipFile with the reason.
+
+    With `draft`, a JPEG much larger than the model input is decoded at a reduced DCT scale (1/2, 1/4, 1/8) that
+    still leaves both sides >= `draft` pixels; the model's own resize then does the rest. Several times faster
+    on photos, with slightly different pixels (`--exact-preprocess` turns it off).
+    """
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -152,6 +157,8 @@ def load_image(path: str, preprocess: Callable[[Image.Image], torch.Tensor]) -> 
         raise SkipFile("empty file")
     try:
         with Image.open(path) as im:
+            if draft and im.format == "JPEG" and min(im.size) >= 2 * draft:
+                im.draft("RGB", (draft, draft))
             im.load()
             return preprocess(to_rgb(_upright(im)))
     except UnidentifiedImageError:
@@ -195,12 +202,14 @@ class ImageStream(IterableDataset):
         batch_size: int,
         recursive: bool = True,
         store: ImageStore | None = None,
+        draft: int | None = None,
     ):
         self.sources = sources
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.recursive = recursive
         self.store = store
+        self.draft = draft
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -222,7 +231,7 @@ class ImageStream(IterableDataset):
             index = len(batch.paths)
             if vector is None:
                 try:
-                    tensors.append(load_image(path, self.preprocess))
+                    tensors.append(load_image(path, self.preprocess, self.draft))
                 except SkipFile as exc:
                     batch.skipped.append((path, str(exc)))
                     continue
@@ -258,6 +267,7 @@ def iter_batches(
     workers: int | None = None,
     recursive: bool = True,
     store: ImageStore | None = None,
+    draft: int | None = None,
 ) -> Iterator[Batch]:
     """Stream decoded batches; memory stays bounded by a few batches per worker whatever the folder size."""
     if batch_size < 1:
@@ -265,7 +275,7 @@ def iter_batches(
     workers = default_workers() if workers is None else workers
     if workers < 0:
         raise UsageError(f"--workers {workers}: must be 0 or more")
-    stream = ImageStream(sources, preprocess, batch_size, recursive, store)
+    stream = ImageStream(sources, preprocess, batch_size, recursive, store, draft)
     if workers == 0:
         yield from stream
         return

@@ -28,10 +28,10 @@ class FileIdentity:
     content_hash: str
 
 
-def variant_key(precision: str, preprocess) -> str:
-    """What besides the weights changes an image vector: precision and the exact preprocessing pipeline."""
+def variant_key(precision: str, preprocess, draft: int | None = None) -> str:
+    """What besides the weights changes an image vector: precision, JPEG draft decoding and the preprocessing."""
     digest = hashlib.sha256(repr(preprocess).encode()).hexdigest()[:16]
-    return f"{precision}|{DECODE_VERSION}|{digest}"
+    return f"{precision}|{DECODE_VERSION}|draft={draft or 0}|{digest}"
 
 
 def content_hash(path: str) -> str:
