@@ -79,7 +79,7 @@ def classify(
     *,
     top_k: int | None = None,
     threshold: float | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     recursive: bool = True,
     store: bool = True,

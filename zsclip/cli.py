@@ -117,7 +117,12 @@ ClassnamesOpt = Annotated[
 LimitOpt = Annotated[
     int | None, typer.Option(envvar=_env("limit"), help="Score a stratified subset of N images.", show_default=False)
 ]
-BatchOpt = Annotated[int, typer.Option(envvar=_env("batch_size"), help="Images per forward pass.")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        envvar=_env("batch_size"), help="Images per forward pass (default: 256 on CUDA, else 32).", show_default=False
+    ),
+]
 WorkersOpt = Annotated[
     int | None,
     typer.Option(envvar=_env("workers"), help="Decoding processes (default: cores - 1).", show_default=False),
@@ -200,7 +205,7 @@ def classify_cmd(
     recursive: Annotated[
         bool, typer.Option("--recursive/--no-recursive", envvar=_env("recursive"), help="Walk into subfolders.")
     ] = True,
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
@@ -340,7 +345,9 @@ def _embed_with_progress(clip, dataset, batch_size, workers, store, exact, show)
             if bar:
                 bar.update(0, advance=done + skipped, extra=f"{skipped} skipped" if skipped else "")
 
-        embedded = embed_dataset(clip, dataset, batch_size=batch_size, workers=workers, store=store, on_batch=tick)
+        embedded = embed_dataset(
+            clip, dataset, batch_size=batch_size, workers=workers, store=store, exact=exact, on_batch=tick
+        )
     for path, reason in embedded.skipped:
         progress.log(f"skipped {path}: {reason}")
     return embedded
@@ -370,7 +377,7 @@ def eval_cmd(
     fmt: Annotated[
         str, typer.Option("--format", "-f", envvar=_env("format"), help="table or json (the metrics.json content).")
     ] = "table",
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
@@ -463,7 +470,7 @@ def prompts_compare(
     report: Annotated[
         Path | None, typer.Option(envvar=_env("report"), help="Write compare.csv, compare.json, compare.png here.")
     ] = None,
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,

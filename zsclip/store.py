@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,21 +45,21 @@ def content_hash(path: str) -> str:
 
 @dataclass
 class ImageStore:
-    """Picklable handle: each process opens its own connection on first use."""
+    """Picklable handle: each process and thread opens its own connection on first use."""
 
     db_path: str
     fingerprint: str
     variant: str
 
     def __post_init__(self) -> None:
-        self._conn: sqlite3.Connection | None = None
+        self._local = threading.local()
 
     def __getstate__(self) -> dict:
         return {"db_path": self.db_path, "fingerprint": self.fingerprint, "variant": self.variant}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._conn = None
+        self._local = threading.local()
 
     @classmethod
     def open(cls, cache: Cache, fingerprint: str, variant: str) -> ImageStore:
@@ -67,10 +68,11 @@ class ImageStore:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            self._conn.execute("PRAGMA busy_timeout = 60000")
-        return self._conn
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 60000")
+        return conn
 
     def lookup(self, path: str) -> tuple[np.ndarray | None, FileIdentity | None]:
         """(vector, identity): a stored vector for this file if any; the identity to record when it must be

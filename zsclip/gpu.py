@@ -1,0 +1,203 @@
+"""The GPU image path: files read by CPU threads, JPEGs decoded in batches on the GPU (nvjpeg through
+torchvision.io.decode_jpeg), then resized, cropped and normalised there, overlapping with the encoder.
+
+It mirrors the model's own preprocessing (Resize -> CenterCrop -> Normalize, as open_clip builds it); a pipeline
+with any other step is not mirrored and the CPU path runs instead. Files that are not JPEG, or that the batch
+decoder rejects, go through the CPU path one by one, with its skip rules. The same code runs on the CPU (device
+"cpu"), which is how the tests cover it without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import InterpolationMode
+
+from .images import Batch, SkipFile, has_image_extension, load_image, looks_like_image, walk
+from .store import ImageStore
+
+_JPEG = b"\xff\xd8\xff"
+# Steps that only turn a PIL image into an RGB float tensor, which decode_jpeg(mode=RGB) and the ops below do.
+_PASSTHROUGH = {"MaybeConvertMode", "MaybeToTensor", "ToTensor", "_convert_to_rgb"}
+
+
+@dataclass(frozen=True)
+class TensorPreprocess:
+    """The model's Resize/CenterCrop/Normalize as tensor ops that run on any device."""
+
+    resize: int | tuple[int, int]  # int: shorter side (aspect kept); (h, w): squash
+    interpolation: InterpolationMode
+    crop: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_transform(cls, preprocess) -> TensorPreprocess | None:
+        """Read open_clip's eval Compose; None when it holds a step this path does not mirror."""
+        steps = getattr(preprocess, "transforms", None)
+        if not steps:
+            return None
+        resize = crop = norm = None
+        for step in steps:
+            name = getattr(step, "__name__", type(step).__name__)
+            if name == "Resize":
+                resize = step
+            elif name == "CenterCrop":
+                crop = step
+            elif name == "Normalize":
+                norm = step
+            elif name not in _PASSTHROUGH:
+                return None
+        if resize is None or norm is None or getattr(resize, "max_size", None):
+            return None
+        size = resize.size
+        size = size[0] if isinstance(size, list | tuple) and len(size) == 1 else size
+        size = tuple(size) if isinstance(size, list | tuple) else int(size)
+        crop_size = tuple(crop.size) if crop is not None else (size if isinstance(size, tuple) else (size, size))
+        return cls(size, resize.interpolation, crop_size, tuple(norm.mean), tuple(norm.std))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 [3, H, W] on any device -> normalised float32 [3, crop_h, crop_w]."""
+        x = image.float() / 255.0
+        x = TF.resize(x, list(self.resize) if isinstance(self.resize, tuple) else [self.resize],
+                      interpolation=self.interpolation, antialias=True)  # fmt: skip
+        x = TF.center_crop(x, list(self.crop))
+        return TF.normalize(x.clamp_(0, 1), list(self.mean), list(self.std))
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def iter_device_batches(
+    sources: list[tuple[str, bool]],
+    preprocess: Callable,
+    device: torch.device,
+    *,
+    batch_size: int = 256,
+    recursive: bool = True,
+    store: ImageStore | None = None,
+    draft: int | None = None,
+    threads: int | None = None,
+) -> Iterator[Batch]:
+    """Batches like images.iter_batches, with pixels decoded and preprocessed on `device`."""
+    tensor_pp = TensorPreprocess.from_transform(preprocess)
+    if tensor_pp is None:
+        raise ValueError("preprocessing not mirrored on the device")
+    pool = ThreadPoolExecutor(max_workers=threads or min(16, (os.cpu_count() or 4)))
+    entries = walk(sources, recursive)
+
+    def chunks() -> Iterator[list[tuple[str, bool]]]:
+        while chunk := list(islice(entries, batch_size)):
+            yield chunk
+
+    def prepare(chunk):  # on a worker thread: store lookups and file reads for one batch
+        out = []
+        for path, explicit in chunk:
+            if not (explicit or has_image_extension(path) or looks_like_image(path)):
+                continue
+            vector, identity = store.lookup(path) if store is not None else (None, None)
+            data = None if vector is not None else _read(path)
+            out.append((path, vector, identity, data))
+        return out
+
+    with pool:
+        pending = []
+        for chunk in chunks():  # keep two batches of reads in flight while the device decodes
+            pending.append(pool.submit(prepare, chunk))
+            if len(pending) > 2:
+                yield _decode(pending.pop(0).result(), preprocess, tensor_pp, device, draft)
+        for future in pending:
+            yield _decode(future.result(), preprocess, tensor_pp, device, draft)
+
+
+def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft) -> Batch:
+    batch = Batch()
+    jpegs: list[tuple[int, torch.Tensor]] = []
+    pixels: dict[int, torch.Tensor] = {}
+    for path, vector, identity, data in prepared:
+        index = len(batch.paths)
+        if vector is not None:
+            batch.stored[index] = vector
+        elif data is not None and data.startswith(_JPEG):
+            jpegs.append((index, torch.frombuffer(bytearray(data), dtype=torch.uint8)))
+        else:
+            try:  # PNG, WebP, unreadable files...: the CPU path and its skip rules
+                pixels[index] = load_image(path, preprocess, draft).to(device)
+            except SkipFile as exc:
+                batch.skipped.append((path, str(exc)))
+                continue
+        batch.paths.append(path)
+        if identity is not None:
+            batch.identities[index] = identity
+    for index, image in zip([i for i, _ in jpegs], _decode_jpegs([d for _, d in jpegs], device), strict=True):
+        if image is None:
+            try:
+                pixels[index] = load_image(batch.paths[index], preprocess, draft).to(device)
+            except SkipFile as exc:
+                batch.skipped.append((batch.paths[index], str(exc)))
+            continue
+        pixels[index] = tensor_pp(image)
+    if len(batch.skipped) and any(p for p, _ in batch.skipped if p in batch.paths):
+        batch = _drop_skipped(batch, pixels)
+    else:
+        batch.decoded = sorted(pixels)
+        batch.pixels = torch.stack([pixels[i] for i in batch.decoded]) if pixels else None
+    return batch
+
+
+def _decode_jpegs(data: list[torch.Tensor], device) -> list[torch.Tensor | None]:
+    """Batch decode; on failure, one by one so a single bad file costs only itself."""
+    if not data:
+        return []
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its codecs in favour of TorchCodec; until that offers batched nvjpeg
+        # decoding this is the fast path, and the warning is not something a user can act on.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _decode_jpegs_now(data, device)
+
+
+def _decode_jpegs_now(data: list[torch.Tensor], device) -> list[torch.Tensor | None]:
+    try:
+        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+    except RuntimeError:
+        out = []
+        for d in data:
+            try:
+                out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+            except RuntimeError:
+                out.append(None)
+        return out
+
+
+def _drop_skipped(batch: Batch, pixels: dict[int, torch.Tensor]) -> Batch:
+    """Re-index a batch after JPEGs that neither decoder could read were skipped."""
+    bad = {p for p, _ in batch.skipped}
+    out = Batch(skipped=batch.skipped)
+    keep = {}
+    for old, path in enumerate(batch.paths):
+        if path in bad and old not in batch.stored and old not in pixels:
+            continue
+        new = len(out.paths)
+        out.paths.append(path)
+        if old in batch.stored:
+            out.stored[new] = batch.stored[old]
+        if old in pixels:
+            keep[new] = pixels[old]
+        if old in batch.identities:
+            out.identities[new] = batch.identities[old]
+    out.decoded = sorted(keep)
+    out.pixels = torch.stack([keep[i] for i in out.decoded]) if keep else None
+    return out
