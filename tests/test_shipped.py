@@ -67,3 +67,18 @@ def test_zero_shot_transfer_on_fresh_renders(tmp_path):
 def test_listed_as_shipped(name):
     rows = zsclip.list_models()
     assert {"spec": name, "source": "shipped", "available": True} in rows
+
+
+def test_convolutional_tower_runs_channels_last_with_the_same_embeddings():
+    import open_clip
+    import torch
+
+    from zsclip.encode import encode_images
+
+    model = zsclip.load_model("shapes")
+    assert model.channels_last
+    reference = open_clip.create_model(f"local-dir:{shipped_models()['shapes']}").eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(reference.encode_image(x), dim=-1)
+    assert torch.allclose(encode_images(model, x), expected, atol=1e-5)

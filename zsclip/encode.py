@@ -27,6 +27,8 @@ def encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
     """Unit-norm float32 image embeddings [batch, dim] on the model's device."""
     if pixels.device != model.device:
         pixels = (pixels.pin_memory() if model.device.type == "cuda" else pixels).to(model.device, non_blocking=True)
+    if model.channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
     with model.autocast():
         features = model.model.encode_image(pixels)
     return torch.nn.functional.normalize(features.float(), dim=-1)
