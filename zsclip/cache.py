@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-SCHEMA_VERSION = 2  # 2: image_embeddings
+SCHEMA_VERSION = 3  # 2: image_embeddings; 3: content-hash index led by the hash
 DB_NAME = "zsclip.sqlite"
 # SQLite allows at most 999 bound parameters per statement in older builds.
 _CHUNK = 900
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS image_embeddings (
     vector       BLOB NOT NULL,
     PRIMARY KEY (fingerprint, variant, path)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS image_by_content ON image_embeddings (fingerprint, variant, content_hash);
+DROP INDEX IF EXISTS image_by_content;
+CREATE INDEX IF NOT EXISTS image_by_hash ON image_embeddings (content_hash, fingerprint, variant);
 CREATE TABLE IF NOT EXISTS file_hashes (
     path     TEXT PRIMARY KEY,
     size     INTEGER NOT NULL,
@@ -208,9 +209,9 @@ class Cache:
         row = self.conn.execute(
             "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
             (str(path), st.st_size, st.st_mtime_ns),
-        ).fetchone()
+        ).fetchall()
         if row:
-            return row[0]
+            return row[0][0]
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):

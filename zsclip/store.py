@@ -72,6 +72,7 @@ class ImageStore:
         if conn is None:
             conn = self._local.conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, atomic always
         return conn
 
     def lookup(self, path: str) -> tuple[np.ndarray | None, FileIdentity | None]:
@@ -86,18 +87,21 @@ class ImageStore:
             "SELECT vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ? "
             "AND size = ? AND mtime_ns = ?",
             (self.fingerprint, self.variant, key, st.st_size, st.st_mtime_ns),
-        ).fetchone()
+        ).fetchall()  # fetchall: a statement left unfinished would hold a read snapshot and stall WAL checkpoints
         if row:
-            return np.frombuffer(row[0], dtype=np.float32), None
+            return np.frombuffer(row[0][0], dtype=np.float32), None
         try:
             identity = FileIdentity(key, st.st_size, st.st_mtime_ns, content_hash(path))
         except OSError:
             return None, None
         row = self.conn.execute(
-            "SELECT vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND content_hash = ? LIMIT 1",
-            (self.fingerprint, self.variant, identity.content_hash),
-        ).fetchone()
-        return (np.frombuffer(row[0], dtype=np.float32) if row else None), identity
+            # INDEXED BY: without statistics SQLite would rather scan the model's rows by primary-key prefix,
+            # which made every new file cost O(stored files) (measured: 20x slower by 25,000 images).
+            "SELECT vector FROM image_embeddings INDEXED BY image_by_hash "
+            "WHERE content_hash = ? AND fingerprint = ? AND variant = ? LIMIT 1",
+            (identity.content_hash, self.fingerprint, self.variant),
+        ).fetchall()
+        return (np.frombuffer(row[0][0], dtype=np.float32) if row else None), identity
 
     def put(self, rows: list[tuple[FileIdentity, np.ndarray]]) -> None:
         if not rows:
