@@ -106,3 +106,22 @@ def test_eval_reuses_the_store(counted, tmp_path):
     calls.clear()
     second = evaluate(model, str(root), "imagenet7", workers=0)
     assert calls == [] and second.paths == first.paths
+
+
+def test_lookups_use_indexes_not_scans(private_cache, tmp_path):
+    """Each query a lookup runs must be an index seek: a scan made every new file cost O(stored files)."""
+    from zsclip.store import ImageStore
+
+    store = ImageStore.open(Cache(private_cache), "fp", "variant")
+    image = _images(tmp_path / "one", 1) / "0.png"
+    traced = []
+    store.conn.set_trace_callback(traced.append)
+    vector, identity = store.lookup(str(image))
+    store.conn.set_trace_callback(None)
+    assert vector is None and identity is not None
+    selects = [q for q in traced if q.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 2
+    for query in selects:
+        plan = " ".join(row[-1] for row in store.conn.execute("EXPLAIN QUERY PLAN " + query).fetchall())
+        assert "SEARCH" in plan and "SCAN" not in plan, plan
+        assert "content_hash=?" in plan or "path=?" in plan, plan
