@@ -336,6 +336,18 @@ def models_cmd(
     Console(highlight=False).print(table)
 
 
+def _eval_data(dataset: str, root: Path | None, classnames: str | None, limit: int | None):
+    """The data set an eval-like command scores, checked before any model is loaded."""
+    from .datasets import load_dataset
+
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit}: must be at least 1")
+    data = load_dataset(dataset, root=str(root) if root else None, classnames=classnames).limit(limit)
+    if not data.items:
+        raise UsageError(f"{dataset}: no images found")
+    return data
+
+
 def _embed_with_progress(clip, dataset, batch_size, workers, store, exact, show):
     from .evaluate import embed_dataset
 
@@ -386,17 +398,12 @@ def eval_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports."""
-    from .datasets import load_dataset
     from .evaluate import resolve_dataset_templates, score
     from .report import summary_dict, write_report
 
     if fmt not in ("table", "json"):
         raise UsageError(f"--format {fmt}: use table or json")
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit}: must be at least 1")
-    data = load_dataset(dataset, root=str(root) if root else None, classnames=classnames).limit(limit)
-    if not data.items:
-        raise UsageError(f"{dataset}: no images found")
+    data = _eval_data(dataset, root, classnames, limit)
     show = progress.enabled(quiet)
     cache = Cache()
     clip = load_model(model, device=device, precision=precision, cache=cache)
@@ -481,7 +488,6 @@ def prompts_compare(
     """Score several template sets on one data set, encoding the images once; best first."""
     from rich.table import Table
 
-    from .datasets import load_dataset
     from .evaluate import compare_templates
     from .prompts import load_templates
     from .report import write_comparison
@@ -489,7 +495,7 @@ def prompts_compare(
     names = [s.strip() for s in sets.split(",") if s.strip()] if sets else None
     for n in names or []:
         load_templates(n)
-    data = load_dataset(dataset, root=str(root) if root else None, classnames=classnames).limit(limit)
+    data = _eval_data(dataset, root, classnames, limit)
     show = progress.enabled(quiet)
     clip = load_model(model, device=device, precision=precision)
     embedded = _embed_with_progress(clip, data, batch_size, workers, store, exact_preprocess, show)
