@@ -10,6 +10,7 @@ decoder rejects, go through the CPU path one by one, with its skip rules. The sa
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -74,7 +75,11 @@ class TensorPreprocess:
 
 
 def _read(path: str) -> bytes | None:
+    """The file's bytes; None for anything but a readable regular file (a FIFO would block), which then takes
+    the CPU path and its skip rules."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with open(path, "rb") as f:
             return f.read()
     except OSError:

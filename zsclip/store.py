@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import stat
 import threading
 from dataclasses import dataclass
 
@@ -81,6 +82,8 @@ class ImageStore:
         try:
             st = os.stat(path)
         except OSError:
+            return None, None
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the read for the hash forever
             return None, None
         key = os.path.abspath(path)
         row = self.conn.execute(
