@@ -129,37 +129,29 @@ def iter_device_batches(
 
 
 def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft) -> Batch:
+    """Decode all JPEGs of the batch in one call, then build the batch in file order; anything the device
+    decoder cannot read (other formats, damaged JPEGs) goes through the CPU path and its skip rules."""
+    jpegs = [k for k, (_, vector, _, data) in enumerate(prepared) if vector is None and data and data.startswith(_JPEG)]
+    data = [torch.frombuffer(bytearray(prepared[k][3]), dtype=torch.uint8) for k in jpegs]
+    on_device = dict(zip(jpegs, _decode_jpegs(data, device), strict=True))
     batch = Batch()
-    jpegs: list[tuple[int, torch.Tensor]] = []
-    pixels: dict[int, torch.Tensor] = {}
-    for path, vector, identity, data in prepared:
+    pixels = []
+    for k, (path, vector, identity, _) in enumerate(prepared):
         index = len(batch.paths)
         if vector is not None:
             batch.stored[index] = vector
-        elif data is not None and data.startswith(_JPEG):
-            jpegs.append((index, torch.frombuffer(bytearray(data), dtype=torch.uint8)))
         else:
-            try:  # PNG, WebP, unreadable files...: the CPU path and its skip rules
-                pixels[index] = load_image(path, preprocess, draft).to(device)
+            image = on_device.get(k)
+            try:
+                pixels.append(tensor_pp(image) if image is not None else load_image(path, preprocess, draft).to(device))
             except SkipFile as exc:
                 batch.skipped.append((path, str(exc)))
                 continue
+            batch.decoded.append(index)
         batch.paths.append(path)
         if identity is not None:
             batch.identities[index] = identity
-    for index, image in zip([i for i, _ in jpegs], _decode_jpegs([d for _, d in jpegs], device), strict=True):
-        if image is None:
-            try:
-                pixels[index] = load_image(batch.paths[index], preprocess, draft).to(device)
-            except SkipFile as exc:
-                batch.skipped.append((batch.paths[index], str(exc)))
-            continue
-        pixels[index] = tensor_pp(image)
-    if len(batch.skipped) and any(p for p, _ in batch.skipped if p in batch.paths):
-        batch = _drop_skipped(batch, pixels)
-    else:
-        batch.decoded = sorted(pixels)
-        batch.pixels = torch.stack([pixels[i] for i in batch.decoded]) if pixels else None
+    batch.pixels = torch.stack(pixels) if pixels else None
     return batch
 
 
@@ -185,24 +177,3 @@ def _decode_jpegs_now(data: list[torch.Tensor], device) -> list[torch.Tensor | N
             except RuntimeError:
                 out.append(None)
         return out
-
-
-def _drop_skipped(batch: Batch, pixels: dict[int, torch.Tensor]) -> Batch:
-    """Re-index a batch after JPEGs that neither decoder could read were skipped."""
-    bad = {p for p, _ in batch.skipped}
-    out = Batch(skipped=batch.skipped)
-    keep = {}
-    for old, path in enumerate(batch.paths):
-        if path in bad and old not in batch.stored and old not in pixels:
-            continue
-        new = len(out.paths)
-        out.paths.append(path)
-        if old in batch.stored:
-            out.stored[new] = batch.stored[old]
-        if old in pixels:
-            keep[new] = pixels[old]
-        if old in batch.identities:
-            out.identities[new] = batch.identities[old]
-    out.decoded = sorted(keep)
-    out.pixels = torch.stack([keep[i] for i in out.decoded]) if keep else None
-    return out
