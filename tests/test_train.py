@@ -71,6 +71,8 @@ def test_few_steps_train_a_model_that_loads_everywhere(tiny_shapes, tmp_path):
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     config = json.loads((out / "open_clip_config.json").read_text())
     assert config["zsclip"]["templates"] == "shapes" and config["zsclip"]["metrics"]["epoch"] == 2
+    weights = (out / "open_clip_model.safetensors").read_bytes()
+    assert config["zsclip"]["weights_sha256"] == __import__("hashlib").sha256(weights).hexdigest()
 
     model = open_clip.create_model(f"local-dir:{out}")
     assert model.visual.image_size == 64

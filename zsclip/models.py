@@ -399,19 +399,20 @@ def save_model_dir(
     metadata: dict | None = None,
 ) -> Path:
     """Write open_clip's local-dir format (open_clip_config.json + open_clip_model.safetensors) plus zsclip
-    metadata, loadable by `open_clip.create_model_and_transforms("local-dir:DIR")` and `--model DIR`."""
-    from safetensors.torch import save_file
+    metadata with the weights' sha256, loadable by `open_clip.create_model_and_transforms("local-dir:DIR")` and
+    `--model DIR`. Each file is written to a temporary name and renamed into place."""
+    from safetensors.torch import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    weights = save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
     if metadata:
-        config["zsclip"] = metadata
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = directory / "open_clip_model.safetensors.tmp"
-    save_file(state, tmp)
-    tmp.replace(directory / "open_clip_model.safetensors")
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        config["zsclip"] = {**metadata, "weights_sha256": hashlib.sha256(weights).hexdigest()}
+    for name, data in (("open_clip_model.safetensors", weights), (CONFIG_NAME, json.dumps(config, indent=2) + "\n")):
+        tmp = directory / f"{name}.tmp"
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        tmp.replace(directory / name)
     return directory
 
 

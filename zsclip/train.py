@@ -14,7 +14,6 @@ plus zsclip metadata, loadable by `open_clip.create_model_and_transforms("local-
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -326,13 +325,6 @@ def _save(out: Path, model, model_cfg, optimizer, cfg: TrainConfig, epoch, step,
         "metrics": metrics,
     }
     save_model_dir(model, model_cfg, out, preprocess_cfg=PREPROCESS_CFG, metadata=metadata)
-    weights = out / "open_clip_model.safetensors"
-    metadata["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    config = json.loads((out / "open_clip_config.json").read_text(encoding="utf-8"))
-    config["zsclip"] = metadata
-    tmp = out / "open_clip_config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "open_clip_config.json")
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
