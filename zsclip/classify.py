@@ -79,27 +79,29 @@ def classify(
     *,
     top_k: int | None = None,
     threshold: float | None = None,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    recursive: bool = True,
-    store: bool = True,
-    exact: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
+    **options,
 ) -> Iterator[Prediction | Skipped]:
     """Stream a Prediction per image and a Skipped per file that could not be read, in walk order.
 
-    `paths` are image files, folders, or `@list.txt` files. With `store`, image embeddings are kept in the cache
-    and reused (another run with other classes encodes no image); `exact` turns off JPEG draft decoding.
-    `on_batch(classified, skipped)` reports progress.
+    `paths` are image files, folders, or `@list.txt` files. `options` go to zsclip.encode.embed_stream:
+    batch_size, workers, recursive, store (keep image embeddings and reuse them, so another run with other
+    classes encodes no image), exact (no JPEG draft decoding), max_pixels, file_timeout, and exclude (paths to
+    leave out, e.g. those a resumed run already has). `on_batch(classified, skipped)` reports progress.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     k = check_options(classifier, top_k, threshold)
-    sources = expand_sources(paths)
-    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers, recursive=recursive, store=store):
+    sources = paths if _expanded(paths) else expand_sources(paths)
+    for batch in embed_stream(model, sources, **options):
         yield from (Skipped(p, r) for p, r in batch.skipped)
         if batch.features is not None:
             probs = probabilities(batch.features, classifier)
             yield from predict(batch.paths, probs, classifier, k, threshold)
         if on_batch:
             on_batch(len(batch.paths), len(batch.skipped))
+
+
+def _expanded(paths) -> bool:
+    """Sources already checked by images.expand_sources: (path, explicit) pairs."""
+    return isinstance(paths, list) and bool(paths) and all(isinstance(p, tuple) for p in paths)

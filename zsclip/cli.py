@@ -16,13 +16,20 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from . import __version__, progress
+from . import __version__, atomic, progress
 from .cache import Cache, cache_dir
 from .classify import Skipped, check_options, classify
-from .errors import UsageError, ZsclipError
-from .images import count_candidates, expand_sources, first_image
+from .errors import UsageError, ZsclipError, is_disk_full
+from .images import (
+    DEFAULT_FILE_TIMEOUT,
+    DEFAULT_MAX_PIXELS,
+    check_limits,
+    count_candidates,
+    expand_sources,
+    first_image,
+)
 from .models import DEFAULT_MODEL, PRECISIONS, fingerprint_spec, list_models, load_model
-from .output import FORMATS, format_for_path, make_writer
+from .output import FORMATS, RESUMABLE, OutputFile, format_for_path, make_writer
 from .prompts import parse_classes, read_classes_file
 from .text import build_classifier
 
@@ -153,6 +160,20 @@ ExactOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("quiet"), help="No progress bar.")]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=_env("max_pixels"),
+        help="Skip images with more pixels than this, from the header (decompression bombs).",
+    ),
+]
+FileTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("file_timeout"),
+        help="Skip a file that takes longer than this many seconds to read and decode (a hung mount, a bad file).",
+    ),
+]
 
 
 @app.command("classify")
@@ -211,6 +232,16 @@ def classify_cmd(
     precision: PrecisionOpt = None,
     store: StoreOpt = True,
     exact_preprocess: ExactOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    file_timeout: FileTimeoutOpt = DEFAULT_FILE_TIMEOUT,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            envvar=_env("resume"),
+            help="Continue an interrupted run: keep the records in OUTPUT.partial and classify only the rest.",
+        ),
+    ] = False,
     failures: Annotated[
         Path | None,
         typer.Option(envvar=_env("failures"), help="Write skipped files and reasons to FILE (JSONL)."),
@@ -222,24 +253,51 @@ def classify_cmd(
         bool, typer.Option("--quiet", "-q", envvar=_env("quiet"), help="No progress bar, no summary.")
     ] = False,
 ) -> None:
-    """Classify images by class names: a label, its probability and the top-k classes per image."""
+    """Classify images by class names: a label, its probability and the top-k classes per image.
+
+    With --output, results are written as they come to OUTPUT.partial, which becomes OUTPUT when the run ends;
+    after a crash or kill, the same command with --resume continues where it stopped."""
     names = _class_names(classes, classes_file)
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if resume and output is None:
+        raise UsageError("--resume needs --output FILE (the run to continue)")
+    if failures is not None and output is not None and failures.resolve() == output.resolve():
+        raise UsageError(f"--failures and --output are both {output}: give them different files")
+    check_limits(batch_size or 1, workers, max_pixels, file_timeout)
     sources = expand_sources(paths)
     if first_image(sources, recursive) is None:
         raise UsageError(f"no images found under {', '.join(paths)} (looked for {_extensions()})")
+    fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if sys.stdout.isatty() else "jsonl")
+    if resume and fmt not in RESUMABLE:
+        raise UsageError(f"--resume: {fmt} output cannot be continued; use --format csv or jsonl")
+    if resume and output.exists() and not Path(f"{output}.partial").exists():
+        progress.log(f"{output} is complete already (no {output}.partial to resume); nothing to do")
+        return
     show = progress.enabled(quiet)
     cache = Cache()
     clip = load_model(model, device=device, precision=precision, cache=cache)
     clf = _build(clip, names, templates, cache, show)
     k = check_options(clf, top_k, threshold)
-    fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if sys.stdout.isatty() else "jsonl")
+    if top_k is not None and top_k > k:
+        progress.log(f"note: --top-k {top_k} is more than the {k} classes; listing {k}")
+    settings = {
+        "format": fmt,
+        "model": clip.fingerprint,
+        "classes": clf.classnames,
+        "templates": clf.templates.templates,
+        "top_k": k,
+        "threshold": threshold,
+        "exact_preprocess": exact_preprocess,
+    }
 
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(open(output, "w", encoding="utf-8", newline="")) if output else sys.stdout
-        fail_log = stack.enter_context(open(failures, "w", encoding="utf-8")) if failures else None
-        writer = make_writer(fmt, out, k)
+        out_file = OutputFile(output, fmt, settings, resume) if output else None
+        if out_file and out_file.done:
+            progress.log(f"resuming {out_file.partial}: {len(out_file.done)} images already classified")
+        out = out_file.stream if out_file else sys.stdout
+        fail_log = stack.enter_context(atomic.atomic_open(failures, "w", encoding="utf-8")) if failures else None
+        writer = make_writer(fmt, out, k, header=not (out_file and out_file.appending))
         bar = stack.enter_context(progress.bar("classifying", None, "img", show))
         if bar:
             threading.Thread(
@@ -248,17 +306,10 @@ def classify_cmd(
         done = skipped = 0
         try:
             for record in classify(
-                clip,
-                clf,
-                paths,
-                top_k=k,
-                threshold=threshold,
-                batch_size=batch_size,
-                workers=workers,
-                recursive=recursive,
-                store=store,
-                exact=exact_preprocess,
-            ):
+                clip, clf, sources, top_k=k, threshold=threshold, batch_size=batch_size, workers=workers,
+                recursive=recursive, store=store, exact=exact_preprocess, max_pixels=max_pixels,
+                file_timeout=file_timeout, exclude=out_file.done if out_file else (),
+            ):  # fmt: skip
                 if isinstance(record, Skipped):
                     skipped += 1
                     if not quiet:
@@ -271,15 +322,29 @@ def classify_cmd(
                 else:
                     done += 1
                     writer.write(record)
+                    if out_file:
+                        out_file.tick()
                 if bar:
                     bar.update(0, advance=1, extra=f"{skipped} skipped" if skipped else "")
-        finally:
             writer.close()
-    if done == 0:
-        raise ZsclipError(f"no image could be read: all {skipped} files were skipped")
+            if done + (len(out_file.done) if out_file else 0) == 0:
+                raise ZsclipError(f"no image could be read: all {skipped} files were skipped")
+        except BaseException as exc:
+            if out_file:
+                out_file.abandon()
+                if done or out_file.done:
+                    progress.log(f"kept {len(out_file.done) + done} finished records in {out_file.partial} (--resume)")
+                else:
+                    out_file.discard()
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                raise ZsclipError(f"{output or 'output'}: the disk is full ({exc}); free space, then --resume") from exc
+            raise
+        if out_file:
+            out_file.finish()
     if not quiet:
         where = f" (listed in {failures})" if failures and skipped else ""
-        msg = f"classified {done} images" + (f", skipped {skipped} bad files{where}" if skipped else "")
+        resumed = f" ({len(out_file.done)} more from the interrupted run)" if out_file and out_file.done else ""
+        msg = f"classified {done} images{resumed}" + (f", skipped {skipped} bad files{where}" if skipped else "")
         progress.log(msg + (f"; results in {output}" if output else ""))
 
 
@@ -348,20 +413,21 @@ def _eval_data(dataset: str, root: Path | None, classnames: str | None, limit: i
     return data
 
 
-def _embed_with_progress(clip, dataset, batch_size, workers, store, exact, show):
+def _embed_with_progress(clip, dataset, show, **options):
     from .evaluate import embed_dataset
 
+    check_limits(options["batch_size"] or 1, options["workers"], options["max_pixels"], options["file_timeout"])
     with progress.bar("encoding images", len(dataset.items), "img", show) as bar:
 
         def tick(done: int, skipped: int) -> None:
             if bar:
                 bar.update(0, advance=done + skipped, extra=f"{skipped} skipped" if skipped else "")
 
-        embedded = embed_dataset(
-            clip, dataset, batch_size=batch_size, workers=workers, store=store, exact=exact, on_batch=tick
-        )
+        embedded = embed_dataset(clip, dataset, on_batch=tick, **options)
     for path, reason in embedded.skipped:
         progress.log(f"skipped {path}: {reason}")
+    if embedded.reused:
+        progress.log(f"{embedded.reused} of {len(embedded.paths)} image embeddings came from the image store")
     return embedded
 
 
@@ -395,6 +461,8 @@ def eval_cmd(
     precision: PrecisionOpt = None,
     store: StoreOpt = True,
     exact_preprocess: ExactOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    file_timeout: FileTimeoutOpt = DEFAULT_FILE_TIMEOUT,
     quiet: QuietOpt = False,
 ) -> None:
     """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports."""
@@ -408,7 +476,11 @@ def eval_cmd(
     cache = Cache()
     clip = load_model(model, device=device, precision=precision, cache=cache)
     clf = _build(clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show)
-    result = score(_embed_with_progress(clip, data, batch_size, workers, store, exact_preprocess, show), clf)
+    embedded = _embed_with_progress(
+        clip, data, show, batch_size=batch_size, workers=workers, store=store, exact=exact_preprocess,
+        max_pixels=max_pixels, file_timeout=file_timeout,
+    )  # fmt: skip
+    result = score(embedded, clf)
     summary = (
         write_report(result, report, clip.spec, clip.fingerprint)
         if report
@@ -483,6 +555,8 @@ def prompts_compare(
     precision: PrecisionOpt = None,
     store: StoreOpt = True,
     exact_preprocess: ExactOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    file_timeout: FileTimeoutOpt = DEFAULT_FILE_TIMEOUT,
     quiet: QuietOpt = False,
 ) -> None:
     """Score several template sets on one data set, encoding the images once; best first."""
@@ -498,7 +572,10 @@ def prompts_compare(
     data = _eval_data(dataset, root, classnames, limit)
     show = progress.enabled(quiet)
     clip = load_model(model, device=device, precision=precision)
-    embedded = _embed_with_progress(clip, data, batch_size, workers, store, exact_preprocess, show)
+    embedded = _embed_with_progress(
+        clip, data, show, batch_size=batch_size, workers=workers, store=store, exact=exact_preprocess,
+        max_pixels=max_pixels, file_timeout=file_timeout,
+    )  # fmt: skip
     comparison = compare_templates(clip, embedded, names, per_template)
     table = Table(
         show_edge=False, header_style="bold", title=f"{data.name} · {clip.spec} · {len(embedded.paths)} images"

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from .cache import Cache
-from .errors import UsageError
+from .errors import UsageError, is_disk_full
 from .gpu import TensorPreprocess, iter_device_batches
-from .images import iter_batches
+from .images import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, iter_batches
 from .models import ClipModel
+from .progress import log
 from .store import ImageStore, variant_key
 
 
@@ -20,6 +22,7 @@ class EmbeddedBatch:
     paths: list[str]
     features: torch.Tensor | None  # [len(paths), dim], unit-norm float32
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    reused: int = 0  # how many vectors came from the image-embedding store
 
 
 @torch.inference_mode()
@@ -52,6 +55,9 @@ def embed_stream(
     cache: Cache | None = None,
     exact: bool = False,
     decode_on: str = "auto",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
+    exclude: Container[str] = (),
 ) -> Iterator[EmbeddedBatch]:
     """Decode and encode in batches, in walk order; what classify, eval and prompt comparison all stand on.
 
@@ -59,7 +65,9 @@ def embed_stream(
     encoded image is added to it. Unless `exact`, large JPEGs are decoded in draft mode (see images.load_image).
     `decode_on`: "auto" decodes JPEGs on the GPU when the model runs on CUDA (zsclip.gpu), "cpu" always uses
     PIL in worker processes, "device" forces the tensor path on the model's device (used by tests on CPU).
-    Batches default to 256 images on CUDA, 32 elsewhere.
+    Batches default to 256 images on CUDA, 32 elsewhere. Files over `max_pixels`, or taking longer than
+    `file_timeout` seconds, are skipped; paths in `exclude` are left out (a resumed run has them already).
+    If the disk fills up while storing, storing stops with a warning and the run goes on.
     """
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
@@ -71,12 +79,12 @@ def embed_stream(
     if on_device and TensorPreprocess.from_transform(model.preprocess) is not None:
         batches = iter_device_batches(
             sources, model.preprocess, model.device, batch_size=batch_size, recursive=recursive,
-            store=image_store, draft=draft,
+            store=image_store, draft=draft, max_pixels=max_pixels, file_timeout=file_timeout, exclude=exclude,
         )  # fmt: skip
     else:
         batches = iter_batches(
             sources, model.preprocess, batch_size=batch_size, workers=workers, recursive=recursive,
-            store=image_store, draft=draft,
+            store=image_store, draft=draft, max_pixels=max_pixels, file_timeout=file_timeout, exclude=exclude,
         )  # fmt: skip
     for batch in batches:
         if not batch.paths:
@@ -87,6 +95,22 @@ def embed_stream(
             encoded = encode_images(model, batch.pixels).cpu()
             rows.update(zip(batch.decoded, encoded, strict=True))
         if image_store is not None:
-            image_store.put([(identity, rows[i].numpy()) for i, identity in batch.identities.items()])
+            fresh = [(identity, rows[i].numpy()) for i, identity in batch.identities.items()]
+            image_store = image_store if _put(image_store, fresh) else None
         features = torch.stack([rows[i] for i in range(len(batch.paths))]).to(model.device)
-        yield EmbeddedBatch(batch.paths, features, batch.skipped)
+        yield EmbeddedBatch(batch.paths, features, batch.skipped, len(batch.stored))
+
+
+def _put(store: ImageStore, rows: list) -> bool:
+    """Store vectors; False (after one warning) when the disk is full, so the run goes on without storing."""
+    try:
+        store.put(rows)
+    except (sqlite3.OperationalError, OSError) as exc:
+        if not is_disk_full(exc):
+            raise
+        log(
+            f"warning: the disk holding the cache ({store.db_path}) is full ({exc}); image embeddings are no "
+            "longer stored in this run, those stored so far are kept. Free space or set ZSCLIP_CACHE_DIR."
+        )
+        return False
+    return True

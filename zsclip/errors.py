@@ -11,3 +11,13 @@ class UsageError(ZsclipError):
     """The user asked for something that cannot work (bad option, unknown name, empty class list): exit 2."""
 
     exit_code = 2
+
+
+_FULL_ERRNOS = {28, 27, 122}  # ENOSPC, EFBIG (a file-size limit), EDQUOT
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a write failed because the disk, a quota or a file-size limit is full (OSError or SQLite)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    return "disk is full" in str(exc) or "database or disk is full" in str(exc)

@@ -27,6 +27,7 @@ class Embedded:
     labels: np.ndarray  # [N] true class indices
     features: torch.Tensor  # [N, dim] unit-norm
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    reused: int = 0  # embeddings taken from the image store instead of encoded
 
 
 @dataclass
@@ -42,20 +43,18 @@ class EvalResult:
 
 
 def embed_dataset(
-    model: ClipModel,
-    dataset: EvalDataset,
-    *,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    store: bool = True,
-    exact: bool = False,
-    on_batch: Callable[[int, int], None] | None = None,
+    model: ClipModel, dataset: EvalDataset, *, on_batch: Callable[[int, int], None] | None = None, **options
 ) -> Embedded:
+    """Embed every image of the data set; `options` go to zsclip.encode.embed_stream (batch_size, workers,
+    store, exact, max_pixels, file_timeout). With the store, a run that was killed resumes: the images it
+    finished are not encoded again."""
     truth = {p: label for p, label in dataset.items}
     sources = [(p, True) for p, _ in dataset.items]
     paths, feats, skipped = [], [], []
-    for batch in embed_stream(model, sources, batch_size=batch_size, workers=workers, store=store, exact=exact):
+    reused = 0
+    for batch in embed_stream(model, sources, **options):
         skipped += batch.skipped
+        reused += batch.reused
         if batch.features is not None:
             paths += batch.paths
             feats.append(batch.features.cpu())
@@ -64,7 +63,7 @@ def embed_dataset(
     if not paths:
         raise ZsclipError(f"{dataset.name}: no image could be read ({len(skipped)} skipped)")
     labels = np.array([truth[p] for p in paths])
-    return Embedded(dataset, paths, labels, torch.cat(feats), skipped)
+    return Embedded(dataset, paths, labels, torch.cat(feats), skipped, reused)
 
 
 def score(embedded: Embedded, classifier: Classifier, k: int = 5) -> EvalResult:

@@ -9,21 +9,33 @@ decoder rejects, go through the CPU path one by one, with its skip rules. The sa
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
-from itertools import islice
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
-from .images import Batch, SkipFile, has_image_extension, load_image, looks_like_image, walk
+from .images import (
+    DEFAULT_FILE_TIMEOUT,
+    DEFAULT_MAX_PIXELS,
+    Batch,
+    SkipFile,
+    check_limits,
+    check_pixels,
+    chunks,
+    has_image_extension,
+    load_image,
+    looks_like_image,
+    open_image,
+)
 from .store import ImageStore
+from .workers import run_tasks
 
 _JPEG = b"\xff\xd8\xff"
 # Steps that only turn a PIL image into an RGB float tensor, which decode_jpeg(mode=RGB) and the ops below do.
@@ -96,54 +108,71 @@ def iter_device_batches(
     store: ImageStore | None = None,
     draft: int | None = None,
     threads: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
+    exclude: Container[str] = (),
 ) -> Iterator[Batch]:
-    """Batches like images.iter_batches, with pixels decoded and preprocessed on `device`."""
+    """Batches like images.iter_batches, with pixels decoded and preprocessed on `device`. Reads run on
+    supervised threads: a file that blocks longer than `file_timeout` is skipped and its thread abandoned."""
     tensor_pp = TensorPreprocess.from_transform(preprocess)
     if tensor_pp is None:
         raise ValueError("preprocessing not mirrored on the device")
-    pool = ThreadPoolExecutor(max_workers=threads or min(16, (os.cpu_count() or 4)))
-    entries = walk(sources, recursive)
+    check_limits(batch_size, threads, max_pixels, file_timeout)
 
-    def chunks() -> Iterator[list[tuple[str, bool]]]:
-        while chunk := list(islice(entries, batch_size)):
-            yield chunk
-
-    def prepare(chunk):  # on a worker thread: store lookups and file reads for one batch
+    def prepare(chunk, failed, mark):  # on a reader thread: store lookups and file reads for one batch
         out = []
-        for path, explicit in chunk:
+        for n, (path, explicit) in enumerate(chunk):
+            mark(n)
             if not (explicit or has_image_extension(path) or looks_like_image(path)):
                 continue
             vector, identity = store.lookup(path) if store is not None else (None, None)
             data = None if vector is not None else _read(path)
             out.append((path, vector, identity, data))
-        return out
+        return out, [(path, reason) for (path, _), reason in failed]
 
-    with pool:
-        pending = []
-        for chunk in chunks():  # keep two batches of reads in flight while the device decodes
-            pending.append(pool.submit(prepare, chunk))
-            if len(pending) > 2:
-                yield _decode(pending.pop(0).result(), preprocess, tensor_pp, device, draft)
-        for future in pending:
-            yield _decode(future.result(), preprocess, tensor_pp, device, draft)
+    reads = run_tasks(
+        chunks(sources, batch_size, recursive, exclude), prepare, threads=True,
+        workers=threads or min(16, os.cpu_count() or 4), item_timeout=file_timeout,
+    )  # fmt: skip
+    for prepared, failed in reads:
+        batch = _decode(prepared, preprocess, tensor_pp, device, draft, max_pixels)
+        batch.skipped.extend(failed)
+        yield batch
 
 
-def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft) -> Batch:
+def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft, max_pixels) -> Batch:
     """Decode all JPEGs of the batch in one call, then build the batch in file order; anything the device
     decoder cannot read (other formats, damaged JPEGs) goes through the CPU path and its skip rules."""
-    jpegs = [k for k, (_, vector, _, data) in enumerate(prepared) if vector is None and data and data.startswith(_JPEG)]
+    batch = Batch()
+    jpegs = []
+    for k, (path, vector, _, data) in enumerate(prepared):
+        if vector is None and data and data.startswith(_JPEG):
+            try:
+                check_pixels(_jpeg_size(data), max_pixels)  # from the header, before the device allocates
+            except SkipFile as exc:
+                batch.skipped.append((path, str(exc)))
+                continue
+            except (OSError, ValueError, SyntaxError):
+                continue  # unreadable header: the CPU path below gives the reason
+            jpegs.append(k)
     data = [torch.frombuffer(bytearray(prepared[k][3]), dtype=torch.uint8) for k in jpegs]
     on_device = dict(zip(jpegs, _decode_jpegs(data, device), strict=True))
-    batch = Batch()
+    too_big = {p for p, _ in batch.skipped}
     pixels = []
     for k, (path, vector, identity, _) in enumerate(prepared):
+        if path in too_big:
+            continue
         index = len(batch.paths)
         if vector is not None:
             batch.stored[index] = vector
         else:
             image = on_device.get(k)
             try:
-                pixels.append(tensor_pp(image) if image is not None else load_image(path, preprocess, draft).to(device))
+                if image is None:  # not a JPEG, or one the device decoder rejected
+                    image = load_image(path, preprocess, draft, max_pixels).to(device)
+                else:
+                    image = tensor_pp(image)
+                pixels.append(image)
             except SkipFile as exc:
                 batch.skipped.append((path, str(exc)))
                 continue
@@ -153,6 +182,11 @@ def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft) ->
             batch.identities[index] = identity
     batch.pixels = torch.stack(pixels) if pixels else None
     return batch
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    with open_image(io.BytesIO(data)) as im:  # parses the header only
+        return im.size
 
 
 def _decode_jpegs(data: list[torch.Tensor], device) -> list[torch.Tensor | None]:

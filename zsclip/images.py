@@ -2,27 +2,33 @@
 
 Inputs are image files, folders (walked in sorted order, recursively by default, hidden entries skipped, symlinks
 followed without loops) and `@list.txt` files of paths. Inside folders a file counts as an image by its extension
-or, lacking one, by its magic bytes; anything else is ignored silently. Decoding runs in DataLoader workers; each
-worker takes every n-th batch of the same deterministic walk, so results stream out in walk order.
+or, lacking one, by its magic bytes; anything else is ignored silently. The main process walks and cuts batches;
+decoding runs in supervised worker processes (zsclip.workers), and batches stream out in walk order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
 import sqlite3
 import stat
-from collections.abc import Callable, Iterable, Iterator
+import threading
+import warnings
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import UsageError
 from .store import FileIdentity, ImageStore
+from .workers import run_tasks
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -139,34 +145,70 @@ def count_candidates(sources: list[tuple[str, bool]], recursive: bool = True) ->
 
 
 # -- decoding ----------------------------------------------------------------------------------------------
-def load_image(path: str, preprocess: Callable[[Image.Image], torch.Tensor], draft: int | None = None) -> torch.Tensor:
+DEFAULT_MAX_PIXELS = 250_000_000  # above a 200-megapixel phone photo; a decompression bomb is far beyond
+DEFAULT_FILE_TIMEOUT = 60.0  # seconds one file may take to read and decode
+
+
+def load_image(
+    path: str,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    draft: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
     """Decode one file to the model's input tensor, or raise SkipFile with the reason.
 
     With `draft`, a JPEG much larger than the model input is decoded at a reduced DCT scale (1/2, 1/4, 1/8) that
     still leaves both sides >= `draft` pixels; the model's own resize then does the rest. Several times faster
-    on photos, with slightly different pixels (`--exact-preprocess` turns it off).
+    on photos, with slightly different pixels (`--exact-preprocess` turns it off). Images with more than
+    `max_pixels` pixels are skipped from their header, before any pixel is decoded.
     """
+    check_file(path)
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        reason = "broken symbolic link" if os.path.islink(path) else (exc.strerror or str(exc))
-        raise SkipFile(reason) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SkipFile("not a regular file")
-    if st.st_size == 0:
-        raise SkipFile("empty file")
-    try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
+            check_pixels(im.size, max_pixels)
             if draft and im.format == "JPEG" and min(im.size) >= 2 * draft:
                 im.draft("RGB", (draft, draft))
             im.load()
             return preprocess(to_rgb(_upright(im)))
     except UnidentifiedImageError:
         raise SkipFile("not a recognised image format") from None
-    except Image.DecompressionBombError as exc:
-        raise SkipFile(f"too many pixels ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise SkipFile(f"cannot decode: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+
+
+def open_image(source: str | IO[bytes]) -> Image.Image:
+    """Image.open (the header only) without PIL's global pixel limit, which check_pixels replaces."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def check_file(path: str) -> None:
+    """Raise SkipFile unless `path` is a non-empty regular file (a FIFO or device would block any read)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SkipFile("symbolic link loop") from None
+        reason = "broken symbolic link" if os.path.islink(path) else (exc.strerror or str(exc))
+        raise SkipFile(reason) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SkipFile("not a regular file")
+    if st.st_size == 0:
+        raise SkipFile("empty file")
+    if not os.access(path, os.R_OK):
+        raise SkipFile("permission denied")
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
+    if max_pixels and size[0] * size[1] > max_pixels:
+        raise SkipFile(
+            f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over the --max-pixels limit of {max_pixels:,}"
+        )
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -192,49 +234,34 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 # -- streaming ---------------------------------------------------------------------------------------------
-class ImageStream(IterableDataset):
-    """Batches of decoded images in walk order; with N workers, worker w decodes batches w, w+N, w+2N, ..."""
+@dataclass
+class BatchLoader:
+    """Turns one chunk of walk entries into a Batch; runs in worker processes, so it must pickle."""
 
-    def __init__(
-        self,
-        sources: list[tuple[str, bool]],
-        preprocess: Callable,
-        batch_size: int,
-        recursive: bool = True,
-        store: ImageStore | None = None,
-        draft: int | None = None,
-    ):
-        self.sources = sources
-        self.preprocess = preprocess
-        self.batch_size = batch_size
-        self.recursive = recursive
-        self.store = store
-        self.draft = draft
+    preprocess: Callable
+    store: ImageStore | None = None
+    draft: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    in_process_timeout: float | None = None  # only without workers: SIGALRM breaks blocking reads
 
-    def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        workers, me = (info.num_workers, info.id) if info else (1, 0)
-        entries = walk(self.sources, self.recursive)
-        index = 0
-        while chunk := list(islice(entries, self.batch_size)):
-            if index % workers == me:
-                yield self._load(chunk)
-            index += 1
-
-    def _load(self, chunk: list[tuple[str, bool]]) -> Batch:
+    def __call__(self, chunk: list[tuple[str, bool]], failed: list = (), mark: Callable[[int], None] = id) -> Batch:
         batch = Batch()
+        batch.skipped.extend((path, reason) for (path, _), reason in failed)
         tensors = []
-        for path, explicit in chunk:
-            if not (explicit or has_image_extension(path) or looks_like_image(path)):
+        for n, (path, explicit) in enumerate(chunk):
+            mark(n)
+            try:
+                with _deadline(self.in_process_timeout):
+                    if not (explicit or has_image_extension(path) or looks_like_image(path)):
+                        continue
+                    vector, identity = self._lookup(path)
+                    if vector is None:
+                        tensors.append(load_image(path, self.preprocess, self.draft, self.max_pixels))
+            except SkipFile as exc:
+                batch.skipped.append((path, str(exc)))
                 continue
-            vector, identity = self._lookup(path)
             index = len(batch.paths)
             if vector is None:
-                try:
-                    tensors.append(load_image(path, self.preprocess, self.draft))
-                except SkipFile as exc:
-                    batch.skipped.append((path, str(exc)))
-                    continue
                 batch.decoded.append(index)
             else:
                 batch.stored[index] = vector
@@ -254,9 +281,48 @@ class ImageStream(IterableDataset):
             return None, None
 
 
+@contextlib.contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """Interrupt a blocking read after `seconds` (main thread only; a long C-level decode is not interrupted)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise SkipFile(f"took longer than {seconds:g} s to read and decode (--file-timeout)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def default_workers() -> int:
     """Leave a core to the encoder: decoding overlaps with it instead of competing."""
     return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def chunks(
+    sources: list[tuple[str, bool]], batch_size: int, recursive: bool = True, exclude: Container[str] = ()
+) -> Iterator[list[tuple[str, bool]]]:
+    """The walk cut into batches, leaving out `exclude` (paths a resumed run already has)."""
+    entries = (e for e in walk(sources, recursive) if e[0] not in exclude)
+    while chunk := list(islice(entries, batch_size)):
+        yield chunk
+
+
+def check_limits(batch_size: int, workers: int | None, max_pixels: int | None, file_timeout: float | None) -> None:
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers {workers}: must be 0 or more")
+    if max_pixels is not None and max_pixels < 1:
+        raise UsageError(f"--max-pixels {max_pixels}: must be at least 1")
+    if file_timeout is not None and file_timeout <= 0:
+        raise UsageError(f"--file-timeout {file_timeout:g}: must be more than 0 seconds")
 
 
 def iter_batches(
@@ -268,23 +334,22 @@ def iter_batches(
     recursive: bool = True,
     store: ImageStore | None = None,
     draft: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
+    exclude: Container[str] = (),
 ) -> Iterator[Batch]:
-    """Stream decoded batches; memory stays bounded by a few batches per worker whatever the folder size."""
-    if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    """Stream decoded batches in walk order; memory stays bounded by a few batches per worker whatever the
+    folder size. With workers, a file that crashes its decoder or takes longer than `file_timeout` seconds
+    becomes a skip record (zsclip.workers); with workers=0 only blocking reads are interrupted."""
+    check_limits(batch_size, workers, max_pixels, file_timeout)
     workers = default_workers() if workers is None else workers
-    if workers < 0:
-        raise UsageError(f"--workers {workers}: must be 0 or more")
-    stream = ImageStream(sources, preprocess, batch_size, recursive, store, draft)
+    parts = chunks(sources, batch_size, recursive, exclude)
     if workers == 0:
-        yield from stream
+        loader = BatchLoader(preprocess, store, draft, max_pixels, file_timeout)
+        yield from map(loader, parts)
         return
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_identity, prefetch_factor=2)
-    yield from loader
-
-
-def _identity(batch: Batch) -> Batch:
-    return batch
+    loader = BatchLoader(preprocess, store, draft, max_pixels)
+    yield from run_tasks(parts, loader, workers=workers, item_timeout=file_timeout)
 
 
 def first_image(sources: list[tuple[str, bool]], recursive: bool = True) -> str | None:

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from . import atomic
 from .cache import Cache
 from .errors import UsageError, ZsclipError
 
@@ -400,7 +401,7 @@ def save_model_dir(
 ) -> Path:
     """Write open_clip's local-dir format (open_clip_config.json + open_clip_model.safetensors) plus zsclip
     metadata with the weights' sha256, loadable by `open_clip.create_model_and_transforms("local-dir:DIR")` and
-    `--model DIR`. Each file is written to a temporary name and renamed into place."""
+    `--model DIR`. Each file is written atomically."""
     from safetensors.torch import save
 
     directory = Path(directory)
@@ -409,10 +410,8 @@ def save_model_dir(
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
     if metadata:
         config["zsclip"] = {**metadata, "weights_sha256": hashlib.sha256(weights).hexdigest()}
-    for name, data in (("open_clip_model.safetensors", weights), (CONFIG_NAME, json.dumps(config, indent=2) + "\n")):
-        tmp = directory / f"{name}.tmp"
-        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
-        tmp.replace(directory / name)
+    atomic.write_bytes(directory / "open_clip_model.safetensors", weights)
+    atomic.write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return directory
 
 

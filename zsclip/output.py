@@ -1,4 +1,5 @@
-"""Renderers for prediction records: table (for people), csv, json (one array) and jsonl (one per line).
+"""Renderers for prediction records: table (for people), csv, json (one array) and jsonl (one per line), and the
+crash-safe output file behind `--output FILE [--resume]`.
 
 Writers stream: every record is written (and flushed) as it arrives, except the table, which needs all rows.
 """
@@ -6,14 +7,20 @@ Writers stream: every record is written (and flushed) as it arrives, except the 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import time
+from pathlib import Path
 from typing import IO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import atomic
 from .classify import Prediction
+from .errors import UsageError
 
 FORMATS = ("table", "csv", "json", "jsonl")
 
@@ -67,12 +74,17 @@ class JsonWriter(Writer):
         super().close()
 
 
+def csv_header(top_k: int) -> list[str]:
+    ranked = [col for i in range(1, top_k + 1) for col in (f"label_{i}", f"prob_{i}")]
+    return ["path", "label", "prob", "abstained", *ranked]
+
+
 class CsvWriter(Writer):
-    def __init__(self, stream: IO[str], top_k: int):
+    def __init__(self, stream: IO[str], top_k: int, header: bool = True):
         super().__init__(stream, top_k)
         self.csv = csv.writer(stream)
-        ranked = [col for i in range(1, top_k + 1) for col in (f"label_{i}", f"prob_{i}")]
-        self.csv.writerow(["path", "label", "prob", "abstained", *ranked])
+        if header:
+            self.csv.writerow(csv_header(top_k))
 
     def write(self, pred: Prediction) -> None:
         record = _rounded(pred)
@@ -106,5 +118,110 @@ class TableWriter(Writer):
 _WRITERS = {"table": TableWriter, "csv": CsvWriter, "json": JsonWriter, "jsonl": JsonlWriter}
 
 
-def make_writer(fmt: str, stream: IO[str], top_k: int) -> Writer:
+def make_writer(fmt: str, stream: IO[str], top_k: int, header: bool = True) -> Writer:
+    if fmt == "csv":
+        return CsvWriter(stream, top_k, header)
     return _WRITERS[fmt](stream, top_k)
+
+
+RESUMABLE = ("csv", "jsonl")
+
+
+class OutputFile:
+    """`--output FILE`: records go to FILE.partial as they come (flushed at once, fsynced every few seconds), and
+    FILE appears, complete, only when the run ends. A killed run leaves FILE.partial behind; `resume` continues
+    it: its complete records are kept, a torn last line is cut, and their paths are left out of the new run.
+    The run's settings sit beside it (FILE.partial.json), so a resume with other classes, templates or model
+    is refused instead of mixing two runs in one file."""
+
+    SYNC_EVERY = 5.0  # seconds between fsyncs: what a power cut may cost; kill -9 costs nothing
+
+    def __init__(self, path: Path, fmt: str, settings: dict, resume: bool = False):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.meta = self.path.with_name(self.path.name + ".partial.json")
+        self.fmt, self.settings = fmt, settings
+        self.done: set[str] = set()
+        if resume and fmt not in RESUMABLE:
+            raise UsageError(f"--resume: {fmt} output cannot be continued; use --format csv or jsonl")
+        continuing = resume and self.partial.exists()
+        if not resume and self.partial.exists():
+            raise UsageError(
+                f"{self.partial} holds an unfinished run: add --resume to continue it, or delete it to start over"
+            )
+        if continuing:
+            self._check_settings()
+            self.done = self._read_done(settings.get("top_k", 1))
+        else:
+            atomic.write_text(self.meta, json.dumps(settings, ensure_ascii=False, indent=1) + "\n")
+        # Open for the whole run; finish() or abandon() closes it.
+        self.stream = open(self.partial, "a" if continuing else "w", encoding="utf-8", newline="")  # noqa: SIM115
+        self.appending = continuing and self.partial.stat().st_size > 0  # csv: the header is there already
+        self._synced = time.monotonic()
+
+    def _check_settings(self) -> None:
+        try:
+            before = json.loads(self.meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = None
+        if not isinstance(before, dict):
+            raise UsageError(f"{self.meta} is missing or damaged: cannot tell how {self.partial} was made; delete both")
+        changed = [k for k in self.settings if before.get(k) != self.settings[k]]
+        if changed:
+            raise UsageError(
+                f"--resume: {self.partial} was made with other {', '.join(changed)}; "
+                "use the same options, or delete it to start over"
+            )
+
+    def _read_done(self, top_k: int) -> set[str]:
+        """Paths of the complete records in FILE.partial; cuts it after the last complete one."""
+        data = self.partial.read_bytes()
+        keep = data.rfind(b"\n") + 1  # a line without its newline was torn by the kill
+        text = data[:keep].decode("utf-8", errors="replace")
+        done: set[str] = set()
+        if self.fmt == "jsonl":
+            offset = 0
+            for line in text.splitlines(keepends=True):
+                try:
+                    done.add(json.loads(line)["path"])
+                except (ValueError, KeyError, TypeError):
+                    break
+                offset += len(line.encode("utf-8"))
+            keep = offset
+        else:
+            rows = list(csv.reader(io.StringIO(text)))
+            if rows and rows[0] != csv_header(top_k):
+                raise UsageError(f"--resume: {self.partial} has other columns; use the same --top-k or delete it")
+            done = {row[0] for row in rows[1:] if row}
+        if keep < len(data):
+            with open(self.partial, "r+b") as f:
+                f.truncate(keep)
+        return done
+
+    def tick(self) -> None:
+        """After each record: durable every few seconds, so a power cut costs seconds, not the run."""
+        if time.monotonic() - self._synced > self.SYNC_EVERY:
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+            self._synced = time.monotonic()
+
+    def finish(self) -> None:
+        """The run is complete: FILE.partial becomes FILE."""
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        os.replace(self.partial, self.path)
+        self.meta.unlink(missing_ok=True)
+        atomic.fsync_dir(self.path.parent)
+
+    def discard(self) -> None:
+        """Nothing was recorded: leave no FILE.partial to trip the next run."""
+        self.abandon()
+        self.partial.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        """The run stopped early: keep FILE.partial (flushed) for --resume."""
+        if not self.stream.closed:
+            self.stream.flush()
+            self.stream.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import atomic
 from . import metrics as M
 from .evaluate import Comparison, EvalResult
 
@@ -69,24 +70,20 @@ def write_report(result: EvalResult, out: Path, model_spec: str, fingerprint: st
     )
     _write_csv(out / "skipped.csv", ["path", "reason"], result.skipped)
     png = confusion_png(matrix, names)
-    (out / "confusion_matrix.png").write_bytes(png)
-    (out / "report.html").write_text(_html(summary, result, stats, pairs, png), encoding="utf-8")
+    atomic.write_bytes(out / "confusion_matrix.png", png)
+    atomic.write_text(out / "report.html", _html(summary, result, stats, pairs, png))
     return summary
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _write_csv(path: Path, header: list, rows) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 # -- pictures ----------------------------------------------------------------------------------------------
@@ -164,7 +161,7 @@ def write_comparison(comparison: Comparison, out: Path, context: dict) -> None:
         out / "compare.json",
         {**context, "sets": comparison.rows, "per_template": comparison.per_template, "greedy": comparison.greedy},
     )
-    (out / "compare.png").write_bytes(comparison_png(comparison))
+    atomic.write_bytes(out / "compare.png", comparison_png(comparison))
 
 
 # -- the page ----------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from . import atomic
+
 COLOURS = {
     "red": (215, 35, 35),
     "green": (40, 165, 55),
@@ -197,11 +199,10 @@ def write_dataset(out: Path, n: int = 30_000, seed: int = 0, size: int = 64, eva
         name = f"images/{i:06d}.png"
         render(scene, size, rng).save(out / name, compress_level=1)
         rows.append((name, caption(scene, rng)))
-    with open(out / "captions.csv.tmp", "w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_open(out / "captions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["filepath", "caption"])
         writer.writerows(rows)
-    (out / "captions.csv.tmp").replace(out / "captions.csv")
 
     eval_rng = np.random.default_rng([seed, 1])  # a separate stream: eval scenes never repeat training ones
     for colour, shape in COMPOSITIONS:

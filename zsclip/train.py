@@ -30,6 +30,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from . import atomic
 from .errors import UsageError
 from .images import SkipFile, load_image
 from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
@@ -284,10 +285,8 @@ def _truncate_log(path: Path, step: int) -> None:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(kept)
-    tmp.replace(path)
 
 
 def _report(epoch: int, metrics: dict) -> None:
@@ -334,5 +333,5 @@ def _save(out: Path, model, model_cfg, optimizer, cfg: TrainConfig, epoch, step,
         "metrics": metrics,
         "torch_rng": torch.get_rng_state(),
     }
-    torch.save(state, out / (CHECKPOINT + ".tmp"))
-    (out / (CHECKPOINT + ".tmp")).replace(out / CHECKPOINT)
+    with atomic.atomic_open(out / CHECKPOINT, "wb") as f:
+        torch.save(state, f)
