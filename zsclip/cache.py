@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
+from .errors import ZsclipError, is_disk_full
+
 SCHEMA_VERSION = 3  # 2: image_embeddings; 3: content-hash index led by the hash
 DB_NAME = "zsclip.sqlite"
 # SQLite allows at most 999 bound parameters per statement in older builds.
@@ -81,6 +83,7 @@ class Cache:
         self.directory = Path(directory) if directory is not None else cache_dir()
         self.path = self.directory / DB_NAME
         self._conn: sqlite3.Connection | None = None
+        self._warned = False
 
     # -- connection ---------------------------------------------------------------------------------------
     @property
@@ -93,7 +96,13 @@ class Cache:
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
             return self._connect()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:  # locked, I/O error, disk full: the file itself may be fine
+            raise ZsclipError(
+                f"cannot open the cache {self.path} ({exc}); "
+                + ("free disk space or " if is_disk_full(exc) else "")
+                + "set ZSCLIP_CACHE_DIR to another directory"
+            ) from exc
+        except sqlite3.DatabaseError as exc:  # not a database, malformed, or a newer schema
             moved = self.path.with_name(f"{DB_NAME}.corrupt-{int(time.time())}")
             print(
                 f"warning: cache {self.path} is unreadable ({exc}); moved it to {moved} and starting a new one",
@@ -159,14 +168,30 @@ class Cache:
 
     def put_text(self, fingerprint: str, precision: str, vectors: Iterable[tuple[str, np.ndarray]]) -> None:
         rows = [(fingerprint, precision, p, np.asarray(v, dtype=np.float32).tobytes()) for p, v in vectors]
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany("INSERT OR REPLACE INTO text_embeddings VALUES (?, ?, ?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO text_embeddings VALUES (?, ?, ?, ?)", rows)
 
     def remember_model(self, fingerprint: str, spec: str) -> None:
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?)", (fingerprint, spec, time.time()))
+        self._write("INSERT OR REPLACE INTO models VALUES (?, ?, ?)", [(fingerprint, spec, time.time())])
+
+    def _write(self, sql: str, rows: list[tuple]) -> bool:
+        """One transaction; on a full disk, a warning (once) and False: the run goes on, uncached, and nothing
+        written before is lost (the transaction rolls back whole)."""
+        try:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany(sql, rows)
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+            if not self._warned:
+                self._warned = True
+                print(
+                    f"warning: cannot write the cache {self.path} ({exc}): the disk is full or failing; going on "
+                    "without caching. Free space or set ZSCLIP_CACHE_DIR.",
+                    file=sys.stderr,
+                )
+            return False
+        return True
 
     # -- maintenance --------------------------------------------------------------------------------------
     def info(self) -> list[ModelEntry]:
@@ -217,10 +242,7 @@ class Cache:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
         sha = digest.hexdigest()
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(
-                "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)",
-                (str(path), st.st_size, st.st_mtime_ns, sha),
-            )
+        self._write(
+            "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", [(str(path), st.st_size, st.st_mtime_ns, sha)]
+        )
         return sha

@@ -86,6 +86,14 @@ def embed_stream(
             sources, model.preprocess, batch_size=batch_size, workers=workers, recursive=recursive,
             store=image_store, draft=draft, max_pixels=max_pixels, file_timeout=file_timeout, exclude=exclude,
         )  # fmt: skip
+    try:
+        yield from _embed(model, batches, image_store)
+    finally:
+        if image_store is not None:
+            image_store.close()
+
+
+def _embed(model: ClipModel, batches, image_store: ImageStore | None) -> Iterator[EmbeddedBatch]:
     for batch in batches:
         if not batch.paths:
             yield EmbeddedBatch([], None, batch.skipped)

@@ -17,7 +17,8 @@ _FULL_ERRNOS = {28, 27, 122}  # ENOSPC, EFBIG (a file-size limit), EDQUOT
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether a write failed because the disk, a quota or a file-size limit is full (OSError or SQLite)."""
+    """Whether a write failed because the disk, a quota or a file-size limit is full (OSError), or SQLite could
+    not write its file (SQLITE_FULL, or SQLITE_IOERR, which is what a file-size limit gives)."""
     if isinstance(exc, OSError):
         return exc.errno in _FULL_ERRNOS
-    return "disk is full" in str(exc) or "database or disk is full" in str(exc)
+    return "disk is full" in str(exc) or "disk I/O error" in str(exc)

@@ -48,6 +48,19 @@ class Batch:
     identities: dict[int, FileIdentity] = field(default_factory=dict)  # index -> identity to (re)store
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
+    def __getstate__(self) -> dict:
+        # Pixels cross from worker to parent as plain bytes through the pipe, not as torch shared memory: that
+        # needs /dev/shm space (64 MB in a default Docker container) and the worker alive until received.
+        state = dict(self.__dict__)
+        if self.pixels is not None:
+            state["pixels"] = self.pixels.numpy()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state["pixels"] is not None:
+            state["pixels"] = torch.from_numpy(state["pixels"])
+        self.__dict__.update(state)
+
 
 class SkipFile(Exception):
     """A file that cannot be classified; the message is the one-line reason."""

@@ -6,6 +6,7 @@ Writers stream: every record is written (and flushed) as it arrives, except the 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -140,7 +141,8 @@ class OutputFile:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.meta = self.path.with_name(self.path.name + ".partial.json")
-        self.fmt, self.settings = fmt, settings
+        self.fmt = fmt
+        self.settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
         self.done: set[str] = set()
         if resume and fmt not in RESUMABLE:
             raise UsageError(f"--resume: {fmt} output cannot be continued; use --format csv or jsonl")
@@ -153,7 +155,7 @@ class OutputFile:
             self._check_settings()
             self.done = self._read_done(settings.get("top_k", 1))
         else:
-            atomic.write_text(self.meta, json.dumps(settings, ensure_ascii=False, indent=1) + "\n")
+            atomic.write_text(self.meta, json.dumps(self.settings, ensure_ascii=False, indent=1) + "\n")
         # Open for the whole run; finish() or abandon() closes it.
         self.stream = open(self.partial, "a" if continuing else "w", encoding="utf-8", newline="")  # noqa: SIM115
         self.appending = continuing and self.partial.stat().st_size > 0  # csv: the header is there already
@@ -222,6 +224,8 @@ class OutputFile:
 
     def abandon(self) -> None:
         """The run stopped early: keep FILE.partial (flushed) for --resume."""
-        if not self.stream.closed:
+        # On a full disk the flush fails again; what reached the file is kept (a torn last line is cut on resume).
+        with contextlib.suppress(OSError):
             self.stream.flush()
+        with contextlib.suppress(OSError):
             self.stream.close()

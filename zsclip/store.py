@@ -77,6 +77,13 @@ class ImageStore:
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, atomic always
         return conn
 
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread or process ends)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            conn.close()
+        self._local.conn = None
+
     def lookup(self, path: str) -> tuple[np.ndarray | None, FileIdentity | None]:
         """(vector, identity): a stored vector for this file if any; the identity to record when it must be
         (re)stored, None when the stored row already matches."""

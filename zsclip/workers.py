@@ -96,7 +96,10 @@ def _serve(fn: TaskFn, slot: int, state, receive, send) -> None:
         except Exception:
             result = _Error(traceback.format_exc())
         _publish(state, slot, seq, -1, 0.0)
-        send((seq, result))
+        try:
+            send((seq, result))
+        except Exception:  # e.g. a result that cannot be pickled: the caller gets the reason, not a hang
+            send((seq, _Error(traceback.format_exc())))
 
 
 class _ProcessWorker:
