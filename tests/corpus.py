@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-# name -> what zsclip must do with it: "ok" (classified), "skip" (skipped with a reason), "ignore" (not reported)
+# name -> what zsclip must do with it: "ok" (classified), "skip: <part of the reason>", "ignore" (not reported)
 EXPECTED: dict[str, str] = {}
 
 
@@ -55,6 +56,8 @@ def make_corpus(root: Path) -> dict[str, str]:
     _add(root, "photo.webp", "ok", image=_photo(), format="WEBP")
     _add(root, "photo.tiff", "ok", image=_photo(), format="TIFF")
     _add(root, "photo.bmp", "ok", image=_photo(), format="BMP")
+    _add(root, "photo.avif", "ok", image=_photo(), format="AVIF")
+    _add(root, "grey.pgm", "ok", image=_photo().convert("L"), format="PPM")
     _add(root, "very_wide.png", "ok", image=Image.new("RGB", (2000, 2), (1, 2, 3)))
     _add(root, "UPPER.JPG", "ok", image=_photo(), format="JPEG")
     _add(root, "png_named.jpg", "ok", data=good_png.getvalue())
@@ -64,26 +67,36 @@ def make_corpus(root: Path) -> dict[str, str]:
     EXPECTED["link_to_photo.jpg"] = "ok"
 
     # bad
-    _add(root, "empty.jpg", "skip", data=b"")
-    _add(root, "truncated.jpg", "skip", data=good_jpeg.getvalue()[: len(good_jpeg.getvalue()) // 3])
-    _add(root, "truncated.png", "skip", data=good_png.getvalue()[: len(good_png.getvalue()) // 3])
+    _add(root, "empty.jpg", "skip: empty file", data=b"")
+    _add(root, "truncated.jpg", "skip: cannot decode", data=good_jpeg.getvalue()[: len(good_jpeg.getvalue()) // 3])
+    _add(root, "truncated.png", "skip: cannot decode", data=good_png.getvalue()[: len(good_png.getvalue()) // 3])
     corrupt = bytearray(good_png.getvalue())
     idat = corrupt.find(b"IDAT")
     corrupt[idat + 40 : idat + 400] = bytes(360)
-    _add(root, "corrupt_data.png", "skip", data=bytes(corrupt))
-    _add(root, "text.jpg", "skip", data=b"just some text, not an image\n")
-    _add(root, "page.png", "skip", data=b"<!doctype html><html><body>404</body></html>")
-    _add(root, "header_only.jpg", "skip", data=b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    _add(root, "corrupt_data.png", "skip: cannot decode", data=bytes(corrupt))
+    _add(root, "text.jpg", "skip: not a recognised image format", data=b"just some text, not an image\n")
+    _add(root, "page.png", "skip: not a recognised image format", data=b"<!doctype html><html><body>404</body></html>")
+    _add(root, "header_only.jpg", "skip: cannot decode", data=b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)  # an iPhone photo, no plugin
+    _add(root, "IMG_0001.HEIC", "skip: pillow-heif", data=heic)
     bomb = io.BytesIO()
     Image.new("1", (20000, 20000)).save(bomb, format="PNG")  # 400M pixels in a few KB
-    _add(root, "bomb.png", "skip", data=bomb.getvalue())
+    _add(root, "bomb.png", "skip: over the --max-pixels limit", data=bomb.getvalue())
     (root / "dangling.jpg").symlink_to(root / "does-not-exist.jpg")
-    EXPECTED["dangling.jpg"] = "skip"
+    EXPECTED["dangling.jpg"] = "skip: broken symbolic link"
     (root / "loop_a.jpg").symlink_to(root / "loop_b.jpg")
     (root / "loop_b.jpg").symlink_to(root / "loop_a.jpg")
-    EXPECTED["loop_a.jpg"] = EXPECTED["loop_b.jpg"] = "skip"
+    EXPECTED["loop_a.jpg"] = EXPECTED["loop_b.jpg"] = "skip: symbolic link loop"
     os.mkfifo(root / "fifo.jpg")
-    EXPECTED["fifo.jpg"] = "skip"
+    EXPECTED["fifo.jpg"] = "skip: not a regular file"
+    (root / "device.png").symlink_to("/dev/zero")  # reading it would never end
+    EXPECTED["device.png"] = "skip: not a regular file"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "socket.jpg"))
+    sock.close()
+    EXPECTED["socket.jpg"] = "skip: not a regular file"
+    if os.geteuid() != 0:  # root reads anything; tests/test_images.py covers the reason there
+        _add(root, "unreadable.jpg", "skip: permission denied", data=good_jpeg.getvalue()).chmod(0)
 
     # not images: ignored, not failures
     _add(root, "notes.txt", "ignore", data=b"hello")

@@ -110,6 +110,13 @@ def test_threshold_abstains(tiny_model_dir, folder):
         (["-c", "a,b", "--format", "xml"], "--format xml: use one of"),
         (["-c", "a,b", "--templates", "nosuchset"], "unknown template set 'nosuchset'"),
         (["-c", "a,b", "--bogus"], "No such option: --bogus"),
+        (["-c", "a,b", "--top-k", "0"], "--top-k 0: must be at least 1"),
+        (["-c", "a,b", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["-c", "a,b", "--workers", "-1"], "--workers -1: must be 0 or more"),
+        (["-c", "a,b", "--classes-file", "x.txt"], "give --classes or --classes-file, not both"),
+        (["-c", "a,b", "--resume"], "--resume needs --output FILE"),
+        (["-c", "a,b", "-o", "r.jsonl", "--failures", "r.jsonl"], "--failures and --output are both r.jsonl"),
+        (["-c", "a,b", "-m", "ViT-B-32:no-such-tag"], "unknown pretrained tag 'no-such-tag' for ViT-B-32"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(tiny_model_dir, folder, args, message):
@@ -182,6 +189,7 @@ def test_env_vars_set_options(tiny_model_dir, folder):
 def test_top_k_is_clamped_to_the_number_of_classes(tiny_model_dir, folder):
     result = run("classify", folder, "-c", "cat,dog", "-m", tiny_model_dir, "-t", "photo", "--top-k", "5")
     assert all(len(json.loads(line)["top_k"]) == 2 for line in result.stdout.splitlines())
+    assert "note: --top-k 5 is more than the 2 classes; listing 2" in result.stderr
 
 
 def test_second_run_reuses_the_cache(tiny_model_dir, folder):

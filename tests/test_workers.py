@@ -135,3 +135,37 @@ def test_bad_limits_are_usage_errors(tiny_model_dir, tmp_path, option, value, me
     result = CliRunner().invoke(app, ["classify", str(tmp_path), "-c", "a,b", "-m", str(tiny_model_dir), option, value])
     assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_device_path_skips_a_read_that_hangs(tiny_model_dir, tmp_path, monkeypatch):
+    import zsclip
+    import zsclip.gpu
+    from zsclip.encode import embed_stream
+
+    for i in range(5):
+        Image.new("RGB", (40, 40), (0, 50 * i, 0)).save(tmp_path / f"{i}.jpg")
+    real = zsclip.gpu._read
+
+    def hanging(path):
+        if path.endswith("2.jpg"):
+            time.sleep(3600)
+        return real(path)
+
+    monkeypatch.setattr(zsclip.gpu, "_read", hanging)
+    model = zsclip.load_model(str(tiny_model_dir))
+    start = time.monotonic()
+    batches = list(embed_stream(model, expand_sources([tmp_path]), batch_size=2, decode_on="device", file_timeout=0.5))
+    assert time.monotonic() - start < 20
+    assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg"]
+    [(path, reason)] = [s for b in batches for s in b.skipped]
+    assert path.endswith("2.jpg") and "--file-timeout" in reason
+
+
+def test_unreadable_file_reason(tmp_path, monkeypatch):
+    from zsclip.images import SkipFile, load_image
+
+    path = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4)).save(path)
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # as for a non-root user on a chmod 000 file
+    with pytest.raises(SkipFile, match="permission denied"):
+        load_image(str(path), _to_tensor)

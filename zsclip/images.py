@@ -32,7 +32,16 @@ from .workers import run_tasks
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+    | {".avif", ".heic", ".heif"}
 )
+_HEIF = (".heic", ".heif")
+try:  # phone photos: HEIC/HEIF decode only with this optional plugin
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_PLUGIN = True
+except ImportError:
+    HEIF_PLUGIN = False
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
@@ -149,7 +158,7 @@ def looks_like_image(path: str) -> bool:
             head = f.read(16)
     except OSError:
         return False
-    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"
 
 
 def count_candidates(sources: list[tuple[str, bool]], recursive: bool = True) -> int:
@@ -184,6 +193,8 @@ def load_image(
             im.load()
             return preprocess(to_rgb(_upright(im)))
     except UnidentifiedImageError:
+        if path.lower().endswith(_HEIF) and not HEIF_PLUGIN:
+            raise SkipFile("HEIC/HEIF images need the pillow-heif plugin: pip install pillow-heif") from None
         raise SkipFile("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise SkipFile(f"cannot decode: {' '.join(str(exc).split()) or type(exc).__name__}") from None
@@ -264,7 +275,7 @@ class BatchLoader:
         for n, (path, explicit) in enumerate(chunk):
             mark(n)
             try:
-                with _deadline(self.in_process_timeout):
+                with time_limit(self.in_process_timeout):
                     if not (explicit or has_image_extension(path) or looks_like_image(path)):
                         continue
                     vector, identity = self._lookup(path)
@@ -295,7 +306,7 @@ class BatchLoader:
 
 
 @contextlib.contextmanager
-def _deadline(seconds: float | None) -> Iterator[None]:
+def time_limit(seconds: float | None) -> Iterator[None]:
     """Interrupt a blocking read after `seconds` (main thread only; a long C-level decode is not interrupted)."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield

@@ -105,11 +105,11 @@ def parse_spec(spec: str) -> ModelSpec:
     if spec.startswith("hf-hub:"):
         return ModelSpec(spec, "hf-hub", spec, spec[len("hf-hub:") :])
     if spec.startswith("local-dir:"):
-        path = Path(spec[len("local-dir:") :]).expanduser()
+        path = _expand(spec[len("local-dir:") :])
         return ModelSpec(spec, "local-dir", f"local-dir:{path}", str(path))
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
+    path = _expand(spec)
+    if os.path.isdir(path):  # os.path: False for any name the OS rejects (too long, NUL), not an exception
+        if not os.path.isfile(path / CONFIG_NAME):
             raise UsageError(f"--model {spec}: directory has no {CONFIG_NAME} (the format zsclip train writes)")
         return ModelSpec(spec, "local-dir", f"local-dir:{path}", str(path))
     arch, sep, rest = spec.partition(":")
@@ -122,8 +122,8 @@ def parse_spec(spec: str) -> ModelSpec:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         hint = f"; pretrained tags: {', '.join(tags)}" if tags else ""
         raise UsageError(f"--model {spec}: give weights as {arch}:TAG or {arch}:/path/to/weights.pt{hint}")
-    if os.sep in rest or rest.endswith(WEIGHT_SUFFIXES) or Path(rest).expanduser().is_file():
-        return ModelSpec(spec, "checkpoint", arch, str(Path(rest).expanduser()))
+    if os.sep in rest or rest.endswith(WEIGHT_SUFFIXES) or os.path.isfile(_expand(rest)):
+        return ModelSpec(spec, "checkpoint", arch, str(_expand(rest)))
     if open_clip.get_pretrained_cfg(arch, rest):
         return ModelSpec(spec, "pretrained", arch, rest)
     tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -131,6 +131,14 @@ def parse_spec(spec: str) -> ModelSpec:
         f"unknown pretrained tag {rest!r} for {arch}"
         + (f"; available: {', '.join(tags)}" if tags else f"; {arch} has no pretrained tags, give a checkpoint path")
     )
+
+
+def _expand(path: str) -> Path:
+    """~ and ~user expanded where they name a home directory (Path.expanduser raises for an unknown user)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
 
 
 def _known_specs() -> list[str]:

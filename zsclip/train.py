@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from . import atomic
 from .errors import UsageError
-from .images import SkipFile, load_image
+from .images import DEFAULT_FILE_TIMEOUT, SkipFile, load_image, time_limit
 from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
 from .progress import bar
 
@@ -81,7 +81,7 @@ def read_captions(data: str | Path) -> tuple[Path, list[tuple[str, str]], int]:
             )
         rows = [(r["filepath"], r["caption"]) for r in reader]
     pairs = [(str(path.parent / p), c) for p, c in rows if p and c]
-    present = [(p, c) for p, c in pairs if os.path.isfile(p)]
+    present = [(p, c) for p, c in pairs if os.path.lexists(p)]  # odd files go on, to be skipped with a reason
     if not present:
         raise UsageError(
             f"{path}: no usable image-caption pairs ({len(rows)} rows, {len(pairs) - len(present)} image files missing)"
@@ -90,7 +90,8 @@ def read_captions(data: str | Path) -> tuple[Path, list[tuple[str, str]], int]:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Decoded, preprocessed images with their tokenised captions; unreadable images come back as None."""
+    """Decoded, preprocessed images with their tokenised captions; an unreadable image comes back as
+    (None, path, reason), under the same rules and limits as classify (a blocking read is cut off)."""
 
     def __init__(self, pairs: list[tuple[str, str]], preprocess: Callable, tokenizer: Callable):
         self.paths = [p for p, _ in pairs]
@@ -102,9 +103,10 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return load_image(self.paths[i], self.preprocess), self.tokens[i]
-        except SkipFile:
-            return None
+            with time_limit(DEFAULT_FILE_TIMEOUT):
+                return load_image(self.paths[i], self.preprocess), self.tokens[i]
+        except SkipFile as exc:
+            return None, self.paths[i], str(exc)
 
 
 def _chunks(items: list, n: int) -> list[list]:
@@ -112,8 +114,8 @@ def _chunks(items: list, n: int) -> list[list]:
 
 
 def _collate(batch):
-    good = [b for b in batch if b is not None]
-    skipped = len(batch) - len(good)
+    good = [b for b in batch if b[0] is not None]
+    skipped = [(b[1], b[2]) for b in batch if b[0] is None]
     if not good:
         return None, None, skipped
     return torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]), skipped
@@ -232,6 +234,7 @@ def train(
             log.writerow(["step", "epoch", "loss", "lr", "logit_scale", "images_per_s", "skipped"])
         if progress:
             progress.update(0, completed=step)
+        reported: set[str] = set()
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             order = epoch_order(len(dataset), cfg.seed, epoch)
@@ -240,6 +243,10 @@ def train(
                 dataset, batch_sampler=batches, num_workers=cfg.workers, collate_fn=_collate
             )
             for images, tokens, skipped in loader:
+                for path, reason in skipped:
+                    if path not in reported:  # once per file, not once per epoch
+                        reported.add(path)
+                        print(f"skipped {path}: {reason}", file=sys.stderr)
                 tick = time.perf_counter()
                 lr = lr_at(step, cfg.lr, cfg.warmup, total_steps)
                 for group in optimizer.param_groups:
@@ -260,7 +267,9 @@ def train(
                     model.logit_scale.clamp_(0, math.log(100))
                 rate = len(images) / (time.perf_counter() - tick)
                 scale = model.logit_scale.exp().item()
-                log.writerow([step, epoch, f"{loss.item():.6f}", f"{lr:.6g}", f"{scale:.4f}", f"{rate:.1f}", skipped])
+                log.writerow(
+                    [step, epoch, f"{loss.item():.6f}", f"{lr:.6g}", f"{scale:.4f}", f"{rate:.1f}", len(skipped)]
+                )
                 if progress:
                     progress.update(
                         0, advance=1, extra=f"loss {loss.item():.3f} lr {lr:.1e} scale {scale:.1f} {rate:.0f} img/s"
