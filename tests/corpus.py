@@ -103,4 +103,5 @@ def make_corpus(root: Path) -> dict[str, str]:
     _add(root, "data.csv", "ignore", data=b"a,b\n1,2\n")
     _add(root, ".DS_Store", "ignore", data=b"\x00\x00\x00\x01Bud1")
     (root / "folder.jpg").mkdir()  # a directory with an image name: walked into, holds nothing
+    EXPECTED["folder.jpg"] = "ignore"
     return dict(EXPECTED)

@@ -101,3 +101,25 @@ def test_train_survives_every_kind_of_file(tmp_path, capsys):
         assert reason in err.split(line)[1].splitlines()[0]
     log = list(csv.DictReader(open(out / "train_log.csv")))
     assert [int(r["skipped"]) for r in log] == [len(bad), len(bad)]
+
+
+def test_a_list_file_naming_every_kind_skips_each_non_image_with_a_reason(tiny_model_dir, tmp_path):
+    root = tmp_path / "corpus"
+    expected = make_corpus(root)
+    listing = tmp_path / "all.txt"
+    listing.write_text("".join(f"{root / name}\n" for name in expected))
+    failures = tmp_path / "failures.jsonl"
+    result = CliRunner().invoke(
+        app, ["classify", f"@{listing}", "-c", "a,b", "-m", str(tiny_model_dir), "-t", "photo", "--failures",
+              str(failures)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    skipped = {
+        os.path.relpath(r["path"], root): r["reason"] for r in map(json.loads, failures.read_text().splitlines())
+    }
+    done = {os.path.relpath(json.loads(line)["path"], root) for line in result.stdout.splitlines()}
+    assert done == {n for n, v in expected.items() if v == "ok"}
+    # Named explicitly, non-images are not ignored but skipped, each with its reason.
+    assert skipped["folder.jpg"] == "not a regular file"
+    assert skipped["notes.txt"] == skipped["data.csv"] == "not a recognised image format"
+    assert skipped.keys() == {n for n, v in expected.items() if v != "ok"}
