@@ -169,3 +169,24 @@ def test_unreadable_file_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, mode: False)  # as for a non-root user on a chmod 000 file
     with pytest.raises(SkipFile, match="permission denied"):
         load_image(str(path), _to_tensor)
+
+
+def test_without_shared_memory_batches_cross_as_bytes_with_the_same_pixels(tmp_path, monkeypatch):
+    import torch
+
+    for i in range(7):
+        Image.new("RGB", (16, 16), (30 * i, 0, 255 - 30 * i)).save(tmp_path / f"{i}.png")
+
+    def preprocess(im):
+        return torch.from_numpy(__import__("numpy").asarray(im, dtype="float32")).permute(2, 0, 1)
+
+    sources = expand_sources([tmp_path])
+    in_process = torch.cat([b.pixels for b in iter_batches(sources, preprocess, batch_size=3, workers=0)])
+    shared = torch.cat([b.pixels for b in iter_batches(sources, preprocess, batch_size=3, workers=2)])
+
+    def full(self):  # what torch raises when /dev/shm has no room
+        raise RuntimeError("unable to write to file </torch_1_2_3>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+    piped = torch.cat([b.pixels for b in iter_batches(sources, preprocess, batch_size=3, workers=2)])
+    assert torch.equal(in_process, shared) and torch.equal(in_process, piped)

@@ -28,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UsageError
 from .store import FileIdentity, ImageStore
-from .workers import run_tasks
+from .workers import in_worker_process, run_tasks
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -58,15 +58,15 @@ class Batch:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __getstate__(self) -> dict:
-        # Pixels cross from worker to parent as plain bytes through the pipe, not as torch shared memory: that
-        # needs /dev/shm space (64 MB in a default Docker container) and the worker alive until received.
+        # Pixels in shared memory cross to the parent as a file descriptor (torch's reduction); where /dev/shm
+        # had no room (64 MB in a default Docker container) they go through the pipe as bytes instead.
         state = dict(self.__dict__)
-        if self.pixels is not None:
+        if self.pixels is not None and not self.pixels.is_shared():
             state["pixels"] = self.pixels.numpy()
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if state["pixels"] is not None:
+        if state["pixels"] is not None and not isinstance(state["pixels"], torch.Tensor):
             state["pixels"] = torch.from_numpy(state["pixels"])
         self.__dict__.update(state)
 
@@ -293,7 +293,11 @@ class BatchLoader:
             if identity is not None:
                 batch.identities[index] = identity
         if tensors:
-            batch.pixels = torch.stack(tensors)
+            pixels = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype)
+            if in_worker_process():  # the parent maps it instead of copying it through the pipe
+                with contextlib.suppress(RuntimeError):  # /dev/shm full: Batch pickles the pixels as bytes
+                    pixels.share_memory_()
+            batch.pixels = torch.stack(tensors, out=pixels)
         return batch
 
     def _lookup(self, path: str) -> tuple[np.ndarray | None, FileIdentity | None]:

@@ -59,7 +59,17 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+_IN_WORKER = False
+
+
+def in_worker_process() -> bool:
+    """True inside a worker process of run_tasks: results cross to the parent by pickling."""
+    return _IN_WORKER
+
+
 def _process_main(fn: TaskFn, slot: int, state, tasks, results, parent: int) -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
@@ -104,7 +114,7 @@ def _serve(fn: TaskFn, slot: int, state, receive, send) -> None:
 
 class _ProcessWorker:
     def __init__(self, ctx, fn: TaskFn, slot: int, state):
-        self.slot, self.state, self.assigned = slot, state, deque()
+        self.slot, self.state, self.assigned, self.broken = slot, state, deque(), False
         tasks_recv, self._tasks = ctx.Pipe(duplex=False)
         self.results, results_send = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
@@ -153,6 +163,9 @@ class _ProcessWorker:
                 seq, result = conn.recv()
             except (EOFError, OSError):  # the worker died; supervise() sees it
                 continue
+            except Exception:  # a result that cannot be rebuilt (shared memory gone): redo that worker's tasks
+                w.broken = True
+                continue
             out.append((w, seq, result))
         return out
 
@@ -161,7 +174,7 @@ class _ThreadWorker:
     """The same contract in a daemon thread (for the GPU path's file reads); a stalled one is abandoned."""
 
     def __init__(self, fn: TaskFn, slot: int, state, results: queue.Queue):
-        self.slot, self.state, self.assigned = slot, state, deque()
+        self.slot, self.state, self.assigned, self.broken = slot, state, deque(), False
         self._tasks: queue.Queue = queue.Queue()
         self._results = results
         self.thread = threading.Thread(
@@ -284,20 +297,21 @@ class _Supervisor:
             seq, item, since = int(self.state[base]), int(self.state[base + 1]), self.state[base + 2]
             if not w.alive():
                 reason = f"the decoder crashed on this file (worker {w.death()})"
-                w.stop(kill=True)
             elif self.item_timeout and since and now - since > self.item_timeout:
                 reason = f"took longer than {self.item_timeout:g} s to read and decode (--file-timeout)"
-                w.stop(kill=True)
+            elif w.broken:
+                reason = None  # a lost message, no file to blame: just redo
             else:
                 continue
+            w.stop(kill=True)
             lost = list(w.assigned)
             self.workers[slot] = self._spawn(slot)
             if not lost:
                 continue
-            task = pending.get(seq) if since else None
+            task = pending.get(seq) if since and reason else None
             if task is not None and seq in lost and 0 <= item < len(task.items):
                 task.failed.append((task.items.pop(item), reason))
-            else:
+            elif reason:
                 first = pending[lost[0]]
                 first.losses += 1
                 if first.losses >= _MAX_LOSSES:
