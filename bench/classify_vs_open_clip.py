@@ -25,15 +25,21 @@ from zsclip.models import model_config, random_init_model, save_model_dir
 CLASSES = ["goldfish", "tabby cat", "golden retriever", "sports car", "pizza", "castle", "volcano", "sailboat"]
 
 
+def _open(path, preprocess):
+    return preprocess(Image.open(path))
+
+
 class Files(torch.utils.data.Dataset):
-    def __init__(self, paths, preprocess):
-        self.paths, self.preprocess = paths, preprocess
+    """The plain open_clip way: a Dataset of paths for a DataLoader (bench/decode_workers.py gives other `load`)."""
+
+    def __init__(self, paths, preprocess, load=_open):
+        self.paths, self.preprocess, self.load = paths, preprocess, load
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return self.preprocess(Image.open(self.paths[i]))
+        return self.load(self.paths[i], self.preprocess)
 
 
 def reference(model_dir: Path, paths: list[Path], batch_size: int, workers: int) -> list[str]:

@@ -18,22 +18,16 @@ from pathlib import Path
 
 import open_clip
 import torch
+from classify_vs_open_clip import Files  # bench/ is on sys.path when a script in it runs
 
 from zsclip.images import SkipFile, iter_batches, load_image
 
 
-class Files(torch.utils.data.Dataset):
-    def __init__(self, paths, preprocess):
-        self.paths, self.preprocess = paths, preprocess
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        try:
-            return load_image(self.paths[i], self.preprocess)
-        except SkipFile:
-            return torch.zeros(3, 1, 1)
+def _load(path, preprocess):
+    try:
+        return load_image(path, preprocess)
+    except SkipFile:
+        return torch.zeros(3, 1, 1)
 
 
 def main() -> None:
@@ -52,7 +46,7 @@ def main() -> None:
                                                       workers=args.workers, store=None))  # fmt: skip
 
     def dataloader() -> int:
-        loader = torch.utils.data.DataLoader(Files(paths, preprocess), batch_size=args.batch_size,
+        loader = torch.utils.data.DataLoader(Files(paths, preprocess, _load), batch_size=args.batch_size,
                                              num_workers=args.workers)  # fmt: skip
         return sum(len(b) for b in loader)
 

@@ -190,3 +190,22 @@ def test_without_shared_memory_batches_cross_as_bytes_with_the_same_pixels(tmp_p
     monkeypatch.setattr(torch.Tensor, "share_memory_", full)
     piped = torch.cat([b.pixels for b in iter_batches(sources, preprocess, batch_size=3, workers=2)])
     assert torch.equal(in_process, shared) and torch.equal(in_process, piped)
+
+
+def test_without_workers_a_blocking_read_is_cut_off_too(tmp_path, monkeypatch):
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    real = zsclip.images.load_image
+
+    def blocking(path, *a, **kw):
+        if path.endswith("1.png"):
+            time.sleep(3600)  # interrupted by the per-file alarm, as a blocking read() would be
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(zsclip.images, "load_image", blocking)
+    start = time.monotonic()
+    batches = list(iter_batches(expand_sources([tmp_path]), _to_tensor, batch_size=2, workers=0, file_timeout=0.5))
+    assert time.monotonic() - start < 10
+    assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.png", "2.png", "3.png"]
+    [(path, reason)] = [s for b in batches for s in b.skipped]
+    assert path.endswith("1.png") and "--file-timeout" in reason

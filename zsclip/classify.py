@@ -84,7 +84,9 @@ def classify(
 ) -> Iterator[Prediction | Skipped]:
     """Stream a Prediction per image and a Skipped per file that could not be read, in walk order.
 
-    `paths` are image files, folders, or `@list.txt` files. `options` go to zsclip.encode.embed_stream:
+    `paths` are image files, folders, or `@list.txt` files (or the (path, explicit) pairs images.expand_sources
+    made of them, so a caller that checked them first does not read @list files twice). `options` go to
+    zsclip.encode.embed_stream:
     batch_size, workers, recursive, store (keep image embeddings and reuse them, so another run with other
     classes encodes no image), exact (no JPEG draft decoding), max_pixels, file_timeout, and exclude (paths to
     leave out, e.g. those a resumed run already has). `on_batch(classified, skipped)` reports progress.
