@@ -288,3 +288,31 @@ def test_a_full_disk_while_writing_output_is_one_line_and_keeps_the_records(tiny
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert len(out.read_text().splitlines()) == 400
+
+
+def test_running_out_of_memory_is_one_line_and_keeps_finished_records(tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    import zsclip.encode
+
+    images = _images(tmp_path / "images", 12)
+    out = tmp_path / "out.jsonl"
+    args = ["classify", str(images), "-c", "a,b", "-m", str(tiny_model_dir), "-t", "photo", "-o", str(out),
+            "--batch-size", "4"]  # fmt: skip
+    real, calls = zsclip.encode.encode_images, []
+
+    def oom(model, pixels):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, pixels)
+
+    monkeypatch.setattr(zsclip.encode, "encode_images", oom)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: out of memory (CUDA out of memory.")
+    assert "Traceback" not in result.stderr
+    assert _lines(Path(f"{out}.partial")) == 4
+    monkeypatch.setattr(zsclip.encode, "encode_images", real)
+    resumed = CliRunner().invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0 and len(out.read_text().splitlines()) == 12

@@ -52,6 +52,13 @@ class _Group(TyperGroup):
             _fail(f"{exc.format_message()}{where}", code)
         except ZsclipError as exc:
             _fail(str(exc), exc.exit_code)
+        except MemoryError:
+            _fail("out of memory: try a smaller --batch-size or fewer --workers (finished output is kept)", 1)
+        except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) and CPU allocator failures
+            if "out of memory" not in str(exc).lower():
+                raise
+            first = str(exc).splitlines()[0][:200]
+            _fail(f"out of memory ({first}): try a smaller --batch-size (finished output is kept)", 1)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
