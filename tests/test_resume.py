@@ -128,8 +128,10 @@ def test_csv_resume_after_a_failed_run_and_of_a_finished_file(tiny_model_dir, tm
     out = tmp_path / "out.csv"
     partial = Path(f"{out}.partial")
     (images / "0005x.jpg").write_bytes(b"not a jpeg")  # --strict stops the run here, after 0000-0005
-    stopped = CliRunner().invoke(app, [*args, "-o", str(out), "--strict"])
+    failures = tmp_path / "failures.jsonl"
+    stopped = CliRunner().invoke(app, [*args, "-o", str(out), "--strict", "--failures", str(failures)])
     assert stopped.exit_code == 1
+    assert [json.loads(line)["path"] for line in failures.read_text().splitlines()] == [str(images / "0005x.jpg")]
     assert f"kept 6 finished records in {partial} (--resume)" in stopped.stderr
     assert not out.exists() and len(partial.read_text().splitlines()) == 7  # header + 6
     with partial.open("a") as f:

@@ -11,17 +11,24 @@ from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kw) -> Iterator[IO]:
-    """Write to a temporary file beside `path`; on success fsync and rename it over `path`, else delete it."""
+def atomic_open(path: str | os.PathLike, mode: str = "w", keep_on_error: bool = False, **kw) -> Iterator[IO]:
+    """Write to a temporary file beside `path`; on success fsync and rename it over `path`, else delete it
+    (or, with `keep_on_error`, put what was written in place all the same: a log of a run that failed)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    f = os.fdopen(fd, mode, **kw)
     try:
-        with os.fdopen(fd, mode, **kw) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
         os.replace(tmp, path)
     except BaseException:
+        with contextlib.suppress(OSError):  # a full disk fails the flush in close() again
+            f.close()
+        if keep_on_error:
+            with contextlib.suppress(OSError):
+                os.replace(tmp, path)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

@@ -29,7 +29,7 @@ from .images import (
     first_image,
 )
 from .models import DEFAULT_MODEL, PRECISIONS, fingerprint_spec, list_models, load_model
-from .output import FORMATS, RESUMABLE, OutputFile, format_for_path, make_writer
+from .output import FORMATS, OutputFile, format_for_path, make_writer
 from .prompts import parse_classes, read_classes_file
 from .text import build_classifier
 
@@ -276,9 +276,7 @@ def classify_cmd(
     if first_image(sources, recursive) is None:
         raise UsageError(f"no images found under {', '.join(paths)} (looked for {_extensions()})")
     fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if sys.stdout.isatty() else "jsonl")
-    if resume and fmt not in RESUMABLE:
-        raise UsageError(f"--resume: {fmt} output cannot be continued; use --format csv or jsonl")
-    if resume and output.exists() and not Path(f"{output}.partial").exists():
+    if output is not None and OutputFile.preflight(output, fmt, resume):
         progress.log(f"{output} is complete already (no {output}.partial to resume); nothing to do")
         return
     show = progress.enabled(quiet)
@@ -303,7 +301,11 @@ def classify_cmd(
         if out_file and out_file.done:
             progress.log(f"resuming {out_file.partial}: {len(out_file.done)} images already classified")
         out = out_file.stream if out_file else sys.stdout
-        fail_log = stack.enter_context(atomic.atomic_open(failures, "w", encoding="utf-8")) if failures else None
+        fail_log = (
+            stack.enter_context(atomic.atomic_open(failures, "w", encoding="utf-8", keep_on_error=True))
+            if failures
+            else None
+        )  # a failed run still lists the files it skipped
         writer = make_writer(fmt, out, k, header=not (out_file and out_file.appending))
         bar = stack.enter_context(progress.bar("classifying", None, "img", show))
         if bar:

@@ -144,13 +144,8 @@ class OutputFile:
         self.fmt = fmt
         self.settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
         self.done: set[str] = set()
-        if resume and fmt not in RESUMABLE:
-            raise UsageError(f"--resume: {fmt} output cannot be continued; use --format csv or jsonl")
+        self.preflight(path, fmt, resume)
         continuing = resume and self.partial.exists()
-        if not resume and self.partial.exists():
-            raise UsageError(
-                f"{self.partial} holds an unfinished run: add --resume to continue it, or delete it to start over"
-            )
         if continuing:
             self._check_settings()
             self.done = self._read_done(settings.get("top_k", 1))
@@ -160,6 +155,19 @@ class OutputFile:
         self.stream = open(self.partial, "a" if continuing else "w", encoding="utf-8", newline="")  # noqa: SIM115
         self.appending = continuing and self.partial.stat().st_size > 0  # csv: the header is there already
         self._synced = time.monotonic()
+
+    @staticmethod
+    def preflight(path: Path, fmt: str, resume: bool) -> bool:
+        """The checks that need no model, so a mistake costs no loading: True when a resumed FILE is complete
+        already and there is nothing to do."""
+        partial = Path(f"{path}.partial")
+        if resume and fmt not in RESUMABLE:
+            raise UsageError(f"--resume: {fmt} output cannot be continued; use --format csv or jsonl")
+        if not resume and partial.exists():
+            raise UsageError(
+                f"{partial} holds an unfinished run: add --resume to continue it, or delete it to start over"
+            )
+        return resume and Path(path).exists() and not partial.exists()
 
     def _check_settings(self) -> None:
         try:
