@@ -1,9 +1,12 @@
 """classify over a corpus of 20+ kinds of odd and bad files: valid ones are labelled, bad ones skipped with a
 reason, non-images ignored, and the run finishes with exit 0."""
 
+import faulthandler
 import json
 import os
+import signal
 
+import pytest
 from typer.testing import CliRunner
 
 from zsclip.cli import app
@@ -75,7 +78,8 @@ def test_eval_survives_every_kind_of_file(tiny_model_dir, tmp_path):
     assert all(bad[name] in reason for name, reason in skipped.items())
 
 
-def test_train_survives_every_kind_of_file(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_survives_every_kind_of_file(tmp_path, capsys, monkeypatch, workers):
     import csv
 
     from zsclip.shapes import write_dataset
@@ -90,7 +94,20 @@ def test_train_survives_every_kind_of_file(tmp_path, capsys):
         csv.writer(f).writerows([["filepath", "caption"], *rows])
     out = tmp_path / "model"
     cfg = TrainConfig(data=str(shapes), config="shapes-rn", output=str(out), epochs=2, batch_size=len(rows),
-                      warmup=1, templates="shapes")  # fmt: skip
+                      warmup=1, templates="shapes", workers=workers)  # fmt: skip
+    if workers:  # and a file that kills its decoder, as a corrupt file can in a C library
+        import zsclip.train
+
+        real = zsclip.train.load_image
+
+        def crashing(path, *a, **kw):
+            if path.endswith("very_wide.png"):
+                faulthandler.disable()
+                os.kill(os.getpid(), signal.SIGSEGV)
+            return real(path, *a, **kw)
+
+        monkeypatch.setattr(zsclip.train, "load_image", crashing)
+        expected["very_wide.png"] = "skip: the decoder crashed on this file (worker killed by SIGSEGV)"
     metrics = train(cfg)
     assert metrics["epoch"] == 2
     err = capsys.readouterr().err

@@ -45,8 +45,34 @@ except ImportError:
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
+class CrossProcess:
+    """A result that crosses from a worker process to the parent: tensors in shared memory go as a file
+    descriptor (torch's reduction), others as bytes through the pipe, so a full /dev/shm (64 MB in a default
+    Docker container) costs speed, never the run."""
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        piped = [k for k, v in state.items() if isinstance(v, torch.Tensor) and not v.is_shared()]
+        state.update({k: state[k].numpy() for k in piped}, _piped=piped)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for k in state.pop("_piped"):
+            state[k] = torch.from_numpy(state[k])
+        self.__dict__.update(state)
+
+
+def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; inside a worker process into shared memory, so the parent maps the batch, not copies it."""
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype)
+    if in_worker_process():
+        with contextlib.suppress(RuntimeError):  # /dev/shm full: CrossProcess pipes it as bytes
+            out.share_memory_()
+    return torch.stack(tensors, out=out)
+
+
 @dataclass
-class Batch:
+class Batch(CrossProcess):
     """One batch from the stream, in walk order: every readable image's path; pixels for those decoded here and
     vectors for those found in the image-embedding store; skip reasons for files that could not be read."""
 
@@ -56,19 +82,6 @@ class Batch:
     stored: dict[int, np.ndarray] = field(default_factory=dict)  # index into paths -> stored vector
     identities: dict[int, FileIdentity] = field(default_factory=dict)  # index -> identity to (re)store
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def __getstate__(self) -> dict:
-        # Pixels in shared memory cross to the parent as a file descriptor (torch's reduction); where /dev/shm
-        # had no room (64 MB in a default Docker container) they go through the pipe as bytes instead.
-        state = dict(self.__dict__)
-        if self.pixels is not None and not self.pixels.is_shared():
-            state["pixels"] = self.pixels.numpy()
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        if state["pixels"] is not None and not isinstance(state["pixels"], torch.Tensor):
-            state["pixels"] = torch.from_numpy(state["pixels"])
-        self.__dict__.update(state)
 
 
 class SkipFile(Exception):
@@ -293,11 +306,7 @@ class BatchLoader:
             if identity is not None:
                 batch.identities[index] = identity
         if tensors:
-            pixels = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype)
-            if in_worker_process():  # the parent maps it instead of copying it through the pipe
-                with contextlib.suppress(RuntimeError):  # /dev/shm full: Batch pickles the pixels as bytes
-                    pixels.share_memory_()
-            batch.pixels = torch.stack(tensors, out=pixels)
+            batch.pixels = stack(tensors)
         return batch
 
     def _lookup(self, path: str) -> tuple[np.ndarray | None, FileIdentity | None]:

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 
 from . import atomic
 from .errors import UsageError
-from .images import DEFAULT_FILE_TIMEOUT, SkipFile, load_image, time_limit
+from .images import DEFAULT_FILE_TIMEOUT, CrossProcess, SkipFile, load_image, stack, time_limit
 from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
 from .progress import bar
+from .workers import in_worker_process, run_tasks
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.csv"
@@ -89,9 +90,17 @@ def read_captions(data: str | Path) -> tuple[Path, list[tuple[str, str]], int]:
     return path, present, len(pairs) - len(present)
 
 
-class PairDataset(torch.utils.data.Dataset):
-    """Decoded, preprocessed images with their tokenised captions; an unreadable image comes back as
-    (None, path, reason), under the same rules and limits as classify (a blocking read is cut off)."""
+@dataclass
+class PairBatch(CrossProcess):
+    images: torch.Tensor | None  # [n, 3, H, W], or None when no image of the batch could be read
+    tokens: torch.Tensor | None  # [n, context]
+    skipped: list[tuple[str, str]]  # (path, reason)
+
+
+class PairDataset:
+    """Image-caption pairs by index. `dataset(indices)` loads one batch: decoded, preprocessed images and their
+    tokenised captions, unreadable images as (path, reason) under classify's rules. It runs in supervised
+    workers (zsclip.workers) like classify's decoding, so a file that crashes or stalls costs only itself."""
 
     def __init__(self, pairs: list[tuple[str, str]], preprocess: Callable, tokenizer: Callable):
         self.paths = [p for p, _ in pairs]
@@ -101,24 +110,26 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
-        try:
-            with time_limit(DEFAULT_FILE_TIMEOUT):
-                return load_image(self.paths[i], self.preprocess), self.tokens[i]
-        except SkipFile as exc:
-            return None, self.paths[i], str(exc)
+    def __call__(self, indices: list[int], failed: list = (), mark: Callable[[int], None] = id) -> PairBatch:
+        images, tokens = [], []
+        skipped = [(self.paths[i], reason) for i, reason in failed]
+        limit = None if in_worker_process() else DEFAULT_FILE_TIMEOUT  # in a worker, the supervisor times files
+        for n, i in enumerate(indices):
+            mark(n)
+            try:
+                with time_limit(limit):
+                    images.append(load_image(self.paths[i], self.preprocess))
+            except SkipFile as exc:
+                skipped.append((self.paths[i], str(exc)))
+                continue
+            tokens.append(self.tokens[i])
+        if not images:
+            return PairBatch(None, None, skipped)
+        return PairBatch(stack(images), torch.stack(tokens), skipped)
 
 
 def _chunks(items: list, n: int) -> list[list]:
     return [items[i : i + n] for i in range(0, len(items), n)]
-
-
-def _collate(batch):
-    good = [b for b in batch if b[0] is not None]
-    skipped = [(b[1], b[2]) for b in batch if b[0] is None]
-    if not good:
-        return None, None, skipped
-    return torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]), skipped
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -238,11 +249,13 @@ def train(
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             order = epoch_order(len(dataset), cfg.seed, epoch)
-            batches = [order[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=batches, num_workers=cfg.workers, collate_fn=_collate
-            )
-            for images, tokens, skipped in loader:
+            parts = [order[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
+            if cfg.workers == 0:
+                batches = map(dataset, parts)
+            else:
+                batches = run_tasks(parts, dataset, workers=cfg.workers, item_timeout=DEFAULT_FILE_TIMEOUT)
+            for batch in batches:
+                images, tokens, skipped = batch.images, batch.tokens, batch.skipped
                 for path, reason in skipped:
                     if path not in reported:  # once per file, not once per epoch
                         reported.add(path)
