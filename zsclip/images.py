@@ -279,16 +279,17 @@ class BatchLoader:
     store: ImageStore | None = None
     draft: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
-    in_process_timeout: float | None = None  # only without workers: SIGALRM breaks blocking reads
+    file_timeout: float | None = DEFAULT_FILE_TIMEOUT
 
     def __call__(self, chunk: list[tuple[str, bool]], failed: list = (), mark: Callable[[int], None] = id) -> Batch:
         batch = Batch()
         batch.skipped.extend((path, reason) for (path, _), reason in failed)
+        limit = None if in_worker_process() else self.file_timeout  # in a worker, the supervisor times files
         tensors = []
         for n, (path, explicit) in enumerate(chunk):
             mark(n)
             try:
-                with time_limit(self.in_process_timeout):
+                with time_limit(limit):
                     if not (explicit or has_image_extension(path) or looks_like_image(path)):
                         continue
                     vector, identity = self._lookup(path)
@@ -381,12 +382,10 @@ def iter_batches(
     check_limits(batch_size, workers, max_pixels, file_timeout)
     workers = default_workers() if workers is None else workers
     parts = chunks(sources, batch_size, recursive, exclude)
-    if workers == 0:
-        loader = BatchLoader(preprocess, store, draft, max_pixels, file_timeout)
-        yield from map(loader, parts)
-        return
-    loader = BatchLoader(preprocess, store, draft, max_pixels)
-    yield from run_tasks(parts, loader, workers=workers, item_timeout=file_timeout)
+    loader = BatchLoader(preprocess, store, draft, max_pixels, file_timeout)
+    yield from (
+        map(loader, parts) if workers == 0 else run_tasks(parts, loader, workers=workers, item_timeout=file_timeout)
+    )
 
 
 def first_image(sources: list[tuple[str, bool]], recursive: bool = True) -> str | None:
