@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from zsclip.models import random_init_model, save_model_dir
+
+# CI gets the same examples every run (a property test must not fail at random on someone else's change); run
+# with HYPOTHESIS_PROFILE=explore for fresh random examples. No deadline: a 2-core CI machine is slow.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ZSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -6,6 +6,12 @@ class ZsclipError(Exception):
 
     exit_code = 1
 
+    def __str__(self) -> str:
+        # Always one line, even when it quotes user input that holds line breaks (a path, a spec).
+        text = super().__str__()
+        lines = text.splitlines()
+        return " ".join(lines) if len(lines) > 1 else text
+
 
 class UsageError(ZsclipError):
     """The user asked for something that cannot work (bad option, unknown name, empty class list): exit 2."""
