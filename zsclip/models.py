@@ -137,7 +137,7 @@ def _expand(path: str) -> Path:
     """~ and ~user expanded where they name a home directory (Path.expanduser raises for an unknown user)."""
     try:
         return Path(path).expanduser()
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # no such user; a NUL byte in the name
         return Path(path)
 
 
