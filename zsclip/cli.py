@@ -271,7 +271,7 @@ def classify_cmd(
         raise UsageError("--resume needs --output FILE (the run to continue)")
     if failures is not None and output is not None and failures.resolve() == output.resolve():
         raise UsageError(f"--failures and --output are both {output}: give them different files")
-    check_limits(batch_size or 1, workers, max_pixels, file_timeout)
+    check_limits(batch_size, workers, max_pixels, file_timeout)
     sources = expand_sources(paths)
     if first_image(sources, recursive) is None:
         raise UsageError(f"no images found under {', '.join(paths)} (looked for {_extensions()})")
@@ -425,7 +425,7 @@ def _eval_data(dataset: str, root: Path | None, classnames: str | None, limit: i
 def _embed_with_progress(clip, dataset, show, **options):
     from .evaluate import embed_dataset
 
-    check_limits(options["batch_size"] or 1, options["workers"], options["max_pixels"], options["file_timeout"])
+    check_limits(options["batch_size"], options["workers"], options["max_pixels"], options["file_timeout"])
     with progress.bar("encoding images", len(dataset.items), "img", show) as bar:
 
         def tick(done: int, skipped: int) -> None:

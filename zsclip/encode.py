@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache import Cache
-from .errors import UsageError, is_disk_full
+from .errors import is_disk_full
 from .gpu import TensorPreprocess, iter_device_batches
-from .images import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, iter_batches
+from .images import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits, iter_batches
 from .models import ClipModel
 from .progress import log
 from .store import ImageStore, variant_key
@@ -69,8 +69,7 @@ def embed_stream(
     `file_timeout` seconds, are skipped; paths in `exclude` are left out (a resumed run has them already).
     If the disk fills up while storing, storing stops with a warning and the run goes on.
     """
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    check_limits(batch_size, workers, max_pixels, file_timeout)  # before `or`, which would take 0 as the default
     batch_size = batch_size or (256 if model.device.type == "cuda" else 32)
     draft = None if exact else draft_size(model)
     variant = variant_key(model.precision, model.preprocess, draft)

@@ -144,23 +144,23 @@ def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft, ma
     """Decode all JPEGs of the batch in one call, then build the batch in file order; anything the device
     decoder cannot read (other formats, damaged JPEGs) goes through the CPU path and its skip rules."""
     batch = Batch()
-    jpegs = []
+    jpegs, oversized = [], set()
     for k, (path, vector, _, data) in enumerate(prepared):
         if vector is None and data and data.startswith(_JPEG):
             try:
                 check_pixels(_jpeg_size(data), max_pixels)  # from the header, before the device allocates
             except SkipFile as exc:
                 batch.skipped.append((path, str(exc)))
+                oversized.add(k)
                 continue
             except (OSError, ValueError, SyntaxError):
                 continue  # unreadable header: the CPU path below gives the reason
             jpegs.append(k)
     data = [torch.frombuffer(bytearray(prepared[k][3]), dtype=torch.uint8) for k in jpegs]
     on_device = dict(zip(jpegs, _decode_jpegs(data, device), strict=True))
-    too_big = {p for p, _ in batch.skipped}
     pixels = []
     for k, (path, vector, identity, _) in enumerate(prepared):
-        if path in too_big:
+        if k in oversized:
             continue
         index = len(batch.paths)
         if vector is not None:

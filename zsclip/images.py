@@ -352,8 +352,11 @@ def chunks(
         yield chunk
 
 
-def check_limits(batch_size: int, workers: int | None, max_pixels: int | None, file_timeout: float | None) -> None:
-    if batch_size < 1:
+def check_limits(
+    batch_size: int | None, workers: int | None, max_pixels: int | None, file_timeout: float | None
+) -> None:
+    """The usage errors of the reading options (None: the default, always valid)."""
+    if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers {workers}: must be 0 or more")
