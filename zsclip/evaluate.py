@@ -104,7 +104,9 @@ def evaluate(
     if isinstance(templates, str):
         templates = resolve_dataset_templates(templates, dataset, model)
     classifier = build_classifier(model, dataset.classnames, templates)
-    embedded = embed_dataset(model, dataset, batch_size=batch_size, workers=workers, store=store, on_batch=on_batch)
+    embedded = embed_dataset(
+        model, dataset, batch_size=batch_size, workers=workers, store=store, exact=exact, on_batch=on_batch
+    )
     return score(embedded, classifier)
 
 

@@ -27,6 +27,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UsageError
+from .limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
 from .store import FileIdentity, ImageStore
 from .workers import in_worker_process, run_tasks
 
@@ -180,8 +181,6 @@ def count_candidates(sources: list[tuple[str, bool]], recursive: bool = True) ->
 
 
 # -- decoding ----------------------------------------------------------------------------------------------
-DEFAULT_MAX_PIXELS = 250_000_000  # above a 200-megapixel phone photo; a decompression bomb is far beyond
-DEFAULT_FILE_TIMEOUT = 60.0  # seconds one file may take to read and decode
 
 
 def load_image(
@@ -352,20 +351,6 @@ def chunks(
         yield chunk
 
 
-def check_limits(
-    batch_size: int | None, workers: int | None, max_pixels: int | None, file_timeout: float | None
-) -> None:
-    """The usage errors of the reading options (None: the default, always valid)."""
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
-    if workers is not None and workers < 0:
-        raise UsageError(f"--workers {workers}: must be 0 or more")
-    if max_pixels is not None and max_pixels < 1:
-        raise UsageError(f"--max-pixels {max_pixels}: must be at least 1")
-    if file_timeout is not None and file_timeout <= 0:
-        raise UsageError(f"--file-timeout {file_timeout:g}: must be more than 0 seconds")
-
-
 def iter_batches(
     sources: list[tuple[str, bool]],
     preprocess: Callable,
@@ -397,3 +382,12 @@ def first_image(sources: list[tuple[str, bool]], recursive: bool = True) -> str 
         if explicit or has_image_extension(path) or looks_like_image(path):
             return path
     return None
+
+
+def check_sources(paths: Iterable[str], recursive: bool = True) -> list[tuple[str, bool]]:
+    """The user's PATH arguments expanded, with a usage error when they hold no image at all."""
+    sources = expand_sources(paths)
+    if first_image(sources, recursive) is None:
+        looked = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise UsageError(f"no images found under {', '.join(map(str, paths))} (looked for {looked})")
+    return sources

@@ -30,12 +30,11 @@ import torch
 
 from . import atomic
 from .cache import Cache
+from .defaults import DEFAULT_MODEL, PRECISIONS
 from .errors import UsageError, ZsclipError
 
-DEFAULT_MODEL = "ViT-B-32:openai"
 CONFIG_NAME = "open_clip_config.json"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-PRECISIONS = ("fp32", "bf16", "fp16")
 _ALTERNATIVES = (
     "use a local checkpoint (--model ARCH:/path/to/weights.pt), a model directory (--model /path/to/dir), "
     "or set ZSCLIP_MODEL"

@@ -23,8 +23,6 @@ from . import atomic
 from .classify import Prediction
 from .errors import UsageError
 
-FORMATS = ("table", "csv", "json", "jsonl")
-
 
 def format_for_path(path: str) -> str | None:
     """The format an output file's extension asks for, if any."""

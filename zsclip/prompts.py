@@ -161,3 +161,14 @@ def _classes_from_table(text: str, delimiter: str, path: Path) -> list[str]:
         return [r[name_col].strip() for r in body]
     except (IndexError, ValueError) as exc:
         raise UsageError(f"--classes-file {path}: malformed table ({exc})") from exc
+
+
+def class_names(classes: str | None, classes_file: str | Path | None) -> list[str]:
+    """The class list of `--classes A,B` or `--classes-file FILE` (exactly one of them)."""
+    if classes is not None and classes_file is not None:
+        raise UsageError("give --classes or --classes-file, not both")
+    if classes is not None:
+        return parse_classes(classes)
+    if classes_file is not None:
+        return read_classes_file(classes_file)
+    raise UsageError("no classes given: use --classes 'cat,dog' or --classes-file FILE")

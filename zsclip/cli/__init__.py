@@ -1,0 +1,48 @@
+"""The `zsclip` command: one module per command group, each a thin layer that parses options, calls the Python
+API and renders. Importing this package loads no torch: `--help` and usage errors answer at once."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from . import admin, classify, evaluate, prompts, train
+from .common import Group
+
+app = typer.Typer(
+    cls=Group,
+    help="Zero-shot image classification with CLIP: label images by class names the model never trained on.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("classify")(classify.classify_cmd)
+app.command("eval")(evaluate.eval_cmd)
+app.add_typer(prompts.app, name="prompts")
+app.add_typer(train.data_app, name="data")
+app.command("train")(train.train_cmd)
+app.command("models")(admin.models_cmd)
+app.add_typer(admin.cache_app, name="cache")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zsclip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

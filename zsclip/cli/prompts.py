@@ -1,0 +1,133 @@
+"""`zsclip prompts list|show|compare`: the template sets, and which works best on a data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import progress
+from ..defaults import DEFAULT_MODEL
+from .common import (
+    DEFAULT_READ,
+    BatchOpt,
+    ClassnamesOpt,
+    DeviceOpt,
+    ExactOpt,
+    FileTimeoutOpt,
+    LimitOpt,
+    MaxPixelsOpt,
+    ModelOpt,
+    PrecisionOpt,
+    QuietOpt,
+    RootOpt,
+    StoreOpt,
+    WorkersOpt,
+    env,
+    print_table,
+    read_options,
+    typer_app,
+)
+from .evaluate import embed_with_progress, eval_data
+
+app = typer_app("List, show and compare prompt template sets.")
+
+
+@app.command("list")
+def prompts_list() -> None:
+    """The shipped template sets: name, size and description."""
+    from ..prompts import list_template_sets
+
+    for s in list_template_sets():
+        typer.echo(f"{s.name}\t{len(s.templates)}\t{s.description}")
+
+
+@app.command("show")
+def prompts_show(
+    name: Annotated[str, typer.Argument(help="Template set name or file.")],
+    classname: Annotated[str | None, typer.Option("--class", help="Expand the templates for this class.")] = None,
+) -> None:
+    """Print a template set, one template per line (expanded for --class)."""
+    from ..prompts import load_templates
+
+    template_set = load_templates(name)
+    for line in template_set.expand(classname) if classname else template_set.templates:
+        typer.echo(line)
+
+
+@app.command("compare")
+def prompts_compare(
+    dataset: Annotated[str, typer.Argument(help="Data set, as for zsclip eval.")] = "imagenet-v2",
+    sets: Annotated[
+        str | None, typer.Option(envvar=env("sets"), help="Comma-separated template sets (default: all shipped).")
+    ] = None,
+    per_template: Annotated[
+        bool, typer.Option("--per-template", help="Also score every single template and a greedy best subset.")
+    ] = False,
+    model: ModelOpt = DEFAULT_MODEL,
+    root: RootOpt = None,
+    classnames: ClassnamesOpt = None,
+    limit: LimitOpt = None,
+    report: Annotated[
+        Path | None, typer.Option(envvar=env("report"), help="Write compare.csv, compare.json, compare.png here.")
+    ] = None,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
+    store: StoreOpt = True,
+    exact_preprocess: ExactOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
+    file_timeout: FileTimeoutOpt = DEFAULT_READ["file_timeout"],
+    quiet: QuietOpt = False,
+) -> None:
+    """Score several template sets on one data set, encoding the images once; best first."""
+    from ..prompts import load_templates
+
+    names = [s.strip() for s in sets.split(",") if s.strip()] if sets else None
+    for n in names or []:
+        load_templates(n)
+    read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
+    data = eval_data(dataset, root, classnames, limit)
+
+    from ..evaluate import compare_templates
+    from ..models import load_model
+    from ..report import write_comparison
+
+    show = progress.enabled(quiet)
+    clip = load_model(model, device=device, precision=precision)
+    embedded = embed_with_progress(clip, data, show, quiet, **read)
+    comparison = compare_templates(clip, embedded, names, per_template)
+    print_table(
+        f"{data.name} · {clip.spec} · {len(embedded.paths)} images",
+        ["template set", "templates", "acc1", "acc5", "mean per-class recall"],
+        [
+            [r["set"], str(r["templates"]), f"{r['acc1']:.2%}", f"{r['acc5']:.2%}" if "acc5" in r else "-",
+             f"{r['mean_per_class_recall']:.2%}"]
+            for r in comparison.rows
+        ],
+    )  # fmt: skip
+    if per_template:
+        print_table(
+            "single templates",
+            ["template", "acc1"],
+            [[r["template"], f"{r['acc1']:.2%}"] for r in comparison.per_template],
+        )
+        print_table(
+            "greedy subset (forward selection)",
+            ["step", "added template", "ensemble acc1"],
+            [[str(r["step"]), r["added"], f"{r['acc1']:.2%}"] for r in comparison.greedy],
+            right=False,
+        )
+    if report:
+        context = {
+            "model": clip.spec,
+            "fingerprint": clip.fingerprint,
+            "dataset": data.name,
+            "images": len(embedded.paths),
+            "skipped": len(embedded.skipped),
+        }
+        write_comparison(comparison, report, context)
+        if not quiet:
+            progress.log(f"comparison written to {report}")

@@ -1,0 +1,123 @@
+"""`zsclip data shapes` and `zsclip train`: make a data set, train a small CLIP on it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import progress
+from ..errors import UsageError
+from .common import QuietOpt, env, typer_app
+
+data_app = typer_app("Generate data sets.")
+
+_TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 256, "lr": 1e-3, "wd": 0.1, "warmup": 200, "seed": 0}
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Annotated[Path, typer.Argument(help="Folder to write (images/, captions.csv, eval/).", show_default=False)],
+    n: Annotated[int, typer.Option("--n", envvar=env("n"), help="Training images.")] = 30_000,
+    seed: Annotated[int, typer.Option(envvar=env("seed"), help="Random seed; the same seed gives the same files.")] = 0,
+    size: Annotated[int, typer.Option(envvar=env("size"), help="Image side in pixels.")] = 64,
+    eval_per_class: Annotated[
+        int, typer.Option(envvar=env("eval_per_class"), help="Eval images per composition (36 compositions).")
+    ] = 30,
+) -> None:
+    """Coloured shapes with varied captions; six colour-shape pairings never appear in any training caption."""
+    from ..shapes import HELD_OUT, write_dataset
+
+    if n < 1 or size < 16 or eval_per_class < 0:
+        raise UsageError("--n must be >= 1, --size >= 16 and --eval-per-class >= 0")
+    start = time.perf_counter()
+    counts = write_dataset(out, n=n, seed=seed, size=size, eval_per_class=eval_per_class)
+    elapsed = time.perf_counter() - start
+    held = ", ".join(sorted(f"{c} {s}" for c, s in HELD_OUT))
+    typer.echo(json.dumps({**counts, "out": str(out), "held_out": held}))
+    progress.log(f"wrote {counts['train_images'] + counts['eval_images']} images in {elapsed:.1f} s to {out}")
+
+
+def train_cmd(
+    data: Annotated[
+        Path | None, typer.Argument(help="captions CSV (filepath,caption) or a folder holding captions.csv.")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            envvar=env("config"),
+            help="Model config: a JSON file in open_clip's model_cfg form, "
+            "or a name (shapes-rn, tiny-vit, any open_clip architecture).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", envvar=env("output"), help="Model directory.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint, as it was set.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(envvar=env("epochs"), help="[default: 10]", show_default=False)] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(envvar=env("batch_size"), help="[default: 256]", show_default=False)
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(envvar=env("lr"), help="Peak learning rate. [default: 0.001]", show_default=False)
+    ] = None,
+    wd: Annotated[
+        float | None,
+        typer.Option(
+            envvar=env("wd"), help="AdamW weight decay (weight matrices only). [default: 0.1]", show_default=False
+        ),
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option(envvar=env("warmup"), help="Linear warmup steps. [default: 200]", show_default=False)
+    ] = None,
+    device: Annotated[str, typer.Option(envvar=env("device"))] = "auto",
+    precision: Annotated[
+        str, typer.Option(envvar=env("precision"), help="auto (bf16 autocast on CUDA, else fp32), fp32, bf16.")
+    ] = "auto",
+    workers: Annotated[int, typer.Option(envvar=env("workers"), help="Image decoding processes.")] = 0,
+    seed: Annotated[int | None, typer.Option(envvar=env("seed"), help="[default: 0]", show_default=False)] = None,
+    eval_dir: Annotated[
+        Path | None, typer.Option(envvar=env("eval_dir"), help="ImageFolder eval split (default: DATA/eval).")
+    ] = None,
+    templates: Annotated[
+        str, typer.Option("--templates", "-t", envvar=env("templates"), help="Template set for eval; recommended.")
+    ] = "photo",
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a CLIP model contrastively on image-caption pairs (the CLIP recipe, small)."""
+    from ..prompts import load_templates
+
+    planned = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "wd": wd, "warmup": warmup, "seed": seed}
+    if resume is not None:
+        named = {**planned, "config": config, "eval_dir": eval_dir}
+        given = [f"--{k.replace('_', '-')}" for k, v in named.items() if v is not None]
+        if data is not None or output is not None or given:
+            what = ", ".join(([] if data is None else ["DATA"]) + ([] if output is None else ["--output"]) + given)
+            raise UsageError(f"--resume continues the run with the settings it was started with; drop {what}")
+        from ..train import TrainConfig, train
+
+        cfg = TrainConfig(data="", config="", output=str(resume))
+        typer.echo(json.dumps(train(cfg, resume=True, show_progress=progress.enabled(quiet))))
+        return
+    if data is None or config is None or output is None:
+        raise UsageError("give DATA, --config and --output (or --resume DIR)")
+    values = {k: _TRAIN_DEFAULTS[k] if v is None else v for k, v in planned.items()}
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision {precision}: use auto, fp32 or bf16")
+    if values["epochs"] < 1 or values["batch_size"] < 2 or values["lr"] <= 0 or values["warmup"] < 0 or workers < 0:
+        raise UsageError("--epochs >= 1, --batch-size >= 2, --lr > 0, --warmup >= 0 and --workers >= 0 are needed")
+    if eval_dir is not None and not eval_dir.is_dir():
+        raise UsageError(f"--eval-dir {eval_dir}: no such folder (an ImageFolder of class folders)")
+    load_templates(templates)
+    from ..train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=str(data), config=config, output=str(output), device=device, precision=precision, workers=workers,
+        eval_dir=str(eval_dir) if eval_dir else None, templates=templates, **values,
+    )  # fmt: skip
+    typer.echo(json.dumps(train(cfg, show_progress=progress.enabled(quiet))))

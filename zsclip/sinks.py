@@ -1,0 +1,118 @@
+"""Where a classify stream goes: the stdout writer or the crash-safe --output file, the --failures log, and the
+progress bar. Records arrive in walk order and each is written as it comes, so an interrupted run keeps its work."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import atomic, progress
+from .errors import ZsclipError, is_disk_full
+
+
+@dataclass
+class Counts:
+    done: int = 0
+    skipped: int = 0
+    resumed: int = 0  # records an interrupted run had already written
+
+
+def output_settings(clip, clf, fmt: str, top_k: int, threshold: float | None, exact: bool) -> dict:
+    """What an --output file was made with: --resume refuses to continue it with anything else."""
+    return {
+        "format": fmt,
+        "model": clip.fingerprint,
+        "classes": clf.classnames,
+        "templates": clf.templates.templates,
+        "top_k": top_k,
+        "threshold": threshold,
+        "exact_preprocess": exact,
+    }
+
+
+def classify_into(
+    clip,
+    clf,
+    sources: list[tuple[str, bool]],
+    *,
+    fmt: str,
+    top_k: int,
+    threshold: float | None = None,
+    output: Path | None = None,
+    resume: bool = False,
+    failures: Path | None = None,
+    strict: bool = False,
+    quiet: bool = False,
+    show: bool = False,
+    recursive: bool = True,
+    **read,
+) -> Counts:
+    """Classify `sources` and write every record: to stdout in `fmt`, or to `output` (FILE.partial, renamed when
+    the run ends; `resume` continues it). Skipped files go to stderr and the `failures` JSONL log."""
+    from .classify import Skipped, classify
+    from .images import count_candidates
+    from .output import OutputFile, make_writer
+
+    counts = Counts()
+    settings = output_settings(clip, clf, fmt, top_k, threshold, read.get("exact", False))
+    with contextlib.ExitStack() as stack:
+        out_file = OutputFile(output, fmt, settings, resume) if output else None
+        if out_file and out_file.done:
+            counts.resumed = len(out_file.done)
+            progress.log(f"resuming {out_file.partial}: {counts.resumed} images already classified")
+        out = out_file.stream if out_file else sys.stdout
+        fail_log = (
+            stack.enter_context(atomic.atomic_open(failures, "w", encoding="utf-8", keep_on_error=True))
+            if failures
+            else None
+        )  # a failed run still lists the files it skipped
+        writer = make_writer(fmt, out, top_k, header=not (out_file and out_file.appending))
+        bar = stack.enter_context(progress.bar("classifying", None, "img", show))
+        if bar:
+            threading.Thread(
+                target=lambda: bar.update(0, total=count_candidates(sources, recursive)), daemon=True
+            ).start()
+        records: Iterable = classify(
+            clip, clf, sources, top_k=top_k, threshold=threshold, recursive=recursive,
+            exclude=out_file.done if out_file else (), **read,
+        )  # fmt: skip
+        try:
+            for record in records:
+                if isinstance(record, Skipped):
+                    counts.skipped += 1
+                    if not quiet:
+                        progress.log(f"skipped {record.path}: {record.reason}")
+                    if fail_log:
+                        fail_log.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+                        fail_log.flush()
+                    if strict:
+                        raise ZsclipError(f"{record.path}: {record.reason} (--strict stops at the first bad file)")
+                else:
+                    counts.done += 1
+                    writer.write(record)
+                    if out_file:
+                        out_file.tick()
+                if bar:
+                    bar.update(0, advance=1, extra=f"{counts.skipped} skipped" if counts.skipped else "")
+            writer.close()
+            if counts.done + counts.resumed == 0:
+                raise ZsclipError(f"no image could be read: all {counts.skipped} files were skipped")
+        except BaseException as exc:
+            if out_file:
+                out_file.abandon()
+                if counts.done or out_file.done:
+                    kept = counts.resumed + counts.done
+                    progress.log(f"kept {kept} finished records in {out_file.partial} (--resume)")
+                else:
+                    out_file.discard()
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                raise ZsclipError(f"{output or 'output'}: the disk is full ({exc}); free space, then --resume") from exc
+            raise
+        if out_file:
+            out_file.finish()
+    return counts
