@@ -4,6 +4,8 @@ API and renders. Importing this package loads no torch: `--help` and usage error
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -45,4 +47,6 @@ def _root(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.warnoptions:  # library warnings are not for users; PYTHONWARNINGS=default shows them
+        warnings.simplefilter("ignore")
     app()

@@ -1,0 +1,129 @@
+"""The CLI package: every command's help renders, start-up imports nothing heavy, groups without a command print
+their help without an empty error, and option mistakes are one-line usage errors before any model loads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from zsclip.cli import app
+
+runner = CliRunner()
+HEAVY = ("torch", "open_clip", "pandas", "sklearn", "matplotlib")
+
+
+def _commands(group, prefix: tuple[str, ...] = ()):
+    ctx = group.context_class(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        yield (*prefix, name)
+        if hasattr(cmd, "list_commands"):  # typer may vendor its own click: duck-type the group
+            yield from _commands(cmd, (*prefix, name))
+
+
+ALL_COMMANDS = list(_commands(typer.main.get_command(app)))
+
+
+def test_the_command_list_is_complete():
+    names = {" ".join(c) for c in ALL_COMMANDS}
+    assert {"classify", "eval", "train", "models", "prompts compare", "cache info", "data shapes"} <= names
+
+
+@pytest.mark.parametrize("command", [(), *ALL_COMMANDS], ids=lambda c: " ".join(c) or "zsclip")
+def test_every_help_renders(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and "Traceback" not in result.output
+
+
+def _imported_after(code: str) -> set[str]:
+    probe = f"import sys\n{code}\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_importing_the_cli_and_the_package_loads_no_heavy_library():
+    assert _imported_after("import zsclip.cli") == set()
+    assert _imported_after("import zsclip; zsclip.__version__; zsclip.UsageError") == set()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--version"],
+        ["prompts", "list"],
+        ["prompts", "show", "photo"],
+        ["cache", "path"],
+        ["classify", "x.jpg", "--classes", ""],
+        ["classify", "x.jpg", "--classes", "a,b", "--format", "xml"],
+        ["eval", "cifar10", "--format", "xml"],
+        ["models", "--format", "xml"],
+    ],
+    ids=" ".join,
+)
+def test_light_commands_and_usage_errors_never_import_torch(args):
+    code = f"import sys; sys.argv = ['zsclip', *{args!r}]\nfrom zsclip.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+    assert "torch" not in _imported_after(code)
+
+
+def test_public_api_names_resolve():
+    import zsclip
+
+    assert callable(zsclip.classify) and callable(zsclip.evaluate) and callable(zsclip.load_dataset)
+    assert callable(zsclip.report.write_report)
+    import zsclip.classify  # noqa: F401  importing the submodule must not replace the function
+
+    assert callable(zsclip.classify)
+    with pytest.raises(AttributeError):
+        zsclip.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("group", [[], ["cache"], ["data"], ["prompts"]], ids=lambda g: " ".join(g) or "zsclip")
+def test_a_group_without_command_prints_help_and_no_empty_error(group):
+    proc = subprocess.run([sys.executable, "-m", "zsclip", *group], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Usage" in proc.stdout + proc.stderr
+    assert "error:" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["models", "-f", "xml"], "--format xml"),
+        (["train", "--resume", "somewhere", "--epochs", "5"], "drop --epochs"),
+        (["train", "data.csv", "--config", "tiny-vit", "-o", "out", "--eval-dir", "missing"], "--eval-dir missing"),
+    ],
+)
+def test_option_mistakes_are_one_line_usage_errors(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+
+
+def test_eval_on_a_subset_warns_nothing_and_quiet_is_quiet(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for name, colour in (("red", (220, 20, 20)), ("green", (20, 220, 20)), ("blue", (20, 20, 220))):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
+    (root / "red" / "bad.png").write_bytes(b"not an image")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(
+            app, ["eval", str(root), "-m", str(tiny_model_dir), "-t", "photo", "-f", "json", "-q", "--workers", "0"]
+        )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 6
+    assert result.stderr == ""
+    assert not [w for w in caught if "y_pred contains classes" in str(w.message)]
