@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .encode import embed_stream
-from .errors import UsageError
 from .images import expand_sources
+from .limits import check_ranking
 from .models import ClipModel
 from .text import Classifier
 
@@ -52,12 +52,8 @@ def probabilities(image_features: torch.Tensor, classifier: Classifier) -> torch
 
 def check_options(classifier: Classifier, top_k: int | None, threshold: float | None) -> int:
     """Validate --top-k/--threshold against the classifier; returns the effective k."""
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"--threshold {threshold}: must be a probability between 0 and 1")
-    k = min(3, len(classifier)) if top_k is None else top_k
-    if k < 1:
-        raise UsageError(f"--top-k {top_k}: must be at least 1")
-    return min(k, len(classifier))
+    check_ranking(top_k, threshold)
+    return min(3 if top_k is None else top_k, len(classifier))
 
 
 def predict(

@@ -21,3 +21,11 @@ def check_limits(
         raise UsageError(f"--max-pixels {max_pixels}: must be at least 1")
     if file_timeout is not None and file_timeout <= 0:
         raise UsageError(f"--file-timeout {file_timeout:g}: must be more than 0 seconds")
+
+
+def check_ranking(top_k: int | None, threshold: float | None) -> None:
+    """The usage errors of --top-k and --threshold that need no class list."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold {threshold}: must be a probability between 0 and 1")
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"--top-k {top_k}: must be at least 1")

@@ -11,6 +11,7 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL, FORMATS
 from ..errors import UsageError
+from ..limits import check_ranking
 from .common import (
     DEFAULT_READ,
     BatchOpt,
@@ -108,6 +109,7 @@ def classify_cmd(
     if failures is not None and output is not None and failures.resolve() == output.resolve():
         raise UsageError(f"--failures and --output are both {output}: give them different files")
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
+    check_ranking(top_k, threshold)
     from ..images import check_sources
     from ..output import OutputFile, format_for_path
 
