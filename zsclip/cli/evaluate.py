@@ -10,7 +10,7 @@ import typer
 
 from .. import progress
 from ..defaults import DEFAULT_MODEL
-from ..errors import UsageError
+from ..errors import UsageError, ZsclipError
 from .common import (
     DEFAULT_READ,
     BatchOpt,
@@ -20,7 +20,6 @@ from .common import (
     FileTimeoutOpt,
     LimitOpt,
     MaxPixelsOpt,
-    ModelOpt,
     PrecisionOpt,
     QuietOpt,
     RootOpt,
@@ -34,10 +33,22 @@ from .common import (
 )
 
 DatasetArg = Annotated[
-    str,
+    list[str] | None,
     typer.Argument(
         help="imagenet-v2 (also imagenet-v2/threshold-0.7 and imagenet-v2/top-images), cifar10, cifar100, "
-        "a folder of class folders, or csv:FILE.",
+        "a folder of class folders, or csv:FILE. Several data sets (or several --model) run a grid.",
+        show_default=False,
+    ),
+]
+ModelsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        "-m",
+        envvar=env("model"),
+        help="Model spec (repeat for a grid): ARCH:TAG, ARCH:/path/weights.pt, hf-hub:org/repo, a model directory "
+        f"or a shipped model name. (default: {DEFAULT_MODEL}).",
+        show_default=False,
     ),
 ]
 
@@ -74,8 +85,14 @@ def embed_with_progress(clip, dataset, show: bool, quiet: bool, **read):
 
 
 def eval_cmd(
-    dataset: DatasetArg,
-    model: ModelOpt = DEFAULT_MODEL,
+    datasets: DatasetArg = None,
+    models: ModelsOpt = None,
+    models_file: Annotated[
+        Path | None, typer.Option("--models", envvar=env("models"), help="Model specs, one per line (a grid).")
+    ] = None,
+    datasets_file: Annotated[
+        Path | None, typer.Option("--datasets", envvar=env("datasets"), help="Data sets, one per line (a grid).")
+    ] = None,
     templates: Annotated[
         str,
         typer.Option(
@@ -104,9 +121,24 @@ def eval_cmd(
     file_timeout: FileTimeoutOpt = DEFAULT_READ["file_timeout"],
     quiet: QuietOpt = False,
 ) -> None:
-    """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports."""
+    """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports.
+
+    Several data sets and/or models run every pair (each model loaded once); with --report DIR the grid writes
+    results.jsonl/results.csv, leaderboard.html and a report per pair, and a rerun fills in only what is missing."""
     choice("--format", fmt, ("table", "json"))
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
+    from ..grid import GridOptions, read_lines
+
+    models = [*(models or []), *(read_lines(models_file, "models") if models_file else [])] or [DEFAULT_MODEL]
+    datasets = [*(datasets or []), *(read_lines(datasets_file, "datasets") if datasets_file else [])]
+    if not datasets:
+        raise UsageError("no data set given: name one (eval cifar10) or give --datasets FILE")
+    if len(models) * len(datasets) > 1 or models_file or datasets_file:
+        if limit is not None and limit < 1:
+            raise UsageError(f"--limit {limit}: must be at least 1")
+        options = GridOptions(templates, None, str(root) if root else None, classnames, limit, exact_preprocess)
+        return _grid(models, datasets, options, report, fmt, device, precision, read, quiet)
+    model, dataset = models[0], datasets[0]
     data = eval_data(dataset, root, classnames, limit)
 
     from ..cache import Cache
@@ -142,3 +174,36 @@ def eval_cmd(
         progress.log(f"skipped {len(result.skipped)} unreadable files (not counted)")
     if not quiet and report:
         progress.log(f"report written to {report} (open {report / 'report.html'})")
+
+
+def _grid(models, datasets, options, report, fmt, device, precision, read, quiet) -> None:
+    from ..grid import primary_metric, run_grid, summarise
+    from ..leaderboard import mean, table
+
+    def started(row: dict) -> None:
+        if not quiet:
+            state = "failed" if row["error"] else f"done in {row['seconds']:.1f} s"
+            progress.log(f"{row['model']} x {row['dataset']}: {state}")
+
+    rows = run_grid(
+        models, datasets, options, report=report, device=device, precision=precision, read=read, on_row=started
+    )
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        metric = primary_metric(rows)
+        names, sets, cells = table(rows, metric)
+        body = []
+        for m in names:
+            values = [cells.get((m, d)) for d in sets]
+            avg = mean(cells, m, sets)
+            shown = [("failed" if v is None else f"{v:.2%}") for v in values]
+            body.append([m, *shown, "" if avg is None else f"{avg:.2%}"])
+        print_table(f"{metric} · {len(names)} models x {len(sets)} data sets", ["model", *sets, "mean"], body)
+    if not quiet:
+        summarise(rows)
+        if report:
+            progress.log(f"grid written to {report} (open {report / 'leaderboard.html'})")
+    failed = sum(1 for r in rows if r["error"])
+    if failed:
+        raise ZsclipError(f"{failed} of {len(rows)} pairs failed (listed above and in the results)")

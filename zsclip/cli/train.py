@@ -59,28 +59,28 @@ def train_cmd(
     resume: Annotated[
         Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint, as it was set.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(envvar=env("epochs"), help="[default: 10]", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(envvar=env("epochs"), help="(default: 10)", show_default=False)] = None,
     batch_size: Annotated[
-        int | None, typer.Option(envvar=env("batch_size"), help="[default: 256]", show_default=False)
+        int | None, typer.Option(envvar=env("batch_size"), help="(default: 256)", show_default=False)
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(envvar=env("lr"), help="Peak learning rate. [default: 0.001]", show_default=False)
+        float | None, typer.Option(envvar=env("lr"), help="Peak learning rate. (default: 0.001).", show_default=False)
     ] = None,
     wd: Annotated[
         float | None,
         typer.Option(
-            envvar=env("wd"), help="AdamW weight decay (weight matrices only). [default: 0.1]", show_default=False
+            envvar=env("wd"), help="AdamW weight decay (weight matrices only). (default: 0.1).", show_default=False
         ),
     ] = None,
     warmup: Annotated[
-        int | None, typer.Option(envvar=env("warmup"), help="Linear warmup steps. [default: 200]", show_default=False)
+        int | None, typer.Option(envvar=env("warmup"), help="Linear warmup steps. (default: 200).", show_default=False)
     ] = None,
     device: Annotated[str, typer.Option(envvar=env("device"))] = "auto",
     precision: Annotated[
         str, typer.Option(envvar=env("precision"), help="auto (bf16 autocast on CUDA, else fp32), fp32, bf16.")
     ] = "auto",
     workers: Annotated[int, typer.Option(envvar=env("workers"), help="Image decoding processes.")] = 0,
-    seed: Annotated[int | None, typer.Option(envvar=env("seed"), help="[default: 0]", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(envvar=env("seed"), help="(default: 0)", show_default=False)] = None,
     eval_dir: Annotated[
         Path | None, typer.Option(envvar=env("eval_dir"), help="ImageFolder eval split (default: DATA/eval).")
     ] = None,

@@ -1,0 +1,226 @@
+"""Several models x several data sets: every pair scored once, each model loaded once, results appended to
+results.jsonl as each pair finishes so a killed grid resumes where it stopped, and a leaderboard at the end.
+
+A pair that fails (a data set missing offline, a model that cannot load) becomes a row with its error and does not
+stop the grid; a rerun tries failed pairs again and skips the ones that finished with the same options."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import atomic, progress
+from .errors import UsageError, ZsclipError
+
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class GridOptions:
+    """Everything but the model and the data set that changes a pair's numbers (part of its resume key)."""
+
+    templates: str = "default"
+    task: str | None = None
+    root: str | None = None
+    classnames: str | None = None
+    limit: int | None = None
+    exact: bool = False
+
+    def key(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """One model spec or data set per line (`--models FILE`, `--datasets FILE`); '#' starts a comment."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--{what} {path}: cannot read it ({exc})") from exc
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    found = [line for line in lines if line]
+    if not found:
+        raise UsageError(f"--{what} {path}: no {what} listed (one per line)")
+    return found
+
+
+def slug(text: str) -> str:
+    """A folder name for a model spec or data set: readable, safe, and unique through a short hash."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(text.rstrip("/\\")) or text).strip("._")[:60]
+    return f"{readable or 'x'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def done_pairs(report: Path | None, options: GridOptions) -> dict[tuple[str, str], dict]:
+    """(fingerprint, data set) -> row, for the pairs results.jsonl already holds with these options."""
+    if report is None or not (report / RESULTS).is_file():
+        return {}
+    done = {}
+    with open(report / RESULTS, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line of a killed run
+                continue
+            if row.get("error") is None and row.get("options") == options.key():
+                done[(row["fingerprint"], row["dataset"])] = row
+    return done
+
+
+def run_grid(
+    models: list[str],
+    datasets: list[str],
+    options: GridOptions,
+    *,
+    report: Path | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    read: dict | None = None,
+    evaluate_pair: Callable | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Score every (model, data set) pair; rows in the order of the grid. `evaluate_pair(clip, dataset, options,
+    folder)` returns a row's summary (default: zero-shot classification with today's report)."""
+    from .cache import Cache
+    from .models import fingerprint_spec, load_model
+
+    evaluate_pair = evaluate_pair or _classification_pair
+    cache = Cache()
+    done = done_pairs(report, options)
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for spec in models:
+        try:
+            fingerprint = fingerprint_spec(spec, cache)
+        except ZsclipError as exc:
+            rows += [_emit(report, _failed(spec, None, d, options, exc), on_row) for d in datasets]
+            continue
+        todo = [d for d in datasets if (fingerprint, d) not in done]
+        rows += [{**done[(fingerprint, d)], "model": spec, "resumed": True} for d in datasets if d not in todo]
+        if not todo:
+            continue
+        try:
+            clip = load_model(spec, device=device, precision=precision, cache=cache)
+        except ZsclipError as exc:
+            rows += [_emit(report, _failed(spec, fingerprint, d, options, exc), on_row) for d in todo]
+            continue
+        for name in todo:
+            start = time.perf_counter()
+            folder = report / "pairs" / f"{slug(spec)}__{slug(name)}" if report else None
+            try:
+                summary = evaluate_pair(clip, name, options, folder, cache, read or {})
+            except ZsclipError as exc:
+                rows.append(_emit(report, _failed(spec, fingerprint, name, options, exc), on_row))
+                continue
+            row = {
+                "model": spec,
+                "fingerprint": clip.fingerprint,
+                "dataset": name,
+                "task": summary.get("task", "classification"),
+                "templates": summary.get("templates"),
+                "n": summary.get("images"),
+                "metrics": summary["metrics"],
+                "seconds": round(time.perf_counter() - start, 3),
+                "report": str(folder) if folder else None,
+                "options": options.key(),
+                "error": None,
+            }
+            rows.append(_emit(report, row, on_row))
+    order = {(m, d): i for i, (m, d) in enumerate((m, d) for m in models for d in datasets)}
+    rows.sort(key=lambda r: order.get((r["model"], r["dataset"]), len(order)))
+    if report is not None:
+        write_results(report, rows)
+    return rows
+
+
+def _classification_pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
+    from .datasets import load_dataset
+    from .evaluate import embed_dataset, resolve_dataset_templates, score
+    from .report import summary_dict, write_report
+    from .text import build_classifier
+
+    data = load_dataset(name, root=options.root, classnames=options.classnames).limit(options.limit)
+    if not data.items:
+        raise ZsclipError(f"{name}: no images found")
+    clf = build_classifier(clip, data.classnames, resolve_dataset_templates(options.templates, data, clip), cache=cache)
+    result = score(embed_dataset(clip, data, **{**read, "exact": options.exact}), clf)
+    if folder is not None:
+        return write_report(result, folder, clip.spec, clip.fingerprint)
+    return summary_dict(result, clip.spec, clip.fingerprint)
+
+
+def _failed(spec: str, fingerprint: str | None, dataset: str, options: GridOptions, exc: Exception) -> dict:
+    return {
+        "model": spec,
+        "fingerprint": fingerprint,
+        "dataset": dataset,
+        "task": options.task or "classification",
+        "templates": options.templates,
+        "n": 0,
+        "metrics": {},
+        "seconds": 0.0,
+        "report": None,
+        "options": options.key(),
+        "error": str(exc),
+    }
+
+
+def _emit(report: Path | None, row: dict, on_row: Callable[[dict], None] | None) -> dict:
+    """Append the row to results.jsonl durably before going on: a kill loses at most the pair in progress."""
+    if report is not None:
+        with open(report / RESULTS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    if on_row:
+        on_row(row)
+    return row
+
+
+def metric_names(rows: Iterable[dict]) -> list[str]:
+    names: list[str] = []
+    for row in rows:
+        names += [k for k in row["metrics"] if k not in names]
+    return names
+
+
+def primary_metric(rows: list[dict]) -> str:
+    names = metric_names(rows)
+    for candidate in ("acc1", "image_retrieval_recall@5", "image_retrieval_recall@1"):
+        if candidate in names:
+            return candidate
+    return names[0] if names else "acc1"
+
+
+def write_results(report: Path, rows: list[dict]) -> None:
+    """results.csv (one row per pair, every metric a column) and leaderboard.html with its heatmap PNG.
+    results.jsonl keeps every attempt; these two show the grid as it stands."""
+    metrics = metric_names(rows)
+    with atomic.atomic_open(report / "results.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "fingerprint", "dataset", "task", "templates", "n", *metrics, "seconds", "error"])
+        for r in rows:
+            values = [r["metrics"].get(m, "") for m in metrics]
+            writer.writerow([r["model"], r["fingerprint"], r["dataset"], r["task"], r["templates"], r["n"], *values,
+                             r["seconds"], r["error"] or ""])  # fmt: skip
+    from .leaderboard import heatmap_png, leaderboard_html
+
+    metric = primary_metric(rows)
+    png = heatmap_png(rows, metric)
+    atomic.write_bytes(report / "heatmap.png", png)
+    atomic.write_text(report / "leaderboard.html", leaderboard_html(rows, metric, png))
+
+
+def summarise(rows: list[dict]) -> None:
+    failed = [r for r in rows if r["error"]]
+    resumed = sum(1 for r in rows if r.get("resumed"))
+    note = f" ({resumed} from an earlier run)" if resumed else ""
+    progress.log(f"grid: {len(rows) - len(failed)} of {len(rows)} pairs scored{note}, {len(failed)} failed")
+    for r in failed:
+        progress.log(f"failed: {r['model']} x {r['dataset']}: {r['error']}")
