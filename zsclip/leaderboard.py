@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 
 
 def table(rows: list[dict], metric: str) -> tuple[list[str], list[str], dict[tuple[str, str], float | None]]:
@@ -24,7 +23,7 @@ def mean(cells: dict, model: str, datasets: list[str]) -> float | None:
 
 
 def heatmap_png(rows: list[dict], metric: str) -> bytes:
-    from .report import _plt
+    from .report import _plt, figure_png
 
     plt = _plt()
     models, datasets, cells = table(rows, metric)
@@ -42,11 +41,7 @@ def heatmap_png(rows: list[dict], metric: str) -> bytes:
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
     ax.set_title(f"{metric} per model and data set", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def _short(text: str, n: int = 32) -> str:

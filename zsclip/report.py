@@ -96,6 +96,15 @@ def _plt():
     return plt
 
 
+def figure_png(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (the figure is closed)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
 def confusion_png(matrix: np.ndarray, names: list[str]) -> bytes:
     """Row-normalised confusion matrix; with many classes, the sub-matrix of the most-confused classes."""
     plt = _plt()
@@ -127,11 +136,7 @@ def confusion_png(matrix: np.ndarray, names: list[str]) -> bytes:
                     color = "white" if sub[r, c] > 0.5 else "black"
                     ax.text(c, r, int(matrix[idx[r], idx[c]]), ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def comparison_png(comparison: Comparison) -> bytes:
@@ -146,11 +151,7 @@ def comparison_png(comparison: Comparison) -> bytes:
     ax.set_xlabel("top-1 accuracy (%)")
     ax.set_xlim(0, min(100, max(values) * 1.15 + 1))
     ax.set_title("Template sets compared on the same image embeddings", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def write_comparison(comparison: Comparison, out: Path, context: dict) -> None:
