@@ -54,6 +54,13 @@ def check_options(classifier: Classifier, top_k: int | None, threshold: float | 
     """Validate --top-k/--threshold against the classifier; returns the effective k."""
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold {threshold}: must be a probability between 0 and 1")
+    if threshold is not None:
+        clash = [n for n in classifier.labels if n.strip().casefold() == UNKNOWN]
+        if clash:
+            raise UsageError(
+                f"class {clash[0]!r} reads like {UNKNOWN!r}, the label of an image below --threshold; rename the "
+                f"class (e.g. '{clash[0]} object') so the two can be told apart"
+            )
     k = min(3, len(classifier)) if top_k is None else top_k
     if k < 1:
         raise UsageError(f"--top-k {top_k}: must be at least 1")
@@ -64,9 +71,10 @@ def predict(
     paths: list[str], probs: torch.Tensor, classifier: Classifier, top_k: int, threshold: float | None
 ) -> list[Prediction]:
     values, indices = probs.float().cpu().topk(top_k, dim=-1)
+    labels = classifier.labels
     out = []
     for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
-        ranked = [{"label": classifier.classnames[i], "prob": p} for p, i in zip(vals, idxs, strict=True)]
+        ranked = [{"label": labels[i], "prob": p} for p, i in zip(vals, idxs, strict=True)]
         abstain = threshold is not None and vals[0] < threshold
         out.append(Prediction(path, UNKNOWN if abstain else ranked[0]["label"], vals[0], ranked, abstain))
     return out
