@@ -173,6 +173,8 @@ def parse_class_table(text: str, delimiter: str, source: str) -> ClassTable:
         width > 1 and not _is_int(first[0]) and len(rows) > 1 and all(_is_int(r[0]) for _, r in rows[1:])
     )
     body = rows[1:] if has_header else rows
+    if not body:
+        raise UsageError(f"{source}: holds only a header, no class names")
     for lineno, row in body:
         while len(row) > width and not row[-1].strip():  # a trailing delimiter
             row.pop()
