@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from . import atomic
-from .errors import UsageError
+from .errors import UsageError, ZsclipError
 from .progress import log
 
 COLOURS = {
@@ -244,10 +244,13 @@ def clear_previous(out: Path) -> int:
                     "give a new or empty folder (zsclip replaces only a data set it wrote)"
                 )
             (folders if owned is _OWNED_FOLDERS else files).append(path)
-    for path in files:
-        path.unlink()
-    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        folder.rmdir()
+    try:
+        for path in files:
+            path.unlink()
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            folder.rmdir()
+    except OSError as exc:
+        raise ZsclipError(f"{out}: cannot remove the earlier data set ({exc.strerror}: {exc.filename})") from exc
     if files:
         log(f"{out}: removed the {len(files)} files of the data set written there before")
     return len(files)
