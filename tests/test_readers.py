@@ -1,6 +1,7 @@
 """The readers of a user's text files (class lists, classes.tsv, csv: data sets, @lists, captions) and the class
 list rules they feed (issue 12: items 7, 8, 11, 12, 15, 16, 23, 24, 25, 27). Each test failed before its fix."""
 
+import json
 import os
 from pathlib import Path
 
@@ -289,3 +290,17 @@ def test_a_template_that_pushes_the_name_past_the_context_is_refused(tiny_model_
     )
     # A long template beside others is no tie: the ensemble still tells the classes apart.
     assert len(build_classifier(model, ["cat", "dog", "bird"], [long, "a photo of a {}."])) == 3
+
+
+# -- the same class of defect in the other readers -----------------------------------------------------------
+def test_train_config_file_is_read_like_every_other_text_file(tmp_path):
+    from zsclip.train import _model_cfg
+
+    cfg = {"embed_dim": 8, "vision_cfg": {"layers": 1}, "text_cfg": {"layers": 1}}
+    f = tmp_path / "cfg.json"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model_cfg": cfg}).encode())
+    assert _model_cfg(str(f)) == cfg
+    f.write_text("[1, 2]")
+    _one_line_usage_error(lambda: _model_cfg(str(f)), "expected a JSON object")
+    f.write_bytes('{"name": "café"}'.encode("latin-1"))
+    _one_line_usage_error(lambda: _model_cfg(str(f)), r"--config .*cfg.json, line 1: not UTF-8 text")

@@ -331,10 +331,14 @@ def _model_cfg(config: str) -> dict:
     path = Path(config)
     if path.is_file():
         try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
+            cfg = json.loads(read_text(path, "--config "))
         except json.JSONDecodeError as exc:
             raise UsageError(f"--config {config}: not valid JSON ({exc})") from exc
-        cfg = cfg.get("model_cfg", cfg)
+        cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else cfg
+        if not isinstance(cfg, dict):
+            raise UsageError(
+                f"--config {config}: expected a JSON object (open_clip's model_cfg), found {type(cfg).__name__}"
+            )
     else:
         cfg = model_config(config)
         if cfg is None:
