@@ -139,7 +139,7 @@ def load_dataset(name: str, *, root: str | None = None, classnames: str | None =
             return _imagenet_v2(key, folder)
         return _cifar(key, folder)
     if name.startswith("csv:"):
-        return _csv_dataset(Path(name[4:]), classnames)
+        return _csv_dataset(Path(name[4:]).expanduser(), classnames)
     path = Path(name).expanduser()
     if path.is_dir():
         return _image_folder(path, classnames)
