@@ -113,8 +113,11 @@ def test_real_classes_tsv():
     assert len(names) == 100 and names[0] == "apple" and "aquarium fish" in names
 
 
-def test_duplicate_in_file_names_the_file(tmp_path: Path):
+def test_a_repeat_in_a_file_is_kept_as_eval_keeps_it(tmp_path: Path):
+    # One rule for classify and eval (issue 12, item 25): curated lists repeat names; labels tell them apart.
     f = tmp_path / "c.txt"
     f.write_text("cat\ndog\ncat\n")
-    with pytest.raises(UsageError, match="c.txt: duplicate class names: 'cat'"):
+    assert read_classes_file(f) == ["cat", "dog", "cat"]
+    f.write_text("cat\ncat\n")
+    with pytest.raises(UsageError, match="c.txt: zero-shot classification needs at least 2 class names, got 1"):
         read_classes_file(f)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .encode import embed_stream
+from .errors import UsageError
 from .images import expand_sources
 from .limits import check_ranking
 from .models import ClipModel
@@ -53,6 +54,13 @@ def probabilities(image_features: torch.Tensor, classifier: Classifier) -> torch
 def check_options(classifier: Classifier, top_k: int | None, threshold: float | None) -> int:
     """Validate --top-k/--threshold against the classifier; returns the effective k."""
     check_ranking(top_k, threshold)
+    if threshold is not None:
+        clash = [n for n in classifier.labels if n.strip().casefold() == UNKNOWN]
+        if clash:
+            raise UsageError(
+                f"class {clash[0]!r} reads like {UNKNOWN!r}, the label of an image below --threshold; rename the "
+                f"class (e.g. '{clash[0]} object') so the two can be told apart"
+            )
     return min(3 if top_k is None else top_k, len(classifier))
 
 
@@ -60,9 +68,10 @@ def predict(
     paths: list[str], probs: torch.Tensor, classifier: Classifier, top_k: int, threshold: float | None
 ) -> list[Prediction]:
     values, indices = probs.float().cpu().topk(top_k, dim=-1)
+    labels = classifier.labels
     out = []
     for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
-        ranked = [{"label": classifier.classnames[i], "prob": p} for p, i in zip(vals, idxs, strict=True)]
+        ranked = [{"label": labels[i], "prob": p} for p, i in zip(vals, idxs, strict=True)]
         abstain = threshold is not None and vals[0] < threshold
         out.append(Prediction(path, UNKNOWN if abstain else ranked[0]["label"], vals[0], ranked, abstain))
     return out

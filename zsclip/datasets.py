@@ -9,7 +9,6 @@ the folder names; and `csv:FILE` with path,label columns.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import pickle
@@ -26,7 +25,8 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from .cache import cache_dir
 from .errors import UsageError, ZsclipError
 from .images import has_image_extension, walk
-from .prompts import _classes_from_table, check_classnames
+from .prompts import check_classnames, parse_class_table
+from .textfiles import csv_rows, read_text
 
 _HF = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
 
@@ -126,7 +126,7 @@ def _classnames_option(value: str) -> list[str]:
         return names
     from .prompts import read_classes_file
 
-    return read_classes_file(value)
+    return read_classes_file(value, "--classnames")
 
 
 # -- resolution --------------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def load_dataset(name: str, *, root: str | None = None, classnames: str | None =
             return _imagenet_v2(key, folder)
         return _cifar(key, folder)
     if name.startswith("csv:"):
-        return _csv_dataset(Path(name[4:]), classnames)
+        return _csv_dataset(Path(name[4:]).expanduser(), classnames)
     path = Path(name).expanduser()
     if path.is_dir():
         return _image_folder(path, classnames)
@@ -237,58 +237,136 @@ def _cifar(key: str, folder: Path) -> EvalDataset:
 
 
 def _image_folder(root: Path, classnames: str | None) -> EvalDataset:
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not folders:
+    on_disk = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if not on_disk:
         raise UsageError(f"{root}: no class folders (expected the ImageFolder layout DIR/<class>/<image>)")
-    notes = []
+    notes: list[str] = []
     tsv = root / "classes.tsv"
-    if tsv.is_file() and classnames is None:
-        rows = [r for r in csv.reader(tsv.read_text(encoding="utf-8").splitlines(), delimiter="\t") if r]
-        header = [c.strip().lower() for c in rows[0]]
-        if "folder" in header:
-            fcol = header.index("folder")
-            ordered = sorted(rows[1:], key=lambda r: int(r[header.index("index")])) if "index" in header else rows[1:]
-            folders = [r[fcol].strip() for r in ordered]
-        names = _classes_from_table(tsv.read_text(encoding="utf-8"), "\t", tsv)
-        notes.append(f"class names from {tsv}")
-    elif classnames is not None:
+    table_folders = None
+    if classnames is not None:
         names = _classnames_option(classnames)
-        notes.append(f"class names from --classnames {classnames}")
+        source = f"--classnames {classnames}"
+    elif tsv.is_file():
+        table = parse_class_table(read_text(tsv), "\t", str(tsv))
+        names, table_folders, source = table.names, table.folders, str(tsv)
     else:
-        names = [f.replace("_", " ") for f in folders]
-        notes.append("class names from folder names")
-    if len(names) != len(folders):
-        raise UsageError(f"{root}: {len(folders)} class folders but {len(names)} class names")
+        folders = _folder_order(on_disk)
+        names, source = [f.replace("_", " ") for f in folders], "folder names"
+    notes.append(f"class names from {source}")
     _check_names(names, f"class names of {root}", notes)
+    folders = assign_folders(root, names, on_disk, table_folders, source, notes)
     items = []
     for label, folder in enumerate(folders):
-        sources = [(str(root / folder), False)]
-        items += [(p, label) for p, _ in walk(sources) if has_image_extension(p)]
+        if folder is not None:
+            items += [(p, label) for p, _ in walk([(str(root / folder), False)]) if has_image_extension(p)]
     return EvalDataset(str(root), names, items, None, str(root), notes)
 
 
+def _folder_key(name: str) -> str:
+    """How a folder name and a class name are matched: '_' is a space, runs of spaces are one, case is ignored."""
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+def _folder_order(folders: list[str]) -> list[str]:
+    """Sorted; by number when every folder is named by one (0, 1, ..., 10: not 0, 1, 10, 2)."""
+    if all(f.isascii() and f.isdigit() for f in folders):
+        return sorted(folders, key=lambda f: (int(f), f))
+    return sorted(folders)
+
+
+def assign_folders(
+    root: Path, names: list[str], on_disk: list[str], table_folders: list[str] | None, source: str, notes: list[str]
+) -> list[str | None]:
+    """The folder of each class (None: a class with no folder). One rule for every source of names:
+    1. a class table's `folder` column, row by row;
+    2. else by name, when every folder is named like a class (`red_star`, `Red Star` -> 'red star');
+    3. else by position: the i-th folder in sorted order (by number when all are numbers) is class i.
+    A folder matching no class while others do is an error, not a silent shift of every label after it."""
+    if table_folders is not None:
+        missing = [f for f in table_folders if f not in on_disk]
+        if missing:
+            raise UsageError(f"{source}: folder {missing[0]!r} is not under {root} ({len(missing)} missing)")
+        left_out = sorted(set(on_disk) - set(table_folders))
+        if left_out:
+            notes.append(f"{len(left_out)} folders not in {source} are left out: {', '.join(left_out[:5])}")
+        return list(table_folders)
+    keys = [_folder_key(n) for n in names]
+    by_key = {k: i for i, k in enumerate(keys)}
+    matched = [f for f in on_disk if _folder_key(f) in by_key]
+    if matched and len(by_key) == len(keys) and len({_folder_key(f) for f in on_disk}) == len(on_disk):
+        unmatched = sorted(set(on_disk) - set(matched))
+        if unmatched:
+            raise UsageError(
+                f"{source}: folder {unmatched[0]!r} matches no class name while {len(matched)} folders do "
+                f"({len(unmatched)} unmatched); rename it or remove it"
+            )
+        folders: list[str | None] = [None] * len(names)
+        for f in on_disk:
+            folders[by_key[_folder_key(f)]] = f
+        empty = [n for n, f in zip(names, folders, strict=True) if f is None]
+        if empty:
+            notes.append(f"{len(empty)} classes have no folder (no images): {', '.join(empty[:5])}")
+        return folders
+    ordered = _folder_order(on_disk)
+    if len(names) != len(ordered):
+        raise UsageError(f"{root}: {len(ordered)} class folders but {len(names)} class names in {source}")
+    if source != "folder names":
+        order = "numeric" if all(f.isascii() and f.isdigit() for f in ordered) else "sorted"
+        notes.append(f"class names of {source} given to the folders by position, in {order} order")
+    return list(ordered)
+
+
 def _csv_dataset(path: Path, classnames: str | None) -> EvalDataset:
+    source = f"csv:{path}"
     if not path.is_file():
-        raise UsageError(f"csv:{path}: no such file")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not {"path", "label"} <= set(reader.fieldnames or []):
-            raise UsageError(f"csv:{path}: needs the columns path,label (found {', '.join(reader.fieldnames or [])})")
-        rows = [(r["path"], r["label"].strip()) for r in reader if r["path"]]
+        raise UsageError(f"{source}: no such file")
+    rows = list(csv_rows(read_text(path, "csv:"), source))
+    if not rows:
+        raise UsageError(f"{source}: empty (expected a header path,label and a row per image)")
+    header = [c.strip().casefold() for c in rows[0][1]]
+    if not {"path", "label"} <= set(header):
+        raise UsageError(f"{source}: needs the columns path,label (found {', '.join(rows[0][1])})")
+    pcol, lcol = header.index("path"), header.index("label")
+    entries = []
+    for lineno, row in rows[1:]:
+        p = row[pcol].strip() if pcol < len(row) else ""
+        label = row[lcol].strip() if lcol < len(row) else ""
+        if not p:
+            raise UsageError(f"{source}, line {lineno}: no path (expected path,label)")
+        if not label:
+            raise UsageError(f"{source}, line {lineno}: no label for {p!r} (expected path,label)")
+        entries.append((lineno, p, label))
     resolve = lambda p: p if os.path.isabs(p) else str(path.parent / p)  # noqa: E731
+    notes: list[str] = []
     if classnames is not None:
         names = _classnames_option(classnames)
-        index = {n: i for i, n in enumerate(names)}
-        try:
-            items = [(resolve(p), int(lab) if lab.isdigit() else index[lab]) for p, lab in rows]
-        except KeyError as exc:
-            raise UsageError(f"csv:{path}: label {exc.args[0]!r} is not in --classnames") from exc
+        items = [(resolve(p), _label_index(lab, names, f"{source}, line {ln}", classnames)) for ln, p, lab in entries]
     else:
-        names = sorted({lab for _, lab in rows})
+        labels = {label for _, _, label in entries}
+        names = _folder_order(sorted(labels))
         index = {n: i for i, n in enumerate(names)}
-        items = [(resolve(p), index[lab]) for p, lab in rows]
-    _check_names(names, f"labels of csv:{path}", notes := [])
-    return EvalDataset(f"csv:{path}", names, items, None, str(path), notes)
+        items = [(resolve(p), index[label]) for _, p, label in entries]
+    if not items:
+        raise UsageError(f"{source}: no rows after the header (expected a row path,label per image)")
+    _check_names(names, f"labels of {source}", notes)
+    return EvalDataset(source, names, items, None, str(path), notes)
+
+
+def _label_index(label: str, names: list[str], where: str, classnames: str) -> int:
+    """A csv: label with --classnames: a class index (0-based) or a class name."""
+    if label.isascii() and label.isdigit():
+        if int(label) >= len(names):
+            raise UsageError(
+                f"{where}: label {label} is out of range: --classnames {classnames} has {len(names)} classes "
+                f"(0..{len(names) - 1})"
+            )
+        return int(label)
+    at = [i for i, n in enumerate(names) if n == label]
+    if not at:
+        raise UsageError(f"{where}: label {label!r} is not in --classnames {classnames}")
+    if len(at) > 1:
+        raise UsageError(f"{where}: label {label!r} names {len(at)} classes of --classnames ({at}); give the index")
+    return at[0]
 
 
 def _check_names(names: list[str], source: str, notes: list[str]) -> None:
@@ -299,4 +377,4 @@ def _check_names(names: list[str], source: str, notes: list[str]) -> None:
     repeated = sorted(n for n, k in Counter(names).items() if k > 1)
     if repeated:
         notes.append(f"repeated class names (scored by index): {', '.join(repeated)}")
-    check_classnames(list(dict.fromkeys(names)) if len(set(names)) > 1 else names, source)
+    check_classnames(names, source)

@@ -124,15 +124,17 @@ def compare_templates(
     """Score every template set on the same image embeddings; text comes from the cache."""
     names = list(sets) if sets else [s.name for s in list_template_sets()]
     classnames = embedded.dataset.classnames
+    default = resolve_dataset_templates("default", embedded.dataset, model)  # what 'default' is, as in eval
     rows = []
     for name in names:
-        template_set = load_templates(name)
+        template_set = load_templates(name, default=default)
         result = score(embedded, build_classifier(model, classnames, template_set))
-        rows.append({"set": template_set.name, "templates": len(template_set.templates), **result.metrics})
+        shown = f"default ({template_set.name})" if name == "default" else template_set.name
+        rows.append({"set": shown, "templates": len(template_set.templates), **result.metrics})
     rows.sort(key=lambda r: (-r["acc1"], -r.get("acc5", 0), r["set"]))
     comparison = Comparison(rows)
     if per_template:
-        unique = list(dict.fromkeys(t for name in names for t in load_templates(name).templates))
+        unique = list(dict.fromkeys(t for name in names for t in load_templates(name, default=default).templates))
         single = {t: build_classifier(model, classnames, [t]).weights for t in unique}
         for t in unique:
             acc1 = _acc1(embedded, single[t])

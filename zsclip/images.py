@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -29,6 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import UsageError
 from .limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
 from .store import FileIdentity, ImageStore
+from .textfiles import read_text
 from .workers import in_worker_process, run_tasks
 
 IMAGE_EXTENSIONS = frozenset(
@@ -95,7 +95,8 @@ def expand_sources(sources: Iterable[str | os.PathLike]) -> list[tuple[str, bool
     out: list[tuple[str, bool]] = []
     for src in map(str, sources):
         if src.startswith("@"):
-            out.extend((p, True) for p in _read_list(src[1:]))
+            # A folder in a list is walked, as on the command line; a missing entry is a skip record later.
+            out.extend((p, not os.path.isdir(p)) for p in _read_list(src[1:]))
             continue
         if not os.path.exists(src):
             raise UsageError(f"{src}: no such file or directory")
@@ -106,10 +107,10 @@ def expand_sources(sources: Iterable[str | os.PathLike]) -> list[tuple[str, bool
 
 
 def _read_list(list_file: str) -> list[str]:
-    try:
-        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"@{list_file}: cannot read the list of paths ({exc})") from exc
+    """The paths of an @list, one a line; names that are not UTF-8 keep their bytes (see zsclip.textfiles)."""
+    if not list_file:
+        raise UsageError("@: give the list file's name after @ (e.g. @paths.txt)")
+    lines = read_text(list_file, "@", errors="surrogateescape").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 

@@ -39,7 +39,7 @@ def write_report(result: EvalResult, out: Path, model_spec: str, fingerprint: st
     """Write metrics.json, predictions.csv, per_class.csv, confusion_matrix.csv/.png, most_confused.csv,
     skipped.csv and report.html into `out`; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
-    names = result.classifier.classnames
+    names = result.classifier.labels
     n = len(names)
     y_true, y_pred = result.labels, result.topk[:, 0]
     summary = summary_dict(result, model_spec, fingerprint)
@@ -199,7 +199,7 @@ def _spread(indices: list[int], labels: np.ndarray, n: int) -> list[int]:
 
 
 def _html(summary: dict, result: EvalResult, stats: dict, pairs, png: bytes) -> str:
-    names = result.classifier.classnames
+    names = result.classifier.labels
     e = html.escape
     m = summary["metrics"]
     metric_rows = "".join(f"<tr><th>{e(k)}</th><td>{v:.2%}</td></tr>" for k, v in m.items())

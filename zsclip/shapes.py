@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from . import atomic
+from .errors import UsageError, ZsclipError
+from .progress import log
 
 COLOURS = {
     "red": (215, 35, 35),
@@ -191,6 +195,7 @@ def iter_training(n: int, seed: int) -> Iterator[Scene]:
 def write_dataset(out: Path, n: int = 30_000, seed: int = 0, size: int = 64, eval_per_class: int = 30) -> dict:
     """Write the training images + captions.csv and the 36-class eval split; returns counts."""
     out = Path(out)
+    clear_previous(out)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -211,3 +216,41 @@ def write_dataset(out: Path, n: int = 30_000, seed: int = 0, size: int = 64, eva
         for j in range(eval_per_class):
             render(sample_scene(eval_rng, colour, shape), size, eval_rng).save(folder / f"{j:04d}.png")
     return {"train_images": n, "eval_images": eval_per_class * len(COMPOSITIONS), "classes": len(COMPOSITIONS)}
+
+
+_EVAL_FOLDERS = "|".join(re.escape(classname(c, s)) for c, s in COMPOSITIONS)
+_OWNED = re.compile(
+    rf"captions\.csv|\.captions\.csv\.[^/]*\.tmp|images/\d{{6,}}\.png|eval/({_EVAL_FOLDERS})/\d{{4,}}\.png"
+)
+_OWNED_FOLDERS = re.compile(rf"images|eval|eval/({_EVAL_FOLDERS})")
+
+
+def clear_previous(out: Path) -> int:
+    """Make `out` ready for a new data set: refuse a file, or a folder holding anything `write_dataset` would not
+    have written (so a user's files are never deleted); else delete what an earlier run wrote, so no stale image
+    (another --n, --seed or --eval-per-class) mixes into the new set. Returns how many files were deleted."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: is a file; give a folder to write the data set into")
+    if not out.is_dir():
+        return 0
+    files, folders = [], []
+    for top, dirs, names in os.walk(out):
+        for name, owned in [*((n, _OWNED) for n in names), *((d, _OWNED_FOLDERS) for d in dirs)]:
+            path = Path(top, name)
+            rel = path.relative_to(out).as_posix()
+            if not owned.fullmatch(rel) or path.is_symlink():
+                raise UsageError(
+                    f"{out} is not empty and {rel!r} was not written by zsclip data shapes; "
+                    "give a new or empty folder (zsclip replaces only a data set it wrote)"
+                )
+            (folders if owned is _OWNED_FOLDERS else files).append(path)
+    try:
+        for path in files:
+            path.unlink()
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            folder.rmdir()
+    except OSError as exc:
+        raise ZsclipError(f"{out}: cannot remove the earlier data set ({exc.strerror}: {exc.filename})") from exc
+    if files:
+        log(f"{out}: removed the {len(files)} files of the data set written there before")
+    return len(files)

@@ -6,13 +6,15 @@ Only prompts missing from the cache are encoded, so adding a class or a template
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .cache import Cache
+from .errors import UsageError
 from .models import ClipModel
 from .prompts import DEFAULT_TEMPLATES, TemplateSet, load_templates
 
@@ -29,16 +31,38 @@ class Classifier:
     logit_scale: float
     fingerprint: str
     encoded_prompts: int = 0  # prompts that missed the cache and went through the text encoder
+    notes: list[str] = field(default_factory=list)  # for stderr: repeated names and how they are labelled
 
     def __len__(self) -> int:
         return len(self.classnames)
 
+    @property
+    def labels(self) -> list[str]:
+        """The class names as outputs show them, one per class: a repeated name is numbered from its second
+        occurrence on ('missile', 'missile (2)'), so two classes never share a label."""
+        return unique_labels(self.classnames)
+
+
+def unique_labels(names: Sequence[str]) -> list[str]:
+    """Names made unique by numbering repeats; the prompts still use the name itself."""
+    taken = set(names)
+    seen: Counter[str] = Counter()
+    out = []
+    for name in names:
+        seen[name] += 1
+        label = name
+        if seen[name] > 1:
+            k = seen[name]
+            while (label := f"{name} ({k})") in taken:
+                k += 1
+            taken.add(label)
+        out.append(label)
+    return out
+
 
 def resolve_templates(templates: str | Sequence[str] | TemplateSet, model: ClipModel) -> TemplateSet:
     """`default` is the model's recommended set when its metadata names one, else imagenet80."""
-    if templates == "default":
-        templates = model.recommended_templates or DEFAULT_TEMPLATES
-    return load_templates(templates)
+    return load_templates(templates, default=model.recommended_templates or DEFAULT_TEMPLATES)
 
 
 def build_classifier(
@@ -64,7 +88,56 @@ def build_classifier(
         if cache:
             cache.put_text(model.fingerprint, model.precision, zip(missing, new, strict=True))
     weights = ensemble([np.stack([found[p] for p in ps]) for ps in prompts_per_class])
-    return Classifier(classnames, weights, template_set, model.logit_scale, model.fingerprint, len(missing))
+    notes = check_distinct(model, classnames, weights, template_set)
+    return Classifier(classnames, weights, template_set, model.logit_scale, model.fingerprint, len(missing), notes)
+
+
+_SAME = 1 - 1e-5  # cosine above which two classifier rows are the same vector up to float rounding
+
+
+def check_distinct(model: ClipModel, classnames: list[str], weights: torch.Tensor, templates: TemplateSet) -> list[str]:
+    """Notes on repeated names; a UsageError when different names get the same text embedding, so they would
+    always tie (a silent coin flip, or 1/N for every class): names differing only in letter case for a tokenizer
+    that ignores it, or templates so long that the text context cuts the class name off."""
+    notes = []
+    repeated = [n for n, k in Counter(classnames).items() if k > 1]
+    if repeated:
+        labels = unique_labels(classnames)
+        shown = [f"{n!r} as {', '.join(repr(lab) for lab, c in zip(labels, classnames, strict=True) if c == n)}"
+                 for n in repeated[:3]]  # fmt: skip
+        notes.append(f"repeated class names are scored apart by position and labelled {'; '.join(shown)}")
+    first = {}
+    for i, n in enumerate(classnames):
+        first.setdefault(n, i)
+    rows = list(first.values())
+    w = weights[rows]
+    for start in range(0, len(rows), 1024):
+        sims = w[start : start + 1024] @ w.T
+        for a, b in (sims > _SAME).nonzero().tolist():
+            a += start
+            if a < b:
+                raise UsageError(_tie_message(model, classnames[rows[a]], classnames[rows[b]], len(rows), w, templates))
+    return notes
+
+
+def _tie_message(model: ClipModel, a: str, b: str, n: int, w: torch.Tensor, templates: TemplateSet) -> str:
+    every = bool(((w @ w[0]) > _SAME).all())
+    if every:
+        head = f"all {n} classes get the same text embedding with template set {templates.name!r}"
+    else:
+        head = f"classes {a!r} and {b!r} get the same text embedding, so they would always tie"
+    names_differ = not torch.equal(model.tokenizer([a]), model.tokenizer([b]))
+    if names_differ:
+        context = getattr(model.tokenizer, "context_length", None) or model.tokenizer([a]).shape[-1]
+        why = (
+            f"the prompts are longer than the model's text context ({context} tokens), which cuts the class name "
+            "off; use shorter templates (or a template with {} near its start)"
+        )
+    elif a.casefold() == b.casefold():
+        why = "the names differ only in letter case, which this model's tokenizer ignores; rename one"
+    else:
+        why = "this model's tokenizer reads the names the same; rename one"
+    return f"{head}: {why}"
 
 
 def ensemble(per_class: Sequence[np.ndarray]) -> torch.Tensor:

@@ -35,6 +35,7 @@ from .errors import UsageError
 from .images import DEFAULT_FILE_TIMEOUT, CrossProcess, SkipFile, load_image, stack, time_limit
 from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
 from .progress import bar
+from .textfiles import csv_rows, read_text
 from .workers import in_worker_process, run_tasks
 
 CHECKPOINT = "checkpoint.pt"
@@ -72,15 +73,17 @@ def read_captions(data: str | Path) -> tuple[Path, list[tuple[str, str]], int]:
         path = path / "captions.csv"
     if not path.is_file():
         raise UsageError(f"{data}: no captions CSV (expected a file, or a folder with captions.csv)")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing_cols = {"filepath", "caption"} - set(reader.fieldnames or [])
-        if missing_cols:
-            raise UsageError(
-                f"{path}: missing column(s) {', '.join(sorted(missing_cols))}; "
-                f"expected a header 'filepath,caption', found {', '.join(reader.fieldnames or []) or 'none'}"
-            )
-        rows = [(r["filepath"], r["caption"]) for r in reader]
+    records = list(csv_rows(read_text(path), str(path)))
+    found = records[0][1] if records else []
+    header = [c.strip() for c in found]
+    missing_cols = {"filepath", "caption"} - set(header)
+    if missing_cols:
+        raise UsageError(
+            f"{path}: missing column(s) {', '.join(sorted(missing_cols))}; "
+            f"expected a header 'filepath,caption', found {', '.join(found) or 'none'}"
+        )
+    fcol, ccol = header.index("filepath"), header.index("caption")
+    rows = [(_cell(r, fcol), _cell(r, ccol)) for _, r in records[1:]]
     pairs = [(str(path.parent / p), c) for p, c in rows if p and c]
     present = [(p, c) for p, c in pairs if os.path.lexists(p)]  # odd files go on, to be skipped with a reason
     if not present:
@@ -88,6 +91,11 @@ def read_captions(data: str | Path) -> tuple[Path, list[tuple[str, str]], int]:
             f"{path}: no usable image-caption pairs ({len(rows)} rows, {len(pairs) - len(present)} image files missing)"
         )
     return path, present, len(pairs) - len(present)
+
+
+def _cell(row: list[str], col: int) -> str:
+    """A short row's missing cell is empty: the pair is left out, as one with an empty caption is."""
+    return row[col] if col < len(row) else ""
 
 
 @dataclass
@@ -323,10 +331,14 @@ def _model_cfg(config: str) -> dict:
     path = Path(config)
     if path.is_file():
         try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
+            cfg = json.loads(read_text(path, "--config "))
         except json.JSONDecodeError as exc:
             raise UsageError(f"--config {config}: not valid JSON ({exc})") from exc
-        cfg = cfg.get("model_cfg", cfg)
+        cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else cfg
+        if not isinstance(cfg, dict):
+            raise UsageError(
+                f"--config {config}: expected a JSON object (open_clip's model_cfg), found {type(cfg).__name__}"
+            )
     else:
         cfg = model_config(config)
         if cfg is None:

@@ -127,7 +127,7 @@ def classify_cmd(
     show = progress.enabled(quiet)
     cache = Cache()
     clip = load_model(model, device=device, precision=precision, cache=cache)
-    clf = build_with_progress(clip, names, templates, cache, show)
+    clf = build_with_progress(clip, names, templates, cache, show, quiet)
     k = check_options(clf, top_k, threshold)
     if top_k is not None and top_k > k:
         progress.log(f"note: --top-k {top_k} is more than the {k} classes; listing {k}")

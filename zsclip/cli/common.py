@@ -175,8 +175,9 @@ def read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_
     }
 
 
-def build_with_progress(clip, names, templates, cache, show):
-    """Build the classifier; a progress bar appears only if prompts actually need encoding."""
+def build_with_progress(clip, names, templates, cache, show: bool, quiet: bool = False):
+    """Build the classifier; a progress bar appears only if prompts actually need encoding. Its notes (classes
+    told apart by number, ...) go to stderr."""
     from ..text import build_classifier
 
     with contextlib.ExitStack() as stack:
@@ -188,7 +189,11 @@ def build_with_progress(clip, names, templates, cache, show):
             if bars:
                 bars[0].update(0, completed=done, total=total)
 
-        return build_classifier(clip, names, templates, cache=cache, progress=report)
+        clf = build_classifier(clip, names, templates, cache=cache, progress=report)
+    if not quiet:
+        for note in clf.notes:
+            progress.log(f"note: {note}")
+    return clf
 
 
 def print_table(title: str | None, columns: list[str], rows: list[list[str]], right: bool = True) -> None:

@@ -149,7 +149,12 @@ def eval_cmd(
     show = progress.enabled(quiet)
     cache = Cache()
     clip = load_model(model, device=device, precision=precision, cache=cache)
-    clf = build_with_progress(clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show)
+    if not quiet:
+        for note in data.notes:
+            progress.log(f"note: {note}")
+    clf = build_with_progress(
+        clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show, quiet
+    )
     result = score(embed_with_progress(clip, data, show, quiet, **read), clf)
     if report:
         summary = write_report(result, report, clip.spec, clip.fingerprint)
