@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,15 @@ from typing import IO
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", keep_on_error: bool = False, **kw) -> Iterator[IO]:
     """Write to a temporary file beside `path`; on success fsync and rename it over `path`, else delete it
-    (or, with `keep_on_error`, put what was written in place all the same: a log of a run that failed)."""
+    (or, with `keep_on_error`, put what was written in place all the same: a log of a run that failed).
+
+    Missing parent folders are created. The file gets the mode of the file it replaces, else the mode a plain
+    open() would give (0666 less the umask): mkstemp's private 0600 would hide reports and models from others."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with contextlib.suppress(OSError):  # a file system without modes (some mounts) keeps mkstemp's
+        os.fchmod(fd, file_mode(path))
     f = os.fdopen(fd, mode, **kw)
     try:
         yield f
@@ -33,6 +40,27 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", keep_on_error: bool = 
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def file_mode(path: str | os.PathLike) -> int:
+    """The permission bits a new version of `path` should have: those of the file there now, else 0666 less
+    the process umask (what open() gives a new file)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~umask()
+
+
+def umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask can only set it, and setting
+    it for a moment races with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -101,12 +101,27 @@ def classify(
     k = check_options(classifier, top_k, threshold)
     sources = paths if _expanded(paths) else expand_sources(paths)
     for batch in embed_stream(model, sources, **options):
-        yield from (Skipped(p, r) for p, r in batch.skipped)
+        preds = []
         if batch.features is not None:
-            probs = probabilities(batch.features, classifier)
-            yield from predict(batch.paths, probs, classifier, k, threshold)
+            preds = predict(batch.paths, probabilities(batch.features, classifier), classifier, k, threshold)
+        yield from _in_walk_order(preds, batch.skipped, batch.skipped_at)
         if on_batch:
             on_batch(len(batch.paths), len(batch.skipped))
+
+
+def _in_walk_order(
+    preds: list[Prediction], skipped: list[tuple[str, str]], skipped_at: list[int]
+) -> Iterator[Prediction | Skipped]:
+    """A batch's records in walk order: each skip record goes before the prediction it preceded in the walk
+    (`skipped_at[i]` predictions come before skip i), so --strict keeps every image before the bad file."""
+    at = list(skipped_at) + [0] * (len(skipped) - len(skipped_at))  # a loader that does not say: first
+    n = 0
+    for (path, reason), before in zip(skipped, at, strict=True):
+        while n < min(before, len(preds)):
+            yield preds[n]
+            n += 1
+        yield Skipped(path, reason)
+    yield from preds[n:]
 
 
 def _expanded(paths) -> bool:

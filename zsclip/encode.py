@@ -23,6 +23,7 @@ class EmbeddedBatch:
     features: torch.Tensor | None  # [len(paths), dim], unit-norm float32
     skipped: list[tuple[str, str]] = field(default_factory=list)
     reused: int = 0  # how many vectors came from the image-embedding store
+    skipped_at: list[int] = field(default_factory=list)  # per skip record: how many of `paths` precede it
 
 
 @torch.inference_mode()
@@ -95,7 +96,7 @@ def embed_stream(
 def _embed(model: ClipModel, batches, image_store: ImageStore | None) -> Iterator[EmbeddedBatch]:
     for batch in batches:
         if not batch.paths:
-            yield EmbeddedBatch([], None, batch.skipped)
+            yield EmbeddedBatch([], None, batch.skipped, skipped_at=batch.skipped_at)
             continue
         rows: dict[int, torch.Tensor] = {i: torch.from_numpy(v.copy()) for i, v in batch.stored.items()}
         if batch.pixels is not None:
@@ -105,7 +106,7 @@ def _embed(model: ClipModel, batches, image_store: ImageStore | None) -> Iterato
             fresh = [(identity, rows[i].numpy()) for i, identity in batch.identities.items()]
             image_store = image_store if _put(image_store, fresh) else None
         features = torch.stack([rows[i] for i in range(len(batch.paths))]).to(model.device)
-        yield EmbeddedBatch(batch.paths, features, batch.skipped, len(batch.stored))
+        yield EmbeddedBatch(batch.paths, features, batch.skipped, len(batch.stored), batch.skipped_at)
 
 
 def _put(store: ImageStore, rows: list) -> bool:

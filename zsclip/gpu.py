@@ -13,6 +13,7 @@ import io
 import os
 import stat
 import warnings
+from collections import deque
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 
@@ -26,10 +27,12 @@ from .images import (
     DEFAULT_MAX_PIXELS,
     Batch,
     SkipFile,
+    _remembered,
     check_limits,
     check_pixels,
     chunks,
     has_image_extension,
+    in_walk_order,
     load_image,
     looks_like_image,
     open_image,
@@ -130,14 +133,15 @@ def iter_device_batches(
             out.append((path, vector, identity, data))
         return out, [(path, reason) for (path, _), reason in failed]
 
+    seen: deque[list] = deque()
     reads = run_tasks(
-        chunks(sources, batch_size, recursive, exclude), prepare, threads=True,
+        _remembered(chunks(sources, batch_size, recursive, exclude), seen), prepare, threads=True,
         workers=threads or min(16, os.cpu_count() or 4), item_timeout=file_timeout,
     )  # fmt: skip
     for prepared, failed in reads:
         batch = _decode(prepared, preprocess, tensor_pp, device, draft, max_pixels)
         batch.skipped.extend(failed)
-        yield batch
+        yield in_walk_order(batch, seen.popleft())
 
 
 def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft, max_pixels) -> Batch:

@@ -16,6 +16,7 @@ import sqlite3
 import stat
 import threading
 import warnings
+from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -83,6 +84,36 @@ class Batch(CrossProcess):
     stored: dict[int, np.ndarray] = field(default_factory=dict)  # index into paths -> stored vector
     identities: dict[int, FileIdentity] = field(default_factory=dict)  # index -> identity to (re)store
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # Where each skipped file stood in the walk: how many of `paths` come before it (set by in_walk_order).
+    skipped_at: list[int] = field(default_factory=list)
+
+
+def in_walk_order(batch: Batch, chunk: list[tuple[str, bool]]) -> Batch:
+    """Put the batch's skip records in walk order (the chunk it was made of) and say where each stands among
+    `paths`, so the records of a batch come out in walk order: a loader learns of a file it could not read
+    in whatever order it finds out (a worker that crashed on it, a device decode that failed), after some of
+    the files that follow it."""
+    pending: dict[str, list[tuple[str, str]]] = {}
+    for entry in batch.skipped:
+        pending.setdefault(entry[0], []).append(entry)
+    skipped, at, k = [], [], 0
+    for path, _ in chunk:
+        if k < len(batch.paths) and batch.paths[k] == path:
+            k += 1
+        elif pending.get(path):
+            skipped.append(pending[path].pop(0))
+            at.append(k)
+    leftover = [e for entries in pending.values() for e in entries]  # not in the chunk: keep them, at the end
+    batch.skipped = skipped + leftover
+    batch.skipped_at = at + [len(batch.paths)] * len(leftover)
+    return batch
+
+
+def _remembered(parts: Iterator[list], seen: deque) -> Iterator[list]:
+    """The chunks, each kept in `seen` until its batch comes back (results come in task order)."""
+    for chunk in parts:
+        seen.append(chunk)
+        yield chunk
 
 
 class SkipFile(Exception):
@@ -370,11 +401,13 @@ def iter_batches(
     becomes a skip record (zsclip.workers); with workers=0 only blocking reads are interrupted."""
     check_limits(batch_size, workers, max_pixels, file_timeout)
     workers = default_workers() if workers is None else workers
-    parts = chunks(sources, batch_size, recursive, exclude)
+    seen: deque[list] = deque()
+    parts = _remembered(chunks(sources, batch_size, recursive, exclude), seen)
     loader = BatchLoader(preprocess, store, draft, max_pixels, file_timeout)
-    yield from (
+    batches = (
         map(loader, parts) if workers == 0 else run_tasks(parts, loader, workers=workers, item_timeout=file_timeout)
     )
+    yield from (in_walk_order(batch, seen.popleft()) for batch in batches)
 
 
 def first_image(sources: list[tuple[str, bool]], recursive: bool = True) -> str | None:

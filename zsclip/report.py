@@ -15,6 +15,7 @@ import numpy as np
 from . import atomic
 from . import metrics as M
 from .evaluate import Comparison, EvalResult
+from .output import check_output_dir, escape_surrogates, readable, writing
 
 FULL_GRID_MAX = 40  # above this many classes the confusion picture shows the most-confused classes only
 
@@ -37,7 +38,13 @@ def summary_dict(result: EvalResult, model_spec: str, fingerprint: str) -> dict:
 
 def write_report(result: EvalResult, out: Path, model_spec: str, fingerprint: str) -> dict:
     """Write metrics.json, predictions.csv, per_class.csv, confusion_matrix.csv/.png, most_confused.csv,
-    skipped.csv and report.html into `out`; returns the summary."""
+    skipped.csv and report.html into `out` (created if missing); returns the summary."""
+    out = check_output_dir(out, "--report")
+    with writing(out, "--report"):
+        return _write_report(result, out, model_spec, fingerprint)
+
+
+def _write_report(result: EvalResult, out: Path, model_spec: str, fingerprint: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     names = result.classifier.labels
     n = len(names)
@@ -71,16 +78,17 @@ def write_report(result: EvalResult, out: Path, model_spec: str, fingerprint: st
     _write_csv(out / "skipped.csv", ["path", "reason"], result.skipped)
     png = confusion_png(matrix, names)
     atomic.write_bytes(out / "confusion_matrix.png", png)
-    atomic.write_text(out / "report.html", _html(summary, result, stats, pairs, png))
+    atomic.write_text(out / "report.html", readable(_html(summary, result, stats, pairs, png)))  # odd bytes: \xNN
     return summary
 
 
 def _write_json(path: Path, data) -> None:
-    atomic.write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_text(path, escape_surrogates(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
 
 
 def _write_csv(path: Path, header: list, rows) -> None:
-    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
+    # Paths that are not UTF-8 keep their bytes, as in classify's CSV (zsclip.output).
+    with atomic.atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
@@ -155,6 +163,13 @@ def comparison_png(comparison: Comparison) -> bytes:
 
 
 def write_comparison(comparison: Comparison, out: Path, context: dict) -> None:
+    """Write compare.csv, compare.json and compare.png into `out` (created if missing)."""
+    out = check_output_dir(out, "--report")
+    with writing(out, "--report"):
+        _write_comparison(comparison, out, context)
+
+
+def _write_comparison(comparison: Comparison, out: Path, context: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     keys = ["set", "templates", "acc1", "acc5", "mean_per_class_recall"]
     _write_csv(out / "compare.csv", keys, [[r.get(k, "") for k in keys] for r in comparison.rows])

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from . import atomic
 from .errors import UsageError, ZsclipError
+from .output import check_output_dir, writing
 from .progress import log
 
 COLOURS = {
@@ -193,9 +194,15 @@ def iter_training(n: int, seed: int) -> Iterator[Scene]:
 
 
 def write_dataset(out: Path, n: int = 30_000, seed: int = 0, size: int = 64, eval_per_class: int = 30) -> dict:
-    """Write the training images + captions.csv and the 36-class eval split; returns counts."""
-    out = Path(out)
+    """Write the training images + captions.csv and the 36-class eval split into `out` (created if missing);
+    returns counts. Files an earlier `data shapes` wrote there are removed first; anything else is refused."""
+    out = check_output_dir(out, "data shapes")
     clear_previous(out)
+    with writing(out, "data shapes"):
+        return _write_dataset(out, n, seed, size, eval_per_class)
+
+
+def _write_dataset(out: Path, n: int, seed: int, size: int, eval_per_class: int) -> dict:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -4,14 +4,12 @@ progress bar. Records arrive in walk order and each is written as it comes, so a
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
-from . import atomic, progress
+from . import progress
 from .errors import ZsclipError, is_disk_full
 
 
@@ -39,38 +37,34 @@ def classify_into(
     clip,
     clf,
     sources: list[tuple[str, bool]],
+    plan,
     *,
-    fmt: str,
+    inputs: list[str],
     top_k: int,
     threshold: float | None = None,
-    output: Path | None = None,
-    resume: bool = False,
-    failures: Path | None = None,
     strict: bool = False,
     quiet: bool = False,
     show: bool = False,
     recursive: bool = True,
     **read,
 ) -> Counts:
-    """Classify `sources` and write every record: to stdout in `fmt`, or to `output` (FILE.partial, renamed when
-    the run ends; `resume` continues it). Skipped files go to stderr and the `failures` JSONL log."""
+    """Classify `sources` and write every record where `plan` (zsclip.output.plan_output) says: to stdout, or
+    to the output file (FILE.partial, renamed when the run ends; a resumed plan continues it, for the same
+    `inputs`). Skipped files go to stderr and the failures log."""
     from .classify import Skipped, classify
     from .images import count_candidates
-    from .output import OutputFile, make_writer
+    from .output import FailuresLog, OutputFile, make_writer
 
     counts = Counts()
+    fmt, output = plan.fmt, plan.output
     settings = output_settings(clip, clf, fmt, top_k, threshold, read.get("exact", False))
     with contextlib.ExitStack() as stack:
-        out_file = OutputFile(output, fmt, settings, resume) if output else None
+        out_file = OutputFile(output, fmt, settings, plan.resume, inputs=inputs) if output else None
         if out_file and out_file.done:
             counts.resumed = len(out_file.done)
             progress.log(f"resuming {out_file.partial}: {counts.resumed} images already classified")
         out = out_file.stream if out_file else sys.stdout
-        fail_log = (
-            stack.enter_context(atomic.atomic_open(failures, "w", encoding="utf-8", keep_on_error=True))
-            if failures
-            else None
-        )  # a failed run still lists the files it skipped
+        fail_log = stack.enter_context(FailuresLog(plan.failures)) if plan.failures else None
         writer = make_writer(fmt, out, top_k, header=not (out_file and out_file.appending))
         bar = stack.enter_context(progress.bar("classifying", None, "img", show))
         if bar:
@@ -88,8 +82,7 @@ def classify_into(
                     if not quiet:
                         progress.log(f"skipped {record.path}: {record.reason}")
                     if fail_log:
-                        fail_log.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-                        fail_log.flush()
+                        fail_log.write(record)
                     if strict:
                         raise ZsclipError(f"{record.path}: {record.reason} (--strict stops at the first bad file)")
                 else:
@@ -103,6 +96,8 @@ def classify_into(
             if counts.done + counts.resumed == 0:
                 raise ZsclipError(f"no image could be read: all {counts.skipped} files were skipped")
         except BaseException as exc:
+            if not out_file and fmt == "json":
+                writer.close()  # the records before the failure stay a valid JSON array on stdout
             if out_file:
                 out_file.abandon()
                 if counts.done or out_file.done:

@@ -36,6 +36,14 @@ def variant_key(precision: str, preprocess, draft: int | None = None) -> str:
     return f"{precision}|{DECODE_VERSION}|draft={draft or 0}|{digest}"
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def content_hash(path: str) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
@@ -94,6 +102,8 @@ class ImageStore:
         if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the read for the hash forever
             return None, None
         key = os.path.abspath(path)
+        if not key.isascii() and not _utf8(key):  # SQLite text is UTF-8: a name that is not is never stored
+            return None, None
         row = self.conn.execute(
             "SELECT vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ? "
             "AND size = ? AND mtime_ns = ?",

@@ -34,6 +34,7 @@ from . import atomic
 from .errors import UsageError
 from .images import DEFAULT_FILE_TIMEOUT, CrossProcess, SkipFile, load_image, stack, time_limit
 from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
+from .output import check_output_dir, writing
 from .progress import bar
 from .textfiles import csv_rows, read_text
 from .workers import in_worker_process, run_tasks
@@ -204,7 +205,7 @@ def train(
     show_progress: bool = False,
 ) -> dict:
     """Run (or resume) training; returns the final metrics. The output directory is loadable after every epoch."""
-    out = Path(cfg.output)
+    out = check_output_dir(cfg.output, "--resume" if resume else "--output")  # before any work
     state = None
     if resume:
         if not (out / CHECKPOINT).is_file():
@@ -300,7 +301,8 @@ def train(
             if eval_dir.is_dir():
                 model.eval()
                 metrics.update(zero_shot_eval(clip, eval_dir, cfg.templates, [c for _, c in pairs]))
-            _save(out, model, model_cfg, optimizer, cfg, epoch, step, metrics, csv_path, len(dataset))
+            with writing(out, "--output"):
+                _save(out, model, model_cfg, optimizer, cfg, epoch, step, metrics, csv_path, len(dataset))
             if show_progress or on_epoch_end is None:
                 _report(epoch, metrics)
             if on_epoch_end:

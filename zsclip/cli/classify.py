@@ -10,7 +10,6 @@ import typer
 
 from .. import progress
 from ..defaults import DEFAULT_MODEL, FORMATS
-from ..errors import UsageError
 from ..limits import check_ranking
 from .common import (
     DEFAULT_READ,
@@ -26,7 +25,6 @@ from .common import (
     TemplatesOpt,
     WorkersOpt,
     build_with_progress,
-    choice,
     env,
     read_options,
 )
@@ -103,20 +101,15 @@ def classify_cmd(
     from ..prompts import class_names
 
     names = class_names(classes, classes_file)
-    choice("--format", fmt, FORMATS)
-    if resume and output is None:
-        raise UsageError("--resume needs --output FILE (the run to continue)")
-    if failures is not None and output is not None and failures.resolve() == output.resolve():
-        raise UsageError(f"--failures and --output are both {output}: give them different files")
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
     check_ranking(top_k, threshold)
     from ..images import check_sources
-    from ..output import OutputFile, format_for_path
+    from ..output import plan_output
 
+    plan = plan_output(output, fmt, failures=failures, resume=resume, terminal=sys.stdout.isatty())
     sources = check_sources(paths, recursive)
-    fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if sys.stdout.isatty() else "jsonl")
-    if output is not None and OutputFile.preflight(output, fmt, resume):
-        progress.log(f"{output} is complete already (no {output}.partial to resume); nothing to do")
+    if plan.complete:
+        progress.log(f"{plan.output} is complete already (no {plan.output}.partial to resume); nothing to do")
         return
 
     from ..cache import Cache
@@ -132,12 +125,12 @@ def classify_cmd(
     if top_k is not None and top_k > k:
         progress.log(f"note: --top-k {top_k} is more than the {k} classes; listing {k}")
     counts = classify_into(
-        clip, clf, sources, fmt=fmt, top_k=k, threshold=threshold, output=output, resume=resume,
-        failures=failures, strict=strict, quiet=quiet, show=show, recursive=recursive, **read,
+        clip, clf, sources, plan, inputs=paths, top_k=k, threshold=threshold, strict=strict, quiet=quiet,
+        show=show, recursive=recursive, **read,
     )  # fmt: skip
     if not quiet:
-        listed = f" (listed in {failures})" if failures and counts.skipped else ""
+        listed = f" (listed in {plan.failures})" if plan.failures and counts.skipped else ""
         resumed = f" ({counts.resumed} more from the interrupted run)" if counts.resumed else ""
         skipped = f", skipped {counts.skipped} bad files{listed}" if counts.skipped else ""
-        where = f"; results in {output}" if output else ""
+        where = f"; results in {plan.output}" if plan.output else ""
         progress.log(f"classified {counts.done} images{resumed}{skipped}{where}")

@@ -26,6 +26,13 @@ _CLICK_ERRORS = (click.ClickException, click.exceptions.Abort, getattr(typer, "T
 class Group(TyperGroup):
     """Every error a user can cause ends as one line on stderr and an exit code; never a traceback."""
 
+    def invoke(self, ctx):
+        # Typer turns Ctrl-C into a silent Exit(130) before main() below could see it: say so here.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)

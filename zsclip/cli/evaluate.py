@@ -133,6 +133,10 @@ def eval_cmd(
     datasets = [*(datasets or []), *(read_lines(datasets_file, "datasets") if datasets_file else [])]
     if not datasets:
         raise UsageError("no data set given: name one (eval cifar10) or give --datasets FILE")
+    if report:
+        from ..output import check_output_dir
+
+        check_output_dir(report, "--report")
     if len(models) * len(datasets) > 1 or models_file or datasets_file:
         if limit is not None and limit < 1:
             raise UsageError(f"--limit {limit}: must be at least 1")

@@ -89,6 +89,10 @@ def prompts_compare(
     for n in names or []:
         load_templates(n)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
+    if report:
+        from ..output import check_output_dir
+
+        check_output_dir(report, "--report")
     data = eval_data(dataset, root, classnames, limit)
 
     from ..evaluate import compare_templates

@@ -1,0 +1,114 @@
+"""CLI behaviour of output locations and formats that needs the CLI to call zsclip.output's checks before
+loading the model (issue 12 items 4, 5, 14, 23). A Hugging Face model with no network (hf_cache) proves the
+order: only loading it fails, so the output error must come first."""
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from zsclip.cli import app
+
+NO_MODEL = "hf-hub:zsclip-tests/never-loaded"  # a valid spec; loading it fails (no network, empty hf_cache)
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def imgs(tmp_path) -> Path:
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        for i in range(2):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def _one_line_usage_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [("-o", "--output"), ("--failures", "--failures")],
+)
+def test_an_existing_folder_as_output_file_is_refused_before_loading(hf_cache, imgs, tmp_path, option, message):
+    target = tmp_path / "results"
+    target.mkdir()
+    result = run("classify", imgs, "-c", "a,b", "-m", NO_MODEL, option, target)
+    _one_line_usage_error(result, message, "is a folder")
+    assert not Path(f"{target}.partial").exists()
+
+
+def test_a_read_only_location_is_refused_before_loading(hf_cache, imgs, tmp_path, monkeypatch):
+    def read_only(*args, **kw):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    result = run("classify", imgs, "-c", "a,b", "-m", NO_MODEL, "-o", tmp_path / "out.csv")
+    _one_line_usage_error(result, "--output", "Read-only file system")
+
+
+def test_output_dash_is_stdout(tiny_model_dir, imgs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("classify", imgs, "-c", "a,b", "-m", tiny_model_dir, "--workers", "0", "-q", "-o", "-")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 4 and json.loads(result.stdout.splitlines()[0])["label"] in "ab"
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_format_that_contradicts_the_file_name_is_refused(hf_cache, imgs, tmp_path):
+    result = run("classify", imgs, "-c", "a,b", "-m", NO_MODEL, "-f", "jsonl", "-o", tmp_path / "x.csv")
+    _one_line_usage_error(result, "--format jsonl", "x.csv")
+
+
+@pytest.mark.parametrize("command", [["eval"], ["prompts", "compare"]])
+def test_report_into_a_file_is_refused_before_loading(hf_cache, imgs, tmp_path, command):
+    (tmp_path / "report").write_text("")
+    result = run(*command, imgs, "-m", NO_MODEL, "--report", tmp_path / "report")
+    _one_line_usage_error(result, "--report", "is a file, not a folder")
+
+
+def test_train_into_a_file_is_refused(tmp_path):
+    (tmp_path / "model").write_text("")
+    result = run("train", tmp_path / "captions.csv", "--config", "tiny-vit", "--output", tmp_path / "model")
+    _one_line_usage_error(result, "--output", "is a file, not a folder")
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(imgs, tmp_path, monkeypatch, tiny_model_dir):
+    import zsclip.cli
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(zsclip.cli, "classify", interrupted)
+    out = tmp_path / "out.csv"
+    result = run("classify", imgs, "-c", "a,b", "-m", tiny_model_dir, "-q", "-o", out)
+    assert result.exit_code == 130 and result.stderr.strip().endswith("error: interrupted")
+    assert not Path(f"{out}.partial").exists()
+
+
+def test_resume_with_other_inputs_is_refused(tiny_model_dir, imgs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (imgs / "b" / "9bad.png").write_bytes(b"broken")
+    out = tmp_path / "out.jsonl"
+    common = ["-c", "a,b", "-m", tiny_model_dir, "--workers", "0", "-q", "-o", out]
+    assert run("classify", "imgs", *common, "--strict").exit_code == 1
+    same = run("classify", "./imgs/a", "./imgs/b", *common, "--resume")
+    _one_line_usage_error(same, "other inputs")
+    (imgs / "b" / "9bad.png").unlink()
+    assert run("classify", "./imgs/", *common, "--resume").exit_code == 0
+    assert len(out.read_text().splitlines()) == 4
