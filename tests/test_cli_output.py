@@ -5,6 +5,7 @@ order: only loading it fails, so the output error must come first."""
 import errno
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -88,13 +89,12 @@ def test_train_into_a_file_is_refused(tmp_path):
 
 
 def test_ctrl_c_says_interrupted_and_exits_130(imgs, tmp_path, monkeypatch, tiny_model_dir):
-    import zsclip.cli
 
     def interrupted(*args, **kw):
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(zsclip.cli, "classify", interrupted)
+    monkeypatch.setattr(sys.modules["zsclip.classify"], "classify", interrupted)
     out = tmp_path / "out.csv"
     result = run("classify", imgs, "-c", "a,b", "-m", tiny_model_dir, "-q", "-o", out)
     assert result.exit_code == 130 and result.stderr.strip().endswith("error: interrupted")

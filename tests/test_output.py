@@ -9,6 +9,7 @@ import json
 import os
 import re
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -99,13 +100,12 @@ def test_a_run_without_a_finished_record_is_one_line_and_leaves_no_partial(tiny_
 
 
 def test_ctrl_c_exits_130_and_leaves_no_empty_partial(tiny_model_dir, imgs, tmp_path, monkeypatch):
-    import zsclip.cli
 
     def interrupted(*args, **kw):
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(zsclip.cli, "classify", interrupted)
+    monkeypatch.setattr(sys.modules["zsclip.classify"], "classify", interrupted)
     out = tmp_path / "out.csv"
     result = run("classify", imgs, *_classify_args(tiny_model_dir, "-o", out))
     assert result.exit_code == 130 and "Traceback" not in result.output  # saying "interrupted": test_cli_output
@@ -252,9 +252,8 @@ def test_output_and_failures_into_missing_folders(tiny_model_dir, imgs, tmp_path
 
 
 def test_output_into_a_folder_fails_before_classifying(tiny_model_dir, imgs, tmp_path, monkeypatch):
-    import zsclip.cli
 
-    monkeypatch.setattr(zsclip.cli, "classify", lambda *a, **k: pytest.fail("classified"))
+    monkeypatch.setattr(sys.modules["zsclip.classify"], "classify", lambda *a, **k: pytest.fail("classified"))
     result = run("classify", imgs, *_classify_args(tiny_model_dir, "-o", tmp_path))
     assert result.exit_code == 2 and "is a folder" in result.stderr and result.stderr.count("\n") == 1
     assert not Path(f"{tmp_path}.partial").exists()
