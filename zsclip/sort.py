@@ -78,6 +78,32 @@ def safe_name(label: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     return name
 
 
+class FolderNames:
+    """Label -> folder name, one-to-one: two labels that clean to one name (or differ only in case, which
+    macOS and Windows file systems do not tell apart) get '-2', '-3' in the order they are first seen."""
+
+    def __init__(self, labels: Iterable[str] = ()):
+        self.folders: dict[str, str] = {}
+        self._taken: dict[str, str] = {}  # folder name, case-folded -> label
+        for label in labels:
+            self[label]
+
+    def claim(self, label: str, folder: str) -> None:
+        """Keep a folder given earlier (a resumed sort)."""
+        self.folders.setdefault(label, folder)
+        self._taken.setdefault(folder.casefold(), label)
+
+    def __getitem__(self, label: str) -> str:
+        if label not in self.folders:
+            base = safe_name(label)
+            name, n = base, 1
+            while self._taken.get(name.casefold(), label) != label:
+                n += 1
+                name = f"{base}-{n}"
+            self.claim(label, name)
+        return self.folders[label]
+
+
 def check_sort_target(
     directory: str | os.PathLike,
     mode: str = "copy",
@@ -186,8 +212,8 @@ class Sorter:
         self.mode = mode
         self.dry_run = dry_run
         self.counts: Counter[str] = Counter()  # label -> images placed by this run
-        self.folders: dict[str, str] = {}  # label -> folder name under root
-        self._taken: dict[str, str] = {}  # folder name, case-folded (macOS, Windows) -> label
+        self.names = FolderNames()
+        self.folders = self.names.folders  # label -> folder name under root
         self.exclude = _Done()
         self.resumed = 0  # rows kept from the earlier run
         self.skipped = 0  # Skipped records seen (their files are not moved)
@@ -196,7 +222,7 @@ class Sorter:
         self._claimed: set[str] = set()  # destinations planned by a dry run (which writes nothing)
         rows = self._read_manifest() if resume and (self.root / MANIFEST).exists() else None
         for label in labels:
-            self._folder(label)
+            self.names[label]
         self._stream: IO[str]
         if dry_run:
             self._stream = plan or sys.stdout
@@ -236,7 +262,7 @@ class Sorter:
             torn = True
         for source, _dest, label, folder, *_ in rows:
             self.exclude.add(source)
-            self._claim(label, folder)
+            self.names.claim(label, folder)
         self.resumed = len(rows)
         if torn and not self.dry_run:
             with atomic.atomic_open(path, "w", encoding="utf-8", newline="") as f:
@@ -279,20 +305,6 @@ class Sorter:
                             tmp.unlink()
 
     # -- placing ---------------------------------------------------------------------------------------------
-    def _claim(self, label: str, folder: str) -> None:
-        self.folders.setdefault(label, folder)
-        self._taken.setdefault(folder.casefold(), label)
-
-    def _folder(self, label: str) -> str:
-        if label not in self.folders:
-            base = safe_name(label)
-            name, n = base, 1
-            while self._taken.get(name.casefold(), label) != label:
-                n += 1
-                name = f"{base}-{n}"
-            self._claim(label, name)
-        return self.folders[label]
-
     def renamed(self) -> dict[str, str]:
         """Labels whose folder is not the label itself: label -> folder."""
         return {label: folder for label, folder in self.folders.items() if label != folder}
@@ -318,7 +330,7 @@ class Sorter:
         source = os.path.abspath(record.path)
         if source in self.exclude.paths:
             return None
-        folder = self._folder(record.label)
+        folder = self.names[record.label]
         for _ in range(100):  # a name taken between the check and the rename (another writer) is retried
             name = self._free_name(folder, os.path.basename(source))
             dest = self.root / folder / name
