@@ -416,3 +416,15 @@ def test_resume_settles_the_unfinished_row(tmp_path):
         assert sorter.resumed == 2 and str(files[2]) not in sorter.exclude
         sorter.add(SimpleNamespace(path=str(files[2]), label="dog", prob=0.5, abstained=False))
     assert_each_image_once(src, out, before)
+
+
+def test_summary_says_what_went_where(photos, tmp_path):
+    out = tmp_path / "sorted"
+    with Sorter(out, "copy", labels=["cat", "dog/puppy"]) as sorter:
+        sorter.add(pred(photos / "a.jpg", "cat"))
+        sorter.add(pred(photos / "c.png", "dog/puppy"))
+        sorter.add(pred(photos / "d.jpg", "cat"))
+    assert sorter.summary() == [
+        f"sorted 3 images into {out} (copy): cat 2, dog/puppy 1",
+        "label 'dog/puppy' is in folder dog_puppy",
+    ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import html
 import io
 import json
@@ -69,7 +70,7 @@ class Gallery:
         preview: int = 48,
         thumb_size: int = 160,
         resume: bool = False,
-        workers: int = 2,
+        workers: int | None = None,
         title: str = "zsclip gallery",
         note: str = "",
     ):
@@ -86,9 +87,10 @@ class Gallery:
         (self.root / "thumbs").mkdir(parents=True, exist_ok=True)
         self.count = self._cut_torn(self.root / RECORDS) if continuing else 0
         self._records = open(self.root / RECORDS, "a" if continuing else "w", encoding="utf-8")  # noqa: SIM115
+        workers = workers or min(4, os.cpu_count() or 1)  # PIL decodes and encodes with the GIL released
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="thumbs")
         self._pending: deque[Future] = deque()
-        self._made: set[str] = set()
+        self._made: set[str] = set()  # thumbnails on disk, listed at close
         self._lock = threading.Lock()
         self.failed_thumbs = 0
 
@@ -159,6 +161,7 @@ class Gallery:
         self._pool.shutdown()
         self._records.close()
         predictions, skipped = _read_records(self.root / RECORDS)
+        self._made = _thumbnails(self.root)
         groups: dict[str, list[dict]] = {}
         for entry in predictions.values():
             groups.setdefault(ABSTAINED if entry["abstained"] else entry["label"], []).append(entry)
@@ -194,13 +197,13 @@ class Gallery:
             body = (
                 f'<p><a href="../{INDEX}#{_attr(_anchor(name))}">&larr; all labels</a></p>'
                 f"<h1>{_e(_heading(key))} <small>{len(entries):,} images</small></h1>{nav}"
-                f'<div class="grid">{"".join(_figure(e, self.root, pages) for e in chunk)}</div>{nav}'
+                f'<div class="grid">{"".join(_figure(e, self._made, "../", str(pages)) for e in chunk)}</div>{nav}'
             )
             (pages / file).write_text(_page(f"{_heading(key)}: page {i + 1} of {n}", body), encoding="utf-8")
         return [f"pages/{f}" for f in files]
 
     def _section(self, key: str, name: str, entries: list[dict], links: list[str]) -> str:
-        shown = "".join(_figure(e, self.root, self.root) for e in entries[: self.preview])
+        shown = "".join(_figure(e, self._made, "", str(self.root)) for e in entries[: self.preview])
         more = ""
         if links:
             page_links = " ".join(f'<a href="{_attr(quote(link))}">{i + 1}</a>' for i, link in enumerate(links))
@@ -273,6 +276,15 @@ def _read_records(path: Path) -> tuple[dict[str, dict], list[dict]]:
     return predictions, [s for p, s in skipped.items() if p not in predictions]
 
 
+def _thumbnails(root: Path) -> set[str]:
+    """The thumbnails on disk, as the records name them (one directory listing, not a stat per image)."""
+    made = set()
+    for folder in os.scandir(root / "thumbs"):
+        if folder.is_dir():
+            made.update(f"thumbs/{folder.name}/{f.name}" for f in os.scandir(folder.path) if f.name.endswith(".jpg"))
+    return made
+
+
 def _write_skipped(path: Path, skipped: list[dict]) -> None:
     with atomic.atomic_open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
@@ -336,30 +348,31 @@ def _anchor(name: str) -> str:
     return f"label-{name}"
 
 
-def _href(target: str, start: Path) -> str:
-    """A link to a local file from a page in `start`: relative where one exists, else a file: URI."""
+@functools.lru_cache(maxsize=4096)
+def _folder_href(folder: str, start: str) -> str:
+    """The link prefix from pages in `start` to files in `folder` (one relpath per folder, not per image)."""
     try:
-        return quote(Path(os.path.relpath(target, start)).as_posix())
+        return quote(Path(os.path.relpath(folder, start)).as_posix()) + "/"
     except ValueError:  # another drive on Windows
-        return Path(target).as_uri()
+        return Path(folder).as_uri() + "/"
 
 
-def _figure(entry: dict, root: Path, page_dir: Path) -> str:
+def _figure(entry: dict, made: set[str], up: str, page_dir: str) -> str:
     """One thumbnail: the image links to the file, the caption gives name and probability, hovering shows the
-    top-k (the title attribute)."""
+    top-k (the title attribute). `made`: the thumbnails that exist; `up`: from the page to DIR ('' or '../')."""
     ranked = "\n".join(f"{label}  {prob:.1%}" for label, prob in entry["top_k"])
     name = os.path.basename(entry["path"])
     tip = f"{entry['path']}\n{ranked}"
-    thumb = root / entry["thumb"]
-    src = _href(str(thumb), page_dir)
     guess = f"{_e(entry['top_k'][0][0])} " if entry["abstained"] and entry["top_k"] else ""
     picture = (
-        f'<img src="{_attr(src)}" alt="{_attr(name)}" loading="lazy">'
-        if thumb.exists()
+        f'<img src="{_attr(up + entry["thumb"])}" alt="{_attr(name)}" loading="lazy">'
+        if entry["thumb"] in made
         else '<span class="nothumb">no preview</span>'
     )
+    folder, file = os.path.split(entry["image"])
+    href = _folder_href(folder, page_dir) + quote(file)
     return (
-        f'<figure title="{_attr(tip)}"><a href="{_attr(_href(entry["image"], page_dir))}">{picture}</a>'
+        f'<figure title="{_attr(tip)}"><a href="{_attr(href)}">{picture}</a>'
         f'<figcaption><span class="name">{_e(name)}</span>{guess}{entry["prob"]:.1%}</figcaption></figure>'
     )
 

@@ -309,6 +309,19 @@ class Sorter:
         """Labels whose folder is not the label itself: label -> folder."""
         return {label: folder for label, folder in self.folders.items() if label != folder}
 
+    def summary(self) -> list[str]:
+        """Lines for the log: what went where, folders that differ from their labels, what went wrong."""
+        counts = ", ".join(f"{label} {n:,}" for label, n in self.counts.most_common())
+        done = "would sort" if self.dry_run else "sorted"
+        head = f"{done} {self.counts.total():,} images into {self.root} ({self.mode})"
+        lines = [head + (f": {counts}" if counts else "")]
+        if self.resumed:
+            lines[0] += f" ({self.resumed:,} sorted before)"
+        lines += [f"label {label!r} is in folder {folder}" for label, folder in self.renamed().items()]
+        lines += [f"warning: {source} was gone before it could be sorted" for source in self.missing]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return lines
+
     def _free_name(self, folder: str, name: str) -> str:
         """`name`, or name_1, name_2... : the first that is not taken in DIR/folder."""
         stem, ext = os.path.splitext(name)
