@@ -1,6 +1,7 @@
 """zsclip.gallery: the HTML parsed back (sections largest first, counts, top-k on hover, every link and image
 present, nothing external), label pages, thumbnails written while records arrive, resume, the folder checks."""
 
+import io
 import json
 import time
 from html.parser import HTMLParser
@@ -223,8 +224,21 @@ def test_a_new_gallery_replaces_an_earlier_one(tmp_path):
     assert not (tmp_path / "report/pages").exists()
 
 
-def test_labels_png_with_many_labels():
+def test_labels_png_with_many_labels(monkeypatch):
+    """30 label bars, one for the other 30 labels, then abstained and skipped (never folded into the others)."""
+    import matplotlib.axes
+
+    drawn = {}
+
+    real = matplotlib.axes.Axes.barh
+
+    def barh(self, y, width, **kw):
+        drawn["bars"] = list(width)[::-1]
+        return real(self, y, width, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", barh)
     png = labels_png([(f"label {i}", 100 - i) for i in range(60)] + [("unknown (abstained)", 7)], skipped=3)
     assert png.startswith(b"\x89PNG")
-    with Image.open(__import__("io").BytesIO(png)) as im:
-        assert im.height < 2000  # 40 bars, one for the other 20 labels, abstained, skipped
+    assert drawn["bars"] == [100 - i for i in range(30)] + [sum(100 - i for i in range(30, 60)), 7, 3]
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.height < 1200

@@ -38,7 +38,7 @@ INDEX = "gallery.html"
 CHART = "labels.png"
 SKIPPED_CSV = "skipped.csv"
 SKIPPED_SHOWN = 1000  # skipped files listed in gallery.html; all of them are in skipped.csv
-CHART_BARS = 40
+CHART_BARS = 30
 ABSTAINED = "abstained"  # section key of images below --threshold (their label is 'unknown')
 
 
@@ -299,17 +299,17 @@ def labels_png(counts: list[tuple[str, int]], skipped: int = 0) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = counts[:CHART_BARS]
-    rest = counts[CHART_BARS:]
-    bars = [(name, n, "#4a7ab7") for name, n in shown if name != _heading(ABSTAINED)]
+    labels = [(name, n) for name, n in counts if name != _heading(ABSTAINED)]
+    bars = [(name, n, "#4a7ab7") for name, n in labels[:CHART_BARS]]
+    rest = labels[CHART_BARS:]
     if rest:
         bars.append((f"{len(rest)} more labels", sum(n for _, n in rest), "#9bb5d6"))
-    bars += [(name, n, "#999999") for name, n in shown if name == _heading(ABSTAINED)]
+    bars += [(name, n, "#999999") for name, n in counts if name == _heading(ABSTAINED)]
     if skipped:
         bars.append(("skipped", skipped, "#cccccc"))
     if not bars:
         bars = [("no images", 0, "#999999")]
-    fig, ax = plt.subplots(figsize=(7, 0.32 * len(bars) + 1.1), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 0.24 * len(bars) + 1.0), dpi=100)
     names = [n if len(n) <= 32 else n[:31] + "…" for n, _, _ in bars][::-1]
     values = [v for _, v, _ in bars][::-1]
     ax.barh(range(len(bars)), values, color=[c for _, _, c in bars][::-1])
@@ -318,6 +318,7 @@ def labels_png(counts: list[tuple[str, int]], skipped: int = 0) -> bytes:
     for y, v in enumerate(values):
         ax.text(v + top * 0.01, y, f"{v:,}", va="center", fontsize=8)
     ax.set_xlim(0, top * 1.15)
+    ax.margins(y=0.01)
     ax.set_xlabel("images")
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -390,8 +391,8 @@ h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom
 h2 small,p.more{font-weight:normal;color:#777;font-size:.85em}
 .count{background:#eef2f8;border-radius:1em;padding:0 .6em;font-size:.8em;font-weight:normal}
 .top{display:flex;gap:2em;align-items:flex-start;flex-wrap:wrap}
-img.chart{max-width:100%;height:auto;border:1px solid #eee}
-ol.toc{columns:2;column-gap:2em;font-size:.9em;margin:0;min-width:16em}
+img.chart{flex:0 1 700px;min-width:0;max-width:100%;height:auto;border:1px solid #eee}
+ol.toc{flex:1 1 16em;columns:2 12em;column-gap:2em;font-size:.9em;margin:0;max-height:36em;overflow:auto}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
 figure{margin:0;width:160px;font-size:.78em;text-align:center}
 figure img,.nothumb{width:160px;height:160px;object-fit:contain;background:#f4f4f4;display:block;
