@@ -428,3 +428,25 @@ def test_summary_says_what_went_where(photos, tmp_path):
         f"sorted 3 images into {out} (copy): cat 2, dog/puppy 1",
         "label 'dog/puppy' is in folder dog_puppy",
     ]
+
+
+def test_file_names_with_line_breaks_survive_a_resume(photos, tmp_path):
+    odd = photos / "we\nird\u2028name\r.jpg"
+    odd.write_bytes(b"odd")
+    out = tmp_path / "sorted"
+    with Sorter(out, "move") as sorter:
+        sorter.add(pred(odd, "cat"))
+        sorter.add(pred(photos / "a.jpg", "cat"))
+    with Sorter(out, "move", resume=True) as sorter:
+        assert sorter.resumed == 2 and str(odd) in sorter.exclude
+    assert (out / "cat" / odd.name).read_bytes() == b"odd" and manifest(out)[0]["source"] == str(odd)
+
+
+def test_the_sink_modules_import_neither_torch_nor_matplotlib():
+    code = (
+        "import os, sys, types; pkg = types.ModuleType('zsclip'); pkg.__path__ = [os.path.join(sys.argv[1], 'zsclip')];"
+        "sys.modules['zsclip'] = pkg; import zsclip.sort, zsclip.gallery;"
+        "print(sorted(m for m in ('torch', 'matplotlib', 'numpy', 'PIL') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -22,6 +22,7 @@ import contextlib
 import csv
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -249,7 +250,7 @@ class Sorter:
         path = self.root / MANIFEST
         data = path.read_bytes()
         text = data.decode("utf-8", errors="replace")
-        parsed = list(csv.reader(text.splitlines(keepends=True)))
+        parsed = list(csv.reader(io.StringIO(text, newline="")))  # a file name may hold any line break
         if not parsed or parsed[0] != COLUMNS:
             raise UsageError(f"--resume: {path} is not a zsclip sort manifest (columns {','.join(COLUMNS)})")
         written = parsed[1:]
