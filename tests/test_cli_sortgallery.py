@@ -1,0 +1,184 @@
+"""`zsclip classify ... --sort-into DIR [--mode copy|link|move] [--dry-run] [--resume]` and `--report DIR`
+through the real CLI (issue 13, sections 3 and 4). Runs once the lead has wired the options to zsclip.sort and
+zsclip.gallery."""
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from zsclip.cli import app
+from zsclip.sort import MANIFEST
+
+from .test_gallery import Page
+
+runner = CliRunner()
+CLASSES = "red,green,blue"
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """Six small generated images, two of them with one name in different folders."""
+    root = tmp_path / "photos"
+    (root / "more").mkdir(parents=True)
+    colors = [(220, 20, 20), (20, 200, 30), (30, 40, 220), (200, 60, 60), (40, 40, 200), (90, 210, 90)]
+    for i, color in enumerate(colors):
+        name = ("more/" if i >= 3 else "") + ("same.png" if i in (0, 3) else f"img{i}.png")
+        Image.new("RGB", (40, 32), color).save(root / name)
+    return root
+
+
+def common(photos, model):
+    return ["classify", photos, "-c", CLASSES, "-m", model, "-t", "photo"]
+
+
+def files(root: Path) -> list[bytes]:
+    return sorted(p.read_bytes() for p in root.rglob("*") if p.is_file() and p.suffix == ".png")
+
+
+def manifest(root: Path) -> list[dict]:
+    return list(csv.DictReader((root / MANIFEST).open(newline="", encoding="utf-8")))
+
+
+@pytest.mark.parametrize("mode", ["copy", "link", "move"])
+def test_sort_into_puts_each_image_in_its_label_folder(tiny_model_dir, photos, tmp_path, mode):
+    before = files(photos)
+    out = tmp_path / "sorted"
+    result = run(*common(photos, tiny_model_dir), "--sort-into", out, "--mode", mode)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]  # the predictions as ever
+    rows = manifest(out)
+    assert len(rows) == len(records) == 6
+    by_source = {r["source"]: r for r in rows}
+    for record in records:
+        row = by_source[os.path.abspath(record["path"])]
+        assert row["label"] == record["label"] and Path(row["destination"]).parent.name == record["label"]
+    names = sorted(Path(r["destination"]).name for r in rows)
+    assert "same.png" in names and "same_1.png" in names  # the second one did not overwrite the first
+    assert files(out) == before
+    assert files(photos) == ([] if mode == "move" else before)
+    assert f"sorted 6 images into {out}" in result.stderr
+
+
+def test_threshold_sends_doubtful_images_to_unknown(tiny_model_dir, photos, tmp_path):
+    out = tmp_path / "sorted"
+    result = run(*common(photos, tiny_model_dir), "--sort-into", out, "--threshold", "0.999")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [MANIFEST, "unknown"]
+    assert all(r["abstained"] == "True" for r in manifest(out))
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(tiny_model_dir, photos, tmp_path):
+    before = files(photos)
+    out = tmp_path / "sorted"
+    result = run(*common(photos, tiny_model_dir), "--sort-into", out, "--mode", "move", "--dry-run")
+    assert result.exit_code == 0, result.output
+    plan = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(plan) == 6 and len({r["destination"] for r in plan}) == 6
+    assert not out.exists() and files(photos) == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sort-into", "{tmp}/s", "--mode", "shuffle"], "--mode shuffle"),
+        (["--sort-into", "{photos}/sorted"], "is inside"),
+        (["--mode", "move"], "--mode needs --sort-into"),
+        (["--dry-run"], "--dry-run needs --sort-into"),
+        (["--report", "{photos}/more"], "no zsclip gallery"),
+    ],
+)
+def test_mistakes_are_usage_errors(tiny_model_dir, photos, tmp_path, extra, message):
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{photos}", str(photos)) for a in extra]
+    result = run(*common(photos, tiny_model_dir), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_an_earlier_sort_needs_resume(tiny_model_dir, photos, tmp_path):
+    out = tmp_path / "sorted"
+    assert run(*common(photos, tiny_model_dir), "--sort-into", out).exit_code == 0
+    again = run(*common(photos, tiny_model_dir), "--sort-into", out)
+    assert again.exit_code == 2 and "--resume" in again.stderr
+    moved = run(*common(photos, tiny_model_dir), "--sort-into", out, "--mode", "move", "--resume")
+    assert moved.exit_code == 2 and "mode" in moved.stderr
+    (photos / "new.png").write_bytes((photos / "img1.png").read_bytes())
+    resumed = run(*common(photos, tiny_model_dir), "--sort-into", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(manifest(out)) == 7  # only the new image was added
+
+
+def test_unsafe_label_names_become_safe_folders(tiny_model_dir, photos, tmp_path):
+    out = tmp_path / "sorted"
+    result = run(*common(photos, tiny_model_dir)[:2], "-c", "a/b,..,CON", "-m", tiny_model_dir, "-t", "photo",
+                 "--sort-into", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    folders = {r["label"]: r["folder"] for r in manifest(out)}
+    expected = {"a/b": "a_b", "..": "label-", "CON": "CON_"}  # '..' has nothing left: label-<hash>
+    assert folders and all(folders[label].startswith(expected[label]) for label in folders)
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {MANIFEST, *folders.values()}
+    assert "label 'a/b' is in folder a_b" in result.stderr or "a/b" not in folders
+
+
+def test_report_writes_a_gallery(tiny_model_dir, photos, tmp_path):
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    report = tmp_path / "report"
+    result = run(*common(photos, tiny_model_dir), "--report", report, "--threshold", "0.5")
+    assert result.exit_code == 0, result.output
+    page = Page(report / "gallery.html")
+    figures = sum(len(s["figures"]) for s in page.sections)
+    assert figures == 6
+    assert sum(int(s["count"]) for s in page.sections if s["id"] != "skipped") == 6
+    assert page.sections[-1]["id"] == "skipped" and int(page.sections[-1]["count"]) == 1
+    assert all(page.target(link).exists() for link in page.links)
+    assert (report / "labels.png").exists()
+
+
+def test_report_and_move_together_show_the_images_where_they_went(tiny_model_dir, photos, tmp_path):
+    out, report = tmp_path / "sorted", tmp_path / "report"
+    result = run(*common(photos, tiny_model_dir), "--sort-into", out, "--mode", "move", "--report", report)
+    assert result.exit_code == 0, result.output
+    page = Page(report / "gallery.html")
+    assert page.figures and all(page.target(f["href"]).is_relative_to(out.resolve()) for f in page.figures)
+    assert all(page.target(f["src"]).exists() for f in page.figures)
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_move_then_resume_loses_nothing_and_doubles_nothing(tiny_model_dir, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "sorted"
+    rng = np.random.default_rng(0)
+    for i in range(240):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(src / f"d{i % 4}" / f"{i:04d}.png")
+    before = files(src)
+    cmd = [sys.executable, "-m", "zsclip", *map(str, common(src, tiny_model_dir)), "--sort-into", str(out),
+           "--mode", "move", "--batch-size", "4", "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / MANIFEST).exists() or (out / MANIFEST).read_bytes().count(b"\n") < 60:
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 0 < len(files(out)) < 240
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert files(src) == [] and files(out) == before
+    rows = manifest(out)
+    assert len(rows) == 240 and len({r["source"] for r in rows}) == 240
+    assert sorted((out / r["destination"]).read_bytes() for r in rows) == before

@@ -1,0 +1,492 @@
+"""Classified images -> DIR/<label>/ (copy, link or move), with a manifest that makes a killed move resumable.
+
+Crash safety rests on one order, per image: the manifest row first (flushed), then the file. So after a kill only
+the manifest's last row can be unfinished, and on --resume that row alone is checked against the disk:
+
+    destination there, source gone          done (a move that finished; or copy/link: the source stays anyway)
+    destination there, source there (move)  the copy finished, the source was not yet removed: remove it now
+    destination missing, source there       not done: the row is dropped and the image sorted again
+    both missing                            someone else removed them: the row is dropped, with a warning
+
+Files appear under their final name only whole: a copy is written to a hidden temporary name beside it and then
+linked or renamed into place; a move on the same file system is a rename (an image is at its old name or its new
+one, never both, never neither); across file systems it is copy + fsync + rename, and the source is removed only
+after that. Leftover temporary files of a killed run are deleted on --resume. Only that cross-device move fsyncs
+per image (it is the one step that destroys a copy); the manifest is fsynced every few seconds and the folders
+at close, so a power cut (not a kill) may cost a copy its last seconds, never an image its only copy.
+
+Labels become folder names through `safe_name`; the manifest states the folder of every label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from . import atomic
+from .errors import UsageError, ZsclipError, is_disk_full
+
+if TYPE_CHECKING:  # classify imports torch; a sink must not
+    from .classify import Prediction, Skipped
+
+MODES = ("copy", "link", "move")
+MANIFEST = "manifest.csv"
+COLUMNS = ["source", "destination", "label", "folder", "prob", "abstained"]
+STATE = ".zsclip-sort.json"  # the options of the sort, so --resume cannot continue a copy as a move
+TMP_PREFIX = ".zsclip-"
+TMP_SUFFIX = ".tmp"
+MAX_NAME_BYTES = 100  # a folder name; file systems allow 255, but a folder name this long helps no one
+
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+_OURS = {MANIFEST, "thumbs", "pages"}  # names in DIR that a label folder must not take
+_BAD_CHARS = re.compile(r'[\x00-\x1f\x7f/\\<>:"|?*]')
+
+
+def _hook(point: str) -> None:
+    """Called between the steps of placing a file ("row", "copied", "placed"); tests replace it to kill the
+    process in each crash window."""
+
+
+def safe_name(label: str, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """A folder name that is valid on Linux, macOS and Windows for `label`: path separators and characters
+    Windows forbids become '_', leading dots (hidden folders, '..') and trailing dots and spaces go, reserved
+    device names (CON, NUL, COM1...) get a '_', long names are cut and given a hash of the label, so two long
+    labels stay apart, and a label with nothing left becomes 'label-<hash>'."""
+    digest = hashlib.sha1(label.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    name = _BAD_CHARS.sub("_", label).strip().lstrip(".").rstrip(". ")
+    if not name.strip("_"):
+        return f"label-{digest}"
+    base, dot, rest = name.partition(".")
+    if base.rstrip(" ").lower() in _RESERVED:  # Windows reserves "NUL" and "nul.txt" alike
+        name = f"{base}_{dot}{rest}"
+    elif name.lower() in _OURS:
+        name += "_"
+    if len(name.encode("utf-8", "surrogatepass")) > max_bytes:
+        cut = name.encode("utf-8", "surrogatepass")[: max_bytes - 9].decode("utf-8", "ignore").rstrip(". ")
+        name = f"{cut}-{digest}"
+    return name
+
+
+class FolderNames:
+    """Label -> folder name, one-to-one: two labels that clean to one name (or differ only in case, which
+    macOS and Windows file systems do not tell apart) get '-2', '-3' in the order they are first seen."""
+
+    def __init__(self, labels: Iterable[str] = ()):
+        self.folders: dict[str, str] = {}
+        self._taken: dict[str, str] = {}  # folder name, case-folded -> label
+        for label in labels:
+            self[label]
+
+    def claim(self, label: str, folder: str) -> None:
+        """Keep a folder given earlier (a resumed sort)."""
+        self.folders.setdefault(label, folder)
+        self._taken.setdefault(folder.casefold(), label)
+
+    def __getitem__(self, label: str) -> str:
+        if label not in self.folders:
+            base = safe_name(label)
+            name, n = base, 1
+            while self._taken.get(name.casefold(), label) != label:
+                n += 1
+                name = f"{base}-{n}"
+            self.claim(label, name)
+        return self.folders[label]
+
+
+def check_sort_target(
+    directory: str | os.PathLike,
+    mode: str = "copy",
+    *,
+    dry_run: bool = False,
+    resume: bool = False,
+    sources: Iterable[tuple[str, bool]] = (),
+    recursive: bool = True,
+    settings: dict | None = None,
+) -> None:
+    """The checks of --sort-into that need no model, so a mistake costs no loading. `sources` are the
+    (path, explicit) pairs of images.expand_sources; `settings` (with the mode) must match a sort being
+    resumed. Raises UsageError."""
+    if mode not in MODES:
+        raise UsageError(f"--mode {mode}: use one of {', '.join(MODES)}")
+    root = Path(directory)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--sort-into {root}: is a file, not a folder")
+    manifest = root / MANIFEST
+    if manifest.exists() and not resume:
+        raise UsageError(
+            f"--sort-into {root}: {manifest} holds an earlier sort; add --resume to continue it "
+            "(or to add new images to it), or choose another folder"
+        )
+    if resume and manifest.exists():
+        _check_state(root, {"mode": mode, **(settings or {})})
+    here = os.path.realpath(root)
+    for path, explicit in sources:
+        if explicit:
+            continue
+        src = os.path.realpath(path)
+        inside = here == src or (recursive and here.startswith(src.rstrip(os.sep) + os.sep))
+        if inside:
+            raise UsageError(
+                f"--sort-into {root} is inside {path}, which is being classified: choose a folder outside it"
+            )
+        if src.startswith(here.rstrip(os.sep) + os.sep):
+            raise UsageError(f"{path} is inside --sort-into {root}: sort from a folder outside it")
+    if not dry_run:
+        existing = root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"--sort-into {root}: cannot write into {existing} (permission denied)")
+
+
+def _check_state(root: Path, wanted: dict) -> None:
+    state = root / STATE
+    try:
+        before = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    if not isinstance(before, dict):
+        raise UsageError(f"{state} is missing or damaged: cannot tell how {root / MANIFEST} was made")
+    wanted = json.loads(json.dumps(wanted))  # as it reads back: tuples become lists
+    changed = [k for k in wanted if before.get(k) != wanted[k]]
+    if changed:
+        was = ", ".join(f"{k} {before.get(k)!r}" for k in changed if k == "mode")
+        raise UsageError(
+            f"--resume: {root} was sorted with other {', '.join(changed)}{f' ({was})' if was else ''}; "
+            "use the same options, or sort into another folder"
+        )
+
+
+class _Done:
+    """The sources a sort has placed, for classify(exclude=...): matched by absolute path, so a resume run
+    from another working directory leaves them out all the same."""
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and os.path.abspath(path) in self.paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def add(self, path: str) -> None:
+        self.paths.add(path)
+
+
+class Sorter:
+    """A sink for classify records: `add` places each classified image in DIR/<folder of its label>/ and
+    writes its manifest row; skipped files stay where they are. `close` when done (or use `with`).
+
+    `labels`: the class names, if known, so folders are given in class order (two labels that clean to one
+    name get '-2', '-3' in that order) rather than in the order images arrive. `settings` are stored and must
+    match on --resume (mode always). `plan` is where --dry-run writes its rows (stdout by default).
+    `exclude` holds the sources already sorted: pass it to classify(exclude=...) on --resume."""
+
+    SYNC_EVERY = 5.0  # seconds between manifest fsyncs: what a power cut may cost the manifest; kill -9 costs none
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        mode: str = "copy",
+        *,
+        dry_run: bool = False,
+        resume: bool = False,
+        labels: Iterable[str] = (),
+        settings: dict | None = None,
+        plan: IO[str] | None = None,
+    ):
+        check_sort_target(directory, mode, dry_run=dry_run, resume=resume, settings=settings)
+        self.root = Path(directory)
+        self.mode = mode
+        self.dry_run = dry_run
+        self.counts: Counter[str] = Counter()  # label -> images placed by this run
+        self.names = FolderNames()
+        self.folders = self.names.folders  # label -> folder name under root
+        self.exclude = _Done()
+        self.resumed = 0  # rows kept from the earlier run
+        self.skipped = 0  # Skipped records seen (their files are not moved)
+        self.missing: list[str] = []  # sources gone between classification and sorting
+        self.warnings: list[str] = []
+        self._claimed: set[str] = set()  # destinations planned by a dry run (which writes nothing)
+        rows = self._read_manifest() if resume and (self.root / MANIFEST).exists() else None
+        for label in labels:
+            self.names[label]
+        self._stream: IO[str]
+        if dry_run:
+            self._stream = plan or sys.stdout
+            self._csv = csv.writer(self._stream)
+            self._csv.writerow(COLUMNS)
+            return
+        if rows is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(self.root / STATE, json.dumps({"mode": mode, **(settings or {})}, indent=1) + "\n")
+            self._stream = open(self.root / MANIFEST, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            self._csv = csv.writer(self._stream)
+            self._csv.writerow(COLUMNS)
+            self._stream.flush()
+        else:
+            self._clean_temporary()
+            self._stream = open(self.root / MANIFEST, "a", encoding="utf-8", newline="")  # noqa: SIM115
+            self._csv = csv.writer(self._stream)
+        self._synced = time.monotonic()
+
+    # -- resuming --------------------------------------------------------------------------------------------
+    def _read_manifest(self) -> list[list[str]]:
+        """Rows of the earlier run, its unfinished last row settled (see the module docstring), and the
+        manifest rewritten if a torn or unfinished row had to go."""
+        path = self.root / MANIFEST
+        data = path.read_bytes()
+        text = data.decode("utf-8", errors="replace")
+        parsed = list(csv.reader(io.StringIO(text, newline="")))  # a file name may hold any line break
+        if not parsed or parsed[0] != COLUMNS:
+            raise UsageError(f"--resume: {path} is not a zsclip sort manifest (columns {','.join(COLUMNS)})")
+        written = parsed[1:]
+        if written and not data.endswith(b"\n"):
+            written.pop()  # the kill cut the last row short: even a field that parses may be half a path
+        rows = [r for r in written if self._complete(r)]
+        torn = len(rows) != len(parsed) - 1
+        if rows and not self._settle(rows[-1]):
+            rows.pop()
+            torn = True
+        if self.mode == "move":  # after a power cut, renames older than the last row may be lost too
+            kept = [r for r in rows if os.path.lexists(self.root / r[1]) or not os.path.lexists(r[0])]
+            torn, rows = torn or len(kept) < len(rows), kept
+        for source, _dest, label, folder, *_ in rows:
+            self.exclude.add(source)
+            self.names.claim(label, folder)
+        self.resumed = len(rows)
+        if torn and not self.dry_run:
+            with atomic.atomic_open(path, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(COLUMNS)
+                writer.writerows(rows)
+        return rows
+
+    @staticmethod
+    def _complete(row: list[str]) -> bool:
+        if len(row) != len(COLUMNS) or row[5] not in ("True", "False"):
+            return False
+        try:
+            float(row[4])
+        except ValueError:
+            return False
+        return True
+
+    def _settle(self, row: list[str]) -> bool:
+        """Finish or undo the last row of a killed run; False when the row must go (its image is redone)."""
+        source, dest = row[0], str(self.root / row[1])
+        if not os.path.lexists(dest):
+            if not os.path.lexists(source):
+                self.warnings.append(f"{source}: neither it nor {dest} exists any more (removed by hand?)")
+            return False
+        if self.mode == "move" and os.path.lexists(source) and not self.dry_run:
+            if _same_file(source, dest) or os.path.getsize(source) == os.path.getsize(dest):
+                os.unlink(source)  # the copy is whole (it was renamed into place only after fsync)
+                atomic.fsync_dir(os.path.dirname(source) or ".")
+            else:
+                self.warnings.append(f"{source}: kept; {dest} differs from it in size")
+        return True
+
+    def _clean_temporary(self) -> None:
+        with contextlib.suppress(OSError):
+            for folder in self.root.iterdir():
+                if folder.is_dir() and not folder.is_symlink():
+                    for tmp in folder.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+                        with contextlib.suppress(OSError):
+                            tmp.unlink()
+
+    # -- placing ---------------------------------------------------------------------------------------------
+    def renamed(self) -> dict[str, str]:
+        """Labels whose folder is not the label itself: label -> folder."""
+        return {label: folder for label, folder in self.folders.items() if label != folder}
+
+    def summary(self) -> list[str]:
+        """Lines for the log: what went where, folders that differ from their labels, what went wrong."""
+        counts = ", ".join(f"{label} {n:,}" for label, n in self.counts.most_common())
+        done = "would sort" if self.dry_run else "sorted"
+        head = f"{done} {self.counts.total():,} images into {self.root} ({self.mode})"
+        lines = [head + (f": {counts}" if counts else "")]
+        if self.resumed:
+            lines[0] += f" ({self.resumed:,} sorted before)"
+        lines += [f"label {label!r} is in folder {folder}" for label, folder in self.renamed().items()]
+        lines += [f"warning: {source} was gone before it could be sorted" for source in self.missing]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return lines
+
+    def _free_name(self, folder: str, name: str) -> str:
+        """`name`, or name_1, name_2... : the first that is not taken in DIR/folder."""
+        stem, ext = os.path.splitext(name)
+        candidate, n = name, 0
+        while os.path.lexists(self.root / folder / candidate) or f"{folder}/{candidate}" in self._claimed:
+            n += 1
+            suffix = f"_{n}{ext}"
+            while len((stem + suffix).encode("utf-8", "surrogateescape")) > 255:
+                stem = stem[:-1]
+            candidate = stem + suffix
+        return candidate
+
+    def add(self, record: Prediction | Skipped) -> Path | None:
+        """Place one classified image; returns where it went (or would go, in a dry run), or None for a
+        skipped file, an image this sort has already, or a source that is gone."""
+        if not hasattr(record, "label"):
+            self.skipped += 1
+            return None
+        source = os.path.abspath(record.path)
+        if source in self.exclude.paths:
+            return None
+        folder = self.names[record.label]
+        for _ in range(100):  # a name taken between the check and the rename (another writer) is retried
+            name = self._free_name(folder, os.path.basename(source))
+            dest = self.root / folder / name
+            row = [source, f"{folder}/{name}", record.label, folder, f"{record.prob:.6f}", bool(record.abstained)]
+            if self.dry_run:
+                self._csv.writerow(row)
+                self._claimed.add(f"{folder}/{name}")
+                outcome = "placed"
+            else:
+                outcome = self._place(row, source, dest)
+            if outcome != "taken":
+                break
+        else:
+            raise ZsclipError(f"{self.root / folder}: could not find a free name for {source}")
+        if outcome == "missing":
+            self.missing.append(source)
+            return None
+        self.exclude.add(source)
+        self.counts[record.label] += 1
+        return dest
+
+    def _place(self, row: list, source: str, dest: Path) -> str:
+        """Row first, then the file: "placed", or "taken" when `dest` was taken meanwhile, or "missing" when
+        the source is gone (the row is taken back)."""
+        if not os.path.lexists(source):
+            return "missing"
+        start = self._stream.tell()
+        self._csv.writerow(row)
+        self._stream.flush()
+        _hook("row")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if self.mode == "move":
+                _move(source, dest)
+            elif self.mode == "copy":
+                _via_temporary(dest, lambda tmp: shutil.copy2(source, tmp))
+            else:
+                _via_temporary(dest, lambda tmp: os.symlink(source, tmp))
+        except BaseException as exc:
+            self._take_back(start)
+            if isinstance(exc, FileExistsError):
+                return "taken"
+            if isinstance(exc, FileNotFoundError) and not os.path.lexists(source):
+                return "missing"
+            if isinstance(exc, OSError):
+                full = " (the disk is full: free space, then --resume)" if is_disk_full(exc) else ""
+                raise ZsclipError(f"--sort-into: cannot {self.mode} {source} to {dest}: {exc}{full}") from exc
+            raise
+        self._tick()
+        return "placed"
+
+    def _take_back(self, offset: int) -> None:
+        """Remove the last row: its file was not placed."""
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+            self._stream.truncate(offset)
+
+    def _tick(self) -> None:
+        if time.monotonic() - self._synced > self.SYNC_EVERY:
+            os.fsync(self._stream.fileno())
+            self._synced = time.monotonic()
+
+    def close(self) -> None:
+        """Flush the plan, or make the manifest durable."""
+        if self._stream.closed:
+            return
+        self._stream.flush()
+        if not self.dry_run:
+            with contextlib.suppress(OSError):
+                os.fsync(self._stream.fileno())
+            self._stream.close()
+            # Placing a file syncs nothing where a kill -9 cannot lose it (a power cut could); the sort's
+            # folders are made durable here, once, not per image (which cost 10x the time on a virtual disk).
+            for folder in {self.root, *(self.root / f for f in self.folders.values())}:
+                atomic.fsync_dir(folder)
+
+    def __enter__(self) -> Sorter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- file operations ---------------------------------------------------------------------------------------
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _commit(src: str | os.PathLike, dest: Path) -> None:
+    """Give `src` the name `dest` unless that name exists (FileExistsError): a hard link fails on an existing
+    name where rename would replace it; file systems without hard links get an existence check and a rename."""
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
+        os.rename(src, dest)
+        return
+    os.unlink(src)
+
+
+def _via_temporary(dest: Path, write, durable: bool = False) -> None:
+    """Write with `write(tmp)` to a hidden name beside `dest`, then give it the name `dest`; `durable`: the
+    file and its name are on disk (fsynced) before this returns."""
+    tmp = dest.parent / f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        _hook("copied")
+        _commit(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        atomic.fsync_dir(dest.parent)
+    _hook("placed")
+
+
+def _move(source: str, dest: Path) -> None:
+    """A rename on the same file system (atomic: the image has its old name or its new one); across file
+    systems a copy made durable before the source is removed."""
+    try:
+        _commit(source, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _via_temporary(dest, lambda tmp: shutil.copy2(source, tmp), durable=True)
+        os.unlink(source)
+        return
+    _hook("placed")
