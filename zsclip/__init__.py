@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from .cache import Cache, cache_dir
 from .classify import Prediction, Skipped, classify, probabilities
 from .errors import UsageError, ZsclipError
+from .locate import LocateResult, Segment, locate
 from .models import ClipModel, list_models, load_model, parse_spec
 from .prompts import TemplateSet, list_template_sets, load_templates, parse_classes, read_classes_file
 from .text import Classifier, build_classifier
@@ -19,7 +20,9 @@ __all__ = [
     "Cache",
     "Classifier",
     "ClipModel",
+    "LocateResult",
     "Prediction",
+    "Segment",
     "Skipped",
     "TemplateSet",
     "UsageError",
@@ -32,6 +35,7 @@ __all__ = [
     "list_template_sets",
     "load_model",
     "load_templates",
+    "locate",
     "parse_classes",
     "parse_spec",
     "probabilities",
