@@ -6,11 +6,14 @@ all-pairs search is O(m^2). Instead, per text:
 
 - the curve is lightly smoothed (a centred moving average over about `smooth` seconds, at least 3 samples when
   fps allows), which leaves the time where a step crosses half height where it was;
-- a baseline comes from the curve itself, midway between its median (what most of the video looks like to this
-  text) and its maximum (what the best match looks like); frames above it count for a segment, frames below
-  against it;
+- a baseline comes from the (unsmoothed) curve itself, midway between its median (what most of the video looks
+  like to this text) and its maximum (what the best match looks like); frames above it count for a segment,
+  frames below against it. A text that matches most of the video raises its own median, so segments then
+  shrink toward the strongest part;
 - the segment is the maximum-sum run of (smoothed similarity - baseline) whose length lies within
-  [min_seconds, max_seconds]: prefix sums and a sliding-window minimum find it in O(m);
+  [min_seconds, max_seconds]: prefix sums and a sliding-window minimum find it in O(m); its end samples whose
+  own, unsmoothed similarity is below the baseline are then trimmed (smoothing spreads a match into its
+  neighbours; the raw curve places the edges);
 - `top` > 1 repeats the search in what the earlier segments leave free (N non-overlapping segments, best first
   by that sum; after the first, only runs whose sum is positive);
 - `ordered` reads the texts as a narration: one segment per text, in the texts' order, not overlapping, chosen
@@ -294,7 +297,7 @@ def _search(frames, texts, curves, min_seconds, max_seconds, top, ordered, smoot
     m, fps = curves.shape[1], frames.fps
     window = smoothing_window(fps, smooth_seconds)
     smoothed = np.stack([smooth(c, window) for c in curves])
-    bases = np.array([baseline(c) for c in smoothed])
+    bases = np.array([baseline(c) for c in curves])  # raw: smoothing would lower the maximum it is taken from
     ds = np.where(np.isfinite(smoothed), smoothed - bases[:, None], _DAMAGED)
     lmin, lmax = _lengths(m, fps, min_seconds, max_seconds)
     if lmin > m:
@@ -308,12 +311,23 @@ def _search(frames, texts, curves, min_seconds, max_seconds, top, ordered, smoot
     segments = []
     for t, text in enumerate(texts):
         for i, j in runs[t]:
+            i, j = trim(curves[t], bases[t], i, j, lmin)
             score = float(np.nanmean(curves[t, i:j])) if np.isfinite(curves[t, i:j]).any() else float("nan")
             segments.append(Segment(text, i / fps, min(j / fps, frames.duration), score))
     return LocateResult(
         frames.path, frames.duration, fps, list(texts), frames.times, curves, smoothed, bases, segments,
         frames.warnings, frames.encoded, frames.reused,
     )  # fmt: skip
+
+
+def trim(curve: np.ndarray, base: float, i: int, j: int, lmin: int) -> tuple[int, int]:
+    """Drop end samples whose own (unsmoothed) similarity is below the baseline: smoothing finds the segment
+    robustly but spreads a strong match into its neighbours, so the edges are decided on the raw curve."""
+    while j - i > lmin and not curve[i] >= base:  # `not >=`: a NaN (damaged) edge goes too
+        i += 1
+    while j - i > lmin and not curve[j - 1] >= base:
+        j -= 1
+    return i, j
 
 
 def temporal_iou(a: tuple[float, float], b: tuple[float, float]) -> float:

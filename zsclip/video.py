@@ -50,7 +50,7 @@ def _av():
 
 @dataclass
 class VideoInfo:
-    """What the container header says, plus what the first frame says about rotation."""
+    """What the container header says (read without decoding a frame)."""
 
     path: str
     duration: float | None  # seconds, from the header; None when the header does not say
@@ -58,7 +58,6 @@ class VideoInfo:
     height: int
     codec: str
     rate: float | None  # nominal frames per second
-    rotation: int  # degrees the frames are turned to display upright (0, 90, 180, 270), from the display matrix
     start: float  # the stream's first timestamp, seconds; sample times are relative to it
 
 
@@ -71,8 +70,13 @@ def open_container(path: str):
         raise UsageError(f"{path} is a directory; give video files")
     try:
         container = av.open(path, metadata_errors="ignore")
+    except av.error.EOFError as exc:
+        raise ZsclipError(f"{path}: zero-length video (the file ends before any frame)") from exc
     except av.error.FFmpegError as exc:
-        raise ZsclipError(f"{path}: not a readable video ({_reason(exc)})") from exc
+        hint = ""
+        if path.lower().endswith((".mp4", ".mov", ".m4v")):
+            hint = "; an MP4 cut short while recording lacks its index and cannot be read"
+        raise ZsclipError(f"{path}: not a readable video ({_reason(exc)}){hint}") from exc
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         container.close()
@@ -86,7 +90,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def probe(path: str) -> VideoInfo:
-    """Read the header (and the first frame, for its rotation); errors are one line."""
+    """Read the header; errors are one line."""
     container = open_container(path)
     try:
         stream = container.streams.video[0]
@@ -96,17 +100,8 @@ def probe(path: str) -> VideoInfo:
         if duration is None and container.duration:
             duration = container.duration / 1_000_000 - max(start, 0.0)
         rate = stream.average_rate or stream.guessed_rate
-        rotation = 0
-        try:
-            for frame in container.decode(stream):
-                rotation = _upright_turns(frame) * 90
-                break
-        except Exception:  # a damaged start is reported by the scan, which knows where it is
-            pass
-        return VideoInfo(
-            path, duration, stream.codec_context.width, stream.codec_context.height, stream.codec_context.name,
-            float(rate) if rate else None, rotation, start,
-        )  # fmt: skip
+        ctx = stream.codec_context
+        return VideoInfo(path, duration, ctx.width, ctx.height, ctx.name, float(rate) if rate else None, start)
     finally:
         container.close()
 
@@ -145,6 +140,7 @@ class FrameReader:
     missing: list[int] = field(default_factory=list)
     truncated: tuple[float, float, str] | None = None  # (where frames end, where the header says, why)
     vfr: tuple[float, float] | None = None  # (shortest, longest) frame interval when they differ
+    rotation: int = 0  # degrees clockwise a player turns the frames (the first frame's display matrix)
     decoded_frames: int = 0
 
     def target(self, k: int) -> float:
@@ -169,15 +165,16 @@ class FrameReader:
         tb = float(stream.time_base)
         start = stream.start_time * tb if stream.start_time is not None else 0.0
         frame_dur = 1.0 / float(stream.average_rate or stream.guessed_rate or 30)
-        state = {"k": 0, "prev": None, "errors": 0, "why": ""}
+        state = {"k": 0, "prev": None, "why": "", "last_pt": 0.0}
+        errors: list[float] = []  # times of packets that failed to decode, not yet passed by a decoded frame
         intervals = _Intervals()
 
         def frames_of(packets: list) -> Iterator:
             for packet in packets:
                 try:
                     yield from packet.decode()
-                except av.error.FFmpegError as exc:  # a damaged packet: note it, decode on from the next
-                    state["errors"] += 1
+                except av.error.FFmpegError as exc:  # a damaged packet: note where, decode on from the next
+                    errors.append(packet.pts * tb - start if packet.pts is not None else state["last_pt"])
                     state["why"] = _reason(exc)
 
         def serve(frames: Iterable) -> Iterator[tuple[int, np.ndarray]]:
@@ -190,17 +187,21 @@ class FrameReader:
                 prev = state["prev"]
                 if prev is not None and t <= prev[0]:
                     continue  # a frame from before a skip or seek, already passed
+                # Frames between prev and this one that failed to decode: samples there have no true frame.
+                # (Errors are matched by time: with B-frames, frames come out of the decoder out of step.)
+                damaged = prev is not None and any(prev[0] < e < t for e in errors)
                 k = state["k"]
                 while self._in_range(k) and self.target(k) < t:
                     if prev is None:
                         yield k, self._convert(frame)  # a sample before the first frame shows the first frame
-                    elif state["errors"] and self.target(k) - prev[0] > 1.5 * frame_dur:
-                        self.missing.append(k)  # damaged stretch: the frame shown at this time was lost
+                    elif damaged and self.target(k) - prev[0] > 1.5 * frame_dur:
+                        self.missing.append(k)
                     else:
                         yield k, self._convert(prev[1])
                     k += 1
                 state["k"] = k
-                state.update(prev=(t, frame), errors=0)
+                errors[:] = [e for e in errors if e >= t]
+                state["prev"] = (t, frame)
 
         packets = container.demux(stream)
         at_end = False
@@ -221,6 +222,7 @@ class FrameReader:
             pt = packet.pts * tb - start if packet.pts is not None else None
             if pt is not None and decodable:
                 intervals.add(pt)
+                state["last_pt"] = pt
             target = self.target(state["k"])
             if packet.is_keyframe and pt is not None:
                 if last_key is not None and pt > last_key:
@@ -250,9 +252,9 @@ class FrameReader:
         intervals.cut(complete=at_end)
         if intervals.hi - intervals.lo > 0.25 * frame_dur:
             self.vfr = (intervals.lo, intervals.hi)
-        yield from self._finish(state, frame_dur)
+        yield from self._finish(state, frame_dur, bool(errors))
 
-    def _finish(self, state: dict, frame_dur: float) -> Iterator[tuple[int, np.ndarray]]:
+    def _finish(self, state: dict, frame_dur: float, errors: bool) -> Iterator[tuple[int, np.ndarray]]:
         """Samples after the last decoded frame: shown by it while the video lasts, missing if it was cut."""
         k, prev = state["k"], state["prev"]
         if prev is None:
@@ -260,7 +262,7 @@ class FrameReader:
             return
         last_t, last_frame = prev
         stream_end = last_t + frame_dur
-        damaged = state["errors"] or state["why"]
+        damaged = errors or state["why"]
         if self.end is not None and self.end > stream_end + (frame_dur if damaged else max(1.0, 10 * frame_dur)):
             self.truncated = (stream_end, self.end, state["why"])
             self.end = stream_end
@@ -271,6 +273,7 @@ class FrameReader:
         self.samples = k
 
     def _convert(self, frame) -> np.ndarray:
+        self.rotation = self.rotation or (4 - _upright_turns(frame)) % 4 * 90
         return frame_rgb(frame, self.short_side)
 
 
@@ -368,7 +371,7 @@ class VideoFrames:
     times: np.ndarray  # [m] sample times (seconds, relative to the stream start)
     features: np.ndarray  # [m, dim] float32 unit-norm; rows of missing samples are NaN
     valid: np.ndarray  # [m] bool: False for samples that fell in a damaged stretch
-    rotation: int = 0  # degrees the frames were turned to stand upright
+    rotation: int = 0  # degrees clockwise the frames were turned to stand upright
     header_end: float = 0.0  # where the header said the video ends, when frames ended well before it; else 0
     vfr: tuple[float, float] = (0.0, 0.0)  # (shortest, longest) frame interval, when the frame rate varies
     encoded: int = 0  # frames that went through the image encoder in this call
@@ -393,12 +396,13 @@ class VideoFrames:
         if self.vfr[1]:
             lo, hi = self.vfr
             out.append(
-                f"note: {self.path} has a variable frame rate (frame intervals {lo * 1000:.0f}-{hi * 1000:.0f} ms); "
-                "frames are sampled by their timestamps"
+                f"note: {self.path} has a variable frame rate or missing frames (frame intervals {lo * 1000:.0f}-"
+                f"{hi * 1000:.0f} ms); frames are sampled by their timestamps"
             )
         if self.rotation:
             out.append(
-                f"note: {self.path} carries rotation metadata ({self.rotation} degrees); frames are turned upright"
+                f"note: {self.path} has rotation metadata (shown turned {self.rotation} degrees clockwise); frames "
+                "are turned the same way"
             )
         return out
 
@@ -513,7 +517,7 @@ def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, 
     valid = ~np.isnan(features[:, 0])
     duration = reader.end if reader.end is not None else m / fps
     result = VideoFrames(
-        path, fps, float(duration), (np.arange(m) + 0.5) / fps, features, valid, info.rotation,
+        path, fps, float(duration), (np.arange(m) + 0.5) / fps, features, valid, reader.rotation,
         reader.truncated[1] if reader.truncated else 0.0, reader.vfr or (0.0, 0.0), encoded=len(vectors),
     )  # fmt: skip
     if frame_store is not None:
