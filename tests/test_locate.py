@@ -207,3 +207,14 @@ def test_outputs_json_shape_plot_and_report(tmp_path, shapes_model):
     html = page.read_text()
     assert "plot-1.png" in html and html.count("data:image/jpeg") == 5
     assert json.loads((tmp_path / "report" / "result.json").read_text())["segments"] == data["segments"]
+
+
+def test_ordered_follows_the_narration_where_the_best_match_alone_would_not(tmp_path, shapes_model):
+    # The red circle shows twice, longest first; the narration puts it after the blue square, so the DP must
+    # take its second appearance, while the search per text takes the first.
+    timeline = [(1, 3.5, "red", "circle"), (5, 7, "blue", "square"), (10, 12, "red", "circle")]
+    path = shapes_video(tmp_path / "v.mp4", timeline, seconds=14)
+    alone = zsclip.locate(shapes_model, path, ["blue square", "red circle"], fps=2)
+    assert_found(alone, {"blue square": (5, 7), "red circle": (1, 3.5)})
+    narrated = zsclip.locate(shapes_model, path, ["blue square", "red circle"], fps=2, ordered=True)
+    assert_found(narrated, {"blue square": (5, 7), "red circle": (10, 12)})

@@ -39,6 +39,11 @@ NONREF_RATIO = 4  # decode only reference frames when the video has this many fr
 _SEEK_MIN_SECONDS = 5.0  # below this, reading on is cheaper than a seek (which re-decodes from a keyframe)
 
 
+def check_available() -> None:
+    """Fail at once, in one line with the pip command, when PyAV is missing (before a model loads)."""
+    _av()
+
+
 def _av():
     try:
         import av
