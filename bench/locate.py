@@ -113,6 +113,16 @@ def main() -> None:
     per_image = (time.perf_counter() - t) / 32
     print(f"reference: image encoding alone {1 / per_image:.1f} img/s, so {first.frames * per_image:.1f} s of the "
           f"first query is encoding {first.frames} frames")  # fmt: skip
+    from zsclip.encode import draft_size
+    from zsclip.video import NONREF_RATIO, FrameReader
+
+    reader = FrameReader(str(video), args.fps, draft_size(model), end=info.duration,
+                         skip_nonref=args.fps * NONREF_RATIO <= info.rate)  # fmt: skip
+    t = time.perf_counter()
+    n = sum(1 for _ in reader)
+    t_reader = time.perf_counter() - t
+    print(f"this reader alone: {n} frames sampled in {t_reader:.1f} s, {reader.decoded_frames} frames decoded; "
+          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
     if not args.no_reference:
         import av
 
