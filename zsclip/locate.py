@@ -285,7 +285,7 @@ def locate(
     from the image-embedding store), one similarity curve per text, segments as the module docstring says."""
     from .video import embed_video
 
-    texts = check_options(texts, fps, min_seconds, max_seconds, top, ordered)
+    texts = check_options([texts] if isinstance(texts, str) else texts, fps, min_seconds, max_seconds, top, ordered)
     frames = embed_video(model, str(video), fps, batch_size=batch_size, store=store, cache=cache, progress=progress)
     weights = text_embeddings(model, texts, templates, cache)
     curves = weights @ np.nan_to_num(frames.features).T  # [texts, m]
