@@ -213,6 +213,7 @@ class FrameReader:
         pending: list = []  # packets of the current group of pictures not yet sent to the decoder
         decodable = True  # False after a seek, until the keyframe it lands on
         keyint, last_key = 0.0, None  # the longest keyframe interval seen, and the last keyframe's time
+        sought = -math.inf  # the target of the last seek: one seek per target, even if it lands far before it
         while self._in_range(state["k"]):
             try:
                 packet = next(packets)
@@ -236,7 +237,8 @@ class FrameReader:
                 if pending and target < pt:
                     yield from serve(frames_of(pending))  # the sample lies in the rest of the group
                 pending, decodable = [], True  # a tail without a sample is never decoded
-                if keyint and target - pt > max(_SEEK_MIN_SECONDS, 2 * keyint):
+                if keyint and target - pt > max(_SEEK_MIN_SECONDS, 2 * keyint) and target > sought:
+                    sought = target
                     container.seek(int((target + start) / tb), stream=stream, backward=True)
                     stream.codec_context.flush_buffers()  # every sample before `target` is served already
                     decodable = False
