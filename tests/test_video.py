@@ -170,3 +170,32 @@ def test_missing_pyav_is_one_line_with_the_pip_command(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ZsclipError, match=r"pip install 'zsclip\[video\]'"):
         probe("anything.mp4")
+
+
+def test_a_group_longer_than_any_before_does_not_make_seeking_loop(tmp_path):
+    import threading
+
+    import av
+
+    # Keyframes at 0, 2 and 4 s, then none for 56 s: a seek toward 10 s lands back on the 4 s keyframe.
+    path = tmp_path / "long_group.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 16
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"x264-params": "keyint=1000:min-keyint=1000:scenecut=0", "forced-idr": "1"}
+        for i, rgb in enumerate(grey_ramp(600, (16, 16))):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if i in (0, 20, 40):
+                frame.pict_type = av.video.frame.PictureType.I
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    found = []
+    reader = threading.Thread(target=lambda: found.extend(k for k, _ in FrameReader(str(path), 0.05, end=60.0)))
+    reader.daemon = True
+    reader.start()
+    reader.join(timeout=60)
+    assert not reader.is_alive(), "reading never finished"
+    assert found == [0, 1, 2]
