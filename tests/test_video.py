@@ -18,7 +18,7 @@ from .videos import rotate_mp4, shapes_video
 
 def grey_ramp(n: int, size=(32, 48)) -> list[np.ndarray]:
     """Frame i is flat grey level 5 * i, so a sample's value says which frame it took."""
-    return [np.full((*size, 3), 5 * i, np.uint8) for i in range(n)]
+    return [np.full((*size, 3), 5 * i % 256, np.uint8) for i in range(n)]
 
 
 def read(path, fps, end=None):
