@@ -8,7 +8,7 @@ from PIL import Image
 import zsclip
 from zsclip.encode import embed_stream
 from zsclip.gpu import TensorPreprocess
-from zsclip.images import expand_sources
+from zsclip.sources import expand_sources
 
 from .conftest import sample_images
 

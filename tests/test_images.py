@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from zsclip.errors import UsageError
-from zsclip.images import SkipFile, expand_sources, first_image, iter_batches, load_image, to_rgb, walk
+from zsclip.images import SkipFile, iter_batches, load_image, to_rgb
+from zsclip.sources import expand_sources, first_image, walk
 
 
 def _preprocess(im: Image.Image) -> torch.Tensor:

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from zsclip.datasets import load_dataset
 from zsclip.errors import UsageError
-from zsclip.images import expand_sources
 from zsclip.models import parse_spec
 from zsclip.prompts import _HEADER_WORDS, fill, parse_class_table, parse_templates, read_classes_file
+from zsclip.sources import expand_sources
 from zsclip.train import read_captions
 
 PRETRAINED = open_clip.list_pretrained()

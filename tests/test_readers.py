@@ -12,9 +12,9 @@ import zsclip
 from zsclip.classify import check_options, classify
 from zsclip.datasets import load_dataset
 from zsclip.errors import UsageError
-from zsclip.images import expand_sources, walk
 from zsclip.prompts import load_templates, read_classes_file
 from zsclip.shapes import COMPOSITIONS, write_dataset
+from zsclip.sources import expand_sources, walk
 from zsclip.text import build_classifier
 from zsclip.train import read_captions
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 import zsclip.images
 from zsclip.cli import app
-from zsclip.images import expand_sources, iter_batches
+from zsclip.images import iter_batches
+from zsclip.sources import expand_sources
 from zsclip.workers import run_tasks
 
 

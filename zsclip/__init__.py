@@ -43,6 +43,9 @@ _EXPORTS = {
     "compare_templates": "evaluate",
     "EvalDataset": "datasets",
     "load_dataset": "datasets",
+    "LocateResult": "locate",
+    "Segment": "locate",
+    "locate": "locate",
 }
 _SUBMODULES = ("report",)
 
@@ -65,8 +68,8 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """`zsclip.classify` and `zsclip.evaluate` are functions that share their module's name: importing the
-    submodule must not replace the function on the package (as the import system does by default)."""
+    """`zsclip.classify`, `zsclip.evaluate` and `zsclip.locate` are functions that share their module's name:
+    importing the submodule must not replace the function on the package (as the import system does by default)."""
 
     def __setattr__(self, name: str, value) -> None:
         if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
@@ -84,6 +87,7 @@ if TYPE_CHECKING:
     from .datasets import EvalDataset, load_dataset
     from .errors import UsageError, ZsclipError
     from .evaluate import EvalResult, compare_templates, evaluate
+    from .locate import LocateResult, Segment, locate
     from .models import ClipModel, list_models, load_model, parse_spec
     from .prompts import TemplateSet, list_template_sets, load_templates, parse_classes, read_classes_file
     from .text import Classifier, build_classifier

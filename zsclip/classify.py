@@ -10,9 +10,9 @@ import torch
 
 from .encode import embed_stream
 from .errors import UsageError
-from .images import expand_sources
 from .limits import check_ranking
 from .models import ClipModel
+from .sources import expand_sources
 from .text import Classifier
 
 UNKNOWN = "unknown"

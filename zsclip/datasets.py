@@ -24,8 +24,8 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 from .cache import cache_dir
 from .errors import UsageError, ZsclipError
-from .images import has_image_extension, walk
 from .prompts import check_classnames, parse_class_table
+from .sources import has_image_extension, walk
 from .textfiles import csv_rows, read_text
 
 _HF = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"

@@ -17,7 +17,7 @@ import stat
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import IO
@@ -26,16 +26,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import UsageError
 from .limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
+from .sources import has_image_extension, looks_like_image, walk
 from .store import FileIdentity, ImageStore
-from .textfiles import read_text
 from .workers import in_worker_process, run_tasks
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-    | {".avif", ".heic", ".heif"}
-)
 _HEIF = (".heic", ".heif")
 try:  # phone photos: HEIC/HEIF decode only with this optional plugin
     from pillow_heif import register_heif_opener
@@ -44,7 +39,6 @@ try:  # phone photos: HEIC/HEIF decode only with this optional plugin
     HEIF_PLUGIN = True
 except ImportError:
     HEIF_PLUGIN = False
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
 class CrossProcess:
@@ -118,98 +112,6 @@ def _remembered(parts: Iterator[list], seen: deque) -> Iterator[list]:
 
 class SkipFile(Exception):
     """A file that cannot be classified; the message is the one-line reason."""
-
-
-# -- finding files -----------------------------------------------------------------------------------------
-def expand_sources(sources: Iterable[str | os.PathLike]) -> list[tuple[str, bool]]:
-    """Check the user's PATH arguments and read @list files: (path, is_explicit_file) per source."""
-    out: list[tuple[str, bool]] = []
-    for src in map(str, sources):
-        if src.startswith("@"):
-            # A folder in a list is walked, as on the command line; a missing entry is a skip record later.
-            out.extend((p, not os.path.isdir(p)) for p in _read_list(src[1:]))
-            continue
-        if not os.path.exists(src):
-            raise UsageError(f"{src}: no such file or directory")
-        out.append((src, not os.path.isdir(src)))
-    if not out:
-        raise UsageError("no input paths given")
-    return out
-
-
-def _read_list(list_file: str) -> list[str]:
-    """The paths of an @list, one a line; names that are not UTF-8 keep their bytes (see zsclip.textfiles)."""
-    if not list_file:
-        raise UsageError("@: give the list file's name after @ (e.g. @paths.txt)")
-    lines = read_text(list_file, "@", errors="surrogateescape").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
-def walk(sources: list[tuple[str, bool]], recursive: bool = True) -> Iterator[tuple[str, bool]]:
-    """Every candidate entry under the sources, in sorted order: (path, explicit)."""
-    for path, explicit in sources:
-        if explicit:
-            yield path, True
-        else:
-            yield from ((p, False) for p in _walk_dir(path, recursive))
-
-
-def _walk_dir(root: str, recursive: bool) -> Iterator[str]:
-    seen: set[tuple[int, int]] = set()
-    stack: list[Iterator[os.DirEntry]] = []
-
-    def enter(path: str) -> None:
-        try:
-            st = os.stat(path)
-            key = (st.st_dev, st.st_ino)
-            if key in seen:  # a symlink back up the tree, or two links to one folder
-                return
-            seen.add(key)
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            return
-        stack.append(iter(entries))
-
-    enter(root)
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        if entry.name.startswith("."):
-            continue
-        try:
-            is_dir = entry.is_dir(follow_symlinks=True)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            if recursive:
-                enter(entry.path)
-        else:
-            yield entry.path
-
-
-def has_image_extension(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
-
-
-def looks_like_image(path: str) -> bool:
-    """Sniff magic bytes, for image files without an image extension."""
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return False
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
-        return False
-    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"
-
-
-def count_candidates(sources: list[tuple[str, bool]], recursive: bool = True) -> int:
-    """How many entries look like images by name: a cheap total for progress bars."""
-    return sum(1 for p, explicit in walk(sources, recursive) if explicit or has_image_extension(p))
 
 
 # -- decoding ----------------------------------------------------------------------------------------------
@@ -408,20 +310,3 @@ def iter_batches(
         map(loader, parts) if workers == 0 else run_tasks(parts, loader, workers=workers, item_timeout=file_timeout)
     )
     yield from (in_walk_order(batch, seen.popleft()) for batch in batches)
-
-
-def first_image(sources: list[tuple[str, bool]], recursive: bool = True) -> str | None:
-    """The first entry that would be classified, to fail fast on a folder with no images."""
-    for path, explicit in walk(sources, recursive):
-        if explicit or has_image_extension(path) or looks_like_image(path):
-            return path
-    return None
-
-
-def check_sources(paths: Iterable[str], recursive: bool = True) -> list[tuple[str, bool]]:
-    """The user's PATH arguments expanded, with a usage error when they hold no image at all."""
-    sources = expand_sources(paths)
-    if first_image(sources, recursive) is None:
-        looked = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise UsageError(f"no images found under {', '.join(map(str, paths))} (looked for {looked})")
-    return sources

@@ -52,8 +52,8 @@ def classify_into(
     to the output file (FILE.partial, renamed when the run ends; a resumed plan continues it, for the same
     `inputs`). Skipped files go to stderr and the failures log."""
     from .classify import Skipped, classify
-    from .images import count_candidates
     from .output import FailuresLog, OutputFile, make_writer
+    from .sources import count_candidates
 
     counts = Counts()
     fmt, output = plan.fmt, plan.output

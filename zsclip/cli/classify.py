@@ -103,8 +103,8 @@ def classify_cmd(
     names = class_names(classes, classes_file)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
     check_ranking(top_k, threshold)
-    from ..images import check_sources
     from ..output import plan_output
+    from ..sources import check_sources
 
     plan = plan_output(output, fmt, failures=failures, resume=resume, terminal=sys.stdout.isatty())
     sources = check_sources(paths, recursive)
