@@ -348,3 +348,19 @@ def test_a_failed_share_memory_leaves_no_dev_shm_entries(tmp_path):
     pids = pid_file.read_text().split()
     assert pids
     assert [p for pid in pids for p in glob.glob(f"/dev/shm/torch_{pid}_*")] == []
+
+
+def test_stopping_early_returns_at_once_with_workers_busy():
+    # The caller stops (--strict, an error, Ctrl-C) while workers are on slow items: their work is not wanted,
+    # so stopping must not wait on each of them in turn (it took 2 s per busy worker).
+    tasks = [["a"], ["hang"], ["hang"], ["hang"], ["p" * 200_000], ["b"]]
+
+    def first_then_stop():
+        results = run_tasks(tasks, _work, workers=3)
+        first = next(results)
+        start = time.monotonic()
+        results.close()
+        return first, time.monotonic() - start
+
+    first, stopping = _within(30, first_then_stop)
+    assert first == (["aa"], []) and stopping < 1.5
