@@ -364,3 +364,49 @@ def test_stopping_early_returns_at_once_with_workers_busy():
 
     first, stopping = _within(30, first_then_stop)
     assert first == (["aa"], []) and stopping < 1.5
+
+
+def test_device_path_times_out_a_slow_cpu_fallback_decode(tiny_model_dir, tmp_path, monkeypatch):
+    # Files the device decoder does not take (here a PNG) are decoded on the CPU in the consuming thread; the
+    # per-file limit must hold there too.
+    import zsclip
+    import zsclip.gpu
+
+    for name in ("0.jpg", "1.png", "2.jpg"):
+        Image.new("RGB", (40, 40), (0, 90, 0)).save(tmp_path / name)
+    real = zsclip.gpu.load_image
+
+    def slow(path, *a, **kw):
+        if path.endswith("1.png"):
+            time.sleep(20)  # a decode that takes far too long; interrupted by the per-file alarm
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(zsclip.gpu, "load_image", slow)
+    model = zsclip.load_model(str(tiny_model_dir))
+    start = time.monotonic()
+    batches = list(zsclip.gpu.iter_device_batches(expand_sources([tmp_path]), model.preprocess, model.device,
+                                                  batch_size=3, threads=1, file_timeout=1))  # fmt: skip
+    assert time.monotonic() - start < 10
+    assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "2.jpg"]
+    [(path, reason)] = [s for b in batches for s in b.skipped]
+    assert path.endswith("1.png") and "--file-timeout" in reason
+
+
+def test_device_path_survives_an_unreadable_store(tiny_model_dir, tmp_path, monkeypatch):
+    # As on the CPU path: a store that cannot be read costs a re-encode, never the run.
+    import sqlite3
+
+    import zsclip
+    from zsclip.encode import embed_stream
+    from zsclip.store import ImageStore
+
+    for i in range(3):
+        Image.new("RGB", (40, 40), (0, 0, 80 * i)).save(tmp_path / f"{i}.jpg")
+
+    def locked(self, path):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ImageStore, "lookup", locked)
+    model = zsclip.load_model(str(tiny_model_dir))
+    batches = list(embed_stream(model, expand_sources([tmp_path]), batch_size=2, decode_on="device"))
+    assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "1.jpg", "2.jpg"]
