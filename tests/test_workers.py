@@ -3,6 +3,7 @@
 import faulthandler
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import zsclip.images
+import zsclip.workers
 from zsclip.cli import app
 from zsclip.images import iter_batches
 from zsclip.sources import expand_sources
@@ -210,3 +212,202 @@ def test_without_workers_a_blocking_read_is_cut_off_too(tmp_path, monkeypatch):
     assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.png", "2.png", "3.png"]
     [(path, reason)] = [s for b in batches for s in b.skipped]
     assert path.endswith("1.png") and "--file-timeout" in reason
+
+
+def test_a_large_batch_of_long_paths_on_one_worker_does_not_hang(tmp_path):
+    # Tasks and results both far over a pipe's 64 KB buffer: the worker, busy sending a result, must never wait
+    # on a parent that is itself stuck sending the next task (issue 12, item 1).
+    sources = [(str(tmp_path / ("d" * 200) / f"{i:05d}.png"), True) for i in range(3000)]
+    batches = _within(60, lambda: list(iter_batches(sources, None, batch_size=1000, workers=1)))
+    assert [len(b.skipped) for b in batches] == [1000, 1000, 1000]
+    assert [p for b in batches for p, _ in b.skipped] == [p for p, _ in sources]
+
+
+def test_big_results_with_tasks_queued_behind_them_come_back_in_order():
+    tasks = [[f"{t:02d}-{i:04d}-" + "p" * 300 for i in range(500)] for t in range(6)]
+    results = _within(60, lambda: list(run_tasks(tasks, _echo, workers=2, item_timeout=30)))
+    assert [done for done, _ in results] == [[x * 2 for x in t] for t in tasks]
+
+
+def _echo(items, failed, mark):
+    return [x * 2 for x in items], failed
+
+
+def _within(seconds, fn):
+    """fn() on a daemon thread: a hang fails the test instead of stalling the suite."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert out, f"no result within {seconds} s (a hang)"
+    return out[0]
+
+
+def test_an_abandoned_reader_thread_leaves_its_replacement_alone():
+    # A slow item gets its thread abandoned; the replacement then meets a hung item. The abandoned thread, once
+    # awake, must neither go on with its tasks nor overwrite the replacement's heartbeat, which would hide the
+    # hung item from the time limit (issue 12, item 2).
+    release, calls = threading.Event(), []
+
+    def work(items, failed, mark):
+        out = []
+        for n, item in enumerate(items):
+            mark(n)
+            calls.append(item)
+            if item == "slow":  # wakes while the replacement is on the hung item, before that one times out
+                time.sleep(1.6)
+            if item == "hung":
+                release.wait(30)
+            out.append(item)
+        return out, [item for item, _ in failed]
+
+    start = time.monotonic()
+    try:
+        results = _within(60, lambda: list(run_tasks([["a", "slow", "hung", "b"]], work, workers=1, item_timeout=1,
+                                                      threads=True)))  # fmt: skip
+        elapsed = time.monotonic() - start
+        time.sleep(2)  # the abandoned thread wakes in this time; it must do nothing more
+    finally:
+        release.set()
+    assert results == [(["a", "b"], ["slow", "hung"])]
+    assert elapsed < 10
+    assert calls.count("b") == 1 and calls.count("hung") == 1
+
+
+def test_device_path_times_out_a_hung_read_after_a_slow_one(tiny_model_dir, tmp_path, monkeypatch):
+    import zsclip
+    import zsclip.gpu
+
+    for i in range(5):
+        Image.new("RGB", (40, 40), (0, 50 * i, 0)).save(tmp_path / f"{i}.jpg")
+    real, release, reads = zsclip.gpu._read, threading.Event(), []
+
+    def reading(path):
+        reads.append(os.path.basename(path))
+        if path.endswith("1.jpg"):
+            time.sleep(1.6)
+        if path.endswith("2.jpg"):
+            release.wait(30)
+        return real(path)
+
+    monkeypatch.setattr(zsclip.gpu, "_read", reading)
+    model = zsclip.load_model(str(tiny_model_dir))
+    start = time.monotonic()
+    try:
+        sources = expand_sources([tmp_path])
+        batches = _within(60, lambda: list(zsclip.gpu.iter_device_batches(
+            sources, model.preprocess, model.device, batch_size=5, threads=1, file_timeout=1)))  # fmt: skip
+        elapsed = time.monotonic() - start
+        time.sleep(2)
+    finally:
+        release.set()
+    assert elapsed < 10
+    assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "3.jpg", "4.jpg"]
+    skipped = [(os.path.basename(p), r) for b in batches for p, r in b.skipped]
+    assert [p for p, _ in skipped] == ["1.jpg", "2.jpg"] and all("--file-timeout" in r for _, r in skipped)
+    assert reads.count("3.jpg") == 1 and reads.count("2.jpg") == 1
+
+
+_FSIZE_SET: list[int] = []
+
+
+def _small_shm_preprocess(pid_file):
+    import resource
+
+    import numpy as np
+    import torch
+
+    def preprocess(im):
+        if zsclip.workers.in_worker_process() and os.getpid() not in _FSIZE_SET:
+            # Files over 4 KB cannot be sized in this worker, as in a nearly full /dev/shm: share_memory_ fails
+            # after torch has created its /dev/shm entry.
+            _FSIZE_SET.append(os.getpid())
+            with open(pid_file, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        return torch.from_numpy(np.asarray(im, dtype="float32")).permute(2, 0, 1)
+
+    return preprocess
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
+def test_a_failed_share_memory_leaves_no_dev_shm_entries(tmp_path):
+    import glob
+
+    import torch
+
+    for i in range(8):
+        Image.new("RGB", (24, 24), (30 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    sources = expand_sources([tmp_path])
+    pid_file = tmp_path / "pids"
+    in_process = torch.cat([b.pixels for b in iter_batches(sources, _small_shm_preprocess(pid_file), batch_size=2,
+                                                           workers=0)])  # fmt: skip
+    piped = torch.cat([b.pixels for b in iter_batches(sources, _small_shm_preprocess(pid_file), batch_size=2,
+                                                      workers=1)])  # fmt: skip
+    assert torch.equal(in_process, piped)
+    pids = pid_file.read_text().split()
+    assert pids
+    assert [p for pid in pids for p in glob.glob(f"/dev/shm/torch_{pid}_*")] == []
+
+
+def test_stopping_early_returns_at_once_with_workers_busy():
+    # The caller stops (--strict, an error, Ctrl-C) while workers are on slow items: their work is not wanted,
+    # so stopping must not wait on each of them in turn (it took 2 s per busy worker).
+    tasks = [["a"], ["hang"], ["hang"], ["hang"], ["p" * 200_000], ["b"]]
+
+    def first_then_stop():
+        results = run_tasks(tasks, _work, workers=3)
+        first = next(results)
+        start = time.monotonic()
+        results.close()
+        return first, time.monotonic() - start
+
+    first, stopping = _within(30, first_then_stop)
+    assert first == (["aa"], []) and stopping < 1.5
+
+
+def test_device_path_times_out_a_slow_cpu_fallback_decode(tiny_model_dir, tmp_path, monkeypatch):
+    # Files the device decoder does not take (here a PNG) are decoded on the CPU in the consuming thread; the
+    # per-file limit must hold there too.
+    import zsclip
+    import zsclip.gpu
+
+    for name in ("0.jpg", "1.png", "2.jpg"):
+        Image.new("RGB", (40, 40), (0, 90, 0)).save(tmp_path / name)
+    real = zsclip.gpu.load_image
+
+    def slow(path, *a, **kw):
+        if path.endswith("1.png"):
+            time.sleep(20)  # a decode that takes far too long; interrupted by the per-file alarm
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(zsclip.gpu, "load_image", slow)
+    model = zsclip.load_model(str(tiny_model_dir))
+    start = time.monotonic()
+    batches = list(zsclip.gpu.iter_device_batches(expand_sources([tmp_path]), model.preprocess, model.device,
+                                                  batch_size=3, threads=1, file_timeout=1))  # fmt: skip
+    assert time.monotonic() - start < 10
+    assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "2.jpg"]
+    [(path, reason)] = [s for b in batches for s in b.skipped]
+    assert path.endswith("1.png") and "--file-timeout" in reason
+
+
+def test_device_path_survives_an_unreadable_store(tiny_model_dir, tmp_path, monkeypatch):
+    # As on the CPU path: a store that cannot be read costs a re-encode, never the run.
+    import sqlite3
+
+    import zsclip
+    from zsclip.encode import embed_stream
+    from zsclip.store import ImageStore
+
+    for i in range(3):
+        Image.new("RGB", (40, 40), (0, 0, 80 * i)).save(tmp_path / f"{i}.jpg")
+
+    def locked(self, path):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ImageStore, "lookup", locked)
+    model = zsclip.load_model(str(tiny_model_dir))
+    batches = list(embed_stream(model, expand_sources([tmp_path]), batch_size=2, decode_on="device"))
+    assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "1.jpg", "2.jpg"]

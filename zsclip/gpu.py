@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
 import stat
 import warnings
 from collections import deque
@@ -36,6 +37,7 @@ from .images import (
     load_image,
     looks_like_image,
     open_image,
+    time_limit,
 )
 from .store import ImageStore
 from .workers import run_tasks
@@ -128,7 +130,7 @@ def iter_device_batches(
             mark(n)
             if not (explicit or has_image_extension(path) or looks_like_image(path)):
                 continue
-            vector, identity = store.lookup(path) if store is not None else (None, None)
+            vector, identity = _lookup(store, path)
             data = None if vector is not None else _read(path)
             out.append((path, vector, identity, data))
         return out, [(path, reason) for (path, _), reason in failed]
@@ -139,14 +141,25 @@ def iter_device_batches(
         workers=threads or min(16, os.cpu_count() or 4), item_timeout=file_timeout,
     )  # fmt: skip
     for prepared, failed in reads:
-        batch = _decode(prepared, preprocess, tensor_pp, device, draft, max_pixels)
+        batch = _decode(prepared, preprocess, tensor_pp, device, draft, max_pixels, file_timeout)
         batch.skipped.extend(failed)
         yield in_walk_order(batch, seen.popleft())
 
 
-def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft, max_pixels) -> Batch:
+def _lookup(store: ImageStore | None, path: str):
+    """The store's (vector, identity); as on the CPU path, a store that cannot be read costs a re-encode."""
+    if store is None:
+        return None, None
+    try:
+        return store.lookup(path)
+    except sqlite3.Error:
+        return None, None
+
+
+def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft, max_pixels, file_timeout=None) -> Batch:
     """Decode all JPEGs of the batch in one call, then build the batch in file order; anything the device
-    decoder cannot read (other formats, damaged JPEGs) goes through the CPU path and its skip rules."""
+    decoder cannot read (other formats, damaged JPEGs) goes through the CPU path and its skip rules, under the
+    per-file time limit (in the main thread: elsewhere nothing can interrupt it)."""
     batch = Batch()
     jpegs, oversized = [], set()
     for k, (path, vector, _, data) in enumerate(prepared):
@@ -173,7 +186,9 @@ def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft, ma
             image = on_device.get(k)
             try:
                 if image is None:  # not a JPEG, or one the device decoder rejected
-                    image = load_image(path, preprocess, draft, max_pixels).to(device)
+                    with time_limit(file_timeout):
+                        image = load_image(path, preprocess, draft, max_pixels)
+                    image = image.to(device)
                 else:
                     image = tensor_pp(image)
                 pixels.append(image)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import sqlite3
 import stat
@@ -62,9 +63,40 @@ def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack; inside a worker process into shared memory, so the parent maps the batch, not copies it."""
     out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype)
     if in_worker_process():
-        with contextlib.suppress(RuntimeError):  # /dev/shm full: CrossProcess pipes it as bytes
-            out.share_memory_()
+        _share_memory(out)
     return torch.stack(tensors, out=out)
+
+
+_SHM_ENTRY = re.compile(r"<(/torch_(\d+)_[^>/]*)>")
+_SHARING = [True]  # False once this process found it cannot clean up after a failed share_memory_
+
+
+def _share_memory(tensor: torch.Tensor) -> None:
+    """Move `tensor` to shared memory if there is room (/dev/shm is 64 MB in a default Docker container); if not,
+    CrossProcess pipes it as bytes. A failure leaves the /dev/shm entry torch had created before sizing it, one
+    per batch: remove it, and where its name cannot be found in the error, stop trying in this process."""
+    if not _SHARING[0]:
+        return
+    try:
+        tensor.share_memory_()
+    except RuntimeError as exc:
+        _SHARING[0] = _remove_shm_entry(str(exc))
+
+
+def _remove_shm_entry(message: str) -> bool:
+    """Unlink the entry named in torch's error ("unable to ... file </torch_PID_...>"); only this process's own."""
+    match = _SHM_ENTRY.search(message)
+    if match is None or int(match[2]) != os.getpid():
+        return False
+    try:
+        import _posixshmem  # what multiprocessing.shared_memory unlinks with
+
+        _posixshmem.shm_unlink(match[1])
+    except FileNotFoundError:
+        return True
+    except (ImportError, OSError):
+        return False
+    return True
 
 
 @dataclass

@@ -4,6 +4,11 @@ torch's DataLoader ends the whole run when one worker dies (a decoder segfault, 
 per-batch timeout. Here every worker publishes which item it is on and since when. A worker that dies, or that
 spends longer than the per-file limit on one item, is replaced; that item is handed back as failed, with the
 reason, and the worker's tasks are redone without it. Results come back in task order.
+
+Nothing here may wait on a worker without a time limit. The parent writes tasks into a worker's pipe without
+blocking (a worker busy sending a large result reads no tasks until the parent has read that result; a parent
+blocked on sending the next task would wait forever), and a reader thread left behind after a time-out keeps
+nothing in common with its replacement: it has its own heartbeat and stops at its next item.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ import contextlib
 import ctypes
 import multiprocessing as mp
 import os
+import pickle
 import queue
+import selectors
 import signal
+import struct
 import sys
 import threading
 import time
@@ -22,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 Mark = Callable[[int], None]
@@ -31,6 +40,7 @@ TaskFn = Callable[[list, list[tuple[Any, str]], Mark], Any]
 
 _FIELDS = 3  # per worker in the shared state: task number, item index, start time (0 = idle)
 _MAX_LOSSES = 3  # a task whose worker keeps dying outside any item fails as a whole
+_LENGTH = struct.Struct("!Q")  # frames a task message in a worker's task pipe
 
 
 @dataclass
@@ -47,9 +57,25 @@ class _Error:
         self.text = text
 
 
+class _Abandoned(BaseException):
+    """Raised in a reader thread that has been replaced, at its next item: its work is being redone elsewhere.
+    A BaseException, so that a task function's `except Exception` cannot keep it going."""
+
+
 def _publish(state, slot: int, seq: float, item: float, since: float) -> None:
+    # `since` is cleared first and set last: a reader that sees the same `since` before and after reading
+    # seq and item (see _heartbeat) has not mixed two items' values.
     base = slot * _FIELDS
+    state[base + 2] = 0.0
     state[base], state[base + 1], state[base + 2] = seq, item, since
+
+
+def _heartbeat(state, slot: int) -> tuple[int, int, float]:
+    """(task number, item index, since) as published; since is 0 when idle or when caught mid-update."""
+    base = slot * _FIELDS
+    since = state[base + 2]
+    seq, item = int(state[base]), int(state[base + 1])
+    return seq, item, since if state[base + 2] == since else 0.0
 
 
 def _die_with_parent() -> None:
@@ -79,16 +105,28 @@ def _process_main(fn: TaskFn, slot: int, state, tasks, results, parent: int) -> 
     except ImportError:
         pass
 
-    def receive():
-        while not tasks.poll(1.0):
-            if os.getppid() != parent:  # where PR_SET_PDEATHSIG is missing
+    def read(n: int) -> bytes | None:
+        data = bytearray()
+        while len(data) < n:
+            if not wait([tasks], 1.0):
+                if os.getppid() != parent:  # where PR_SET_PDEATHSIG is missing
+                    return None
+                continue
+            chunk = os.read(tasks.fileno(), n - len(data))
+            if not chunk:  # the parent closed the pipe
                 return None
-        return tasks.recv()
+            data += chunk
+        return bytes(data)
+
+    def receive():
+        header = read(_LENGTH.size)
+        body = header and read(_LENGTH.unpack(header)[0])
+        return pickle.loads(body) if body else None
 
     _serve(fn, slot, state, receive, results.send)
 
 
-def _serve(fn: TaskFn, slot: int, state, receive, send) -> None:
+def _serve(fn: TaskFn, slot: int, state, receive, send, abandoned: Callable[[], bool] = bool) -> None:
     while True:
         try:
             msg = receive()
@@ -99,34 +137,83 @@ def _serve(fn: TaskFn, slot: int, state, receive, send) -> None:
         seq, items, failed = msg
 
         def mark(i: int, seq=seq) -> None:
+            if abandoned():
+                raise _Abandoned
             _publish(state, slot, seq, i, time.monotonic())
 
         try:
             result = fn(items, failed, mark)
+        except _Abandoned:
+            return
         except Exception:
             result = _Error(traceback.format_exc())
         _publish(state, slot, seq, -1, 0.0)
         try:
-            send((seq, result))
-        except Exception:  # e.g. a result that cannot be pickled: the caller gets the reason, not a hang
-            send((seq, _Error(traceback.format_exc())))
+            try:
+                send((seq, result))
+            except (EOFError, OSError):
+                raise
+            except Exception:  # e.g. a result that cannot be pickled: the caller gets the reason, not a hang
+                send((seq, _Error(traceback.format_exc())))
+        except (EOFError, OSError):  # the parent has gone or stopped reading: nothing left to do
+            return
+
+
+class _Outbox:
+    """The parent's end of a worker's task pipe, written only as far as the pipe takes without blocking; the
+    rest waits here until the worker reads (the supervisor's loop watches for that). Frames are a length and a
+    pickle, read by _process_main from the raw descriptor."""
+
+    def __init__(self, conn):
+        self.conn, self.fd, self._queue = conn, conn.fileno(), deque()
+        os.set_blocking(self.fd, False)
+
+    def put(self, msg) -> None:
+        body = ForkingPickler.dumps(msg)
+        self._queue.extend((memoryview(_LENGTH.pack(len(body))), memoryview(body)))
+        self.flush()
+
+    def flush(self) -> None:
+        while self._queue:
+            try:
+                n = os.write(self.fd, self._queue[0])
+            except BlockingIOError:
+                return
+            except OSError:  # the worker has gone; supervise() sees it and redoes its tasks
+                self._queue.clear()
+                return
+            if n == len(self._queue[0]):
+                self._queue.popleft()
+            else:
+                self._queue[0] = self._queue[0][n:]
+
+    def waiting(self) -> bool:
+        return bool(self._queue)
+
+    def close(self) -> None:
+        self._queue.clear()
+        self.conn.close()
 
 
 class _ProcessWorker:
     def __init__(self, ctx, fn: TaskFn, slot: int, state):
         self.slot, self.state, self.assigned, self.broken = slot, state, deque(), False
-        tasks_recv, self._tasks = ctx.Pipe(duplex=False)
+        tasks_recv, tasks_send = ctx.Pipe(duplex=False)
         self.results, results_send = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=_process_main, args=(fn, slot, state, tasks_recv, results_send, os.getpid()), daemon=True
         )
         self.process.start()
-        # Only the child may hold the write end, so its death reads as end-of-file here.
+        # Only the child may hold these ends, so its death reads as end-of-file or a broken pipe here.
         results_send.close()
         tasks_recv.close()
+        self._outbox = _Outbox(tasks_send)
 
     def send(self, msg) -> None:
-        self._tasks.send(msg)
+        self._outbox.put(msg)
+
+    def heartbeat(self) -> tuple[int, int, float]:
+        return _heartbeat(self.state, self.slot)
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -144,46 +231,70 @@ class _ProcessWorker:
         if kill and self.process.is_alive():
             self.process.kill()
         elif not kill:
-            with contextlib.suppress(OSError):
-                self._tasks.send(None)
+            self._outbox.put(None)
         self.process.join(timeout=None if kill else 2)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
-        for conn in (self._tasks, self.results):
-            conn.close()
+        self._outbox.close()
+        self.results.close()
 
     @staticmethod
     def collect(workers: list[_ProcessWorker], timeout: float) -> list[tuple[_ProcessWorker, int, Any]]:
-        by_conn = {w.results: w for w in workers}
+        """Results that have arrived, waiting up to `timeout` for one; meanwhile tasks flow into the pipes that
+        have room, so a worker is never left waiting for the rest of a task."""
         out = []
-        for conn in wait(list(by_conn), timeout):
-            w = by_conn[conn]
-            try:
-                seq, result = conn.recv()
-            except (EOFError, OSError):  # the worker died; supervise() sees it
-                continue
-            except Exception:  # a result that cannot be rebuilt (shared memory gone): redo that worker's tasks
-                w.broken = True
-                continue
-            out.append((w, seq, result))
+        with selectors.DefaultSelector() as selector:
+            for w in workers:
+                selector.register(w.results, selectors.EVENT_READ, w)
+                if w._outbox.waiting():
+                    selector.register(w._outbox.fd, selectors.EVENT_WRITE, w)
+            for key, events in selector.select(timeout):
+                w = key.data
+                if events & selectors.EVENT_WRITE:
+                    w._outbox.flush()
+                    continue
+                try:
+                    seq, result = w.results.recv()
+                except (EOFError, OSError):  # the worker died; supervise() sees it
+                    continue
+                except Exception:  # a result that cannot be rebuilt (shared memory gone): redo that worker's tasks
+                    w.broken = True
+                    continue
+                out.append((w, seq, result))
         return out
 
 
 class _ThreadWorker:
-    """The same contract in a daemon thread (for the GPU path's file reads); a stalled one is abandoned."""
+    """The same contract in a daemon thread (for the GPU path's file reads). A stalled thread cannot be killed:
+    it is abandoned, and stops at its next item. Its heartbeat is its own, never its replacement's, and its
+    tasks are copies, so that nothing it does once awake can touch the work that replaced it."""
 
-    def __init__(self, fn: TaskFn, slot: int, state, results: queue.Queue):
-        self.slot, self.state, self.assigned, self.broken = slot, state, deque(), False
+    def __init__(self, fn: TaskFn, results: queue.Queue):
+        self.assigned, self.broken, self.abandoned = deque(), False, False
+        self.state = [-1.0, -1.0, 0.0]
         self._tasks: queue.Queue = queue.Queue()
         self._results = results
+
+        def receive():
+            msg = self._tasks.get()
+            return None if self.abandoned else msg
+
+        def send(result) -> None:
+            if not self.abandoned:
+                results.put((self, *result))
+
         self.thread = threading.Thread(
-            target=_serve, args=(fn, slot, state, self._tasks.get, lambda r: results.put((self, *r))), daemon=True
+            target=_serve, args=(fn, 0, self.state, receive, send, lambda: self.abandoned), daemon=True
         )
         self.thread.start()
 
     def send(self, msg) -> None:
-        self._tasks.put(msg)
+        seq, items, failed = msg
+        self._tasks.put((seq, list(items), list(failed)))  # the supervisor edits its own lists on a time-out
+
+    def heartbeat(self) -> tuple[int, int, float]:
+        return _heartbeat(self.state, 0)
 
     def alive(self) -> bool:
         return self.thread.is_alive()
@@ -192,7 +303,8 @@ class _ThreadWorker:
         return "reader thread ended"
 
     def stop(self, kill: bool = False) -> None:
-        self._tasks.put(None)  # a stalled thread cannot be killed; it is left behind as a daemon
+        self.abandoned = self.abandoned or kill
+        self._tasks.put(None)
 
     @staticmethod
     def collect(workers: list[_ThreadWorker], timeout: float) -> list[tuple[_ThreadWorker, int, Any]]:
@@ -228,7 +340,6 @@ class _Supervisor:
     def __init__(self, fn: TaskFn, workers: int, item_timeout: float | None, threads: bool, prefetch: int):
         self.fn, self.n, self.item_timeout, self.threads, self.prefetch = fn, workers, item_timeout, threads, prefetch
         if threads:
-            self.state = [0.0] * (_FIELDS * workers)
             self._results: queue.Queue = queue.Queue()
         else:
             self.ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -236,9 +347,9 @@ class _Supervisor:
         self.workers: list = []
 
     def _spawn(self, slot: int):
-        _publish(self.state, slot, -1, -1, 0.0)
         if self.threads:
-            return _ThreadWorker(self.fn, slot, self.state, self._results)
+            return _ThreadWorker(self.fn, self._results)
+        _publish(self.state, slot, -1, -1, 0.0)  # the worker it replaces is dead: no one else writes here
         return _ProcessWorker(self.ctx, self.fn, slot, self.state)
 
     def run(self, tasks: Iterator[list]) -> Iterator[Any]:
@@ -278,7 +389,7 @@ class _Supervisor:
                 self._supervise(todo, pending)
         finally:
             for w in self.workers:
-                w.stop()
+                w.stop(kill=bool(w.assigned))  # a worker still busy (the caller stopped early) has nothing to finish
 
     def _assign(self, todo: deque[int], pending: dict[int, _Task]) -> None:
         while todo:
@@ -293,8 +404,7 @@ class _Supervisor:
     def _supervise(self, todo: deque[int], pending: dict[int, _Task]) -> None:
         now = time.monotonic()
         for slot, w in enumerate(self.workers):
-            base = slot * _FIELDS
-            seq, item, since = int(self.state[base]), int(self.state[base + 1]), self.state[base + 2]
+            seq, item, since = w.heartbeat()
             if not w.alive():
                 reason = f"the decoder crashed on this file (worker {w.death()})"
             elif self.item_timeout and since and now - since > self.item_timeout:
