@@ -46,11 +46,14 @@ def classify_into(
     quiet: bool = False,
     show: bool = False,
     recursive: bool = True,
+    sorter=None,
+    gallery=None,
     **read,
 ) -> Counts:
     """Classify `sources` and write every record where `plan` (zsclip.output.plan_output) says: to stdout, or
     to the output file (FILE.partial, renamed when the run ends; a resumed plan continues it, for the same
-    `inputs`). Skipped files go to stderr and the failures log."""
+    `inputs`). Skipped files go to stderr and the failures log. `sorter` (zsclip.sort.Sorter) and `gallery`
+    (zsclip.gallery.Gallery) receive every record too; they are closed here."""
     from .classify import Skipped, classify
     from .output import FailuresLog, OutputFile, make_writer
     from .sources import count_candidates
@@ -63,9 +66,14 @@ def classify_into(
         if out_file and out_file.done:
             counts.resumed = len(out_file.done)
             progress.log(f"resuming {out_file.partial}: {counts.resumed} images already classified")
-        out = out_file.stream if out_file else sys.stdout
+        for sink in (sorter, gallery):
+            if sink is not None:
+                stack.enter_context(sink)
+        dry_run = sorter is not None and sorter.dry_run
+        out = out_file.stream if out_file else (None if dry_run else sys.stdout)  # a dry run prints its plan
         fail_log = stack.enter_context(FailuresLog(plan.failures)) if plan.failures else None
-        writer = make_writer(fmt, out, top_k, header=not (out_file and out_file.appending))
+        writer = make_writer(fmt, out, top_k, header=not (out_file and out_file.appending)) if out else None
+        written = out_file.done if out_file else ()
         bar = stack.enter_context(progress.bar("classifying", None, "img", show))
         if bar:
             threading.Thread(
@@ -73,10 +81,13 @@ def classify_into(
             ).start()
         records: Iterable = classify(
             clip, clf, sources, top_k=top_k, threshold=threshold, recursive=recursive,
-            exclude=out_file.done if out_file else (), **read,
+            exclude=_finished(out_file, sorter), **read,
         )  # fmt: skip
         try:
             for record in records:
+                place = sorter.add(record) if sorter else None  # the file first: the gallery links to it
+                if gallery:
+                    gallery.add(record, image=None if dry_run else place)
                 if isinstance(record, Skipped):
                     counts.skipped += 1
                     if not quiet:
@@ -85,18 +96,20 @@ def classify_into(
                         fail_log.write(record)
                     if strict:
                         raise ZsclipError(f"{record.path}: {record.reason} (--strict stops at the first bad file)")
-                else:
+                elif record.path not in written:  # sorted only now, but in --output already
                     counts.done += 1
-                    writer.write(record)
+                    if writer:
+                        writer.write(record)
                     if out_file:
                         out_file.tick()
                 if bar:
                     bar.update(0, advance=1, extra=f"{counts.skipped} skipped" if counts.skipped else "")
-            writer.close()
-            if counts.done + counts.resumed == 0:
+            if writer:
+                writer.close()
+            if counts.done + counts.resumed + (sorter.resumed if sorter else 0) == 0:
                 raise ZsclipError(f"no image could be read: all {counts.skipped} files were skipped")
         except BaseException as exc:
-            if not out_file and fmt == "json":
+            if writer and not out_file and fmt == "json":
                 writer.close()  # the records before the failure stay a valid JSON array on stdout
             if out_file:
                 out_file.abandon()
@@ -111,3 +124,23 @@ def classify_into(
         if out_file:
             out_file.finish()
     return counts
+
+
+class _Both:
+    """Paths in both containers: with --output and --sort-into resumed together, an image is left out only when
+    both have it (the sort may have placed it after the output wrote it, or the other way round)."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.a and path in self.b
+
+
+def _finished(out_file, sorter):
+    """What a resumed run leaves out of classification."""
+    if out_file is not None and sorter is not None:
+        return _Both(out_file.done, sorter.exclude)
+    if out_file is not None:
+        return out_file.done
+    return sorter.exclude if sorter is not None else ()

@@ -10,6 +10,7 @@ import typer
 
 from .. import progress
 from ..defaults import DEFAULT_MODEL, FORMATS
+from ..errors import UsageError
 from ..limits import check_ranking
 from .common import (
     DEFAULT_READ,
@@ -92,12 +93,27 @@ def classify_cmd(
     strict: Annotated[
         bool, typer.Option("--strict", envvar=env("strict"), help="Fail the run (exit 1) on the first bad file.")
     ] = False,
+    sort_into: Annotated[
+        Path | None,
+        typer.Option(envvar=env("sort_into"), help="Put every classified image into DIR/<label>/ (manifest.csv)."),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(envvar=env("mode"), help="With --sort-into: copy (default), link or move.", show_default=False),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", envvar=env("dry_run"), help="With --sort-into: print the plan, touch nothing.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option(envvar=env("report"), help="Write a gallery of the results (DIR/gallery.html).")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images by class names: a label, its probability and the top-k classes per image.
 
     With --output, results are written as they come to OUTPUT.partial, which becomes OUTPUT when the run ends;
-    after a crash or kill, the same command with --resume continues where it stopped."""
+    after a crash or kill, the same command with --resume continues where it stopped (also --sort-into and
+    --report)."""
     from ..prompts import class_names
 
     names = class_names(classes, classes_file)
@@ -106,8 +122,14 @@ def classify_cmd(
     from ..output import plan_output
     from ..sources import check_sources
 
-    plan = plan_output(output, fmt, failures=failures, resume=resume, terminal=sys.stdout.isatty())
+    if resume and output is None and sort_into is None and report is None:
+        raise UsageError("--resume needs --output FILE, --sort-into DIR or --report DIR (the run to continue)")
+    plan = plan_output(
+        output, fmt, failures=failures, resume=resume and output is not None, terminal=sys.stdout.isatty()
+    )
     sources = check_sources(paths, recursive)
+    sort_settings = {"classes": names, "threshold": threshold}
+    _check_sinks(sort_into, mode, dry_run, report, resume, sources, recursive, sort_settings)
     if plan.complete:
         progress.log(f"{plan.output} is complete already (no {plan.output}.partial to resume); nothing to do")
         return
@@ -124,13 +146,42 @@ def classify_cmd(
     k = check_options(clf, top_k, threshold)
     if top_k is not None and top_k > k:
         progress.log(f"note: --top-k {top_k} is more than the {k} classes; listing {k}")
+    sorter = gallery = None
+    if sort_into is not None:
+        from ..sort import Sorter
+
+        sorter = Sorter(sort_into, mode or "copy", dry_run=dry_run, resume=resume, labels=clf.labels,
+                        settings=sort_settings)  # fmt: skip
+    if report is not None:
+        from ..gallery import Gallery
+
+        gallery = Gallery(report, resume=resume, title=f"zsclip: {', '.join(clf.labels[:8])}")
     counts = classify_into(
         clip, clf, sources, plan, inputs=paths, top_k=k, threshold=threshold, strict=strict, quiet=quiet,
-        show=show, recursive=recursive, **read,
+        show=show, recursive=recursive, sorter=sorter, gallery=gallery, **read,
     )  # fmt: skip
+    for line in sorter.summary() if sorter and not quiet else []:
+        progress.log(line)
+    if gallery and not quiet:
+        progress.log(f"gallery written to {report / 'gallery.html'}")
     if not quiet:
         listed = f" (listed in {plan.failures})" if plan.failures and counts.skipped else ""
         resumed = f" ({counts.resumed} more from the interrupted run)" if counts.resumed else ""
         skipped = f", skipped {counts.skipped} bad files{listed}" if counts.skipped else ""
         where = f"; results in {plan.output}" if plan.output else ""
         progress.log(f"classified {counts.done} images{resumed}{skipped}{where}")
+
+
+def _check_sinks(sort_into, mode, dry_run, report, resume, sources, recursive, settings) -> None:
+    """The usage errors of --sort-into, --mode, --dry-run and --report, before the model loads."""
+    if sort_into is None and (mode is not None or dry_run):
+        raise UsageError(f"{'--mode' if mode is not None else '--dry-run'} needs --sort-into DIR")
+    if sort_into is not None:
+        from ..sort import check_sort_target
+
+        check_sort_target(sort_into, mode or "copy", dry_run=dry_run, resume=resume, sources=sources,
+                          recursive=recursive, settings=settings)  # fmt: skip
+    if report is not None:
+        from ..gallery import check_report_dir
+
+        check_report_dir(report, resume)
