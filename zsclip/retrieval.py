@@ -178,9 +178,16 @@ def query_vector(
     return total / norm
 
 
+def check_search_options(top: int, threshold: float | None) -> None:
+    if top < 1:
+        raise UsageError(f"--top {top}: must be at least 1")
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold {threshold}: must be a cosine similarity between -1 and 1")
+
+
 def search(
     model: ClipModel,
-    query: str | None,
+    query: str | np.ndarray | None,
     paths: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
     top: int = 10,
     *,
@@ -198,18 +205,21 @@ def search(
 ) -> list[Hit]:
     """The `top` stored images most similar to the query, best first (score = cosine similarity).
 
+    The query is a text (with `image`, `add`, `subtract`, `templates`: see query_vector), or a unit query vector
+    query_vector made already.
+
     `paths` limits the search to images under them (None: every image stored for this model); images there that
     are not indexed yet are indexed first (`options` and `on_batch` as for `index`), unless `index_first` is
     False. Files that no longer exist are left out. `threshold` drops hits scoring below it.
     """
-    if top < 1:
-        raise UsageError(f"--top {top}: must be at least 1")
-    if threshold is not None and not -1.0 <= threshold <= 1.0:
-        raise UsageError(f"--threshold {threshold}: must be a cosine similarity between -1 and 1")
+    check_search_options(top, threshold)
     cache = cache or Cache()
     sources = _sources(paths) if paths is not None else None
-    q = query_vector(model, query, image=image, add=add, subtract=subtract, templates=templates, cache=cache,
-                     exact=exact)  # fmt: skip
+    if isinstance(query, np.ndarray):
+        q = query.astype(np.float32)
+    else:
+        q = query_vector(model, query, image=image, add=add, subtract=subtract, templates=templates, cache=cache,
+                         exact=exact)  # fmt: skip
     if sources is not None and index_first:
         index(model, sources, exact=exact, cache=cache, on_batch=on_batch, **options)
     from .encode import store_variant

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import html
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from . import atomic
+from .errors import UsageError
 from .report import _thumbnail, _write_csv, _write_json
 from .retrieval import Hit
 from .retrieval_eval import RetrievalResult, summary_dict
@@ -124,3 +128,31 @@ def _html(summary: dict, result: RetrievalResult, worst: int) -> str:
 <table><tr><th>image</th><th>rank</th><th>its captions</th><th>retrieved first</th></tr>{i_rows or ""}</table>
 {"" if i_rows else "<p>every image found one of its captions first</p>"}"""
     return _page(f"zsclip retrieval eval: {summary['dataset']}", body)
+
+
+def write_hits(hits: Sequence[Hit], fmt: str, stream: IO[str]) -> None:
+    """Search results as a table (for people), csv, json (one array) or jsonl; columns rank, path, score."""
+    records = [h.to_dict() for h in hits]
+    if fmt == "jsonl":
+        stream.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    elif fmt == "json":
+        stream.write(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(stream)
+        writer.writerow(["rank", "path", "score"])
+        writer.writerows([r["rank"], r["path"], r["score"]] for r in records)
+    elif fmt == "table":
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(show_edge=False, header_style="bold")
+        table.add_column("rank", justify="right")
+        table.add_column("score", justify="right")
+        table.add_column("path", overflow="fold")
+        for h in hits:
+            table.add_row(str(h.rank), f"{h.score:.4f}", escape(h.path))
+        Console(file=stream, highlight=False, soft_wrap=False).print(table)
+    else:
+        raise UsageError(f"--format {fmt}: use one of table, csv, json, jsonl")
+    stream.flush()
