@@ -251,3 +251,13 @@ def test_stored_vector_file_is_not_read_through_sqlite_per_query(tiny, tmp_path,
     monkeypatch.setattr(vectors, "_build", lambda *a: calls.append(a) or pytest.fail("rebuilt"))
     zsclip.search(tiny, "y", tmp_path / "photos", workers=0)
     assert not calls
+
+
+def test_cache_clear_removes_the_search_snapshots(tiny, tmp_path):
+    _images(tmp_path / "photos", 2)
+    zsclip.search(tiny, "x", tmp_path / "photos", workers=0)
+    assert any((zsclip.Cache().directory / "search").iterdir())
+    zsclip.Cache().clear()
+    assert not (zsclip.Cache().directory / "search").exists()
+    with pytest.raises(UsageError, match="zsclip index"):
+        zsclip.search(tiny, "x")

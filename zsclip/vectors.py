@@ -17,6 +17,7 @@ import mmap
 import os
 import shutil
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -208,11 +209,21 @@ def _build(conn: sqlite3.Connection, root: Path, pointer: Path, fingerprint: str
         np.save(folder / "offsets.npy", np.asarray(offsets, dtype=np.int64))
     finally:
         conn.execute("COMMIT")
-    old = _read_json(pointer)
+    old = (_read_json(pointer) or {}).get("folder")
     atomic.write_text(pointer, json.dumps({"folder": folder.name, "generation": gen, "count": count, "dim": dim}))
-    if old and old.get("folder") and old["folder"] != folder.name:
-        shutil.rmtree(root / old["folder"], ignore_errors=True)  # open memory maps of it stay valid on POSIX
+    # The build this one replaces goes at once (open memory maps of it stay valid on POSIX); others left by
+    # concurrent or killed builds once they are an hour old, so a process still writing one is left alone.
+    for other in root.glob(f"{pointer.stem}-*"):
+        if other != folder and (other.name == old or _age(other) > 3600):
+            shutil.rmtree(other, ignore_errors=True)
     return folder
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _open(folder: Path, count: int, dim: int) -> Snapshot:
