@@ -179,22 +179,14 @@ def search_cmd(
     clip = load_model(model, device=device, precision=precision, cache=cache)
     options = dict(cache=cache, exact=exact_preprocess, batch_size=batch_size, workers=workers, recursive=recursive,
                    max_pixels=max_pixels, file_timeout=file_timeout)  # fmt: skip
-    q = query_vector(
-        clip,
-        query,
-        image=image,
-        add=add or [],
-        subtract=subtract or [],
-        templates=templates,
-        cache=cache,
-        exact=exact_preprocess,
-    )  # fmt: skip  -- a bad query fails before any indexing
+    # The query first, so a bad --image fails before any indexing.
+    q = query_vector(clip, query, image=image, add=add or [], subtract=subtract or [], templates=templates,
+                     cache=cache, exact=exact_preprocess)  # fmt: skip
     indexed = _index_with_progress(clip, sources, progress.enabled(quiet), quiet, None, **options)
     if indexed.new + indexed.changed and not quiet:
         progress.log(f"indexed {indexed.new + indexed.changed} new or changed images first")
     hits = search(clip, q, sources, top, threshold=threshold, index_first=False, **options)
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(atomic.atomic_open(output, "w", encoding="utf-8", newline="")) if output else None
+    with atomic.atomic_open(output, "w", encoding="utf-8", newline="") if output else contextlib.nullcontext() as out:
         write_hits(hits, fmt, out or sys.stdout)
     if report:
         described = {"query": query, "image": str(image) if image else None, "add": add, "subtract": subtract,
