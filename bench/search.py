@@ -1,6 +1,6 @@
 """Query latency of `zsclip.search` over N stored 512-d vectors (synthetic, inserted into a store in a temporary
 cache directory), exact, against brute force (one full matrix product and a full sort over the vectors held in
-RAM), with recall@10 of faiss (if installed) against the exact results.
+RAM), and with --faiss the approximate search (zsclip[faiss]): its latency and recall@10 against the exact results.
 
     python bench/search.py --sizes 100000,1000000
 
@@ -112,11 +112,7 @@ def run(n: int, queries: int, k: int, budget: int, use_faiss: bool) -> dict:
     }
     report_exact(out)
     if use_faiss:
-        out.update(faiss_recall(held, qs, brute, k))
-        if "faiss_median_ms" in out:
-            print(f"|   faiss IVF ({out['faiss_lists']} lists, nprobe {out['faiss_nprobe']}): build "
-                  f"{out['faiss_build_s']:.1f} s, median {out['faiss_median_ms']:.2f} ms, recall@10 "
-                  f"{out['faiss_recall@10']:.3f} vs exact |", flush=True)  # fmt: skip
+        approximate(model, cache, qs, brute, k)
     del held
     import shutil
 
@@ -126,34 +122,29 @@ def run(n: int, queries: int, k: int, budget: int, use_faiss: bool) -> dict:
     return out
 
 
-def faiss_recall(held: np.ndarray, qs: list[np.ndarray], exact: list[list[int]], k: int) -> dict:
+def approximate(model, cache: Cache, qs: list[np.ndarray], exact: list[list[int]], k: int) -> None:
+    """zsclip.search(..., approximate=True): index build time, latency and recall@k against the exact top k."""
     try:
-        import faiss
+        import faiss  # noqa: F401
     except ImportError:
-        return {}
-    n = len(held)
-    lists = max(1, int(np.sqrt(n)))  # 1,000 lists at 1M: k-means on 32 samples per list stays a few minutes
-    quantizer = faiss.IndexFlatIP(DIM)
-    index = faiss.IndexIVFFlat(quantizer, DIM, lists, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = 10
-    t0 = time.perf_counter()
-    index.train(held[np.random.default_rng(2).choice(n, min(n, 32 * lists), replace=False)])
-    index.add(held)
-    build = time.perf_counter() - t0
-    index.nprobe = max(1, lists // 20)
-    lat, recall = [], []
-    for q, truth in zip(qs, exact, strict=True):
+        print("|   faiss not installed: pip install 'zsclip[faiss]' |")
+        return
+    exists, os.path.exists = os.path.exists, lambda p: True if str(p).startswith("/bench/") else exists(p)
+    try:
         t0 = time.perf_counter()
-        _, idx = index.search(q[None, :], k)
-        lat.append(time.perf_counter() - t0)
-        recall.append(len(set(idx[0].tolist()) & set(truth)) / k)
-    return {
-        "faiss_lists": lists,
-        "faiss_nprobe": index.nprobe,
-        "faiss_build_s": build,
-        "faiss_median_ms": 1000 * statistics.median(lat),
-        "faiss_recall@10": np.mean(recall),
-    }
+        retrieval.search(model, qs[0], None, top=k, cache=cache, approximate=True)
+        build = time.perf_counter() - t0
+        lat, recall = [], []
+        for q, truth in zip(qs, exact, strict=True):
+            t0 = time.perf_counter()
+            hits = retrieval.search(model, q, None, top=k, cache=cache, approximate=True)
+            lat.append(time.perf_counter() - t0)
+            recall.append(len({int(h.path[-11:-4]) for h in hits} & set(truth)) / k)
+    finally:
+        os.path.exists = exists
+    median = 1000 * statistics.median(lat)
+    print(f"|   zsclip search --approximate (faiss IVF): index build {build:.1f} s, median {median:.2f} ms, "
+          f"recall@{k} {np.mean(recall):.3f} vs exact |", flush=True)  # fmt: skip
 
 
 TARGETS = {100_000: 50.0, 1_000_000: 500.0}
@@ -176,7 +167,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--budget-mb", type=int, default=vectors.DEFAULT_BUDGET >> 20)
-    parser.add_argument("--faiss", action="store_true", help="Also measure a faiss IVF index (pip install faiss-cpu).")
+    parser.add_argument("--faiss", action="store_true", help="Also measure --approximate (pip install faiss-cpu).")
     args = parser.parse_args()
     print("| stored vectors | insert s | snapshot build s | zsclip median ms | p95 ms | first query in a process ms | "
           "brute force ms | ratio | same top-10 | target ms | met? |")  # fmt: skip

@@ -261,3 +261,22 @@ def test_cache_clear_removes_the_search_snapshots(tiny, tmp_path):
     assert not (zsclip.Cache().directory / "search").exists()
     with pytest.raises(UsageError, match="zsclip index"):
         zsclip.search(tiny, "x")
+
+
+def test_approximate_search_with_every_list_probed_equals_exact(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=(3000, 32)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    paths = [f"/x/{i:05d}.jpg" for i in range(3000)]
+    offsets = np.cumsum([0] + [len(p) for p in paths])
+    snap = vectors.Snapshot(data, vectors.PathList("".join(paths).encode(), offsets), tmp_path)
+    monkeypatch.setattr(vectors, "APPROX_MIN_ROWS", 0)
+    q = data[7] + 0.1 * rng.normal(size=32).astype(np.float32)
+    for ranges in ([(0, 3000)], [(100, 900), (2000, 2500)]):
+        exact_rows, exact_scores = vectors.top_k(data, q, 10, ranges)
+        rows, scores = vectors.approximate_top_k(snap, q, 10, ranges, nprobe=10_000)
+        assert rows.tolist() == exact_rows.tolist() and scores == pytest.approx(exact_scores, abs=1e-5)
+        rows, _ = vectors.approximate_top_k(snap, q, 10, ranges)  # the default probes a twentieth of the lists
+        assert all(any(lo <= r < hi for lo, hi in ranges) for r in rows.tolist())
+    assert (tmp_path / "faiss.index").is_file()

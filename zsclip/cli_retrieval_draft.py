@@ -147,6 +147,9 @@ def search_cmd(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write search.html with thumbnails here.")] = None,
+    approximate: Annotated[
+        bool, typer.Option("--approximate", envvar=_env("approximate"), help="faiss IVF index (zsclip[faiss]).")
+    ] = False,
     model: ModelOpt = DEFAULT_MODEL,
     recursive: RecursiveOpt = True,
     batch_size: BatchOpt = None,
@@ -185,7 +188,7 @@ def search_cmd(
     indexed = _index_with_progress(clip, sources, progress.enabled(quiet), quiet, None, **options)
     if indexed.new + indexed.changed and not quiet:
         progress.log(f"indexed {indexed.new + indexed.changed} new or changed images first")
-    hits = search(clip, q, sources, top, threshold=threshold, index_first=False, **options)
+    hits = search(clip, q, sources, top, threshold=threshold, index_first=False, approximate=approximate, **options)
     with atomic.atomic_open(output, "w", encoding="utf-8", newline="") if output else contextlib.nullcontext() as out:
         write_hits(hits, fmt, out or sys.stdout)
     if report:

@@ -197,6 +197,7 @@ def search(
     templates: str | Sequence[str] | None = None,
     threshold: float | None = None,
     index_first: bool = True,
+    approximate: bool = False,
     exact: bool = False,
     cache: Cache | None = None,
     budget: int = vectors.DEFAULT_BUDGET,
@@ -210,7 +211,8 @@ def search(
 
     `paths` limits the search to images under them (None: every image stored for this model); images there that
     are not indexed yet are indexed first (`options` and `on_batch` as for `index`), unless `index_first` is
-    False. Files that no longer exist are left out. `threshold` drops hits scoring below it.
+    False. Files that no longer exist are left out. `threshold` drops hits scoring below it. `approximate` uses a
+    faiss IVF index (the `zsclip[faiss]` extra; recall@10 measured in bench/search.py) instead of exact search.
     """
     check_search_options(top, threshold)
     cache = cache or Cache()
@@ -235,7 +237,10 @@ def search(
     want = top
     total = sum(hi - lo for lo, hi in ranges)
     while True:  # a few more candidates than asked, for stored files that have since been deleted
-        rows, scores = vectors.top_k(snapshot.vectors, q, min(total, want + 8), ranges, budget)
+        if approximate:
+            rows, scores = vectors.approximate_top_k(snapshot, q, min(total, want + 8), ranges)
+        else:
+            rows, scores = vectors.top_k(snapshot.vectors, q, min(total, want + 8), ranges, budget)
         hits = []
         for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
             if threshold is not None and score < threshold:
@@ -245,6 +250,7 @@ def search(
                 hits.append(Hit(len(hits) + 1, path, float(score)))
             if len(hits) == top:
                 break
-        if len(hits) == top or len(rows) >= total or (threshold is not None and scores[-1] < threshold):
+        done = len(rows) >= total or (approximate and len(rows) < min(total, want + 8))  # no more to find
+        if len(hits) == top or done or not len(rows) or (threshold is not None and scores[-1] < threshold):
             return hits
         want *= 4

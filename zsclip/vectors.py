@@ -85,6 +85,7 @@ class PathList(Sequence):
 class Snapshot:
     vectors: np.ndarray  # [N, dim] float32, memory-mapped, rows in path order
     paths: PathList
+    folder: Path | None = None  # where it lives (the approximate index is kept beside it)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -229,11 +230,11 @@ def _age(path: Path) -> float:
 def _open(folder: Path, count: int, dim: int) -> Snapshot:
     offsets = np.load(folder / "offsets.npy")
     if count == 0:
-        return Snapshot(np.zeros((0, max(dim, 1)), dtype=np.float32), PathList(b"", offsets))
+        return Snapshot(np.zeros((0, max(dim, 1)), dtype=np.float32), PathList(b"", offsets), folder)
     vectors = np.memmap(folder / "vectors.f32", dtype=np.float32, mode="r", shape=(count, dim))
     with open(folder / "paths.bin", "rb") as f:
         blob = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if offsets[-1] else b""
-    return Snapshot(vectors, PathList(blob, offsets))
+    return Snapshot(vectors, PathList(blob, offsets), folder)
 
 
 def stored_paths(conn: sqlite3.Connection, fingerprint: str, variant: str, roots: Sequence[tuple[str, bool]]):
@@ -266,3 +267,60 @@ def delete_paths(conn: sqlite3.Connection, fingerprint: str, variant: str, paths
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("DELETE FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ?", rows)
     return len(rows)
+
+
+# -- approximate search (optional: faiss) ------------------------------------------------------------------
+APPROX_MIN_ROWS = 50_000  # below this, exact search is fast enough and an index is not worth building
+_FAISS: dict[str, object] = {}
+
+
+def approximate_top_k(
+    snapshot: Snapshot, query: np.ndarray, k: int, ranges: list[tuple[int, int]], nprobe: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by a faiss IVF index (inner product) kept beside the snapshot, built on first use; the candidates'
+    scores are then recomputed exactly from the snapshot. Small snapshots are searched exactly."""
+    if len(snapshot) < APPROX_MIN_ROWS or snapshot.folder is None:
+        return top_k(snapshot.vectors, query, k, ranges)
+    try:
+        import faiss
+    except ImportError:
+        from .errors import UsageError
+
+        raise UsageError("approximate search needs faiss: pip install 'zsclip[faiss]' (or faiss-cpu)") from None
+    index = _faiss_index(faiss, snapshot)
+    lists = index.nlist
+    selector, keep = None, []  # `keep`: the Python wrappers must stay alive until the search is done
+    if ranges != [(0, len(snapshot))]:
+        for lo, hi in ranges:
+            part = faiss.IDSelectorRange(lo, hi)
+            selector = part if selector is None else faiss.IDSelectorOr(selector, part)
+            keep += [part, selector]
+    params = faiss.SearchParametersIVF(nprobe=nprobe or max(1, lists // 20), sel=selector)
+    _, ids = index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), k, params=params)
+    rows = np.sort(ids[0][ids[0] >= 0])
+    scores = np.einsum("ij,j->i", snapshot.vectors[rows], query) if len(rows) else np.empty(0, np.float32)
+    order = np.lexsort((rows, -scores))
+    return rows[order], scores[order]
+
+
+def _faiss_index(faiss, snapshot: Snapshot):
+    """The IVF index of this snapshot: from this process, from disk (memory-mapped), or built and saved."""
+    path = snapshot.folder / "faiss.index"
+    index = _FAISS.get(str(path))
+    if index is not None:
+        return index
+    if not path.is_file():
+        n, dim = snapshot.vectors.shape
+        lists = max(1, int(np.sqrt(n)))  # 1,000 lists at 1M vectors
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
+        sample = np.sort(np.random.default_rng(0).choice(n, min(n, 32 * lists), replace=False))
+        index.train(np.ascontiguousarray(snapshot.vectors[sample]))
+        step = max(1, DEFAULT_BUDGET // (4 * dim))
+        for start in range(0, n, step):
+            index.add(np.ascontiguousarray(snapshot.vectors[start : start + step]))
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+    index = _FAISS[str(path)] = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    return index
