@@ -206,8 +206,8 @@ def search(
 ) -> list[Hit]:
     """The `top` stored images most similar to the query, best first (score = cosine similarity).
 
-    The query is a text (with `image`, `add`, `subtract`, `templates`: see query_vector), or a unit query vector
-    query_vector made already.
+    The query is a text (combined with `image`, `add`, `subtract`, `templates` by query_vector), or a unit query
+    vector made beforehand (e.g. by query_vector, so a bad query image fails before any indexing).
 
     `paths` limits the search to images under them (None: every image stored for this model); images there that
     are not indexed yet are indexed first (`options` and `on_batch` as for `index`), unless `index_first` is
