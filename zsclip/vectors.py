@@ -314,7 +314,7 @@ def _faiss_index(faiss, snapshot: Snapshot):
         lists = max(1, int(np.sqrt(n)))  # 1,000 lists at 1M vectors
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.cp.niter = 10
-        sample = np.sort(np.random.default_rng(0).choice(n, min(n, 32 * lists), replace=False))
+        sample = np.sort(np.random.default_rng(0).choice(n, min(n, 40 * lists), replace=False))  # faiss asks >= 39
         index.train(np.ascontiguousarray(snapshot.vectors[sample]))
         step = max(1, DEFAULT_BUDGET // (4 * dim))
         for start in range(0, n, step):
