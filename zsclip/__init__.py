@@ -4,6 +4,9 @@ model = zsclip.load_model("ViT-B-32:openai")                  # or a path, hf-hu
 clf = zsclip.build_classifier(model, ["cat", "dog"])         # cached text embeddings, prompt ensemble
 for record in zsclip.classify(model, clf, "photos/"):         # streams Prediction / Skipped records
     print(record.to_dict())
+zsclip.index(model, "photos/")                                # the image-embedding store, incremental
+for hit in zsclip.search(model, "a dog on a beach", "photos/"):   # Hit(rank, path, score), best first
+    print(hit.to_dict())
 
 Names are loaded on first use (PEP 562), so `import zsclip` and the CLI's `--help` do not pay for torch.
 """
@@ -46,6 +49,10 @@ _EXPORTS = {
     "LocateResult": "locate",
     "Segment": "locate",
     "locate": "locate",
+    "Hit": "retrieval",
+    "IndexResult": "retrieval",
+    "index": "retrieval",
+    "search": "retrieval",
 }
 _SUBMODULES = ("report",)
 
@@ -90,4 +97,5 @@ if TYPE_CHECKING:
     from .locate import LocateResult, Segment, locate
     from .models import ClipModel, list_models, load_model, parse_spec
     from .prompts import TemplateSet, list_template_sets, load_templates, parse_classes, read_classes_file
+    from .retrieval import Hit, IndexResult, index, search
     from .text import Classifier, build_classifier

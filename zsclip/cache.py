@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
 import sys
 import time
@@ -221,6 +222,7 @@ class Cache:
                 self.conn.execute("DELETE FROM models WHERE fingerprint = ?", (fingerprint,))
         if fingerprint is None:
             self.conn.execute("VACUUM")
+            shutil.rmtree(self.directory / "search", ignore_errors=True)  # search snapshots (zsclip.vectors)
         return n, m
 
     def size_bytes(self) -> int:

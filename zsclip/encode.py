@@ -24,6 +24,7 @@ class EmbeddedBatch:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     reused: int = 0  # how many vectors came from the image-embedding store
     skipped_at: list[int] = field(default_factory=list)  # per skip record: how many of `paths` precede it
+    encoded: list[int] = field(default_factory=list)  # indices into paths that were decoded and encoded here
 
 
 @torch.inference_mode()
@@ -43,6 +44,11 @@ def draft_size(model: ClipModel) -> int:
     final downscale (measured: >= 99.5% top-1 agreement with exact decoding, see bench/README.md)."""
     size = getattr(model.model.visual, "image_size", 224)
     return 2 * (max(size) if isinstance(size, tuple | list) else int(size))
+
+
+def store_variant(model: ClipModel, exact: bool = False) -> str:
+    """The image store's variant key for vectors this model makes with these reading options."""
+    return variant_key(model.precision, model.preprocess, None if exact else draft_size(model))
 
 
 def embed_stream(
@@ -73,8 +79,7 @@ def embed_stream(
     check_limits(batch_size, workers, max_pixels, file_timeout)  # before `or`, which would take 0 as the default
     batch_size = batch_size or (256 if model.device.type == "cuda" else 32)
     draft = None if exact else draft_size(model)
-    variant = variant_key(model.precision, model.preprocess, draft)
-    image_store = ImageStore.open(cache or Cache(), model.fingerprint, variant) if store else None
+    image_store = ImageStore.open(cache or Cache(), model.fingerprint, store_variant(model, exact)) if store else None
     on_device = decode_on == "device" or (decode_on == "auto" and model.device.type == "cuda")
     if on_device and TensorPreprocess.from_transform(model.preprocess) is not None:
         batches = iter_device_batches(
@@ -106,7 +111,9 @@ def _embed(model: ClipModel, batches, image_store: ImageStore | None) -> Iterato
             fresh = [(identity, rows[i].numpy()) for i, identity in batch.identities.items()]
             image_store = image_store if _put(image_store, fresh) else None
         features = torch.stack([rows[i] for i in range(len(batch.paths))]).to(model.device)
-        yield EmbeddedBatch(batch.paths, features, batch.skipped, len(batch.stored), batch.skipped_at)
+        yield EmbeddedBatch(
+            batch.paths, features, batch.skipped, len(batch.stored), batch.skipped_at, list(batch.decoded)
+        )
 
 
 def _put(store: ImageStore, rows: list) -> bool:

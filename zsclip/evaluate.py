@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,10 +13,13 @@ from . import metrics
 from .classify import probabilities
 from .datasets import EvalDataset, load_dataset
 from .encode import embed_stream
-from .errors import ZsclipError
+from .errors import UsageError, ZsclipError
 from .models import ClipModel
 from .prompts import list_template_sets, load_templates
 from .text import Classifier, build_classifier, ensemble
+
+if TYPE_CHECKING:
+    from .retrieval_eval import RetrievalResult
 
 
 @dataclass
@@ -96,8 +100,22 @@ def evaluate(
     store: bool = True,
     exact: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
-) -> EvalResult:
-    """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset)."""
+    task: str = "classification",
+    recall_k: Sequence[int] = (1, 5, 10),
+) -> EvalResult | RetrievalResult:
+    """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset).
+
+    With task="retrieval", recall@K (`recall_k`) both ways on a captions CSV (a file, csv:FILE, or a folder
+    holding captions.csv): see zsclip.retrieval_eval. `templates`, `root`, `classnames` do not apply there."""
+    if task == "retrieval":
+        from .retrieval_eval import evaluate_retrieval
+
+        return evaluate_retrieval(
+            model, dataset, recall_k, batch_size=batch_size, workers=workers, store=store, exact=exact,
+            on_batch=on_batch,
+        )  # fmt: skip
+    if task != "classification":
+        raise UsageError(f"--task {task}: use classification or retrieval")
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, root=root, classnames=classnames)
     dataset = dataset.limit(limit)

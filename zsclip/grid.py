@@ -32,6 +32,7 @@ class GridOptions:
     classnames: str | None = None
     limit: int | None = None
     exact: bool = False
+    recall_k: str = "1,5,10"
 
     def key(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -89,7 +90,7 @@ def run_grid(
     from .cache import Cache
     from .models import fingerprint_spec, load_model
 
-    evaluate_pair = evaluate_pair or _classification_pair
+    evaluate_pair = evaluate_pair or (_retrieval_pair if options.task == "retrieval" else _classification_pair)
     cache = Cache()
     done = done_pairs(report, options)
     if report is not None:
@@ -153,6 +154,28 @@ def _classification_pair(clip, name: str, options: GridOptions, folder: Path | N
     if folder is not None:
         return write_report(result, folder, clip.spec, clip.fingerprint)
     return summary_dict(result, clip.spec, clip.fingerprint)
+
+
+def _retrieval_pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
+    from .retrieval_eval import evaluate_retrieval, summary_dict
+    from .retrieval_report import write_retrieval_report
+
+    data, ks = retrieval_data(name, options.recall_k)
+    result = evaluate_retrieval(clip, data, ks, **{**read, "exact": options.exact})
+    if folder is not None:
+        return write_retrieval_report(result, folder, clip.spec, clip.fingerprint)
+    return summary_dict(result, clip.spec, clip.fingerprint)
+
+
+def retrieval_data(dataset: str, recall_k: str):
+    """A captions data set and the K of recall@K (`--recall-k 1,5,10`), checked: (CaptionData, [K...])."""
+    from .retrieval_eval import check_recall_k, load_captions
+
+    try:
+        ks = check_recall_k([int(k) for k in recall_k.split(",") if k.strip()])
+    except ValueError:
+        raise UsageError(f"--recall-k {recall_k}: give comma-separated integers such as 1,5,10") from None
+    return load_captions(dataset), ks
 
 
 def _failed(spec: str, fingerprint: str | None, dataset: str, options: GridOptions, exc: Exception) -> dict:

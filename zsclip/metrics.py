@@ -9,11 +9,15 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+# scikit-learn is imported inside each function: it costs a second, and zsclip.evaluate (which `import zsclip`
+# loads for zsclip.evaluate()) imports this module.
 
 
 def summary(y_true: np.ndarray, topk: np.ndarray) -> dict:
     """acc1, acc5 (when there are >= 5 ranked classes) and mean_per_class_recall; topk is [N, k] class indices."""
+    from sklearn.metrics import balanced_accuracy_score
+
     y_true = np.asarray(y_true)
     hits = topk == y_true[:, None]
     out = {"acc1": float(hits[:, 0].mean()) if len(y_true) else 0.0}
@@ -28,6 +32,8 @@ def summary(y_true: np.ndarray, topk: np.ndarray) -> dict:
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    from sklearn.metrics import precision_recall_fscore_support
+
     labels = np.arange(num_classes)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
@@ -35,6 +41,8 @@ def per_class(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows: true class, columns: predicted class."""
+    from sklearn.metrics import confusion_matrix
+
     return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
 
 

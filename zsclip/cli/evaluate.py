@@ -111,6 +111,17 @@ def eval_cmd(
     fmt: Annotated[
         str, typer.Option("--format", "-f", envvar=env("format"), help="table or json (the metrics.json content).")
     ] = "table",
+    task: Annotated[
+        str | None,
+        typer.Option(
+            envvar=env("task"),
+            help="classification or retrieval (recall@K on a captions CSV: filepath,caption). Default: classification.",
+            show_default=False,
+        ),
+    ] = None,
+    recall_k: Annotated[
+        str, typer.Option("--recall-k", envvar=env("recall_k"), help="With --task retrieval: the K of recall@K.")
+    ] = "1,5,10",
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -127,7 +138,7 @@ def eval_cmd(
     results.jsonl/results.csv, leaderboard.html and a report per pair, and a rerun fills in only what is missing."""
     choice("--format", fmt, ("table", "json"))
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
-    from ..grid import GridOptions, read_lines
+    from ..grid import GridOptions, read_lines, retrieval_data
 
     models = [*(models or []), *(read_lines(models_file, "models") if models_file else [])] or [DEFAULT_MODEL]
     datasets = [*(datasets or []), *(read_lines(datasets_file, "datasets") if datasets_file else [])]
@@ -137,12 +148,20 @@ def eval_cmd(
         from ..output import check_output_dir
 
         check_output_dir(report, "--report")
+    choice("--task", task, ("classification", "retrieval"))
     if len(models) * len(datasets) > 1 or models_file or datasets_file:
         if limit is not None and limit < 1:
             raise UsageError(f"--limit {limit}: must be at least 1")
-        options = GridOptions(templates, None, str(root) if root else None, classnames, limit, exact_preprocess)
+        root_dir = str(root) if root else None
+        options = GridOptions(templates, task, root_dir, classnames, limit, exact_preprocess, recall_k)
         return _grid(models, datasets, options, report, fmt, device, precision, read, quiet)
     model, dataset = models[0], datasets[0]
+    if task == "retrieval":
+        data, ks = retrieval_data(dataset, recall_k)
+        from ..models import load_model
+
+        clip = load_model(model, device=device, precision=precision)
+        return eval_retrieval(data, ks, clip, report, fmt, quiet, **read)
     data = eval_data(dataset, root, classnames, limit)
 
     from ..cache import Cache
@@ -216,3 +235,35 @@ def _grid(models, datasets, options, report, fmt, device, precision, read, quiet
     failed = sum(1 for r in rows if r["error"])
     if failed:
         raise ZsclipError(f"{failed} of {len(rows)} pairs failed (listed above and in the results)")
+
+
+def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, quiet: bool, **options) -> None:
+    """The rest of `zsclip eval --task retrieval` once eval_cmd has loaded the model: `options` are eval's
+    reading options (batch_size, workers, store, exact, max_pixels, file_timeout)."""
+    from ..retrieval_eval import evaluate_retrieval, summary_dict
+    from ..retrieval_report import write_retrieval_report
+
+    with progress.bar("encoding images", len(data.images), "img", progress.enabled(quiet)) as bar:
+        result = evaluate_retrieval(
+            clip, data, ks, on_batch=lambda d, s: bar and bar.update(0, advance=d + s), **options
+        )
+    if report:
+        summary = write_retrieval_report(result, report, clip.spec, clip.fingerprint)
+    else:
+        summary = summary_dict(result, clip.spec, clip.fingerprint)
+    if fmt == "json":
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        m = summary["metrics"]
+        print_table(
+            f"{summary['dataset']}: {summary['images']} images, {summary['captions']} captions",
+            ["", "text → image", "image → text"],
+            [
+                [f"R@{k}", f"{m[f'image_retrieval_recall@{k}']:.2%}", f"{m[f'text_retrieval_recall@{k}']:.2%}"]
+                for k in ks
+            ],
+        )
+    for path, reason in result.skipped if not quiet else []:
+        progress.log(f"skipped {path}: {reason}")
+    if report and not quiet:
+        progress.log(f"report written to {report} (open {report / 'report.html'})")

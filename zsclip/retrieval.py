@@ -1,0 +1,256 @@
+"""Retrieval: put images into the image-embedding store (`index`) and find them by text or image (`search`).
+
+No second image pipeline: indexing is embed_stream with the store on, exactly what classify runs, so a folder
+classified once is already indexed, and the same bad-file rules apply. Search scores a query vector against a
+snapshot of the store (zsclip.vectors): exact, chunked, top-k by partial sort.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import vectors
+from .cache import Cache
+from .errors import UsageError
+from .models import ClipModel
+from .sources import expand_sources
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int  # 1 = best
+    path: str  # absolute, as stored
+    score: float  # cosine similarity with the query
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "path": self.path, "score": round(self.score, 6)}
+
+
+@dataclass
+class IndexResult:
+    new: int = 0  # encoded, never stored before at this path
+    reused: int = 0  # vector taken from the store (unchanged, or moved/renamed and found by content hash)
+    changed: int = 0  # stored before at this path, but the content changed: encoded again
+    moved: int = 0  # of `reused`: found by content hash under another path
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), as classify reports them
+    missing: list[str] = field(default_factory=list)  # stored under the paths, but the file is gone
+    pruned: int = 0  # rows of missing files removed (prune=True)
+
+    @property
+    def indexed(self) -> int:
+        return self.new + self.reused + self.changed
+
+    def to_dict(self) -> dict:
+        return {
+            "indexed": self.indexed,
+            "new": self.new,
+            "reused": self.reused,
+            "changed": self.changed,
+            "moved": self.moved,
+            "skipped": len(self.skipped),
+            "missing": len(self.missing),
+            "pruned": self.pruned,
+        }
+
+
+def _roots(sources: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    return [(os.path.abspath(p), explicit) for p, explicit in sources]
+
+
+def _sources(paths) -> list[tuple[str, bool]]:
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    paths = list(paths)
+    if paths and all(isinstance(p, tuple) for p in paths):  # checked already by images.expand_sources
+        return paths
+    return expand_sources(paths)
+
+
+def index(
+    model: ClipModel,
+    paths: Iterable[str | os.PathLike] | str | os.PathLike,
+    *,
+    prune: bool = False,
+    exact: bool = False,
+    cache: Cache | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    **options,
+) -> IndexResult:
+    """Embed every image under `paths` into the image-embedding store; only new or changed files are encoded.
+
+    `options` go to zsclip.encode.embed_stream (batch_size, workers, recursive, max_pixels, file_timeout).
+    Stored files that no longer exist are listed in `missing` (search leaves them out); `prune` deletes their
+    rows. `on_batch(indexed, skipped)` reports progress per batch.
+    """
+    from .encode import embed_stream, store_variant
+
+    cache = cache or Cache()
+    sources = _sources(paths)
+    roots = _roots(sources)
+    variant = store_variant(model, exact)
+    conn = cache.conn
+    vectors.ensure_generation(conn)
+    before = set(vectors.stored_paths(conn, model.fingerprint, variant, roots))
+    seen: set[str] = set()
+    result = IndexResult()
+    for batch in embed_stream(model, sources, store=True, cache=cache, exact=exact, **options):
+        result.skipped += batch.skipped
+        encoded = set(batch.encoded)
+        for i, path in enumerate(batch.paths):
+            key = os.path.abspath(path)
+            seen.add(key)
+            if i in encoded:
+                if key in before:
+                    result.changed += 1
+                else:
+                    result.new += 1
+            else:
+                result.reused += 1
+                result.moved += key not in before
+        seen.update(os.path.abspath(p) for p, _ in batch.skipped)
+        if on_batch:
+            on_batch(len(batch.paths), len(batch.skipped))
+    result.missing = sorted(p for p in before - seen if not os.path.exists(p))
+    if prune:
+        result.pruned = vectors.delete_paths(conn, model.fingerprint, variant, result.missing)
+    return result
+
+
+# -- queries -----------------------------------------------------------------------------------------------
+def text_vectors(
+    model: ClipModel, texts: Sequence[str], templates: str | Sequence[str] | None = None, cache: Cache | None = None
+) -> np.ndarray:
+    """Unit-norm text embeddings [len(texts), dim], cached: each text as given, or ensembled over a template set
+    exactly as class names are."""
+    from .text import build_classifier
+
+    return build_classifier(model, list(texts), ["{}"] if templates is None else templates, cache=cache).weights.numpy()
+
+
+def image_vector(model: ClipModel, image: str | os.PathLike, *, exact: bool = False) -> np.ndarray:
+    """The unit-norm embedding of one image file, or a UsageError saying why it cannot be read."""
+    from .encode import embed_stream
+
+    image = str(image)
+    if not os.path.isfile(image):
+        raise UsageError(f"--image {image}: no such file")
+    for batch in embed_stream(model, [(image, True)], store=False, exact=exact, workers=0):
+        if batch.skipped:
+            raise UsageError(f"--image {image}: cannot read the query image ({batch.skipped[0][1]})")
+        if batch.features is not None:
+            return batch.features[0].cpu().numpy()
+    raise UsageError(f"--image {image}: cannot read the query image")
+
+
+def query_vector(
+    model: ClipModel,
+    query: str | None = None,
+    *,
+    image: str | os.PathLike | None = None,
+    add: Sequence[str] = (),
+    subtract: Sequence[str] = (),
+    templates: str | Sequence[str] | None = None,
+    cache: Cache | None = None,
+    exact: bool = False,
+) -> np.ndarray:
+    """rclip-style query arithmetic: the sum of the unit vectors of the query text, the query image and every
+    `add` text, minus those of every `subtract` text, normalised."""
+    texts = [t for t in [query] if t is not None] + list(add) + list(subtract)
+    if query is None and image is None:
+        raise UsageError("give a text query or --image FILE")
+    if any(not t.strip() for t in texts):
+        raise UsageError("a query text (QUERY, --add or --subtract) is empty")
+    parts = []
+    if texts:
+        tv = text_vectors(model, texts, templates, cache)
+        signs = np.array([1.0] * (len(texts) - len(subtract)) + [-1.0] * len(subtract), dtype=np.float32)
+        parts.append((signs[:, None] * tv).sum(axis=0))
+    if image is not None:
+        parts.append(image_vector(model, image, exact=exact))
+    total = np.sum(parts, axis=0).astype(np.float32)
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise UsageError("the query vectors cancel out (--subtract removes everything the query adds)")
+    return total / norm
+
+
+def check_search_options(top: int, threshold: float | None) -> None:
+    if top < 1:
+        raise UsageError(f"--top {top}: must be at least 1")
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold {threshold}: must be a cosine similarity between -1 and 1")
+
+
+def search(
+    model: ClipModel,
+    query: str | np.ndarray | None,
+    paths: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
+    top: int = 10,
+    *,
+    image: str | os.PathLike | None = None,
+    add: Sequence[str] = (),
+    subtract: Sequence[str] = (),
+    templates: str | Sequence[str] | None = None,
+    threshold: float | None = None,
+    index_first: bool = True,
+    approximate: bool = False,
+    exact: bool = False,
+    cache: Cache | None = None,
+    budget: int = vectors.DEFAULT_BUDGET,
+    on_batch: Callable[[int, int], None] | None = None,
+    **options,
+) -> list[Hit]:
+    """The `top` stored images most similar to the query, best first (score = cosine similarity).
+
+    The query is a text (combined with `image`, `add`, `subtract`, `templates` by query_vector), or a unit query
+    vector made beforehand (e.g. by query_vector, so a bad query image fails before any indexing).
+
+    `paths` limits the search to images under them (None: every image stored for this model); images there that
+    are not indexed yet are indexed first (`options` and `on_batch` as for `index`), unless `index_first` is
+    False. Files that no longer exist are left out. `threshold` drops hits scoring below it. `approximate` uses a
+    faiss IVF index (the `zsclip[faiss]` extra; recall@10 measured in bench/search.py) instead of exact search.
+    """
+    check_search_options(top, threshold)
+    cache = cache or Cache()
+    sources = _sources(paths) if paths is not None else None
+    if isinstance(query, np.ndarray):
+        q = query.astype(np.float32)
+    else:
+        q = query_vector(model, query, image=image, add=add, subtract=subtract, templates=templates, cache=cache,
+                         exact=exact)  # fmt: skip
+    if sources is not None and index_first:
+        index(model, sources, exact=exact, cache=cache, on_batch=on_batch, **options)
+    from .encode import store_variant
+
+    snapshot = vectors.load(cache, model.fingerprint, store_variant(model, exact))
+    ranges = snapshot.ranges(_roots(sources) if sources is not None else None)
+    if not ranges:
+        where = f" under {', '.join(p for p, _ in sources)}" if sources is not None else ""
+        how = f"zsclip index {' '.join(p for p, _ in sources)}" if sources is not None else "zsclip index PATH"
+        raise UsageError(f"no images indexed for model {model.spec}{where}; index them: {how} --model {model.spec}")
+    if snapshot.vectors.shape[1] != len(q):
+        raise UsageError(f"the stored vectors have {snapshot.vectors.shape[1]} dimensions, the query {len(q)}")
+    want = top
+    total = sum(hi - lo for lo, hi in ranges)
+    while True:  # a few more candidates than asked, for stored files that have since been deleted
+        if approximate:
+            rows, scores = vectors.approximate_top_k(snapshot, q, min(total, want + 8), ranges)
+        else:
+            rows, scores = vectors.top_k(snapshot.vectors, q, min(total, want + 8), ranges, budget)
+        hits = []
+        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+            if threshold is not None and score < threshold:
+                break
+            path = snapshot.paths[row]
+            if os.path.exists(path):
+                hits.append(Hit(len(hits) + 1, path, float(score)))
+            if len(hits) == top:
+                break
+        done = len(rows) >= total or (approximate and len(rows) < min(total, want + 8))  # no more to find
+        if len(hits) == top or done or not len(rows) or (threshold is not None and scores[-1] < threshold):
+            return hits
+        want *= 4
