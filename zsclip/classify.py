@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from .encode import embed_stream
 from .errors import UsageError
 from .images import expand_sources
 from .models import ClipModel
 from .text import Classifier
+
+if TYPE_CHECKING:
+    import torch
 
 UNKNOWN = "unknown"
 
