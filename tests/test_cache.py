@@ -138,6 +138,7 @@ def reference_run(tmp_path_factory) -> tuple[list[dict], Path]:
     return [json.loads(line) for line in out.stdout.splitlines()], cache
 
 
+@pytest.mark.slow  # a process each
 @pytest.mark.parametrize("where", ["empty", "missing-below", "filled"])
 def test_classify_with_a_read_only_cache_works_uncached_with_one_warning(tmp_path, reference_run, where):
     records, filled = reference_run
@@ -151,6 +152,7 @@ def test_classify_with_a_read_only_cache_works_uncached_with_one_warning(tmp_pat
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["info"], ["clear"], ["clear", "--model", "shapes"]])
 def test_cache_info_and_clear_on_a_read_only_cache_are_one_line_errors(tmp_path, reference_run, command):
     _, filled = reference_run

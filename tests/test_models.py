@@ -177,6 +177,7 @@ def _same_outputs(a, b) -> None:
     assert repr(a.preprocess) == repr(b.preprocess)
 
 
+@pytest.mark.slow  # three ViT-B-32 loads
 def test_the_hinted_spec_and_the_tags_own_file_give_the_tags_model(hf_cache, vitb32_weights):
     repo = open_clip.get_pretrained_cfg("ViT-B-32", "openai")["hf_hub"].rstrip("/")
     put_in_hf_cache(hf_cache, repo, {"open_clip_model.safetensors": vitb32_weights})
@@ -285,6 +286,7 @@ print(json.dumps({"records": records, "open_clip": "open_clip" in sys.modules, "
 """
 
 
+@pytest.mark.slow  # two processes each
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_cached_rerun_does_not_import_open_clip_and_gives_the_same_records(tmp_path, workers):
     env = {**os.environ, "PYTHONPATH": str(REPO), "ZSCLIP_CACHE_DIR": str(tmp_path / "cache")}
