@@ -188,6 +188,8 @@ def test_the_hinted_spec_and_the_tags_own_file_give_the_tags_model(hf_cache, vit
     own_file = zsclip.load_model(f"ViT-B-32:{cached_weights('ViT-B-32', 'openai')}", lazy=False)
     assert type(own_file.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
     _same_outputs(tag, own_file)
+    # Cached vectors are keyed by the model built: never shared with a GELU build of the same file.
+    assert own_file.fingerprint.startswith("ViT-B-32-quickgelu@sha256:")
 
 
 # -- loading without random initialisation (issue 13.2) ------------------------------------------------------

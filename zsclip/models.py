@@ -565,29 +565,35 @@ def _load_pretrained(parsed: ModelSpec):
     return model, preprocess, tokenizer, {}
 
 
-def _tag_of_file(arch: str, path: Path) -> str | None:
-    """The pretrained tag whose downloaded weights `path` is, if any: that file then loads as its tag does."""
+def _checkpoint_arch(parsed: ModelSpec) -> str:
+    """The architecture a checkpoint is built as: what ARCH names, except for a pretrained tag's own downloaded
+    file, which builds the tag's model (QuickGELU for OpenAI weights). Any other file cannot be told apart:
+    ViT-B-32 has GELU-trained tags as well, so QuickGELU cannot be assumed. open_clip is imported only for a file
+    inside a download cache, so a cached run on a checkpoint elsewhere never imports it."""
+    from huggingface_hub import constants
+
+    real = os.path.realpath(parsed.source)
+    roots = (constants.HF_HUB_CACHE, Path("~/.cache/clip").expanduser())
+    caches = [f(c) + os.sep for c in roots for f in (os.path.realpath, os.path.abspath)]
+    named = os.path.abspath(parsed.source)  # a snapshot link, or the blob it points to
+    if not any(p.startswith(c) for p in (real, named) for c in caches):
+        return parsed.arch
     import open_clip
 
-    real = os.path.realpath(path)
-    for tag in open_clip.list_pretrained_tags_by_model(arch):
+    for tag in open_clip.list_pretrained_tags_by_model(parsed.arch):
         with contextlib.suppress(Exception):  # a tag without a hub entry or an odd cache is simply not this file
-            found = cached_weights(arch, tag)
+            found = cached_weights(parsed.arch, tag)
             if found and os.path.realpath(found) == real:
-                return tag
-    return None
+                return _quickgelu_name(parsed.arch, tag)
+    return parsed.arch
 
 
 def _load_checkpoint(parsed: ModelSpec):
     import open_clip
 
     path = Path(parsed.source)
-    tag = _tag_of_file(parsed.arch, path)
-    # A tag's own file, named as ARCH:/path, builds the tag's model (QuickGELU for OpenAI weights). Any other file
-    # builds what ARCH names: ViT-B-32 has GELU-trained tags as well, so QuickGELU cannot be assumed.
-    arch = _quickgelu_name(parsed.arch, tag) if tag else parsed.arch
     try:
-        model, preprocess = _quiet_create(arch, pretrained=str(path))
+        model, preprocess = _quiet_create(_checkpoint_arch(parsed), pretrained=str(path))
     except Exception as exc:  # a state dict of another architecture fails in many ways
         raise ZsclipError(
             f"cannot load model {parsed.spec}: {path} does not hold {parsed.arch} weights ({_one_line(exc)}); "
@@ -666,8 +672,8 @@ def fingerprint_spec(spec: str | ModelSpec, cache: Cache | None = None) -> str:
     cache = cache or Cache()
     if parsed.kind == "pretrained":
         return f"{parsed.arch}:{parsed.source}"
-    if parsed.kind == "checkpoint":
-        return f"{parsed.arch}@sha256:{cache.file_sha256(parsed.source)[:20]}"
+    if parsed.kind == "checkpoint":  # the built architecture: the same file may build with QuickGELU or not
+        return f"{_checkpoint_arch(parsed)}@sha256:{cache.file_sha256(parsed.source)[:20]}"
     if parsed.kind == "hf-hub":
         config_file = _hub_config_file(parsed.source)
         # The snapshot folder name is the hub commit, which pins the weights.
