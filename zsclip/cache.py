@@ -236,9 +236,13 @@ class Cache:
                 [(fingerprint, spec, time.time())],
             )
         else:
+            try:
+                text = json.dumps(info, sort_keys=True)
+            except (TypeError, ValueError):  # a config value JSON cannot hold: this model always loads eagerly
+                return self.remember_model(fingerprint, spec)
             self._write(
                 "INSERT OR REPLACE INTO models (fingerprint, spec, last_used, info) VALUES (?, ?, ?, ?)",
-                [(fingerprint, spec, time.time(), json.dumps(info, sort_keys=True))],
+                [(fingerprint, spec, time.time(), text)],
             )
 
     def model_info(self, fingerprint: str) -> dict | None:
