@@ -125,3 +125,56 @@ def test_lookups_use_indexes_not_scans(private_cache, tmp_path):
         plan = " ".join(row[-1] for row in store.conn.execute("EXPLAIN QUERY PLAN " + query).fetchall())
         assert "SEARCH" in plan and "SCAN" not in plan, plan
         assert "content_hash=?" in plan or "path=?" in plan, plan
+
+
+def _bmp(path, colour):
+    Image.new("RGB", (40, 40), colour).save(path)  # every 40x40 RGB BMP has the same size in bytes
+    return path
+
+
+def test_a_file_rewritten_with_its_old_size_and_mtime_is_encoded_again(counted, tmp_path):
+    """`touch -r`, `exiftool -P`, archive tools: the content changes, path, size and mtime do not (issue 12.10)."""
+    model, calls = counted
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    a = _bmp(folder / "a.bmp", (255, 0, 0))
+    b = _bmp(tmp_path / "b.bmp", (0, 0, 255))
+    assert a.stat().st_size == b.stat().st_size
+    _run(model, ["red", "blue"], folder)
+    before = a.stat()
+    a.write_bytes(b.read_bytes())  # in place: same inode
+    os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = a.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    calls.clear()
+    stored = _run(model, ["red", "blue"], folder)
+    assert calls == [1]
+    fresh = _run(model, ["red", "blue"], folder, store=False)
+    assert [r["prob"] for r in stored] == pytest.approx([r["prob"] for r in fresh], abs=1e-6)
+
+
+def test_a_file_replaced_by_rename_with_its_old_mtime_is_encoded_again(counted, tmp_path):
+    model, calls = counted
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    a = _bmp(folder / "a.bmp", (255, 0, 0))
+    _run(model, ["red", "blue"], folder)
+    before = a.stat()
+    b = _bmp(tmp_path / "b.bmp", (0, 0, 255))
+    os.utime(b, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(b, a)  # new inode, old size and mtime
+    calls.clear()
+    stored = _run(model, ["red", "blue"], folder)
+    assert calls == [1]
+    fresh = _run(model, ["red", "blue"], folder, store=False)
+    assert [r["prob"] for r in stored] == pytest.approx([r["prob"] for r in fresh], abs=1e-6)
+
+
+def test_a_metadata_only_change_reuses_the_vector_by_content(counted, tmp_path):
+    model, calls = counted
+    folder = _images(tmp_path / "imgs", 2)
+    first = _run(model, ["cat", "dog"], folder)
+    os.chmod(folder / "0.png", 0o600)  # new ctime, same content
+    calls.clear()
+    assert _run(model, ["cat", "dog"], folder) == first
+    assert calls == []

@@ -8,6 +8,7 @@ rebuilt, so a damaged cache costs a re-encode, never a failed run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -22,11 +23,12 @@ import platformdirs
 
 from .errors import ZsclipError, is_disk_full
 
-SCHEMA_VERSION = 3  # 2: image_embeddings; 3: content-hash index led by the hash
+SCHEMA_VERSION = 4  # 2: image_embeddings; 3: content-hash index led by the hash; 4: ctime + inode, model info
 DB_NAME = "zsclip.sqlite"
 # SQLite allows at most 999 bound parameters per statement in older builds.
 _CHUNK = 900
 _SCAN_ABOVE = 5000
+_WARNED: set[str] = set()  # cache directories warned about in this process
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS text_embeddings (
@@ -39,7 +41,8 @@ CREATE TABLE IF NOT EXISTS text_embeddings (
 CREATE TABLE IF NOT EXISTS models (
     fingerprint TEXT PRIMARY KEY,
     spec        TEXT NOT NULL,
-    last_used   REAL NOT NULL
+    last_used   REAL NOT NULL,
+    info        TEXT  -- JSON: logit scale, preprocessing, metadata (what a fully cached run needs, see models.py)
 );
 CREATE TABLE IF NOT EXISTS image_embeddings (
     fingerprint  TEXT NOT NULL,
@@ -49,6 +52,8 @@ CREATE TABLE IF NOT EXISTS image_embeddings (
     mtime_ns     INTEGER NOT NULL,
     content_hash TEXT NOT NULL,
     vector       BLOB NOT NULL,
+    ctime_ns     INTEGER NOT NULL DEFAULT -1,
+    inode        INTEGER NOT NULL DEFAULT -1,
     PRIMARY KEY (fingerprint, variant, path)
 ) WITHOUT ROWID;
 DROP INDEX IF EXISTS image_by_content;
@@ -57,9 +62,20 @@ CREATE TABLE IF NOT EXISTS file_hashes (
     path     TEXT PRIMARY KEY,
     size     INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    sha256   TEXT NOT NULL
+    sha256   TEXT NOT NULL,
+    ctime_ns INTEGER NOT NULL DEFAULT -1,
+    inode    INTEGER NOT NULL DEFAULT -1
 );
 """
+# Version 3 files gain the version 4 columns. Their rows keep -1 for ctime and inode, which never matches a file,
+# so the first lookup falls through to the content hash (images) or hashes the file again (weights).
+_MIGRATE_4 = [
+    ("models", "info", "TEXT"),
+    ("image_embeddings", "ctime_ns", "INTEGER NOT NULL DEFAULT -1"),
+    ("image_embeddings", "inode", "INTEGER NOT NULL DEFAULT -1"),
+    ("file_hashes", "ctime_ns", "INTEGER NOT NULL DEFAULT -1"),
+    ("file_hashes", "inode", "INTEGER NOT NULL DEFAULT -1"),
+]
 
 
 def cache_dir() -> Path:
@@ -84,22 +100,41 @@ class Cache:
         self.directory = Path(directory) if directory is not None else cache_dir()
         self.path = self.directory / DB_NAME
         self._conn: sqlite3.Connection | None = None
-        self._warned = False
+        self._in_memory = ""  # why the cache lives in memory, when it does
 
     # -- connection ---------------------------------------------------------------------------------------
     @property
     def conn(self) -> sqlite3.Connection:
+        """The connection; a cache directory that cannot be written gives a private in-memory cache instead, with
+        one warning, so a run still works, only without caching."""
         if self._conn is None:
-            self._conn = self._open()
+            self._conn = self._open(fallback=True)
         return self._conn
 
-    def _open(self) -> sqlite3.Connection:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    @property
+    def persistent(self) -> bool:
+        """False when the cache fell back to memory: nothing is kept after the run, and workers cannot share it."""
+        self.conn  # noqa: B018 -- decides it
+        if self._in_memory:
+            self._warn(self._in_memory)
+        return not self._in_memory
+
+    def _open(self, fallback: bool) -> sqlite3.Connection:
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             return self._connect()
-        except sqlite3.OperationalError as exc:  # locked, I/O error, disk full: the file itself may be fine
+        except (OSError, sqlite3.OperationalError) as exc:  # locked, I/O error, disk full, read-only
+            if self._read_only():
+                reason = f"{self.directory} is read-only ({_reason(exc)})"
+                if not fallback:
+                    raise ZsclipError(
+                        f"cannot use the cache: {reason}; make it writable or set ZSCLIP_CACHE_DIR to another directory"
+                    ) from exc
+                # Warned at the first write (see _write), so a command that only reads or fails says one thing.
+                self._in_memory = f"{reason}; going on without caching. Make it writable or set ZSCLIP_CACHE_DIR."
+                return self._connect(":memory:")
             raise ZsclipError(
-                f"cannot open the cache {self.path} ({exc}); "
+                f"cannot open the cache {self.path} ({_reason(exc)}); "
                 + ("free disk space or " if is_disk_full(exc) else "")
                 + "set ZSCLIP_CACHE_DIR to another directory"
             ) from exc
@@ -115,8 +150,24 @@ class Cache:
                     src.replace(Path(str(moved) + suffix))
             return self._connect()
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+    def _read_only(self) -> bool:
+        """Whether the cache cannot be written: a read-only file system, or no write permission on the directory
+        (or the first missing directory up the path) or on the database file."""
+        existing = self.directory
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not os.access(existing, os.W_OK):  # access() reports EROFS even to root
+            return True
+        return self.path.exists() and not os.access(self.path, os.W_OK)
+
+    def _warn(self, message: str) -> None:
+        """Once per cache directory and process: a run opens the cache in several places."""
+        if str(self.directory) not in _WARNED:
+            _WARNED.add(str(self.directory))
+            print(f"warning: cache: {message}", file=sys.stderr)
+
+    def _connect(self, target: Path | str | None = None) -> sqlite3.Connection:
+        conn = sqlite3.connect(target or self.path, timeout=60, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -126,7 +177,13 @@ class Cache:
                 raise sqlite3.DatabaseError(f"schema version {version}, newer than this zsclip's {SCHEMA_VERSION}")
             if version < SCHEMA_VERSION:  # every table is CREATE IF NOT EXISTS, so older files just gain tables
                 conn.executescript(_SCHEMA)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                with conn:  # one writer at a time checks and adds the columns
+                    conn.execute("BEGIN IMMEDIATE")
+                    for table, column, decl in _MIGRATE_4:
+                        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                        if column not in have:
+                            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Touch a table so a file that is not a database fails here, not mid-run.
             conn.execute("SELECT count(*) FROM models").fetchone()
         except sqlite3.DatabaseError:
@@ -171,33 +228,64 @@ class Cache:
         rows = [(fingerprint, precision, p, np.asarray(v, dtype=np.float32).tobytes()) for p, v in vectors]
         self._write("INSERT OR REPLACE INTO text_embeddings VALUES (?, ?, ?, ?)", rows)
 
-    def remember_model(self, fingerprint: str, spec: str) -> None:
-        self._write("INSERT OR REPLACE INTO models VALUES (?, ?, ?)", [(fingerprint, spec, time.time())])
+    def remember_model(self, fingerprint: str, spec: str, info: dict | None = None) -> None:
+        """Note that `spec` was used (for `cache info`), with what a later run needs to skip loading it."""
+        if info is None:
+            self._write(
+                "INSERT INTO models (fingerprint, spec, last_used) VALUES (?, ?, ?) ON CONFLICT (fingerprint) "
+                "DO UPDATE SET spec = excluded.spec, last_used = excluded.last_used",
+                [(fingerprint, spec, time.time())],
+            )
+        else:
+            try:
+                text = json.dumps(info, sort_keys=True)
+            except (TypeError, ValueError):  # a config value JSON cannot hold: this model always loads eagerly
+                return self.remember_model(fingerprint, spec)
+            self._write(
+                "INSERT OR REPLACE INTO models (fingerprint, spec, last_used, info) VALUES (?, ?, ?, ?)",
+                [(fingerprint, spec, time.time(), text)],
+            )
 
-    def _write(self, sql: str, rows: list[tuple]) -> bool:
-        """One transaction; on a full disk, a warning (once) and False: the run goes on, uncached, and nothing
-        written before is lost (the transaction rolls back whole)."""
+    def model_info(self, fingerprint: str) -> dict | None:
+        """What `remember_model` stored for these weights, or None."""
+        row = self.conn.execute("SELECT info FROM models WHERE fingerprint = ?", (fingerprint,)).fetchall()
+        if not row or not row[0][0]:
+            return None
+        try:
+            return json.loads(row[0][0])
+        except ValueError:  # a damaged row costs one model load, which writes it again
+            return None
+
+    def _write(self, sql: str, rows: list[tuple], quiet: bool = False) -> bool:
+        """One transaction; on a full disk or a cache that turned read-only, a warning (once) and False: the run
+        goes on, uncached, and nothing written before is lost (the transaction rolls back whole). `quiet`: no
+        warning for a cache in memory (a memo of no use to the user)."""
+        if self._in_memory and not quiet:
+            self._warn(self._in_memory)
         try:
             with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
                 self.conn.executemany(sql, rows)
         except sqlite3.OperationalError as exc:
-            if not is_disk_full(exc):
-                raise
-            if not self._warned:
-                self._warned = True
-                print(
-                    f"warning: cannot write the cache {self.path} ({exc}): the disk is full or failing; going on "
-                    "without caching. Free space or set ZSCLIP_CACHE_DIR.",
-                    file=sys.stderr,
+            if is_disk_full(exc):
+                self._warn(
+                    f"cannot write {self.path} ({exc}): the disk is full or failing; going on without caching. "
+                    "Free space or set ZSCLIP_CACHE_DIR."
                 )
+            elif "readonly" in str(exc) or self._read_only():
+                self._warn(
+                    f"cannot write {self.path} ({exc}); going on without caching. Make it writable or set "
+                    "ZSCLIP_CACHE_DIR."
+                )
+            else:
+                raise
             return False
         return True
 
     # -- maintenance --------------------------------------------------------------------------------------
     def info(self) -> list[ModelEntry]:
         """Entries and bytes per model fingerprint."""
-        rows = self.conn.execute(
+        rows = self._maintained().execute(
             "SELECT f.fingerprint, coalesce(m.spec, ''), "
             "  (SELECT count(*) FROM text_embeddings t WHERE t.fingerprint = f.fingerprint), "
             "  (SELECT count(*) FROM image_embeddings i WHERE i.fingerprint = f.fingerprint), "
@@ -210,6 +298,26 @@ class Cache:
 
     def clear(self, fingerprint: str | None = None) -> tuple[int, int]:
         """Delete cached vectors (all, or one model's); returns how many (text, image) vectors were removed."""
+        self._maintained()
+        try:
+            return self._clear(fingerprint)
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or self._read_only():
+                raise ZsclipError(f"cannot clear the cache {self.path} ({exc}): make it writable") from exc
+            raise
+
+    def _maintained(self) -> sqlite3.Connection:
+        """The on-disk cache, for `cache info` and `cache clear`: a cache that cannot be opened is an error here,
+        not an empty in-memory stand-in."""
+        if self._conn is None:
+            self._conn = self._open(fallback=False)
+        elif self._in_memory:
+            raise ZsclipError(
+                f"cannot use the cache: {self.directory} is read-only; make it writable or set ZSCLIP_CACHE_DIR"
+            )
+        return self._conn
+
+    def _clear(self, fingerprint: str | None) -> tuple[int, int]:
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             if fingerprint is None:
@@ -230,12 +338,17 @@ class Cache:
 
     # -- file hashes --------------------------------------------------------------------------------------
     def file_sha256(self, path: Path | str) -> str:
-        """sha256 of a file, memoised by (path, size, mtime) so large weights are hashed once."""
+        """sha256 of a file, memoised by (path, size, mtime, ctime, inode) so large weights are hashed once.
+
+        ctime and inode catch what size and mtime miss: a file rewritten with its old mtime put back (`touch -r`,
+        archive tools) has a new ctime, and one replaced by rename has a new inode."""
         path = Path(path).resolve()
         st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         row = self.conn.execute(
-            "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
-            (str(path), st.st_size, st.st_mtime_ns),
+            "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ? "
+            "AND inode = ?",
+            key,
         ).fetchall()
         if row:
             return row[0][0]
@@ -245,6 +358,13 @@ class Cache:
                 digest.update(block)
         sha = digest.hexdigest()
         self._write(
-            "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", [(str(path), st.st_size, st.st_mtime_ns, sha)]
+            "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, ctime_ns, inode, sha256) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(*key, sha)],
+            quiet=True,
         )
         return sha
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

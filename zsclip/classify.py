@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from .encode import embed_stream
 from .errors import UsageError
@@ -14,6 +13,9 @@ from .limits import check_ranking
 from .models import ClipModel
 from .sources import expand_sources
 from .text import Classifier
+
+if TYPE_CHECKING:
+    import torch
 
 UNKNOWN = "unknown"
 

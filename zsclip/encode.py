@@ -5,16 +5,17 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from .cache import Cache
 from .errors import is_disk_full
-from .gpu import TensorPreprocess, iter_device_batches
 from .images import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits, iter_batches
 from .models import ClipModel
 from .progress import log
 from .store import ImageStore, variant_key
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -27,9 +28,17 @@ class EmbeddedBatch:
     encoded: list[int] = field(default_factory=list)  # indices into paths that were decoded and encoded here
 
 
-@torch.inference_mode()
 def encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
     """Unit-norm float32 image embeddings [batch, dim] on the model's device."""
+    import torch
+
+    with torch.inference_mode():
+        return _encode_images(model, pixels)
+
+
+def _encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
+    import torch
+
     if pixels.device != model.device:
         pixels = (pixels.pin_memory() if model.device.type == "cuda" else pixels).to(model.device, non_blocking=True)
     if model.channels_last:
@@ -42,13 +51,13 @@ def encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
 def draft_size(model: ClipModel) -> int:
     """Decode JPEGs to at least twice the model's input side, so its own antialiased resize still does the
     final downscale (measured: >= 99.5% top-1 agreement with exact decoding, see bench/README.md)."""
-    size = getattr(model.model.visual, "image_size", 224)
+    size = model.image_size  # from the cache when the model is not built: a fully stored run never builds it
     return 2 * (max(size) if isinstance(size, tuple | list) else int(size))
 
 
 def store_variant(model: ClipModel, exact: bool = False) -> str:
     """The image store's variant key for vectors this model makes with these reading options."""
-    return variant_key(model.precision, model.preprocess, None if exact else draft_size(model))
+    return variant_key(model.precision, model.preprocess_key, None if exact else draft_size(model))
 
 
 def embed_stream(
@@ -81,6 +90,8 @@ def embed_stream(
     draft = None if exact else draft_size(model)
     image_store = ImageStore.open(cache or Cache(), model.fingerprint, store_variant(model, exact)) if store else None
     on_device = decode_on == "device" or (decode_on == "auto" and model.device.type == "cuda")
+    if on_device:
+        from .gpu import TensorPreprocess, iter_device_batches  # torchvision's decoders: only on this path
     if on_device and TensorPreprocess.from_transform(model.preprocess) is not None:
         batches = iter_device_batches(
             sources, model.preprocess, model.device, batch_size=batch_size, recursive=recursive,
@@ -99,6 +110,8 @@ def embed_stream(
 
 
 def _embed(model: ClipModel, batches, image_store: ImageStore | None) -> Iterator[EmbeddedBatch]:
+    import torch
+
     for batch in batches:
         if not batch.paths:
             yield EmbeddedBatch([], None, batch.skipped, skipped_at=batch.skipped_at)
@@ -121,11 +134,15 @@ def _put(store: ImageStore, rows: list) -> bool:
     try:
         store.put(rows)
     except (sqlite3.OperationalError, OSError) as exc:
-        if not is_disk_full(exc):
+        if is_disk_full(exc):
+            why = f"the disk holding the cache ({store.db_path}) is full ({exc})"
+        elif "readonly" in str(exc):  # made read-only during the run (remounted, permissions changed)
+            why = f"the cache {store.db_path} cannot be written ({exc})"
+        else:
             raise
         log(
-            f"warning: the disk holding the cache ({store.db_path}) is full ({exc}); image embeddings are no "
-            "longer stored in this run, those stored so far are kept. Free space or set ZSCLIP_CACHE_DIR."
+            f"warning: {why}; image embeddings are no longer stored in this run, those stored so far are kept. "
+            "Free space or set ZSCLIP_CACHE_DIR."
         )
         return False
     return True

@@ -2,8 +2,11 @@
 re-encoding a single image.
 
 Vectors live in the cache's SQLite file, keyed by model fingerprint, a variant (precision + preprocessing +
-decoding version) and file identity: path, size and mtime, with a content hash so moved or renamed files are
-found too. Decoding workers look files up before decoding them; only the main process writes.
+decoding version) and file identity: path, size, mtime, ctime and inode, with a content hash so moved or renamed
+files are found too. ctime and inode matter: a file rewritten with its old mtime put back (`touch -r`, `exiftool -P`,
+archive tools) keeps path, size and mtime, but not its ctime; a file replaced by rename gets a new inode. Any
+difference falls through to the content hash, so a file that only changed metadata still reuses its vector.
+Decoding workers look files up before decoding them; only the main process writes.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ class FileIdentity:
     size: int
     mtime_ns: int
     content_hash: str
+    ctime_ns: int = -1
+    inode: int = -1
 
 
 def variant_key(precision: str, preprocess, draft: int | None = None) -> str:
-    """What besides the weights changes an image vector: precision, JPEG draft decoding and the preprocessing."""
-    digest = hashlib.sha256(repr(preprocess).encode()).hexdigest()[:16]
+    """What besides the weights changes an image vector: precision, JPEG draft decoding and the preprocessing
+    (the transform, or its key as ClipModel.preprocess_key gives it)."""
+    digest = preprocess if isinstance(preprocess, str) else hashlib.sha256(repr(preprocess).encode()).hexdigest()[:16]
     return f"{precision}|{DECODE_VERSION}|draft={draft or 0}|{digest}"
 
 
@@ -71,8 +77,10 @@ class ImageStore:
         self._local = threading.local()
 
     @classmethod
-    def open(cls, cache: Cache, fingerprint: str, variant: str) -> ImageStore:
-        cache.conn  # noqa: B018 -- creates the file and its tables before any worker reads it
+    def open(cls, cache: Cache, fingerprint: str, variant: str) -> ImageStore | None:
+        """A store in the cache's file; None when the cache cannot be written (it then lives in memory only)."""
+        if not cache.persistent:  # also creates the file and its tables before any worker reads it
+            return None
         return cls(str(cache.path), fingerprint, variant)
 
     @property
@@ -106,13 +114,13 @@ class ImageStore:
             return None, None
         row = self.conn.execute(
             "SELECT vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ? "
-            "AND size = ? AND mtime_ns = ?",
-            (self.fingerprint, self.variant, key, st.st_size, st.st_mtime_ns),
+            "AND size = ? AND mtime_ns = ? AND ctime_ns = ? AND inode = ?",
+            (self.fingerprint, self.variant, key, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
         ).fetchall()  # fetchall: a statement left unfinished would hold a read snapshot and stall WAL checkpoints
         if row:
             return np.frombuffer(row[0][0], dtype=np.float32), None
         try:
-            identity = FileIdentity(key, st.st_size, st.st_mtime_ns, content_hash(path))
+            identity = FileIdentity(key, st.st_size, st.st_mtime_ns, content_hash(path), st.st_ctime_ns, st.st_ino)
         except OSError:
             return None, None
         row = self.conn.execute(
@@ -136,9 +144,16 @@ class ImageStore:
                 i.mtime_ns,
                 i.content_hash,
                 np.asarray(v, dtype=np.float32).tobytes(),
+                i.ctime_ns,
+                i.inode,
             )
             for i, v in rows
         ]
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany("INSERT OR REPLACE INTO image_embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO image_embeddings "
+                "(fingerprint, variant, path, size, mtime_ns, content_hash, vector, ctime_ns, inode) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )

@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .cache import Cache
 from .errors import UsageError
 from .models import ClipModel
 from .prompts import DEFAULT_TEMPLATES, TemplateSet, load_templates
+
+if TYPE_CHECKING:
+    import torch
 
 TEXT_BATCH = 256
 
@@ -142,6 +145,8 @@ def _tie_message(model: ClipModel, a: str, b: str, n: int, w: torch.Tensor, temp
 
 def ensemble(per_class: Sequence[np.ndarray]) -> torch.Tensor:
     """normalise each prompt embedding -> mean per class -> normalise: the CLIP prompt ensemble."""
+    import torch
+
     if len({len(v) for v in per_class}) == 1:  # the usual case: every class has every template, one tensor op
         v = torch.from_numpy(np.asarray(per_class, dtype=np.float32))
         return torch.nn.functional.normalize(torch.nn.functional.normalize(v, dim=-1).mean(dim=1), dim=-1)
@@ -160,6 +165,7 @@ def _pool_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tenso
     pooling over padding) and HF or custom text towers return None and take the plain `encode_text` path.
     """
     import open_clip
+    import torch
 
     if type(model) is not open_clip.CLIP or getattr(model, "attn_mask", None) is None:
         return None
@@ -175,6 +181,8 @@ def _pool_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tenso
 
 def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """open_clip's CLIP.encode_text, run only up to the batch's last pooled position."""
+    import torch
+
     length = int(positions.max()) + 1
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens[:, :length]).to(cast_dtype)
@@ -191,7 +199,6 @@ def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor, positions: tor
     return x
 
 
-@torch.inference_mode()
 def encode_prompts(
     model: ClipModel, prompts: Sequence[str], *, progress: Callable[[int, int], None] | None = None
 ) -> list[np.ndarray]:
@@ -200,6 +207,17 @@ def encode_prompts(
     CLIP text towers see 77 positions although prompts are short; sorted by length and batched, each batch runs
     only to its longest prompt (several times faster, same vectors to ~1e-6). Other towers run `encode_text`.
     """
+    import torch
+
+    with torch.inference_mode():
+        return _encode_prompts(model, prompts, progress)
+
+
+def _encode_prompts(
+    model: ClipModel, prompts: Sequence[str], progress: Callable[[int, int], None] | None
+) -> list[np.ndarray]:
+    import torch
+
     if progress:
         progress(0, len(prompts))
     tokens = model.tokenizer(list(prompts))

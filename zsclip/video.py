@@ -441,7 +441,7 @@ def embed_video(
     # H.264 decoding 1.7x faster). Sampling near the frame rate decodes every frame.
     nonref = bool(info.rate and fps * NONREF_RATIO <= info.rate)
     sampling = f"{SAMPLING}{'-ref' if nonref else ''}"
-    variant = f"{variant_key(model.precision, model.preprocess, short_side)}|video-{sampling}"
+    variant = f"{variant_key(model.precision, model.preprocess_key, short_side)}|video-{sampling}"
     frame_store = (
         VideoStore(ImageStore.open(cache or Cache(), model.fingerprint, variant), path, fps) if store else None
     )
