@@ -130,3 +130,17 @@ def test_eval_on_a_subset_warns_nothing_and_quiet_is_quiet(tiny_model_dir, tmp_p
     assert json.loads(result.stdout)["images"] == 6
     assert result.stderr == ""
     assert not [w for w in caught if "y_pred contains classes" in str(w.message)]
+
+
+def test_an_unknown_architecture_with_an_existing_checkpoint_is_named(tmp_path):
+    weights = tmp_path / "file.pt"
+    weights.write_bytes(b"x")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    result = runner.invoke(app, ["classify", str(images), "-c", "a,b", "-m", f"ViT-B-3:{weights}"])
+    assert result.exit_code == 2
+    assert "unknown architecture 'ViT-B-3'" in result.stderr and "ViT-B-32" in result.stderr
+    assert "no such directory" not in result.stderr

@@ -248,8 +248,13 @@ def parse_spec(spec: str, cache: Cache | None = None) -> ModelSpec:
         return ModelSpec(spec, "local-dir", f"local-dir:{path}", str(path))
     arch, sep, rest = spec.partition(":")
     if not _is_arch(arch):
+        if sep and rest and os.path.isfile(_expand(rest)):  # ARCH:/existing/file with an unknown ARCH
+            raise UsageError(
+                f"--model {spec}: unknown architecture {arch!r} for the checkpoint {rest}"
+                f"{_suggest(arch, _open_clip_archs())}"
+            )
         if os.sep in spec or path.suffix in WEIGHT_SUFFIXES:
-            raise UsageError(f"--model {spec}: no such directory; {_ALTERNATIVES}")
+            raise UsageError(f"--model {spec}: no such file or directory; {_ALTERNATIVES}")
         raise UsageError(f"unknown model {spec!r}{_suggest(spec, _known_specs())}")
     if not sep or not rest:
         import open_clip
@@ -297,6 +302,12 @@ def _known_specs() -> list[str]:
     import open_clip
 
     return [*shipped_models(), *(f"{a}:{t}" for a, t in open_clip.list_pretrained()), *open_clip.list_models()]
+
+
+def _open_clip_archs() -> list[str]:
+    import open_clip
+
+    return open_clip.list_models()
 
 
 def _suggest(word: str, candidates: list[str]) -> str:
