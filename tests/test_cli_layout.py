@@ -144,3 +144,15 @@ def test_an_unknown_architecture_with_an_existing_checkpoint_is_named(tmp_path):
     assert result.exit_code == 2
     assert "unknown architecture 'ViT-B-3'" in result.stderr and "ViT-B-32" in result.stderr
     assert "no such directory" not in result.stderr
+
+
+def test_build_classifier_checks_class_names_as_the_cli_does(tiny_model_dir):
+    import zsclip
+
+    model = zsclip.load_model(str(tiny_model_dir))
+    clf = zsclip.build_classifier(model, "red star, blue cross", "photo")
+    assert clf.classnames == ["red star", "blue cross"]
+    for bad, message in (("solo", "at least 2"), ("a,a", "duplicate"), (["a", ""], "empty class name")):
+        with pytest.raises(zsclip.UsageError, match=message):
+            zsclip.build_classifier(model, bad, "photo")
+    assert len(zsclip.build_classifier(model, ["missile", "missile", "tank"], "photo").labels) == 3

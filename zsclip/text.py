@@ -16,7 +16,7 @@ import numpy as np
 from .cache import Cache
 from .errors import UsageError
 from .models import ClipModel
-from .prompts import DEFAULT_TEMPLATES, TemplateSet, load_templates
+from .prompts import DEFAULT_TEMPLATES, TemplateSet, check_classnames, load_templates, parse_classes
 
 if TYPE_CHECKING:
     import torch
@@ -77,9 +77,14 @@ def build_classifier(
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Classifier:
-    """Build (or fetch from the cache) the classifier for these class names and templates."""
+    """Build (or fetch from the cache) the classifier for these class names and templates.
+
+    `classnames` is a list, or one string of comma-separated names as `--classes` takes it; both get the CLI's
+    checks (no empty name, at least 2 classes; a typed string also refuses a repeat)."""
     template_set = resolve_templates(templates, model)
-    classnames = list(classnames)
+    if isinstance(classnames, str):
+        classnames = parse_classes(classnames)
+    classnames = check_classnames(classnames, "class names")
     prompts_per_class = [template_set.expand(c) for c in classnames]
     unique = list(dict.fromkeys(p for ps in prompts_per_class for p in ps))
     cache = (cache or Cache()) if use_cache else None
