@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .backends import vector_key
 from .cache import Cache
 from .errors import is_disk_full
 from .gpu import TensorPreprocess, iter_device_batches
@@ -28,6 +29,8 @@ class EmbeddedBatch:
 @torch.inference_mode()
 def encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
     """Unit-norm float32 image embeddings [batch, dim] on the model's device."""
+    if model.encoder is not None:  # ONNX Runtime (zsclip.backends): CPU, fp32 or int8 weights
+        return torch.nn.functional.normalize(model.encoder.encode_image(pixels).float(), dim=-1)
     if pixels.device != model.device:
         pixels = (pixels.pin_memory() if model.device.type == "cuda" else pixels).to(model.device, non_blocking=True)
     if model.channels_last:
@@ -72,7 +75,7 @@ def embed_stream(
     check_limits(batch_size, workers, max_pixels, file_timeout)  # before `or`, which would take 0 as the default
     batch_size = batch_size or (256 if model.device.type == "cuda" else 32)
     draft = None if exact else draft_size(model)
-    variant = variant_key(model.precision, model.preprocess, draft)
+    variant = variant_key(vector_key(model), model.preprocess, draft)
     image_store = ImageStore.open(cache or Cache(), model.fingerprint, variant) if store else None
     on_device = decode_on == "device" or (decode_on == "auto" and model.device.type == "cuda")
     if on_device and TensorPreprocess.from_transform(model.preprocess) is not None:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import open_clip
@@ -65,6 +66,10 @@ class ClipModel:
     precision: str = "fp32"
     metadata: dict = field(default_factory=dict)
     channels_last: bool = False  # convolutional image towers run faster with NHWC tensors
+    # Where vectors are computed: "torch" runs `model`; zsclip.backends.use_backend sets "onnx" or "onnx-int8" and
+    # fills `encoder` (image and text towers in ONNX Runtime), which zsclip.encode and zsclip.text then call.
+    backend: str = "torch"
+    encoder: Any = None
 
     @property
     def logit_scale(self) -> float:

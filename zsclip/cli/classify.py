@@ -13,6 +13,7 @@ from ..defaults import DEFAULT_MODEL, FORMATS
 from ..errors import UsageError
 from .common import (
     DEFAULT_READ,
+    BackendOpt,
     BatchOpt,
     DeviceOpt,
     ExactOpt,
@@ -25,9 +26,11 @@ from .common import (
     TemplatesOpt,
     WorkersOpt,
     build_with_progress,
+    check_backend,
     choice,
     env,
     read_options,
+    with_backend,
 )
 
 
@@ -75,6 +78,7 @@ def classify_cmd(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     store: StoreOpt = True,
     exact_preprocess: ExactOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
@@ -107,6 +111,7 @@ def classify_cmd(
         raise UsageError("--resume needs --output FILE (the run to continue)")
     if failures is not None and output is not None and failures.resolve() == output.resolve():
         raise UsageError(f"--failures and --output are both {output}: give them different files")
+    check_backend(backend)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
     from ..images import check_sources
     from ..output import OutputFile, format_for_path
@@ -124,7 +129,7 @@ def classify_cmd(
 
     show = progress.enabled(quiet)
     cache = Cache()
-    clip = load_model(model, device=device, precision=precision, cache=cache)
+    clip = with_backend(load_model(model, device=device, precision=precision, cache=cache), backend, cache, quiet)
     clf = build_with_progress(clip, names, templates, cache, show)
     k = check_options(clf, top_k, threshold)
     if top_k is not None and top_k > k:

@@ -13,6 +13,7 @@ from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError
 from .common import (
     DEFAULT_READ,
+    BackendOpt,
     BatchOpt,
     ClassnamesOpt,
     DeviceOpt,
@@ -27,10 +28,12 @@ from .common import (
     StoreOpt,
     WorkersOpt,
     build_with_progress,
+    check_backend,
     choice,
     env,
     print_table,
     read_options,
+    with_backend,
 )
 
 DatasetArg = Annotated[
@@ -98,6 +101,7 @@ def eval_cmd(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     store: StoreOpt = True,
     exact_preprocess: ExactOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
@@ -106,6 +110,7 @@ def eval_cmd(
 ) -> None:
     """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports."""
     choice("--format", fmt, ("table", "json"))
+    check_backend(backend)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
     data = eval_data(dataset, root, classnames, limit)
 
@@ -116,7 +121,7 @@ def eval_cmd(
 
     show = progress.enabled(quiet)
     cache = Cache()
-    clip = load_model(model, device=device, precision=precision, cache=cache)
+    clip = with_backend(load_model(model, device=device, precision=precision, cache=cache), backend, cache, quiet)
     clf = build_with_progress(clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show)
     result = score(embed_with_progress(clip, data, show, quiet, **read), clf)
     if report:
