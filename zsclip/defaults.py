@@ -4,3 +4,4 @@ usage errors answer without loading torch."""
 DEFAULT_MODEL = "ViT-B-32:openai"
 PRECISIONS = ("fp32", "bf16", "fp16")
 FORMATS = ("table", "csv", "json", "jsonl")
+BACKENDS = ("torch", "onnx", "onnx-int8", "auto")  # where vectors are computed (zsclip.backends)

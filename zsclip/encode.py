@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .cache import Cache
 from .errors import is_disk_full
 from .images import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits, iter_batches
-from .models import ClipModel
+from .models import ClipModel, vector_key
 from .progress import log
 from .store import ImageStore, variant_key
 
@@ -39,6 +39,8 @@ def encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
 def _encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
     import torch
 
+    if model.encoder is not None:  # ONNX Runtime (zsclip.backends): CPU, fp32 or int8 weights
+        return torch.nn.functional.normalize(model.encoder.encode_image(pixels).float(), dim=-1)
     if pixels.device != model.device:
         pixels = (pixels.pin_memory() if model.device.type == "cuda" else pixels).to(model.device, non_blocking=True)
     if model.channels_last:
@@ -57,7 +59,7 @@ def draft_size(model: ClipModel) -> int:
 
 def store_variant(model: ClipModel, exact: bool = False) -> str:
     """The image store's variant key for vectors this model makes with these reading options."""
-    return variant_key(model.precision, model.preprocess_key, None if exact else draft_size(model))
+    return variant_key(vector_key(model), model.preprocess_key, None if exact else draft_size(model))
 
 
 def embed_stream(

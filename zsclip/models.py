@@ -99,6 +99,11 @@ class ClipModel:
         self._channels_last = channels_last
         self._info = info or {}
         self._loader = loader
+        # Where vectors are computed: "torch" runs `model`; zsclip.backends.use_backend sets "onnx" or
+        # "onnx-int8" and fills `encoder` (image and text towers in ONNX Runtime), which zsclip.encode and
+        # zsclip.text then call.
+        self.backend = "torch"
+        self.encoder: Any = None
 
     def __repr__(self) -> str:
         state = "loaded" if self.loaded else "not built yet"
@@ -783,3 +788,10 @@ def list_models() -> list[dict]:
         for arch, tag in open_clip.list_pretrained()
     ]
     return rows
+
+
+def vector_key(model: ClipModel) -> str:
+    """What, besides the weights, a cached vector depends on: the precision and, off torch, the backend. Torch keeps
+    the bare precision so caches written before backends existed stay valid."""
+    backend = getattr(model, "backend", "torch")
+    return model.precision if backend == "torch" else f"{model.precision}+{backend}"

@@ -30,6 +30,8 @@ def output_settings(clip, clf, fmt: str, top_k: int, threshold: float | None, ex
         "top_k": top_k,
         "threshold": threshold,
         "exact_preprocess": exact,
+        # Only off torch, so --output files written before backends existed still resume.
+        **({"backend": clip.backend} if getattr(clip, "backend", "torch") != "torch" else {}),
     }
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .cache import Cache
 from .errors import UsageError
-from .models import ClipModel
+from .models import ClipModel, vector_key
 from .prompts import DEFAULT_TEMPLATES, TemplateSet, check_classnames, load_templates, parse_classes
 
 if TYPE_CHECKING:
@@ -88,13 +88,13 @@ def build_classifier(
     prompts_per_class = [template_set.expand(c) for c in classnames]
     unique = list(dict.fromkeys(p for ps in prompts_per_class for p in ps))
     cache = (cache or Cache()) if use_cache else None
-    found = cache.get_text(model.fingerprint, model.precision, unique) if cache else {}
+    found = cache.get_text(model.fingerprint, vector_key(model), unique) if cache else {}
     missing = [p for p in unique if p not in found]
     if missing:
         new = encode_prompts(model, missing, progress=progress)
         found.update(zip(missing, new, strict=True))
         if cache:
-            cache.put_text(model.fingerprint, model.precision, zip(missing, new, strict=True))
+            cache.put_text(model.fingerprint, vector_key(model), zip(missing, new, strict=True))
     weights = ensemble([np.stack([found[p] for p in ps]) for ps in prompts_per_class])
     notes = check_distinct(model, classnames, weights, template_set)
     return Classifier(classnames, weights, template_set, model.logit_scale, model.fingerprint, len(missing), notes)
@@ -186,11 +186,17 @@ def _pool_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tenso
 
 def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """open_clip's CLIP.encode_text, run only up to the batch's last pooled position."""
+    return trimmed_forward(model, tokens[:, : int(positions.max()) + 1], positions)
+
+
+def trimmed_forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """CLIP.encode_text on tokens already cut to the length they need (also what zsclip.backends exports, with
+    that length as a dynamic axis)."""
     import torch
 
-    length = int(positions.max()) + 1
+    length = tokens.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens[:, :length]).to(cast_dtype)
+    x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
@@ -226,17 +232,21 @@ def _encode_prompts(
     if progress:
         progress(0, len(prompts))
     tokens = model.tokenizer(list(prompts))
-    positions = _pool_positions(model.model, tokens)
+    encoder = model.encoder  # ONNX Runtime towers (zsclip.backends), or None: the torch module
+    positions = encoder.pool_positions(tokens) if encoder is not None else _pool_positions(model.model, tokens)
     order = torch.argsort(positions, stable=True) if positions is not None else torch.arange(len(prompts))
     out: list[np.ndarray | None] = [None] * len(prompts)
     for start in range(0, len(prompts), TEXT_BATCH):
         idx = order[start : start + TEXT_BATCH]
         batch = tokens[idx].to(model.device)
-        with model.autocast():
-            if positions is None:
-                features = model.model.encode_text(batch)
-            else:
-                features = _encode_trimmed(model.model, batch, positions[idx].to(model.device))
+        if encoder is not None:
+            features = encoder.encode_text(batch, None if positions is None else positions[idx])
+        else:
+            with model.autocast():
+                if positions is None:
+                    features = model.model.encode_text(batch)
+                else:
+                    features = _encode_trimmed(model.model, batch, positions[idx].to(model.device))
         for i, vector in zip(idx.tolist(), features.float().cpu().numpy(), strict=True):
             out[i] = vector
         if progress:

@@ -429,6 +429,7 @@ def embed_video(
     image-embedding store, so a second call for the same video and model decodes and encodes nothing."""
     from .cache import Cache
     from .encode import draft_size
+    from .models import vector_key
     from .store import ImageStore, variant_key
 
     check_fps(fps)
@@ -441,7 +442,7 @@ def embed_video(
     # H.264 decoding 1.7x faster). Sampling near the frame rate decodes every frame.
     nonref = bool(info.rate and fps * NONREF_RATIO <= info.rate)
     sampling = f"{SAMPLING}{'-ref' if nonref else ''}"
-    variant = f"{variant_key(model.precision, model.preprocess_key, short_side)}|video-{sampling}"
+    variant = f"{variant_key(vector_key(model), model.preprocess_key, short_side)}|video-{sampling}"
     frame_store = (
         VideoStore(ImageStore.open(cache or Cache(), model.fingerprint, variant), path, fps) if store else None
     )

@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..limits import check_ranking
 from .common import (
     DEFAULT_READ,
+    BackendOpt,
     BatchOpt,
     DeviceOpt,
     ExactOpt,
@@ -26,8 +27,10 @@ from .common import (
     TemplatesOpt,
     WorkersOpt,
     build_with_progress,
+    check_backend,
     env,
     read_options,
+    with_backend,
 )
 
 
@@ -75,6 +78,7 @@ def classify_cmd(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     store: StoreOpt = True,
     exact_preprocess: ExactOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
@@ -119,6 +123,7 @@ def classify_cmd(
     names = class_names(classes, classes_file)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
     check_ranking(top_k, threshold)
+    check_backend(backend)
     from ..output import plan_output
     from ..sources import check_sources
 
@@ -141,7 +146,7 @@ def classify_cmd(
 
     show = progress.enabled(quiet)
     cache = Cache()
-    clip = load_model(model, device=device, precision=precision, cache=cache)
+    clip = with_backend(load_model(model, device=device, precision=precision, cache=cache), backend, cache, quiet)
     clf = build_with_progress(clip, names, templates, cache, show, quiet)
     k = check_options(clf, top_k, threshold)
     if top_k is not None and top_k > k:

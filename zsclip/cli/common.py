@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import progress
-from ..defaults import PRECISIONS
+from ..defaults import BACKENDS, PRECISIONS
 from ..errors import UsageError, ZsclipError
 from ..limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS
 
@@ -131,6 +131,16 @@ PrecisionOpt = Annotated[
         show_default=False,
     ),
 ]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=env("backend"),
+        help="Where vectors are computed: torch, onnx, onnx-int8 (ONNX Runtime on the CPU; pip install "
+        "'zsclip[onnx]') or auto (the fastest that agrees with torch on a built-in check; torch on a GPU). "
+        "Default: torch.",
+        show_default=False,
+    ),
+]
 StoreOpt = Annotated[
     bool,
     typer.Option(
@@ -180,6 +190,17 @@ def read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_
         "max_pixels": max_pixels,
         "file_timeout": file_timeout,
     }
+
+
+def check_backend(backend: str | None) -> None:
+    choice("--backend", backend, BACKENDS)
+
+
+def with_backend(clip, backend: str | None, cache=None, quiet: bool = False):
+    """The loaded model switched to --backend (exported to ONNX on first use, with progress unless --quiet)."""
+    from ..backends import use_backend
+
+    return use_backend(clip, backend, cache=cache, show=not quiet)
 
 
 def build_with_progress(clip, names, templates, cache, show: bool, quiet: bool = False):

@@ -13,6 +13,7 @@ from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError
 from .common import (
     DEFAULT_READ,
+    BackendOpt,
     BatchOpt,
     ClassnamesOpt,
     DeviceOpt,
@@ -26,10 +27,12 @@ from .common import (
     StoreOpt,
     WorkersOpt,
     build_with_progress,
+    check_backend,
     choice,
     env,
     print_table,
     read_options,
+    with_backend,
 )
 
 DatasetArg = Annotated[
@@ -126,6 +129,7 @@ def eval_cmd(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     store: StoreOpt = True,
     exact_preprocess: ExactOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
@@ -137,6 +141,7 @@ def eval_cmd(
     Several data sets and/or models run every pair (each model loaded once); with --report DIR the grid writes
     results.jsonl/results.csv, leaderboard.html and a report per pair, and a rerun fills in only what is missing."""
     choice("--format", fmt, ("table", "json"))
+    check_backend(backend)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
     from ..grid import GridOptions, read_lines, retrieval_data
 
@@ -171,7 +176,7 @@ def eval_cmd(
 
     show = progress.enabled(quiet)
     cache = Cache()
-    clip = load_model(model, device=device, precision=precision, cache=cache)
+    clip = with_backend(load_model(model, device=device, precision=precision, cache=cache), backend, cache, quiet)
     if not quiet:
         for note in data.notes:
             progress.log(f"note: {note}")

@@ -11,6 +11,7 @@ from .. import progress
 from ..defaults import DEFAULT_MODEL
 from .common import (
     DEFAULT_READ,
+    BackendOpt,
     BatchOpt,
     ClassnamesOpt,
     DeviceOpt,
@@ -24,10 +25,12 @@ from .common import (
     RootOpt,
     StoreOpt,
     WorkersOpt,
+    check_backend,
     env,
     print_table,
     read_options,
     typer_app,
+    with_backend,
 )
 from .evaluate import embed_with_progress, eval_data
 
@@ -76,6 +79,7 @@ def prompts_compare(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     store: StoreOpt = True,
     exact_preprocess: ExactOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
@@ -88,6 +92,7 @@ def prompts_compare(
     names = [s.strip() for s in sets.split(",") if s.strip()] if sets else None
     for n in names or []:
         load_templates(n)
+    check_backend(backend)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
     if report:
         from ..output import check_output_dir
@@ -100,7 +105,7 @@ def prompts_compare(
     from ..report import write_comparison
 
     show = progress.enabled(quiet)
-    clip = load_model(model, device=device, precision=precision)
+    clip = with_backend(load_model(model, device=device, precision=precision), backend, quiet=quiet)
     embedded = embed_with_progress(clip, data, show, quiet, **read)
     comparison = compare_templates(clip, embedded, names, per_template)
     print_table(
