@@ -32,9 +32,11 @@ class GridOptions:
     classnames: str | None = None
     limit: int | None = None
     exact: bool = False
+    split: str = "test"
 
     def key(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        # The default split is left out, so rows written before --split existed still resume.
+        return {k: v for k, v in self.__dict__.items() if not (k == "split" and v == "test")}
 
 
 def read_lines(path: Path, what: str) -> list[str]:
@@ -145,7 +147,9 @@ def _classification_pair(clip, name: str, options: GridOptions, folder: Path | N
     from .report import summary_dict, write_report
     from .text import build_classifier
 
-    data = load_dataset(name, root=options.root, classnames=options.classnames).limit(options.limit)
+    data = load_dataset(
+        name, root=options.root, classnames=options.classnames, split=options.split, task=options.task
+    ).limit(options.limit)
     if not data.items:
         raise ZsclipError(f"{name}: no images found")
     clf = build_classifier(clip, data.classnames, resolve_dataset_templates(options.templates, data, clip), cache=cache)
