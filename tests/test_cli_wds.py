@@ -91,3 +91,12 @@ def test_a_grid_over_wds_sets_resumes_and_encodes_nothing_again(tmp_path, labell
     assert all(r.get("resumed") for r in json.loads(again.stdout))
     single = _eval(f"wds:{other}", "-m", "shapes", "-t", "photo")  # other templates: images from the store
     assert single.exit_code == 0 and "6 of 6 image embeddings came from the image store" in single.stderr
+
+
+def test_prompts_compare_on_a_wds_set_after_eval_encodes_no_image(shard_set, tiny_model_dir):
+    assert _eval(f"wds:{shard_set}", "-m", tiny_model_dir).exit_code == 0
+    args = ["prompts", "compare", f"wds:{shard_set}", "--sets", "default,photo", "-m", tiny_model_dir, "--workers", "0"]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "9 of 9 image embeddings came from the image store" in result.stderr
+    assert "default (dataset)" in result.stdout
