@@ -1,6 +1,6 @@
 """A models x data sets grid on webdataset shards: zsclip's grid vs CLIP_benchmark on the same pairs, one run.
 
-    pip install -e ".[bench]" webdataset && python bench/grid.py [--cifar10-per-class 10] [--cifar100-per-class 1]
+    pip install -e ".[bench]" && python bench/grid.py [--cifar10-per-class 10] [--cifar100-per-class 1]
 
 Models: ViT-B-32 in random init (bench/make_model.py's format) and the shipped `shapes` model. Data sets, all
 written as CLIP_benchmark webdataset shards by webdataset's ShardWriter as clip_benchmark.webdataset_builder
