@@ -304,3 +304,14 @@ def test_retrieval_samples_equal_clip_benchmarks(tmp_path, labelled):
     for (pixels, _), (address, _) in zip(theirs, ours.items, strict=True):
         with Image.open(io.BytesIO(shards.read_member(*shards.split_member(address)))) as im:
             assert (np.asarray(im.convert("RGB")) == pixels).all()
+
+
+def test_an_unreadable_shard_is_a_one_line_error(shard_set, monkeypatch):
+    def denied(shard):
+        if shard.endswith("1.tar"):
+            raise PermissionError(13, "Permission denied")  # what a chmod 0 shard gives a user who is not root
+        return shards.shard_index(shard)
+
+    monkeypatch.setattr(wds, "shard_index", denied)
+    with pytest.raises(ZsclipError, match=r"cannot read shard test/1.tar \(Permission denied\)"):
+        load_dataset(f"wds:{shard_set}")

@@ -170,11 +170,15 @@ def _samples(shards: list[Path], directory: Path, want: str, notes: list[str]):
     no_image: list[str] = []
     no_want: list[str] = []
     for shard in shards:
-        index = shard_index(str(shard))
         shown = os.path.relpath(shard, directory)
+        try:
+            index = shard_index(str(shard))
+            f = open(shard, "rb")  # noqa: SIM115 -- closed by the with below; opened here to report one error
+        except OSError as exc:
+            raise ZsclipError(f"{directory}: cannot read shard {shown} ({exc.strerror or exc})") from exc
         if index.error:
             notes.append(f"shard {shown} is {index.error}; the samples after that are left out")
-        with open(shard, "rb") as f:
+        with f:
             for key, members in _group(index.members):
                 image = next((members[s] for s in IMAGE_SUFFIXES if s in members), None)
                 where = f"sample {key} of shard {shown}"
