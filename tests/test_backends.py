@@ -12,12 +12,12 @@ import torch
 
 from tests.conftest import sample_images
 from zsclip import backends
-from zsclip.backends import Exports, resolve_backend, use_backend, vector_key
+from zsclip.backends import Exports, resolve_backend, use_backend
 from zsclip.cache import Cache
 from zsclip.classify import classify
 from zsclip.encode import embed_stream, encode_images
 from zsclip.errors import UsageError, ZsclipError
-from zsclip.models import load_model
+from zsclip.models import load_model, vector_key
 from zsclip.shapes import COMPOSITIONS, classname
 from zsclip.text import build_classifier, encode_prompts
 

@@ -4,7 +4,8 @@ Named sets (downloaded into the zsclip cache with a progress bar and a checksum 
   imagenet-v2 (= imagenet-v2/matched-frequency), imagenet-v2/threshold-0.7, imagenet-v2/top-images
   cifar10, cifar100 (test split, torchvision's python format; converted once to PNG files in the cache)
 Any folder in ImageFolder layout (DIR/<class>/<image>), with class names from DIR/classes.tsv, `--classnames`, or
-the folder names; and `csv:FILE` with path,label columns.
+the folder names; `csv:FILE` with path,label columns; and CLIP_benchmark's webdataset data sets, `wds:DIR` and
+`wds/NAME` (zsclip.wds: shards read in place).
 """
 
 from __future__ import annotations
@@ -130,8 +131,17 @@ def _classnames_option(value: str) -> list[str]:
 
 
 # -- resolution --------------------------------------------------------------------------------------------
-def load_dataset(name: str, *, root: str | None = None, classnames: str | None = None) -> EvalDataset:
-    """Resolve a data set name, folder or csv:FILE to its items."""
+def load_dataset(
+    name: str, *, root: str | None = None, classnames: str | None = None, split: str = "test", task: str | None = None
+) -> EvalDataset:
+    """Resolve a data set name, folder, csv:FILE, wds:DIR or wds/NAME to its items. `split` and `task` apply to
+    wds data sets (zsclip.wds), which alone have several splits and may hold captions instead of classes."""
+    if name.startswith(("wds:", "wds/")):
+        return _wds(name, root, classnames, split, task)
+    if split != "test":
+        raise UsageError(f"--split {split}: only wds:DIR and wds/NAME data sets have splits ({name} has test only)")
+    if task not in (None, "classification"):
+        raise UsageError(f"--task {task}: {name} is a classification data set")
     key = ALIASES.get(name, name)
     if key in NAMED:
         folder = _locate(key, root)
@@ -144,7 +154,22 @@ def load_dataset(name: str, *, root: str | None = None, classnames: str | None =
     if path.is_dir():
         return _image_folder(path, classnames)
     known = ", ".join([*NAMED, "imagenet-v2"])
-    raise UsageError(f"unknown data set {name!r}: use one of {known}, a folder (DIR/<class>/<image>), or csv:FILE")
+    raise UsageError(
+        f"unknown data set {name!r}: use one of {known}, a folder (DIR/<class>/<image>), csv:FILE, "
+        "wds:DIR or wds/NAME (CLIP_benchmark's webdataset data sets)"
+    )
+
+
+def _wds(name: str, root: str | None, classnames: str | None, split: str, task: str | None) -> EvalDataset:
+    from .wds import load_wds
+
+    data = load_wds(name, root=root, split=split, classnames=classnames, task=task)
+    if not isinstance(data, EvalDataset):
+        raise UsageError(
+            f"{name}: a retrieval data set (images with captions, dataset_type.txt): zsclip eval scores "
+            "classification data sets so far; zsclip.wds.load_wds gives its images and captions"
+        )
+    return data
 
 
 def _locate(key: str, root: str | None) -> Path:

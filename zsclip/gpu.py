@@ -39,6 +39,7 @@ from .images import (
     open_image,
     time_limit,
 )
+from .shards import MemberError, is_member, read_member
 from .store import ImageStore
 from .workers import run_tasks
 
@@ -93,7 +94,13 @@ class TensorPreprocess:
 
 def _read(path: str) -> bytes | None:
     """The file's bytes; None for anything but a readable regular file (a FIFO would block), which then takes
-    the CPU path and its skip rules."""
+    the CPU path and its skip rules. A shard member (SHARD.tar#MEMBER) is read in place."""
+    member = is_member(path)
+    if member is not None:
+        try:
+            return read_member(*member)
+        except MemberError:
+            return None
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None

@@ -33,9 +33,11 @@ class GridOptions:
     limit: int | None = None
     exact: bool = False
     recall_k: str = "1,5,10"
+    split: str = "test"
 
     def key(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        # The default split is left out, so rows written before --split existed still resume.
+        return {k: v for k, v in self.__dict__.items() if not (k == "split" and v == "test")}
 
 
 def read_lines(path: Path, what: str) -> list[str]:
@@ -90,7 +92,7 @@ def run_grid(
     from .cache import Cache
     from .models import fingerprint_spec, load_model
 
-    evaluate_pair = evaluate_pair or (_retrieval_pair if options.task == "retrieval" else _classification_pair)
+    evaluate_pair = evaluate_pair or _pair
     cache = Cache()
     done = done_pairs(report, options)
     if report is not None:
@@ -146,7 +148,9 @@ def _classification_pair(clip, name: str, options: GridOptions, folder: Path | N
     from .report import summary_dict, write_report
     from .text import build_classifier
 
-    data = load_dataset(name, root=options.root, classnames=options.classnames).limit(options.limit)
+    data = load_dataset(
+        name, root=options.root, classnames=options.classnames, split=options.split, task=options.task
+    ).limit(options.limit)
     if not data.items:
         raise ZsclipError(f"{name}: no images found")
     clf = build_classifier(clip, data.classnames, resolve_dataset_templates(options.templates, data, clip), cache=cache)
@@ -156,18 +160,29 @@ def _classification_pair(clip, name: str, options: GridOptions, folder: Path | N
     return summary_dict(result, clip.spec, clip.fingerprint)
 
 
+def _pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
+    """A pair scored as its task says: --task, else a webdataset's dataset_type.txt, else classification."""
+    task = options.task
+    if task is None and name.startswith(("wds:", "wds/")):
+        from .wds import wds_task
+
+        task = wds_task(name, root=options.root, split=options.split)
+    pair = _retrieval_pair if task == "retrieval" else _classification_pair
+    return pair(clip, name, options, folder, cache, read)
+
+
 def _retrieval_pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
     from .retrieval_eval import evaluate_retrieval, summary_dict
     from .retrieval_report import write_retrieval_report
 
-    data, ks = retrieval_data(name, options.recall_k)
+    data, ks = retrieval_data(name, options.recall_k, root=options.root, split=options.split)
     result = evaluate_retrieval(clip, data, ks, **{**read, "exact": options.exact})
     if folder is not None:
         return write_retrieval_report(result, folder, clip.spec, clip.fingerprint)
     return summary_dict(result, clip.spec, clip.fingerprint)
 
 
-def retrieval_data(dataset: str, recall_k: str):
+def retrieval_data(dataset: str, recall_k: str, *, root: str | None = None, split: str = "test"):
     """A captions data set and the K of recall@K (`--recall-k 1,5,10`), checked: (CaptionData, [K...])."""
     from .retrieval_eval import check_recall_k, load_captions
 
@@ -175,7 +190,7 @@ def retrieval_data(dataset: str, recall_k: str):
         ks = check_recall_k([int(k) for k in recall_k.split(",") if k.strip()])
     except ValueError:
         raise UsageError(f"--recall-k {recall_k}: give comma-separated integers such as 1,5,10") from None
-    return load_captions(dataset), ks
+    return load_captions(dataset, root=root, split=split), ks
 
 
 def _failed(spec: str, fingerprint: str | None, dataset: str, options: GridOptions, exc: Exception) -> dict:

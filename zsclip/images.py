@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
+from .shards import MemberError, describe, is_member, read_member
 from .sources import has_image_extension, looks_like_image, walk
 from .store import FileIdentity, ImageStore
 from .workers import in_worker_process, run_tasks
@@ -160,11 +162,25 @@ def load_image(
     With `draft`, a JPEG much larger than the model input is decoded at a reduced DCT scale (1/2, 1/4, 1/8) that
     still leaves both sides >= `draft` pixels; the model's own resize then does the rest. Several times faster
     on photos, with slightly different pixels (`--exact-preprocess` turns it off). Images with more than
-    `max_pixels` pixels are skipped from their header, before any pixel is decoded.
+    `max_pixels` pixels are skipped from their header, before any pixel is decoded. A member address
+    `SHARD.tar#MEMBER` (zsclip.shards) is read from its shard in place; its skip reason names the sample's key
+    and shard.
     """
+    member = is_member(path)
+    if member is not None:  # SHARD.tar#MEMBER: the member's bytes, read in place (zsclip.shards)
+        try:
+            return _decode(io.BytesIO(read_member(*member)), path, preprocess, draft, max_pixels)
+        except (SkipFile, MemberError) as exc:
+            raise SkipFile(f"{describe(*member)}: {exc}") from None
     check_file(path)
+    return _decode(path, path, preprocess, draft, max_pixels)
+
+
+def _decode(
+    source: str | IO[bytes], path: str, preprocess: Callable, draft: int | None, max_pixels: int | None
+) -> torch.Tensor:
     try:
-        with open_image(path) as im:
+        with open_image(source) as im:
             check_pixels(im.size, max_pixels)
             if draft and im.format == "JPEG" and min(im.size) >= 2 * draft:
                 im.draft("RGB", (draft, draft))

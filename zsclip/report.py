@@ -185,9 +185,10 @@ def _thumbnail(path: str, size: int = 112) -> str | None:
     from PIL import Image
 
     from .images import to_rgb
+    from .shards import image_source
 
     try:
-        with Image.open(path) as im:
+        with Image.open(image_source(path)) as im:
             im = to_rgb(im)
             im.thumbnail((size, size))
             if im.width < 48:

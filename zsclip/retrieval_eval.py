@@ -39,9 +39,15 @@ class CaptionData:
     caption_image: list[int]  # per caption, the index of its image
 
 
-def load_captions(data: str | os.PathLike) -> CaptionData:
-    """A captions CSV, `csv:FILE`, or a folder holding captions.csv."""
+def load_captions(data: str | os.PathLike, *, root: str | None = None, split: str = "test") -> CaptionData:
+    """A captions CSV, `csv:FILE`, a folder holding captions.csv, or a webdataset caption set (`wds:DIR`,
+    `wds/NAME`: images are shard members, see zsclip.wds)."""
     spec = str(data)
+    if spec.startswith(("wds:", "wds/")):
+        from .wds import load_wds
+
+        shards = load_wds(spec, root=root, split=split, task="retrieval")
+        return CaptionData(shards.name, shards.source, shards.images, shards.captions, shards.caption_image)
     path = Path(spec[4:] if spec.startswith("csv:") else spec).expanduser()
     if path.is_dir():
         if not (path / "captions.csv").is_file():

@@ -6,6 +6,7 @@ decoding version) and file identity: path, size, mtime, ctime and inode, with a 
 files are found too. ctime and inode matter: a file rewritten with its old mtime put back (`touch -r`, `exiftool -P`,
 archive tools) keeps path, size and mtime, but not its ctime; a file replaced by rename gets a new inode. Any
 difference falls through to the content hash, so a file that only changed metadata still reuses its vector.
+A sample inside a tar shard is keyed the same way by its member address (see ImageStore.lookup).
 Decoding workers look files up before decoding them; only the main process writes.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cache import Cache
+from .shards import MemberError, is_member, member_identity, read_member
 
 DECODE_VERSION = "decode-1"  # bump when decoding or colour handling changes pixels
 
@@ -56,6 +58,11 @@ def content_hash(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _digest(data: bytes) -> str:
+    """content_hash of bytes in memory: a shard member and a file with the same bytes share their vector."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 @dataclass
@@ -102,26 +109,35 @@ class ImageStore:
 
     def lookup(self, path: str) -> tuple[np.ndarray | None, FileIdentity | None]:
         """(vector, identity): a stored vector for this file if any; the identity to record when it must be
-        (re)stored, None when the stored row already matches."""
+        (re)stored, None when the stored row already matches. A shard member (SHARD.tar#MEMBER) is keyed by its
+        address, its size and a stamp of the shard's stat identity and the member's offset (zsclip.shards), and
+        found by the hash of its bytes otherwise, as a file is."""
+        member = is_member(path)
         try:
-            st = os.stat(path)
-        except OSError:
+            if member is not None:
+                key, size, stamp = member_identity(*member)
+                st = os.stat(member[0])  # the shard's ctime and inode: a rewrite in place changes them
+            else:
+                st = os.stat(path)
+                if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the read for the hash forever
+                    return None, None
+                key, size, stamp = os.path.abspath(path), st.st_size, st.st_mtime_ns
+            ctime, inode = st.st_ctime_ns, st.st_ino
+        except (OSError, MemberError):
             return None, None
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the read for the hash forever
-            return None, None
-        key = os.path.abspath(path)
         if not key.isascii() and not _utf8(key):  # SQLite text is UTF-8: a name that is not is never stored
             return None, None
         row = self.conn.execute(
             "SELECT vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ? "
             "AND size = ? AND mtime_ns = ? AND ctime_ns = ? AND inode = ?",
-            (self.fingerprint, self.variant, key, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+            (self.fingerprint, self.variant, key, size, stamp, ctime, inode),
         ).fetchall()  # fetchall: a statement left unfinished would hold a read snapshot and stall WAL checkpoints
         if row:
             return np.frombuffer(row[0][0], dtype=np.float32), None
         try:
-            identity = FileIdentity(key, st.st_size, st.st_mtime_ns, content_hash(path), st.st_ctime_ns, st.st_ino)
-        except OSError:
+            digest = _digest(read_member(*member)) if member is not None else content_hash(path)
+            identity = FileIdentity(key, size, stamp, digest, ctime, inode)
+        except (OSError, MemberError):
             return None, None
         row = self.conn.execute(
             # INDEXED BY: without statistics SQLite would rather scan the model's rows by primary-key prefix,

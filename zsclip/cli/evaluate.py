@@ -39,7 +39,9 @@ DatasetArg = Annotated[
     list[str] | None,
     typer.Argument(
         help="imagenet-v2 (also imagenet-v2/threshold-0.7 and imagenet-v2/top-images), cifar10, cifar100, "
-        "a folder of class folders, or csv:FILE. Several data sets (or several --model) run a grid.",
+        "a folder of class folders, csv:FILE, or CLIP_benchmark's webdataset data sets: wds:DIR (a local copy) "
+        "or wds/NAME (wds/cifar10, wds/vtab/flowers: downloaded from the Hugging Face hub on first use). "
+        "Several data sets (or several --model) run a grid.",
         show_default=False,
     ),
 ]
@@ -56,13 +58,34 @@ ModelsOpt = Annotated[
 ]
 
 
-def eval_data(dataset: str, root: Path | None, classnames: str | None, limit: int | None):
+SplitOpt = Annotated[
+    str, typer.Option(envvar=env("split"), help="The split of a wds data set (its folder: test, train, ...).")
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=env("task"),
+        help="classification or retrieval (default: the data set's own, from a wds set's dataset_type.txt).",
+        show_default=False,
+    ),
+]
+
+
+def eval_data(
+    dataset: str,
+    root: Path | None,
+    classnames: str | None,
+    limit: int | None,
+    split: str = "test",
+    task: str | None = None,
+):
     """The data set an eval-like command scores, checked before any model is loaded."""
     from ..datasets import load_dataset
 
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: must be at least 1")
-    data = load_dataset(dataset, root=str(root) if root else None, classnames=classnames).limit(limit)
+    root_dir = str(root) if root else None
+    data = load_dataset(dataset, root=root_dir, classnames=classnames, split=split, task=task).limit(limit)
     if not data.items:
         raise UsageError(f"{dataset}: no images found")
     return data
@@ -108,20 +131,14 @@ def eval_cmd(
     root: RootOpt = None,
     classnames: ClassnamesOpt = None,
     limit: LimitOpt = None,
+    split: SplitOpt = "test",
+    task: TaskOpt = None,
     report: Annotated[
         Path | None, typer.Option(envvar=env("report"), help="Write the full report (JSON, CSV, PNG, HTML) here.")
     ] = None,
     fmt: Annotated[
         str, typer.Option("--format", "-f", envvar=env("format"), help="table or json (the metrics.json content).")
     ] = "table",
-    task: Annotated[
-        str | None,
-        typer.Option(
-            envvar=env("task"),
-            help="classification or retrieval (recall@K on a captions CSV: filepath,caption). Default: classification.",
-            show_default=False,
-        ),
-    ] = None,
     recall_k: Annotated[
         str, typer.Option("--recall-k", envvar=env("recall_k"), help="With --task retrieval: the K of recall@K.")
     ] = "1,5,10",
@@ -142,6 +159,7 @@ def eval_cmd(
     results.jsonl/results.csv, leaderboard.html and a report per pair, and a rerun fills in only what is missing."""
     choice("--format", fmt, ("table", "json"))
     check_backend(backend)
+    choice("--task", task, ("classification", "retrieval"))
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
     from ..grid import GridOptions, read_lines, retrieval_data
 
@@ -153,21 +171,24 @@ def eval_cmd(
         from ..output import check_output_dir
 
         check_output_dir(report, "--report")
-    choice("--task", task, ("classification", "retrieval"))
     if len(models) * len(datasets) > 1 or models_file or datasets_file:
         if limit is not None and limit < 1:
             raise UsageError(f"--limit {limit}: must be at least 1")
         root_dir = str(root) if root else None
-        options = GridOptions(templates, task, root_dir, classnames, limit, exact_preprocess, recall_k)
+        options = GridOptions(templates, task, root_dir, classnames, limit, exact_preprocess, recall_k, split)
         return _grid(models, datasets, options, report, fmt, device, precision, read, quiet)
     model, dataset = models[0], datasets[0]
+    if task is None and dataset.startswith(("wds:", "wds/")):
+        from ..wds import wds_task
+
+        task = wds_task(dataset, root=root, split=split)
     if task == "retrieval":
-        data, ks = retrieval_data(dataset, recall_k)
+        data, ks = retrieval_data(dataset, recall_k, root=str(root) if root else None, split=split)
         from ..models import load_model
 
         clip = load_model(model, device=device, precision=precision)
         return eval_retrieval(data, ks, clip, report, fmt, quiet, **read)
-    data = eval_data(dataset, root, classnames, limit)
+    data = eval_data(dataset, root, classnames, limit, split, task)
 
     from ..cache import Cache
     from ..evaluate import resolve_dataset_templates, score
