@@ -156,3 +156,22 @@ def test_build_classifier_checks_class_names_as_the_cli_does(tiny_model_dir):
         with pytest.raises(zsclip.UsageError, match=message):
             zsclip.build_classifier(model, bad, "photo")
     assert len(zsclip.build_classifier(model, ["missile", "missile", "tank"], "photo").labels) == 3
+
+
+def test_names_that_tie_are_one_usage_error_and_captions_may_repeat(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    import zsclip
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(images / "a.png")
+    tied = runner.invoke(app, ["classify", str(images), "-c", "Red,red,blue", "-m", str(tiny_model_dir), "-t", "photo"])
+    assert tied.exit_code == 2, tied.output
+    assert tied.exception is None or isinstance(tied.exception, SystemExit)
+    # Retrieval captions and video texts are not class lists: repeats, ties and a single text are fine.
+    model = zsclip.load_model(str(tiny_model_dir))
+    from zsclip.retrieval import text_vectors
+
+    assert text_vectors(model, ["a caption", "A CAPTION", "a caption"]).shape[0] == 3
+    assert text_vectors(model, ["only one"]).shape[0] == 1

@@ -49,9 +49,13 @@ def test_split_task_and_retrieval_sets(tmp_path, labelled, tiny_model_dir):
     bad = _eval(f"wds:{root}", "--split", "train", "--task", "captions", "-m", tiny_model_dir)
     assert bad.exit_code == 2 and "--task captions: use one of classification, retrieval" in bad.stderr
     coco = write_retrieval(tmp_path / "coco", [(d, s, ["a caption"]) for d, s, _ in labelled])
-    retrieval = _eval(f"wds:{coco}", "-m", tiny_model_dir)
-    assert retrieval.exit_code == 2 and "a retrieval data set" in retrieval.stderr
-    assert len(retrieval.stderr.strip().splitlines()) == 1
+    retrieval = _eval(f"wds:{coco}", "-m", tiny_model_dir, "-f", "json")  # dataset_type.txt says retrieval
+    assert retrieval.exit_code == 0, retrieval.output
+    summary = json.loads(retrieval.stdout)
+    assert summary["task"] == "retrieval" and summary["images"] == len(labelled)
+    assert set(summary["metrics"]) >= {"image_retrieval_recall@1", "text_retrieval_recall@5"}
+    forced = _eval(f"wds:{coco}", "--task", "classification", "-m", tiny_model_dir)
+    assert forced.exit_code == 2 and len(forced.stderr.strip().splitlines()) == 1
 
 
 def test_offline_a_hub_data_set_fails_in_one_line_and_root_uses_a_copy(hf_cache, shard_set, tiny_model_dir):

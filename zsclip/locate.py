@@ -258,10 +258,9 @@ def ordered_segments(ds: np.ndarray, lmin: int, lmax: int) -> list[tuple[int, in
 # -- the whole query ---------------------------------------------------------------------------------------
 def text_embeddings(model, texts: Sequence[str], templates=None, cache=None) -> np.ndarray:
     """Unit-norm embeddings [texts, dim]; each text as given, or ensembled over a template set like a class name."""
-    from .text import build_classifier
+    from . import text
 
-    classifier = build_classifier(model, list(texts), templates if templates else ["{}"], cache=cache)
-    return classifier.weights.float().cpu().numpy()
+    return text.text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0].float().cpu().numpy()
 
 
 def locate(

@@ -126,9 +126,9 @@ def text_vectors(
 ) -> np.ndarray:
     """Unit-norm text embeddings [len(texts), dim], cached: each text as given, or ensembled over a template set
     exactly as class names are."""
-    from .text import build_classifier
+    from .text import text_embeddings
 
-    return build_classifier(model, list(texts), ["{}"] if templates is None else templates, cache=cache).weights.numpy()
+    return text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0].numpy()
 
 
 def image_vector(model: ClipModel, image: str | os.PathLike, *, exact: bool = False) -> np.ndarray:

@@ -80,13 +80,33 @@ def build_classifier(
     """Build (or fetch from the cache) the classifier for these class names and templates.
 
     `classnames` is a list, or one string of comma-separated names as `--classes` takes it; both get the CLI's
-    checks (no empty name, at least 2 classes; a typed string also refuses a repeat)."""
+    checks (no empty name, at least 2 classes; a typed string also refuses a repeat), and names that would always
+    tie are refused."""
     template_set = resolve_templates(templates, model)
     if isinstance(classnames, str):
         classnames = parse_classes(classnames)
     classnames = check_classnames(classnames, "class names")
-    prompts_per_class = [template_set.expand(c) for c in classnames]
-    unique = list(dict.fromkeys(p for ps in prompts_per_class for p in ps))
+    weights, encoded = text_embeddings(model, classnames, template_set, cache=cache, use_cache=use_cache,
+                                       progress=progress)  # fmt: skip
+    notes = check_distinct(model, classnames, weights, template_set)
+    return Classifier(classnames, weights, template_set, model.logit_scale, model.fingerprint, encoded, notes)
+
+
+def text_embeddings(
+    model: ClipModel,
+    texts: Sequence[str],
+    templates: str | Sequence[str] | TemplateSet = ("{}",),
+    *,
+    cache: Cache | None = None,
+    use_cache: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Unit-norm embeddings [len(texts), dim] of texts put into templates and ensembled (normalise, mean,
+    normalise), cached per prompt; with how many prompts had to be encoded. No checks on the texts: retrieval
+    captions and video narrations may repeat or tie, class lists may not (build_classifier)."""
+    template_set = resolve_templates(templates, model)
+    prompts_per_text = [template_set.expand(t) for t in texts]
+    unique = list(dict.fromkeys(p for ps in prompts_per_text for p in ps))
     cache = (cache or Cache()) if use_cache else None
     found = cache.get_text(model.fingerprint, vector_key(model), unique) if cache else {}
     missing = [p for p in unique if p not in found]
@@ -95,9 +115,7 @@ def build_classifier(
         found.update(zip(missing, new, strict=True))
         if cache:
             cache.put_text(model.fingerprint, vector_key(model), zip(missing, new, strict=True))
-    weights = ensemble([np.stack([found[p] for p in ps]) for ps in prompts_per_class])
-    notes = check_distinct(model, classnames, weights, template_set)
-    return Classifier(classnames, weights, template_set, model.logit_scale, model.fingerprint, len(missing), notes)
+    return ensemble([np.stack([found[p] for p in ps]) for ps in prompts_per_text]), len(missing)
 
 
 _SAME = 1 - 1e-5  # cosine above which two classifier rows are the same vector up to float rounding
@@ -134,6 +152,8 @@ def _tie_message(model: ClipModel, a: str, b: str, n: int, w: torch.Tensor, temp
         head = f"all {n} classes get the same text embedding with template set {templates.name!r}"
     else:
         head = f"classes {a!r} and {b!r} get the same text embedding, so they would always tie"
+    import torch
+
     names_differ = not torch.equal(model.tokenizer([a]), model.tokenizer([b]))
     if names_differ:
         context = getattr(model.tokenizer, "context_length", None) or model.tokenizer([a]).shape[-1]
