@@ -15,6 +15,7 @@ from .encode import embed_stream
 from .errors import ZsclipError
 from .models import ClipModel
 from .prompts import list_template_sets, load_templates
+from .ray_engine import RayOptions
 from .text import Classifier, build_classifier, ensemble
 
 
@@ -96,8 +97,11 @@ def evaluate(
     store: bool = True,
     exact: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    ray: RayOptions | None = None,
 ) -> EvalResult:
-    """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset)."""
+    """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset). `engine`
+    "ray" embeds the images on a Ray cluster (zsclip.ray_engine, configured by `ray`), with the same metrics."""
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, root=root, classnames=classnames)
     dataset = dataset.limit(limit)
@@ -105,8 +109,9 @@ def evaluate(
         templates = resolve_dataset_templates(templates, dataset, model)
     classifier = build_classifier(model, dataset.classnames, templates)
     embedded = embed_dataset(
-        model, dataset, batch_size=batch_size, workers=workers, store=store, exact=exact, on_batch=on_batch
-    )
+        model, dataset, batch_size=batch_size, workers=workers, store=store, exact=exact, on_batch=on_batch,
+        engine=engine, ray=ray,
+    )  # fmt: skip
     return score(embedded, classifier)
 
 
