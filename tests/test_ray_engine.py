@@ -90,7 +90,7 @@ def test_bad_actor_options_are_usage_errors():
 def test_same_records_skips_and_reasons_as_local(ray_cluster, clip, clf, tmp_path):
     folder = make_folder(tmp_path / "imgs")
     limit = 64 * 60  # images are 64 x (48 + i) pixels: those from i = 13 on are over --max-pixels
-    local = records(clip, clf, folder, store=False, batch_size=5, max_pixels=limit)
+    local = records(clip, clf, folder, store=False, batch_size=5, max_pixels=limit, workers=0)
     remote = records(clip, clf, folder, store=False, batch_size=5, max_pixels=limit, engine="ray")
     assert_same(local, remote)
     reasons = {Path(r["path"]).name: r["reason"] for r in remote if "reason" in r}
@@ -103,7 +103,7 @@ def test_same_records_skips_and_reasons_as_local(ray_cluster, clip, clf, tmp_pat
 def test_object_store_uris_read_through_pyarrow(ray_cluster, clip, clf, tmp_path):
     """file:// goes through the same pyarrow file-system reader as s3://, gs:// and abfs://."""
     folder = make_folder(tmp_path / "imgs", n=6)
-    local = records(clip, clf, folder, store=False)
+    local = records(clip, clf, folder, store=False, workers=0)
     remote = records(clip, clf, f"file://{folder}", store=False, engine="ray")
     for r in remote:
         assert r["path"].startswith("file://")
@@ -146,7 +146,7 @@ def test_eval_metrics_are_the_same(ray_cluster, clip, tmp_path):
     files = sorted(p for p in folder.rglob("*.*") if p.suffix in (".jpg", ".png"))
     dataset = EvalDataset("mini", CLASSES, [(str(p), i % len(CLASSES)) for i, p in enumerate(files)])
     templates = ["a photo of a {}."]
-    local = evaluate(clip, dataset, templates, store=False)
+    local = evaluate(clip, dataset, templates, store=False, workers=0)
     remote = evaluate(clip, dataset, templates, store=False, engine="ray")
     assert remote.metrics == pytest.approx(local.metrics, abs=1e-9)
     assert remote.skipped == local.skipped
@@ -177,7 +177,7 @@ class KillOnce:
 @pytest.mark.slow
 def test_a_killed_worker_is_retried_and_every_record_appears_once(ray_cluster, clip, clf, tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "imgs", n=20)
-    local = records(clip, clf, folder, store=False, batch_size=4)
+    local = records(clip, clf, folder, store=False, batch_size=4, workers=0)
     marker = tmp_path / "killed"
     monkeypatch.setattr(clip, "preprocess", KillOnce(clip.preprocess, str(marker)))
     remote = records(clip, clf, folder, store=False, batch_size=4, engine="ray")

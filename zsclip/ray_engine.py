@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import os
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
@@ -307,10 +308,6 @@ def _plan(model, options: RayOptions) -> dict:
             "precision": precision}  # fmt: skip
 
 
-def _decode_resources() -> dict:
-    return {"num_cpus": 1}
-
-
 def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels, file_timeout) -> Iterator[dict]:
     """Rows {index, reason, vector, content_hash, size, mtime_ns} for `todo`, in index order."""
     import ray
@@ -325,10 +322,11 @@ def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels
         .map_batches(
             Decode(model.preprocess, shape, draft, max_pixels, file_timeout),
             batch_size=batch_size, batch_format="numpy", num_cpus=1,
-            # A remote-args function keeps Ray Data from fusing decoding into the model actors (it fuses a task
-            # map into an actor map with equal resources, as on a CPU-only cluster): decoding stays in tasks that
-            # scale with the CPUs, overlapping the actors' encoding.
-            ray_remote_args_fn=_decode_resources,
+            # What a decode task holds: its batch of float32 pixels, twice (decoded, then stacked). Declaring it
+            # also keeps Ray Data from fusing decoding into the model actors (it fuses a task map into an actor
+            # map with equal resources, as on a CPU-only cluster): decoding stays in tasks that scale with the
+            # CPUs and overlap the actors' encoding.
+            memory=2 * 4 * batch_size * math.prod(shape),
         )
         .map_batches(
             Embedder,
