@@ -11,20 +11,28 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL, FORMATS
 from ..limits import check_ranking
+from ..sources import parse_shard
 from .common import (
     DEFAULT_READ,
+    ActorsOpt,
     BatchOpt,
+    CpusPerActorOpt,
     DeviceOpt,
+    EngineOpt,
     ExactOpt,
     FileTimeoutOpt,
+    GpusPerActorOpt,
     MaxPixelsOpt,
     ModelOpt,
     PrecisionOpt,
     QuietOpt,
+    RayAddressOpt,
+    ShardOpt,
     StoreOpt,
     TemplatesOpt,
     WorkersOpt,
     build_with_progress,
+    engine_options,
     env,
     read_options,
 )
@@ -93,6 +101,12 @@ def classify_cmd(
         bool, typer.Option("--strict", envvar=env("strict"), help="Fail the run (exit 1) on the first bad file.")
     ] = False,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusPerActorOpt = None,
+    cpus_per_actor: CpusPerActorOpt = None,
 ) -> None:
     """Classify images by class names: a label, its probability and the top-k classes per image.
 
@@ -102,6 +116,7 @@ def classify_cmd(
 
     names = class_names(classes, classes_file)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
+    read.update(engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor), shard=parse_shard(shard))
     check_ranking(top_k, threshold)
     from ..output import plan_output
     from ..sources import check_sources
