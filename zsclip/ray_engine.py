@@ -28,6 +28,7 @@ from .limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
 
 ENGINES = ("local", "ray")
 INSTALL = 'pip install "zsclip[ray]"'
+DECODE_TASK_MEMORY = 600 << 20  # a decode task's process: Python, torch, torchvision and PIL imported
 
 
 @dataclass(frozen=True)
@@ -322,11 +323,11 @@ def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels
         .map_batches(
             Decode(model.preprocess, shape, draft, max_pixels, file_timeout),
             batch_size=batch_size, batch_format="numpy", num_cpus=1,
-            # What a decode task holds: its batch of float32 pixels, twice (decoded, then stacked). Declaring it
-            # also keeps Ray Data from fusing decoding into the model actors (it fuses a task map into an actor
-            # map with equal resources, as on a CPU-only cluster): decoding stays in tasks that scale with the
-            # CPUs and overlap the actors' encoding.
-            memory=2 * 4 * batch_size * math.prod(shape),
+            # What a decode task holds: torch and PIL imported (measured ~540 MiB resident) and its batch of
+            # float32 pixels, twice. Declaring it also keeps Ray Data from fusing decoding into the model actors
+            # (it fuses a task map into an actor map with equal resources, as on a CPU-only cluster): decoding
+            # stays in tasks that scale with the CPUs and overlap the actors' encoding.
+            memory=DECODE_TASK_MEMORY + 2 * 4 * batch_size * math.prod(shape),
         )
         .map_batches(
             Embedder,
