@@ -28,7 +28,9 @@ from .limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
 
 ENGINES = ("local", "ray")
 INSTALL = 'pip install "zsclip[ray]"'
-DECODE_TASK_MEMORY = 600 << 20  # a decode task's process: Python, torch, torchvision and PIL imported
+# A decode task's process: Python, torch, torchvision and PIL imported (measured peak 555 MiB with batches of 32
+# at 224 px), with the 25% headroom Ray Data's memory check asks for.
+DECODE_TASK_MEMORY = 700 << 20
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class Decode:
         n = len(batch["path"])
         pixels = np.zeros((n, *self.shape), dtype=np.float32)  # a skipped row keeps zeros; it is never encoded
         reasons, hashes, sizes, mtimes = [""] * n, [""] * n, np.zeros(n, np.int64), np.zeros(n, np.int64)
-        for j, path in enumerate(map(str, batch["path"])):
+        for j, path in enumerate(map(os.fsdecode, batch["path"])):
             try:
                 with time_limit(self.file_timeout):
                     data, sizes[j], mtimes[j] = read_file(path)
@@ -142,7 +144,6 @@ class Decode:
                 reasons[j] = str(exc)
         return {
             "index": batch["index"],
-            "path": batch["path"],
             "pixels": pixels,
             "reason": np.array(reasons, dtype=object),
             "content_hash": np.array(hashes, dtype=object),
@@ -238,7 +239,8 @@ def ray_embed_stream(
                     stored[i] = (vector.copy(), digest)
                 elif ok:
                     storable.add(i)
-        todo = [{"index": i, "path": p} for i, p in enumerate(entries) if i not in stored]
+        # Paths travel as bytes: Arrow strings must be UTF-8, file names need not be.
+        todo = [{"index": i, "path": os.fsencode(p)} for i, p in enumerate(entries) if i not in stored]
         rows = _run(model, todo, plan, batch_size, draft, max_pixels, file_timeout) if todo else iter(())
         try:
             for start in range(0, len(entries), batch_size):
@@ -323,10 +325,10 @@ def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels
         .map_batches(
             Decode(model.preprocess, shape, draft, max_pixels, file_timeout),
             batch_size=batch_size, batch_format="numpy", num_cpus=1,
-            # What a decode task holds: torch and PIL imported (measured ~540 MiB resident) and its batch of
-            # float32 pixels, twice. Declaring it also keeps Ray Data from fusing decoding into the model actors
-            # (it fuses a task map into an actor map with equal resources, as on a CPU-only cluster): decoding
-            # stays in tasks that scale with the CPUs and overlap the actors' encoding.
+            # What a decode task holds: its process (DECODE_TASK_MEMORY) and its batch of float32 pixels,
+            # twice. Declaring it also keeps Ray Data from fusing decoding into the model actors (it fuses a task
+            # map into an actor map with equal resources, as on a CPU-only cluster): decoding stays in tasks
+            # that scale with the CPUs and overlap the actors' encoding.
             memory=DECODE_TASK_MEMORY + 2 * 4 * batch_size * math.prod(shape),
         )
         .map_batches(

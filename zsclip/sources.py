@@ -90,7 +90,7 @@ def _walk_uri(uri: str, recursive: bool) -> Iterator[str]:
     filesystem, root = uri_filesystem(uri)
     try:
         infos = filesystem.get_file_info(fs.FileSelector(root, recursive=recursive, allow_not_found=True))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # pyarrow lists UTF-8 names only
         raise UsageError(f"{uri}: cannot list ({' '.join(str(exc).split())[:200]})") from None
     scheme = uri[: uri.index("://") + 3]
     prefix = root.rstrip("/") + "/"
