@@ -102,6 +102,18 @@ def test_same_records_skips_and_reasons_as_local(ray_cluster, clip, clf, tmp_pat
 
 
 @pytest.mark.slow
+def test_exclude_and_shard_leave_out_the_same_files(ray_cluster, clip, clf, tmp_path):
+    """What --resume (exclude) and --shard pass: the Ray engine leaves out exactly what the local engine does."""
+    folder = make_folder(tmp_path / "imgs", n=10)
+    done = {str(folder / "01.jpg"), str(folder / "broken.jpg")}
+    local = records(clip, clf, folder, store=False, workers=0, exclude=done, shard=(1, 2))
+    remote = records(clip, clf, folder, store=False, engine="ray", exclude=done, shard=(1, 2))
+    assert_same(local, remote)
+    assert not done & {r["path"] for r in remote}
+    assert 0 < len(remote) < 10
+
+
+@pytest.mark.slow
 def test_object_store_uris_read_through_pyarrow(ray_cluster, clip, clf, tmp_path):
     """file:// goes through the same pyarrow file-system reader as s3://, gs:// and abfs://."""
     folder = make_folder(tmp_path / "imgs", n=6, odd_name=False)  # object-store keys are UTF-8

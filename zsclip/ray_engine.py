@@ -82,7 +82,11 @@ def cluster(options: RayOptions) -> Iterator[None]:
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     progress.log(f"ray: connecting to {address}" if address else "ray: starting a local cluster for this run")
     # log_to_driver=False: worker output would otherwise land on our stdout, which holds the results.
-    kwargs = {} if address else {"num_cpus": options.num_cpus}
+    kwargs = {"num_cpus": options.num_cpus}
+    if address:  # ship the driver's zsclip to the workers, so both sides run the same decode and encode code
+        import zsclip
+
+        kwargs = {"runtime_env": {"py_modules": [os.path.dirname(zsclip.__file__)]}}
     ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
     try:
         yield
