@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .cache import Cache
-from .errors import is_disk_full
+from .errors import UsageError, is_disk_full
 from .images import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits, iter_batches
 from .models import ClipModel, vector_key
 from .progress import log
+from .ray_engine import INSTALL, RayOptions, check_engine
+from .sources import is_uri
 from .store import ImageStore, variant_key
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ class EmbeddedBatch:
     reused: int = 0  # how many vectors came from the image-embedding store
     skipped_at: list[int] = field(default_factory=list)  # per skip record: how many of `paths` precede it
     encoded: list[int] = field(default_factory=list)  # indices into paths that were decoded and encoded here
+    content_hashes: list[str] | None = None  # per path, where the engine read them anyway (the Ray engine)
 
 
 def encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
@@ -76,6 +79,9 @@ def embed_stream(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
     exclude: Container[str] = (),
+    shard: tuple[int, int] | None = None,
+    engine: str = "local",
+    ray: RayOptions | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Decode and encode in batches, in walk order; what classify, eval and prompt comparison all stand on.
 
@@ -85,8 +91,22 @@ def embed_stream(
     PIL in worker processes, "device" forces the tensor path on the model's device (used by tests on CPU).
     Batches default to 256 images on CUDA, 32 elsewhere. Files over `max_pixels`, or taking longer than
     `file_timeout` seconds, are skipped; paths in `exclude` are left out (a resumed run has them already).
-    If the disk fills up while storing, storing stops with a warning and the run goes on.
+    If the disk fills up while storing, storing stops with a warning and the run goes on. `shard` (i, N) keeps
+    the files of shard i only (zsclip.sources.in_shard). `engine`: "local" (this process and its decoding
+    workers) or "ray" (Ray Data tasks and model actors, zsclip.ray_engine, configured by `ray`); both yield the
+    same batches' records.
     """
+    if check_engine(engine) == "ray":
+        from .ray_engine import ray_embed_stream
+
+        yield from ray_embed_stream(
+            model, sources, batch_size=batch_size, workers=workers, recursive=recursive, store=store, cache=cache,
+            exact=exact, max_pixels=max_pixels, file_timeout=file_timeout, exclude=exclude, shard=shard, ray=ray,
+        )  # fmt: skip
+        return
+    uri = next((p for p, _ in sources if is_uri(p)), None)
+    if uri is not None:
+        raise UsageError(f"{uri}: object-store URIs are read by --engine ray only ({INSTALL})")
     check_limits(batch_size, workers, max_pixels, file_timeout)  # before `or`, which would take 0 as the default
     batch_size = batch_size or (256 if model.device.type == "cuda" else 32)
     draft = None if exact else draft_size(model)
@@ -98,11 +118,13 @@ def embed_stream(
         batches = iter_device_batches(
             sources, model.preprocess, model.device, batch_size=batch_size, recursive=recursive,
             store=image_store, draft=draft, max_pixels=max_pixels, file_timeout=file_timeout, exclude=exclude,
+            shard=shard,
         )  # fmt: skip
     else:
         batches = iter_batches(
             sources, model.preprocess, batch_size=batch_size, workers=workers, recursive=recursive,
             store=image_store, draft=draft, max_pixels=max_pixels, file_timeout=file_timeout, exclude=exclude,
+            shard=shard,
         )  # fmt: skip
     try:
         yield from _embed(model, batches, image_store)

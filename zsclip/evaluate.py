@@ -16,6 +16,7 @@ from .encode import embed_stream
 from .errors import UsageError, ZsclipError
 from .models import ClipModel
 from .prompts import list_template_sets, load_templates
+from .ray_engine import RayOptions
 from .text import Classifier, build_classifier, ensemble
 
 if TYPE_CHECKING:
@@ -102,8 +103,11 @@ def evaluate(
     on_batch: Callable[[int, int], None] | None = None,
     task: str = "classification",
     recall_k: Sequence[int] = (1, 5, 10),
+    engine: str = "local",
+    ray: RayOptions | None = None,
 ) -> EvalResult | RetrievalResult:
-    """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset).
+    """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset). `engine`
+    "ray" embeds the images on a Ray cluster (zsclip.ray_engine, configured by `ray`), with the same metrics.
 
     With task="retrieval", recall@K (`recall_k`) both ways on a captions CSV (a file, csv:FILE, or a folder
     holding captions.csv): see zsclip.retrieval_eval. `templates`, `root`, `classnames` do not apply there."""
@@ -123,8 +127,9 @@ def evaluate(
         templates = resolve_dataset_templates(templates, dataset, model)
     classifier = build_classifier(model, dataset.classnames, templates)
     embedded = embed_dataset(
-        model, dataset, batch_size=batch_size, workers=workers, store=store, exact=exact, on_batch=on_batch
-    )
+        model, dataset, batch_size=batch_size, workers=workers, store=store, exact=exact, on_batch=on_batch,
+        engine=engine, ray=ray,
+    )  # fmt: skip
     return score(embedded, classifier)
 
 

@@ -123,6 +123,7 @@ def iter_device_batches(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
     exclude: Container[str] = (),
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
     """Batches like images.iter_batches, with pixels decoded and preprocessed on `device`. Reads run on
     supervised threads: a file that blocks longer than `file_timeout` is skipped and its thread abandoned."""
@@ -144,7 +145,7 @@ def iter_device_batches(
 
     seen: deque[list] = deque()
     reads = run_tasks(
-        _remembered(chunks(sources, batch_size, recursive, exclude), seen), prepare, threads=True,
+        _remembered(chunks(sources, batch_size, recursive, exclude, shard), seen), prepare, threads=True,
         workers=threads or min(16, os.cpu_count() or 4), item_timeout=file_timeout,
     )  # fmt: skip
     for prepared, failed in reads:

@@ -169,16 +169,22 @@ def load_image(
     member = is_member(path)
     if member is not None:  # SHARD.tar#MEMBER: the member's bytes, read in place (zsclip.shards)
         try:
-            return _decode(io.BytesIO(read_member(*member)), path, preprocess, draft, max_pixels)
+            return decode_image(io.BytesIO(read_member(*member)), path, preprocess, draft, max_pixels)
         except (SkipFile, MemberError) as exc:
             raise SkipFile(f"{describe(*member)}: {exc}") from None
     check_file(path)
-    return _decode(path, path, preprocess, draft, max_pixels)
+    return decode_image(path, path, preprocess, draft, max_pixels)
 
 
-def _decode(
-    source: str | IO[bytes], path: str, preprocess: Callable, draft: int | None, max_pixels: int | None
+def decode_image(
+    source: str | IO[bytes],
+    path: str,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    draft: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
+    """load_image's decoding, from a file name or bytes already read (the Ray engine reads object storage);
+    `path` names the file in skip reasons."""
     try:
         with open_image(source) as im:
             check_pixels(im.size, max_pixels)
@@ -325,10 +331,15 @@ def default_workers() -> int:
 
 
 def chunks(
-    sources: list[tuple[str, bool]], batch_size: int, recursive: bool = True, exclude: Container[str] = ()
+    sources: list[tuple[str, bool]],
+    batch_size: int,
+    recursive: bool = True,
+    exclude: Container[str] = (),
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[list[tuple[str, bool]]]:
-    """The walk cut into batches, leaving out `exclude` (paths a resumed run already has)."""
-    entries = (e for e in walk(sources, recursive) if e[0] not in exclude)
+    """The walk cut into batches, leaving out `exclude` (paths a resumed run already has) and, with `shard`,
+    the files of other shards (zsclip.sources.in_shard)."""
+    entries = (e for e in walk(sources, recursive, shard) if e[0] not in exclude)
     while chunk := list(islice(entries, batch_size)):
         yield chunk
 
@@ -345,6 +356,7 @@ def iter_batches(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
     exclude: Container[str] = (),
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
     """Stream decoded batches in walk order; memory stays bounded by a few batches per worker whatever the
     folder size. With workers, a file that crashes its decoder or takes longer than `file_timeout` seconds
@@ -352,7 +364,7 @@ def iter_batches(
     check_limits(batch_size, workers, max_pixels, file_timeout)
     workers = default_workers() if workers is None else workers
     seen: deque[list] = deque()
-    parts = _remembered(chunks(sources, batch_size, recursive, exclude), seen)
+    parts = _remembered(chunks(sources, batch_size, recursive, exclude, shard), seen)
     loader = BatchLoader(preprocess, store, draft, max_pixels, file_timeout)
     batches = (
         map(loader, parts) if workers == 0 else run_tasks(parts, loader, workers=workers, item_timeout=file_timeout)

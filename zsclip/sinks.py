@@ -79,7 +79,7 @@ def classify_into(
         bar = stack.enter_context(progress.bar("classifying", None, "img", show))
         if bar:
             threading.Thread(
-                target=lambda: bar.update(0, total=count_candidates(sources, recursive)), daemon=True
+                target=lambda: bar.update(0, total=count_candidates(sources, recursive, read.get("shard"))), daemon=True
             ).start()
         records: Iterable = classify(
             clip, clf, sources, top_k=top_k, threshold=threshold, recursive=recursive,

@@ -4,6 +4,7 @@ can refuse a path with no images before torch loads."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,9 @@ def expand_sources(sources: Iterable[str | os.PathLike]) -> list[tuple[str, bool
     """Check the user's PATH arguments and read @list files: (path, is_explicit_file) per source."""
     out: list[tuple[str, bool]] = []
     for src in map(str, sources):
+        if is_uri(src):  # object storage, read by the Ray engine; listed lazily by walk
+            out.append((src, has_image_extension(src)))
+            continue
         if src.startswith("@"):
             # A folder in a list is walked, as on the command line; a missing entry is a skip record later.
             out.extend((p, not os.path.isdir(p)) for p in _read_list(src[1:]))
@@ -43,13 +47,82 @@ def _read_list(list_file: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def walk(sources: list[tuple[str, bool]], recursive: bool = True) -> Iterator[tuple[str, bool]]:
-    """Every candidate entry under the sources, in sorted order: (path, explicit)."""
+def walk(
+    sources: list[tuple[str, bool]], recursive: bool = True, shard: tuple[int, int] | None = None
+) -> Iterator[tuple[str, bool]]:
+    """Every candidate entry under the sources, in sorted order: (path, explicit). With `shard` (i, N), only
+    the entries that fall in shard i (see in_shard)."""
     for path, explicit in sources:
         if explicit:
-            yield path, True
-        else:
-            yield from ((p, False) for p in _walk_dir(path, recursive))
+            if shard is None or in_shard(path, shard):
+                yield path, True
+            continue
+        for p in _walk_uri(path, recursive) if is_uri(path) else _walk_dir(path, recursive):
+            if shard is None or in_shard(os.path.relpath(p, path), shard):
+                yield p, False
+
+
+# -- object storage ----------------------------------------------------------------------------------------
+URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "hdfs://", "file://")
+
+
+def is_uri(path: str) -> bool:
+    """An object-store (or file://) URI, read through pyarrow's file systems by the Ray engine."""
+    return path.lower().startswith(URI_SCHEMES)
+
+
+def uri_filesystem(uri: str):
+    """(pyarrow FileSystem, path inside it) for a URI; a missing pyarrow is a one-line usage error."""
+    try:
+        from pyarrow import fs
+    except ImportError:
+        raise UsageError(f'{uri}: reading object storage needs pyarrow: pip install "zsclip[ray]"') from None
+    try:
+        return fs.FileSystem.from_uri(uri)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for unknown schemes and bad credentials
+        raise UsageError(f"{uri}: cannot open ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _walk_uri(uri: str, recursive: bool) -> Iterator[str]:
+    """The files under a URI prefix, sorted as a folder walk is (hidden names skipped)."""
+    from pyarrow import fs
+
+    filesystem, root = uri_filesystem(uri)
+    try:
+        infos = filesystem.get_file_info(fs.FileSelector(root, recursive=recursive, allow_not_found=True))
+    except (OSError, UnicodeDecodeError) as exc:  # pyarrow lists UTF-8 names only
+        raise UsageError(f"{uri}: cannot list ({' '.join(str(exc).split())[:200]})") from None
+    scheme = uri[: uri.index("://") + 3]
+    prefix = root.rstrip("/") + "/"
+    names = [i.path for i in infos if i.type == fs.FileType.File]
+    for name in sorted(names, key=lambda n: n.split("/")):  # by path component, as the walk orders folders
+        relative = name[len(prefix) :] if name.startswith(prefix) else name
+        if not any(part.startswith(".") for part in relative.split("/")):
+            yield scheme + name
+
+
+# -- sharding ----------------------------------------------------------------------------------------------
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """--shard i/N (0 <= i < N) as (i, N); None for None."""
+    if text is None:
+        return None
+    i, sep, n = text.strip().partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise UsageError(f"--shard {text}: give i/N with 0 <= i < N, e.g. --shard 0/4 for the first of 4 shards")
+    return shard
+
+
+def in_shard(relative_path: str, shard: tuple[int, int]) -> bool:
+    """Whether a file belongs to shard i of N: a stable hash (SHA-1) of its path relative to the PATH argument
+    (for a file given by name, the name as given), so N processes cover each file exactly once, the split is
+    the same on every machine and run, and adding files never moves an old one to another shard."""
+    i, n = shard
+    key = os.fsencode(relative_path.replace(os.sep, "/"))  # fsencode: names that are not UTF-8 keep their bytes
+    return int.from_bytes(hashlib.sha1(key).digest()[:8], "big") % n == i
 
 
 def _walk_dir(root: str, recursive: bool) -> Iterator[str]:
@@ -105,9 +178,11 @@ def looks_like_image(path: str) -> bool:
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"
 
 
-def count_candidates(sources: list[tuple[str, bool]], recursive: bool = True) -> int:
+def count_candidates(
+    sources: list[tuple[str, bool]], recursive: bool = True, shard: tuple[int, int] | None = None
+) -> int:
     """How many entries look like images by name: a cheap total for progress bars."""
-    return sum(1 for p, explicit in walk(sources, recursive) if explicit or has_image_extension(p))
+    return sum(1 for p, explicit in walk(sources, recursive, shard) if explicit or has_image_extension(p))
 
 
 def first_image(sources: list[tuple[str, bool]], recursive: bool = True) -> str | None:

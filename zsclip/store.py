@@ -148,6 +148,27 @@ class ImageStore:
         ).fetchall()
         return (np.frombuffer(row[0][0], dtype=np.float32) if row else None), identity
 
+    def lookup_by_stat(self, path: str) -> tuple[np.ndarray | None, str | None, bool]:
+        """(vector, content_hash, storable): a stored vector for this path, size and mtime, found without
+        reading the file (the Ray engine's driver: content hashes are taken where the bytes are read, on the
+        cluster); storable is False for what the store never holds (not a regular local file, a name that is
+        not UTF-8)."""
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None, None, False
+        key = os.path.abspath(path)
+        if not stat.S_ISREG(st.st_mode) or (not key.isascii() and not _utf8(key)):
+            return None, None, False
+        row = self.conn.execute(
+            "SELECT vector, content_hash FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ? "
+            "AND size = ? AND mtime_ns = ?",
+            (self.fingerprint, self.variant, key, st.st_size, st.st_mtime_ns),
+        ).fetchall()
+        if not row:
+            return None, None, True
+        return np.frombuffer(row[0][0], dtype=np.float32), row[0][1], True
+
     def put(self, rows: list[tuple[FileIdentity, np.ndarray]]) -> None:
         if not rows:
             return

@@ -12,22 +12,30 @@ from .. import progress
 from ..defaults import DEFAULT_MODEL, FORMATS
 from ..errors import UsageError
 from ..limits import check_ranking
+from ..sources import parse_shard
 from .common import (
     DEFAULT_READ,
+    ActorsOpt,
     BackendOpt,
     BatchOpt,
+    CpusPerActorOpt,
     DeviceOpt,
+    EngineOpt,
     ExactOpt,
     FileTimeoutOpt,
+    GpusPerActorOpt,
     MaxPixelsOpt,
     ModelOpt,
     PrecisionOpt,
     QuietOpt,
+    RayAddressOpt,
+    ShardOpt,
     StoreOpt,
     TemplatesOpt,
     WorkersOpt,
     build_with_progress,
     check_backend,
+    engine_options,
     env,
     read_options,
     with_backend,
@@ -112,6 +120,12 @@ def classify_cmd(
         Path | None, typer.Option(envvar=env("report"), help="Write a gallery of the results (DIR/gallery.html).")
     ] = None,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusPerActorOpt = None,
+    cpus_per_actor: CpusPerActorOpt = None,
 ) -> None:
     """Classify images by class names: a label, its probability and the top-k classes per image.
 
@@ -122,6 +136,7 @@ def classify_cmd(
 
     names = class_names(classes, classes_file)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
+    read.update(engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor), shard=parse_shard(shard))
     check_ranking(top_k, threshold)
     check_backend(backend)
     from ..output import plan_output

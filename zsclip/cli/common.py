@@ -175,6 +175,65 @@ FileTimeoutOpt = Annotated[
     ),
 ]
 DEFAULT_READ = {"max_pixels": DEFAULT_MAX_PIXELS, "file_timeout": DEFAULT_FILE_TIMEOUT}
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        envvar=env("engine"),
+        help="local (this machine), or ray: Ray Data on a cluster, or on a local one (pip install 'zsclip[ray]').",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=env("ray_address"),
+        help="--engine ray: the cluster to join (default: $RAY_ADDRESS, else a local cluster for this run).",
+        show_default=False,
+    ),
+]
+ActorsOpt = Annotated[
+    int | None,
+    typer.Option(
+        envvar=env("actors"), help="--engine ray: model replicas (default: one per GPU, else 1).", show_default=False
+    ),
+]
+GpusPerActorOpt = Annotated[
+    float | None,
+    typer.Option(
+        envvar=env("gpus_per_actor"),
+        help="--engine ray: GPUs per model replica (default: 1 when the cluster has GPUs, else 0).",
+        show_default=False,
+    ),
+]
+CpusPerActorOpt = Annotated[
+    float | None,
+    typer.Option(
+        envvar=env("cpus_per_actor"), help="--engine ray: CPUs per model replica (default: 1).", show_default=False
+    ),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=env("shard"),
+        help="i/N: only the files whose path (under PATH) hashes to shard i of N; N runs cover each file once.",
+        show_default=False,
+    ),
+]
+
+
+def engine_options(
+    engine: str, address: str | None, actors: int | None, gpus: float | None, cpus: float | None
+) -> dict:
+    """--engine and the Ray options as embed_stream's keyword arguments, checked before any model loads."""
+    from ..ray_engine import RayOptions, check_engine, require_ray
+
+    given = [n for n, v in (("--ray-address", address), ("--actors", actors), ("--gpus-per-actor", gpus),
+                            ("--cpus-per-actor", cpus)) if v is not None]  # fmt: skip
+    if check_engine(engine) == "local":
+        if given:
+            raise UsageError(f"{given[0]} is an option of --engine ray (add --engine ray, or leave it out)")
+        return {}
+    require_ray()
+    return {"engine": "ray", "ray": RayOptions(address, actors, gpus, cpus).check()}
 
 
 def read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout) -> dict:

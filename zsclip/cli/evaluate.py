@@ -13,22 +13,28 @@ from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError
 from .common import (
     DEFAULT_READ,
+    ActorsOpt,
     BackendOpt,
     BatchOpt,
     ClassnamesOpt,
+    CpusPerActorOpt,
     DeviceOpt,
+    EngineOpt,
     ExactOpt,
     FileTimeoutOpt,
+    GpusPerActorOpt,
     LimitOpt,
     MaxPixelsOpt,
     PrecisionOpt,
     QuietOpt,
+    RayAddressOpt,
     RootOpt,
     StoreOpt,
     WorkersOpt,
     build_with_progress,
     check_backend,
     choice,
+    engine_options,
     env,
     print_table,
     read_options,
@@ -152,6 +158,11 @@ def eval_cmd(
     max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
     file_timeout: FileTimeoutOpt = DEFAULT_READ["file_timeout"],
     quiet: QuietOpt = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusPerActorOpt = None,
+    cpus_per_actor: CpusPerActorOpt = None,
 ) -> None:
     """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports.
 
@@ -161,6 +172,7 @@ def eval_cmd(
     check_backend(backend)
     choice("--task", task, ("classification", "retrieval"))
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
+    read.update(engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor))
     from ..grid import GridOptions, read_lines, retrieval_data
 
     models = [*(models or []), *(read_lines(models_file, "models") if models_file else [])] or [DEFAULT_MODEL]

@@ -11,21 +11,27 @@ from .. import progress
 from ..defaults import DEFAULT_MODEL
 from .common import (
     DEFAULT_READ,
+    ActorsOpt,
     BackendOpt,
     BatchOpt,
     ClassnamesOpt,
+    CpusPerActorOpt,
     DeviceOpt,
+    EngineOpt,
     ExactOpt,
     FileTimeoutOpt,
+    GpusPerActorOpt,
     LimitOpt,
     MaxPixelsOpt,
     ModelOpt,
     PrecisionOpt,
     QuietOpt,
+    RayAddressOpt,
     RootOpt,
     StoreOpt,
     WorkersOpt,
     check_backend,
+    engine_options,
     env,
     print_table,
     read_options,
@@ -85,6 +91,11 @@ def prompts_compare(
     max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
     file_timeout: FileTimeoutOpt = DEFAULT_READ["file_timeout"],
     quiet: QuietOpt = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusPerActorOpt = None,
+    cpus_per_actor: CpusPerActorOpt = None,
 ) -> None:
     """Score several template sets on one data set, encoding the images once; best first."""
     from ..prompts import load_templates
@@ -94,6 +105,7 @@ def prompts_compare(
         load_templates(n)
     check_backend(backend)
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
+    read.update(engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor))
     if report:
         from ..output import check_output_dir
 
