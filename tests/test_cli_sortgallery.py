@@ -182,3 +182,23 @@ def test_kill_9_during_a_move_then_resume_loses_nothing_and_doubles_nothing(tiny
     rows = manifest(out)
     assert len(rows) == 240 and len({r["source"] for r in rows}) == 240
     assert sorted((out / r["destination"]).read_bytes() for r in rows) == before
+
+
+@pytest.mark.slow
+def test_a_move_killed_between_files_keeps_every_record_of_output_after_resume(tiny_model_dir, photos, tmp_path):
+    out, results = tmp_path / "sorted", tmp_path / "records.jsonl"
+    args = [*map(str, common(photos, tiny_model_dir)), "-o", str(results), "--sort-into", str(out), "--mode", "move"]
+    killer = (
+        "import os, signal, sys\nimport zsclip.sort as s\nseen = []\n"
+        "def hook(point):\n    seen.append(point)\n"
+        "    if seen.count('placed') == 3:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "s._hook = hook\nfrom zsclip.cli import main\nsys.argv = ['zsclip', *sys.argv[1:]]\nmain()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.run([sys.executable, "-c", killer, *args, "--workers", "0"], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run(*args, "--resume", "--workers", "0")
+    assert resumed.exit_code == 0, resumed.output
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(records) == len({r["path"] for r in records}) == 6
+    assert len(manifest(out)) == 6 and files(photos) == []

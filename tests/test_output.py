@@ -3,6 +3,7 @@
 These drive the Python API and the CLI as it is; tests/test_cli_output.py holds those that need the CLI to call
 the checks before loading the model."""
 
+import csv
 import errno
 import io
 import json
@@ -375,3 +376,24 @@ def test_eval_report_with_a_non_utf8_name(tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert os.fsencode(str(data / "b" / ODD)) in (report / "predictions.csv").read_bytes()
     assert "caf\\xe9-latin1.png" in (report / "report.html").read_text(encoding="utf-8")
+
+
+def test_csv_resume_cuts_a_row_torn_inside_a_quoted_path_with_a_line_break(tmp_path):
+    from zsclip.classify import Prediction
+    from zsclip.output import OutputFile, make_writer
+
+    out = tmp_path / "o.csv"
+    settings = {"format": "csv", "top_k": 1}
+    first = OutputFile(out, "csv", settings, inputs=[str(tmp_path)])
+    writer = make_writer("csv", first.stream, 1)
+    for name in ["a.png", "b\ny.png"]:
+        writer.write(Prediction(str(tmp_path / name), "red", 0.9, [{"label": "red", "prob": 0.9}]))
+    first.stream.flush()
+    first.abandon()
+    data = first.partial.read_bytes()
+    first.partial.write_bytes(data[: data.index(b"b\ny.png") + 2])  # killed right after the quoted line break
+    resumed = OutputFile(out, "csv", settings, resume=True, inputs=[str(tmp_path)])
+    assert len(resumed.done) == 1 and str(tmp_path / "a.png") in resumed.done
+    resumed.abandon()
+    rows = list(csv.reader(io.StringIO(resumed.partial.read_text(), newline="")))
+    assert len(rows) == 2 and rows[1][0].endswith("a.png")

@@ -17,6 +17,7 @@ import contextlib
 import csv
 import functools
 import io
+import itertools
 import json
 import os
 import re
@@ -524,14 +525,39 @@ class OutputFile:
                 offset += len(line.encode("utf-8", errors="surrogateescape"))
             keep = offset
         else:
-            rows = list(csv.reader(io.StringIO(text, newline="")))
-            if rows and rows[0] != csv_header(top_k):
-                raise UsageError(f"--resume: {self.partial} has other columns; use the same --top-k or delete it")
-            done = {row[0] for row in rows[1:] if row}
+            done, keep = self._csv_rows(text, top_k)
         if keep < len(data):
             with open(self.partial, "r+b") as f:
                 f.truncate(keep)
         return done
+
+    def _csv_rows(self, text: str, top_k: int) -> tuple[set[str], int]:
+        """Paths of the complete CSV records, and the byte offset after the last one. A row is complete when
+        it has every column: a kill can tear a quoted path that holds a line break after that break."""
+        header = csv_header(top_k)
+        consumed = [0]
+
+        def lines():
+            for line in text.splitlines(keepends=True):
+                consumed[0] += len(line.encode("utf-8", errors="surrogateescape"))
+                yield line
+
+        done: set[str] = set()
+        keep = 0
+        rows = csv.reader(lines(), strict=True)
+        for i in itertools.count():
+            try:
+                row = next(rows)
+            except (StopIteration, csv.Error):  # csv.Error: a quoted field torn open at the end
+                break
+            if i == 0 and row != header:
+                raise UsageError(f"--resume: {self.partial} has other columns; use the same --top-k or delete it")
+            if i and len(row) != len(header):
+                break
+            if i:
+                done.add(row[0])
+            keep = consumed[0]
+        return done, keep
 
     def tick(self) -> None:
         """After each record: durable every few seconds, so a power cut costs seconds, not the run."""

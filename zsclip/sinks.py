@@ -87,9 +87,6 @@ def classify_into(
         )  # fmt: skip
         try:
             for record in records:
-                place = sorter.add(record) if sorter else None  # the file first: the gallery links to it
-                if gallery:
-                    gallery.add(record, image=None if dry_run else place)
                 if isinstance(record, Skipped):
                     counts.skipped += 1
                     if not quiet:
@@ -104,6 +101,11 @@ def classify_into(
                         writer.write(record)
                     if out_file:
                         out_file.tick()
+                # The record is written (flushed) before its file moves: a kill in between leaves the image at
+                # its source, so a resume classifies and sorts it again; the other order could lose its record.
+                place = sorter.add(record) if sorter else None
+                if gallery:
+                    gallery.add(record, image=None if dry_run else place)
                 if bar:
                     bar.update(0, advance=1, extra=f"{counts.skipped} skipped" if counts.skipped else "")
             if writer:
