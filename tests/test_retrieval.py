@@ -280,3 +280,13 @@ def test_approximate_search_with_every_list_probed_equals_exact(tmp_path, monkey
         rows, _ = vectors.approximate_top_k(snap, q, 10, ranges)  # the default probes a twentieth of the lists
         assert all(any(lo <= r < hi for lo, hi in ranges) for r in rows.tolist())
     assert (tmp_path / "faiss.index").is_file()
+
+
+def test_no_recursive_search_keeps_to_the_folder_itself(tiny, tmp_path):
+    root = tmp_path / "photos"
+    _images(root)
+    _images(root / "sub")
+    everything = zsclip.search(tiny, "a photo", root, top=50, workers=0)  # indexes the subfolder too
+    assert any(Path(h.path).parent == root / "sub" for h in everything)
+    hits = zsclip.search(tiny, "a photo", root, top=50, recursive=False, workers=0)
+    assert len(hits) == 6 and all(Path(h.path).parent == root for h in hits)

@@ -227,7 +227,7 @@ def search(
     from .encode import store_variant
 
     snapshot = vectors.load(cache, model.fingerprint, store_variant(model, exact))
-    ranges = snapshot.ranges(_roots(sources) if sources is not None else None)
+    ranges = snapshot.ranges(_roots(sources) if sources is not None else None, options.get("recursive", True))
     if not ranges:
         where = f" under {', '.join(p for p, _ in sources)}" if sources is not None else ""
         how = f"zsclip index {' '.join(p for p, _ in sources)}" if sources is not None else "zsclip index PATH"

@@ -90,8 +90,9 @@ class Snapshot:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def ranges(self, roots: Sequence[tuple[str, bool]] | None) -> list[tuple[int, int]]:
-        """Row ranges [lo, hi) of the files under these absolute (path, is_file) roots; all rows for None."""
+    def ranges(self, roots: Sequence[tuple[str, bool]] | None, recursive: bool = True) -> list[tuple[int, int]]:
+        """Row ranges [lo, hi) of the files under these absolute (path, is_file) roots; all rows for None.
+        Not `recursive`: only the files directly in a root folder (runs of rows between its subfolders')."""
         if roots is None:
             return [(0, len(self))] if len(self) else []
         spans = []
@@ -103,6 +104,9 @@ class Snapshot:
                 base = root.rstrip("/")
                 lo = bisect.bisect_left(self.paths, base + "/")
                 hi = bisect.bisect_left(self.paths, base + "0")  # "0" follows "/": just past every "base/..."
+                if not recursive:
+                    spans += _direct_children(self.paths, lo, hi, len(base) + 1)
+                    continue
             if hi > lo:
                 spans.append((lo, hi))
         merged: list[tuple[int, int]] = []
@@ -112,6 +116,18 @@ class Snapshot:
             else:
                 merged.append((lo, hi))
         return merged
+
+
+def _direct_children(paths: Sequence[str], lo: int, hi: int, start: int) -> list[tuple[int, int]]:
+    """Runs of rows in [lo, hi) whose path has no "/" after position `start` (files directly in the folder)."""
+    runs: list[tuple[int, int]] = []
+    for row in range(lo, hi):
+        if "/" not in paths[row][start:]:
+            if runs and runs[-1][1] == row:
+                runs[-1] = (runs[-1][0], row + 1)
+            else:
+                runs.append((row, row + 1))
+    return runs
 
 
 def top_k(
