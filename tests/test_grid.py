@@ -107,3 +107,23 @@ def test_models_and_datasets_files(grid_world):
     (tmp / "empty.txt").write_text("# nothing\n")
     bad = _eval("--models", tmp / "empty.txt", "--datasets", tmp / "datasets.txt")
     assert bad.exit_code == 2 and "no models listed" in bad.stderr
+
+
+def test_a_rerun_from_another_folder_or_with_another_precision_scores_again(grid_world, monkeypatch):
+    tmp, datasets, models = grid_world
+    report = tmp / "grid"
+    (tmp / "a").mkdir()
+    (tmp / "b").mkdir()
+    _folder(tmp / "a" / "data", {"red": (230, 20, 20), "blue": (20, 20, 230)})
+    _folder(tmp / "b" / "data", {"green": (20, 230, 20), "black": (5, 5, 5), "white": (250, 250, 250)})
+    monkeypatch.chdir(tmp / "a")
+    assert _eval("data", datasets[0], "-m", models[0], "--report", report).exit_code == 0
+    monkeypatch.chdir(tmp / "b")
+    again = _eval("data", datasets[0], "-m", models[0], "--report", report, "-f", "json")
+    assert again.exit_code == 0, again.output
+    rows = json.loads(again.stdout)
+    assert [bool(r.get("resumed")) for r in rows] == [False, True]  # b/data is not a/data
+    assert rows[0]["n"] == 9
+    other = _eval("data", datasets[0], "-m", models[0], "--report", report, "-f", "json", "--precision", "bf16")
+    assert other.exit_code == 0, other.output
+    assert not any(r.get("resumed") for r in json.loads(other.stdout))

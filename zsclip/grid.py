@@ -33,11 +33,28 @@ class GridOptions:
     limit: int | None = None
     exact: bool = False
     recall_k: str = "1,5,10"
+    precision: str | None = None  # as asked (None: the device's default)
+    read: dict | None = None  # the reading options that change vectors (max_pixels)
     split: str = "test"
 
     def key(self) -> dict:
         # The default split is left out, so rows written before --split existed still resume.
         return {k: v for k, v in self.__dict__.items() if not (k == "split" and v == "test")}
+
+
+_RESULT_OPTIONS = ("max_pixels",)  # reading options that change which images are scored
+
+
+def dataset_key(name: str) -> str:
+    """What a data set name stands for in a resume key: a local folder or file by its resolved path and its
+    modification time (so `data` from another working directory, or a folder whose files were replaced, is not
+    taken for the earlier one); named sets by name."""
+    local = name[4:] if name.startswith(("csv:", "wds:")) else name
+    path = Path(local).expanduser()
+    if not path.exists():
+        return name
+    st = path.stat()
+    return f"{name[:4] if local != name else ''}{path.resolve()}@{st.st_mtime_ns}"
 
 
 def read_lines(path: Path, what: str) -> list[str]:
@@ -71,7 +88,7 @@ def done_pairs(report: Path | None, options: GridOptions) -> dict[tuple[str, str
             except json.JSONDecodeError:  # a torn last line of a killed run
                 continue
             if row.get("error") is None and row.get("options") == options.key():
-                done[(row["fingerprint"], row["dataset"])] = row
+                done[(row["fingerprint"], row.get("dataset_key", row["dataset"]))] = row
     return done
 
 
@@ -94,6 +111,8 @@ def run_grid(
 
     evaluate_pair = evaluate_pair or _pair
     cache = Cache()
+    options.read = {k: v for k, v in (read or {}).items() if k in _RESULT_OPTIONS}
+    options.precision = precision
     done = done_pairs(report, options)
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
@@ -104,8 +123,12 @@ def run_grid(
         except ZsclipError as exc:
             rows += [_emit(report, _failed(spec, None, d, options, exc), on_row) for d in datasets]
             continue
-        todo = [d for d in datasets if (fingerprint, d) not in done]
-        rows += [{**done[(fingerprint, d)], "model": spec, "resumed": True} for d in datasets if d not in todo]
+        todo = [d for d in datasets if (fingerprint, dataset_key(d)) not in done]
+        rows += [
+            {**done[(fingerprint, dataset_key(d))], "model": spec, "dataset": d, "resumed": True}
+            for d in datasets
+            if d not in todo
+        ]
         if not todo:
             continue
         try:
@@ -132,6 +155,7 @@ def run_grid(
                 "seconds": round(time.perf_counter() - start, 3),
                 "report": str(folder) if folder else None,
                 "options": options.key(),
+                "dataset_key": dataset_key(name),
                 "error": None,
             }
             rows.append(_emit(report, row, on_row))
