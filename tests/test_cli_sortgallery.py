@@ -51,7 +51,7 @@ def files(root: Path) -> list[bytes]:
 
 
 def manifest(root: Path) -> list[dict]:
-    return list(csv.DictReader((root / MANIFEST).open(newline="", encoding="utf-8")))
+    return list(csv.DictReader((root / MANIFEST).open(newline="", encoding="utf-8", errors="surrogateescape")))
 
 
 @pytest.mark.parametrize("mode", ["copy", "link", "move"])
@@ -202,3 +202,19 @@ def test_a_move_killed_between_files_keeps_every_record_of_output_after_resume(t
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(records) == len({r["path"] for r in records}) == 6
     assert len(manifest(out)) == 6 and files(photos) == []
+
+
+def test_names_that_are_not_utf8_are_sorted_and_shown(tiny_model_dir, tmp_path):
+    src = tmp_path / "odd"
+    src.mkdir()
+    for i, name in enumerate([b"a.png", b"b\xff.png", b"c.png"]):
+        Image.new("RGB", (24, 24), (80 * i, 90, 200)).save(os.fsencode(src) + b"/" + name)
+    out, report = tmp_path / "sorted", tmp_path / "gallery"
+    args = ["classify", src, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "--workers", "0"]
+    result = run(*args, "--sort-into", out, "--mode", "move", "--report", report)
+    assert result.exit_code == 0, result.output
+    moved = sorted(p.name.encode("utf-8", "surrogateescape") for p in out.rglob("*.png"))
+    assert moved == [b"a.png", b"b\xff.png", b"c.png"] and not list(src.iterdir())
+    assert len(manifest(out)) == 3 and (report / "gallery.html").is_file()
+    again = run(*args, "--sort-into", out, "--mode", "move", "--resume")  # the manifest reads back
+    assert again.exit_code == 0 or "no image" in again.stderr

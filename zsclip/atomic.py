@@ -69,7 +69,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+    """UTF-8; a file name that is not UTF-8 (a surrogate-escaped str) keeps its own bytes."""
+    with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
         f.write(text)
 
 

@@ -122,7 +122,7 @@ class Gallery:
             }
             self._submit(image, self.root / thumb)
         self.count += 1
-        self._records.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._records.write(json.dumps(entry) + "\n")  # ASCII escapes: a name that is not UTF-8 survives
         self._records.flush()
 
     def _submit(self, image: str, thumb: Path) -> None:
@@ -199,14 +199,16 @@ class Gallery:
                 f"<h1>{_e(_heading(key))} <small>{len(entries):,} images</small></h1>{nav}"
                 f'<div class="grid">{"".join(_figure(e, self._made, "../", str(pages)) for e in chunk)}</div>{nav}'
             )
-            (pages / file).write_text(_page(f"{_heading(key)}: page {i + 1} of {n}", body), encoding="utf-8")
+            (pages / file).write_text(
+                _page(f"{_heading(key)}: page {i + 1} of {n}", body), encoding="utf-8", errors="surrogateescape"
+            )
         return [f"pages/{f}" for f in files]
 
     def _section(self, key: str, name: str, entries: list[dict], links: list[str]) -> str:
         shown = "".join(_figure(e, self._made, "", str(self.root)) for e in entries[: self.preview])
         more = ""
         if links:
-            page_links = " ".join(f'<a href="{_attr(quote(link))}">{i + 1}</a>' for i, link in enumerate(links))
+            page_links = " ".join(f'<a href="{_attr(_url(link))}">{i + 1}</a>' for i, link in enumerate(links))
             more = (
                 f'<p class="more">showing the {self.preview} most confident of {len(entries):,}; '
                 f"all, {self.page_size} to a page: {page_links}</p>"
@@ -286,7 +288,7 @@ def _thumbnails(root: Path) -> set[str]:
 
 
 def _write_skipped(path: Path, skipped: list[dict]) -> None:
-    with atomic.atomic_open(path, "w", encoding="utf-8", newline="") as f:
+    with atomic.atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "reason"])
         writer.writerows([s["path"], s["reason"]] for s in skipped)
@@ -353,9 +355,14 @@ def _anchor(name: str) -> str:
 def _folder_href(folder: str, start: str) -> str:
     """The link prefix from pages in `start` to files in `folder` (one relpath per folder, not per image)."""
     try:
-        return quote(Path(os.path.relpath(folder, start)).as_posix()) + "/"
+        return _url(Path(os.path.relpath(folder, start)).as_posix()) + "/"
     except ValueError:  # another drive on Windows
         return Path(folder).as_uri() + "/"
+
+
+def _url(text: str) -> str:
+    """Percent-encoded for an href; a name's bytes that are not UTF-8 are encoded as the bytes they are."""
+    return quote(text, errors="surrogateescape")
 
 
 def _figure(entry: dict, made: set[str], up: str, page_dir: str) -> str:
@@ -371,7 +378,7 @@ def _figure(entry: dict, made: set[str], up: str, page_dir: str) -> str:
         else '<span class="nothumb">no preview</span>'
     )
     folder, file = os.path.split(entry["image"])
-    href = _folder_href(folder, page_dir) + quote(file)
+    href = _folder_href(folder, page_dir) + _url(file)
     return (
         f'<figure title="{_attr(tip)}"><a href="{_attr(href)}">{picture}</a>'
         f'<figcaption><span class="name">{_e(name)}</span>{guess}{entry["prob"]:.1%}</figcaption></figure>'
@@ -379,8 +386,8 @@ def _figure(entry: dict, made: set[str], up: str, page_dir: str) -> str:
 
 
 def _nav(files: list[str], i: int) -> str:
-    prev = f'<a href="{_attr(quote(files[i - 1]))}">&larr; previous</a>' if i else "<span></span>"
-    nxt = f'<a href="{_attr(quote(files[i + 1]))}">next &rarr;</a>' if i + 1 < len(files) else "<span></span>"
+    prev = f'<a href="{_attr(_url(files[i - 1]))}">&larr; previous</a>' if i else "<span></span>"
+    nxt = f'<a href="{_attr(_url(files[i + 1]))}">next &rarr;</a>' if i + 1 < len(files) else "<span></span>"
     return f'<nav class="pager">{prev}<span>page {i + 1} of {len(files)}</span>{nxt}</nav>'
 
 

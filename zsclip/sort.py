@@ -235,13 +235,13 @@ class Sorter:
         if rows is None:
             self.root.mkdir(parents=True, exist_ok=True)
             atomic.write_text(self.root / STATE, json.dumps({"mode": mode, **(settings or {})}, indent=1) + "\n")
-            self._stream = open(self.root / MANIFEST, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            self._stream = open(self.root / MANIFEST, "w", encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
             self._csv = csv.writer(self._stream)
             self._csv.writerow(COLUMNS)
             self._stream.flush()
         else:
             self._clean_temporary()
-            self._stream = open(self.root / MANIFEST, "a", encoding="utf-8", newline="")  # noqa: SIM115
+            self._stream = open(self.root / MANIFEST, "a", encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
             self._csv = csv.writer(self._stream)
         self._synced = time.monotonic()
 
@@ -251,7 +251,7 @@ class Sorter:
         manifest rewritten if a torn or unfinished row had to go."""
         path = self.root / MANIFEST
         data = path.read_bytes()
-        text = data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8", errors="surrogateescape")  # a name that is not UTF-8 keeps its bytes
         parsed = list(csv.reader(io.StringIO(text, newline="")))  # a file name may hold any line break
         if not parsed or parsed[0] != COLUMNS:
             raise UsageError(f"--resume: {path} is not a zsclip sort manifest (columns {','.join(COLUMNS)})")
@@ -271,7 +271,7 @@ class Sorter:
             self.names.claim(label, folder)
         self.resumed = len(rows)
         if torn and not self.dry_run:
-            with atomic.atomic_open(path, "w", encoding="utf-8", newline="") as f:
+            with atomic.atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(COLUMNS)
                 writer.writerows(rows)
