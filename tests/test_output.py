@@ -397,3 +397,20 @@ def test_csv_resume_cuts_a_row_torn_inside_a_quoted_path_with_a_line_break(tmp_p
     resumed.abandon()
     rows = list(csv.reader(io.StringIO(resumed.partial.read_text(), newline="")))
     assert len(rows) == 2 and rows[1][0].endswith("a.png")
+
+
+def test_a_json_output_file_of_a_failed_run_is_valid_json_and_says_how_to_go_on(tiny_model_dir, tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(imgs / "a.png")
+    (imgs / "b.png").write_bytes(b"junk")
+    Image.new("RGB", (16, 16), (0, 0, 200)).save(imgs / "c.png")
+    out = tmp_path / "o.json"
+    args = ["classify", str(imgs), "-c", "red,blue", "-m", str(tiny_model_dir), "-t", "photo", "--workers", "0"]
+    failed = run(*args, "-o", out, "--strict")
+    assert failed.exit_code == 1
+    partial = tmp_path / "o.json.partial"
+    assert [r["path"] for r in json.loads(partial.read_text())] == [str(imgs / "a.png")]
+    assert "cannot be resumed" in failed.stderr and "(--resume)" not in failed.stderr
+    again = run(*args, "-o", out)
+    assert again.exit_code == 2 and "move or delete it" in again.stderr

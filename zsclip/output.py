@@ -485,6 +485,11 @@ class OutputFile:
         if resume and fmt not in RESUMABLE:
             raise UsageError(f"--resume: {fmt} output cannot be continued; use --format csv or jsonl")
         if not resume and partial.exists():
+            if fmt not in RESUMABLE:
+                raise UsageError(
+                    f"{partial} holds the finished records of an earlier run that stopped ({fmt} output cannot be "
+                    "continued): move or delete it to start over"
+                )
             raise UsageError(
                 f"{partial} holds an unfinished run: add --resume to continue it, or delete it to start over"
             )

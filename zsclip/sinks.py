@@ -57,7 +57,7 @@ def classify_into(
     `inputs`). Skipped files go to stderr and the failures log. `sorter` (zsclip.sort.Sorter) and `gallery`
     (zsclip.gallery.Gallery) receive every record too; they are closed here."""
     from .classify import Skipped, classify
-    from .output import FailuresLog, OutputFile, make_writer
+    from .output import RESUMABLE, FailuresLog, OutputFile, make_writer
     from .sources import count_candidates
 
     counts = Counts()
@@ -113,13 +113,14 @@ def classify_into(
             if counts.done + counts.resumed + (sorter.resumed if sorter else 0) == 0:
                 raise ZsclipError(f"no image could be read: all {counts.skipped} files were skipped")
         except BaseException as exc:
-            if writer and not out_file and fmt == "json":
-                writer.close()  # the records before the failure stay a valid JSON array on stdout
+            if writer and fmt == "json":
+                writer.close()  # the records before the failure stay a valid JSON array
             if out_file:
                 out_file.abandon()
                 if counts.done or out_file.done:
                     kept = counts.resumed + counts.done
-                    progress.log(f"kept {kept} finished records in {out_file.partial} (--resume)")
+                    how = "--resume" if fmt in RESUMABLE else f"a {fmt} file cannot be resumed; csv and jsonl can"
+                    progress.log(f"kept {kept} finished records in {out_file.partial} ({how})")
                 else:
                     out_file.discard()
             if isinstance(exc, OSError) and is_disk_full(exc):
