@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -411,3 +412,30 @@ def test_device_path_survives_an_unreadable_store(tiny_model_dir, tmp_path, monk
     model = zsclip.load_model(str(tiny_model_dir))
     batches = list(embed_stream(model, expand_sources([tmp_path]), batch_size=2, decode_on="device"))
     assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "1.jpg", "2.jpg"]
+
+
+class _SlowToBuild:
+    """A preprocessing that takes seconds to build on first use, as the lazy model's (importing open_clip)."""
+
+    def __init__(self):
+        self.ready = False
+
+    def prepare(self) -> None:
+        time.sleep(1.5)
+        self.ready = True
+
+    def __call__(self, image):
+        if not self.ready:
+            self.prepare()
+        return torch.zeros(3, 8, 8)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_building_the_preprocessing_does_not_count_against_the_file_timeout(tmp_path, workers):
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
+    batches = list(
+        iter_batches(expand_sources([tmp_path]), _SlowToBuild(), batch_size=2, workers=workers, file_timeout=1.0)
+    )
+    assert sum(len(b.paths) for b in batches) == 4
+    assert not [s for b in batches for s in b.skipped]

@@ -280,7 +280,12 @@ class BatchLoader:
                     if not (explicit or has_image_extension(path) or looks_like_image(path)):
                         continue
                     vector, identity = self._lookup(path)
-                    if vector is None:
+                if vector is None:
+                    if not getattr(self.preprocess, "ready", True):
+                        mark(None)  # building the transform (importing open_clip) is not this file's time
+                        self.preprocess.prepare()
+                        mark(n)
+                    with time_limit(limit):
                         tensors.append(load_image(path, self.preprocess, self.draft, self.max_pixels))
             except SkipFile as exc:
                 batch.skipped.append((path, str(exc)))

@@ -200,6 +200,15 @@ class LazyPreprocess:
         return self._transform
 
     @property
+    def ready(self) -> bool:
+        return self._transform is not None
+
+    def prepare(self) -> None:
+        """Build the transform now (it imports open_clip: seconds). Decoding calls this outside a file's time,
+        so the import never counts against --file-timeout."""
+        self.transform  # noqa: B018
+
+    @property
     def transforms(self) -> list:  # what zsclip.gpu.TensorPreprocess reads off a Compose
         return self.transform.transforms
 

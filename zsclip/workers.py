@@ -136,10 +136,11 @@ def _serve(fn: TaskFn, slot: int, state, receive, send, abandoned: Callable[[], 
             return
         seq, items, failed = msg
 
-        def mark(i: int, seq=seq) -> None:
+        def mark(i: int | None, seq=seq) -> None:
             if abandoned():
                 raise _Abandoned
-            _publish(state, slot, seq, i, time.monotonic())
+            # None: busy, but not on an item (setting up): nothing to time
+            _publish(state, slot, seq, -1 if i is None else i, 0.0 if i is None else time.monotonic())
 
         try:
             result = fn(items, failed, mark)
