@@ -127,3 +127,23 @@ def test_eval_retrieval_json_and_report(tmp_path):
     assert json.loads((report / "metrics.json").read_text()) == json.loads(result.stdout)
     assert (report / "ranks.csv").is_file() and (report / "report.html").is_file()
     _one_line_error(run("eval", tmp_path / "shapes", "--task", "retrieval", "--recall-k", "x"), 2, "--recall-k")
+
+
+def test_index_to_parquet_then_search_it_like_the_store(photos, tmp_path):
+    out = tmp_path / "vectors"
+    exported = run("index", photos, "--model", "shapes", "--workers", "0", "--embeddings-out", out)
+    assert exported.exit_code == 0, exported.stderr
+    assert json.loads(exported.stdout)["embeddings"] == 12 and list(out.glob("*.parquet"))
+    from_parquet = run("search", "red circle", "--embeddings", out, "--model", "shapes", "-f", "json", "--top", "5")
+    from_store = run("search", "red circle", photos, "--model", "shapes", "-f", "json", "--top", "5", "--workers", "0")
+    assert from_parquet.exit_code == 0 and from_store.exit_code == 0, from_parquet.stderr + from_store.stderr
+    a, b = json.loads(from_parquet.stdout), json.loads(from_store.stdout)
+    assert [h["path"] for h in a] == [h["path"] for h in b]
+    assert [h["score"] for h in a] == pytest.approx([h["score"] for h in b], abs=1e-5)
+
+
+def test_index_shards_cover_every_image_once(photos):
+    shards = [json.loads(run("index", photos, "--model", "shapes", "--workers", "0", "--shard", f"{i}/3").stdout)
+              for i in range(3)]  # fmt: skip
+    assert sum(s["indexed"] for s in shards) == 12
+    _one_line_error(run("index", photos, "--model", "shapes", "--shard", "3/3"), 2, "--shard")

@@ -16,16 +16,23 @@ from ..defaults import DEFAULT_MODEL, FORMATS
 from ..errors import UsageError, ZsclipError
 from .common import (
     DEFAULT_READ,
+    ActorsOpt,
     BatchOpt,
+    CpusPerActorOpt,
     DeviceOpt,
+    EngineOpt,
     ExactOpt,
     FileTimeoutOpt,
+    GpusPerActorOpt,
     MaxPixelsOpt,
     ModelOpt,
     PrecisionOpt,
     QuietOpt,
+    RayAddressOpt,
+    ShardOpt,
     WorkersOpt,
     choice,
+    engine_options,
     env,
 )
 
@@ -84,6 +91,20 @@ def index_cmd(
     exact_preprocess: ExactOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
     file_timeout: FileTimeoutOpt = DEFAULT_READ["file_timeout"],
+    embeddings_out: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=env("embeddings_out"),
+            help="Write the embeddings as Parquet shards (path, content hash, model fingerprint, vector) to DIR "
+            "instead of the store: how a cluster without a shared disk returns them (zsclip search --embeddings).",
+        ),
+    ] = None,
+    shard: ShardOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusPerActorOpt = None,
+    cpus_per_actor: CpusPerActorOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Put every image under PATH into the image-embedding store, for `zsclip search` (and classify) to reuse.
@@ -92,22 +113,31 @@ def index_cmd(
     the counts as JSON: indexed, new, reused, changed, moved, skipped, missing (stored, file gone), pruned."""
     from ..limits import check_limits
     from ..output import check_output_file
-    from ..sources import check_sources
+    from ..sources import check_sources, parse_shard
 
     check_limits(batch_size, workers, max_pixels, file_timeout)
     if failures is not None:
         failures = check_output_file(failures, "--failures")
+    run = {**engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor), "shard": parse_shard(shard)}
     sources = check_sources(paths, recursive)
     from ..cache import Cache
     from ..models import load_model
 
     cache = Cache()
     clip = load_model(model, device=device, precision=precision, cache=cache)
+    options = dict(batch_size=batch_size, workers=workers, recursive=recursive, exact=exact_preprocess,
+                   max_pixels=max_pixels, file_timeout=file_timeout, **run)  # fmt: skip
+    if embeddings_out is not None:
+        from ..embeddings_io import export_embeddings
+
+        written = export_embeddings(clip, sources, embeddings_out, cache=cache, **options)
+        typer.echo(json.dumps({"embeddings": written, "out": str(embeddings_out)}))
+        if not quiet:
+            progress.log(f"wrote {written} embeddings to {embeddings_out} (zsclip search --embeddings)")
+        return
     result = _index_with_progress(
-        clip, sources, progress.enabled(quiet), quiet, failures, prune=prune, cache=cache, batch_size=batch_size,
-        workers=workers, recursive=recursive, exact=exact_preprocess, max_pixels=max_pixels,
-        file_timeout=file_timeout,
-    )  # fmt: skip
+        clip, sources, progress.enabled(quiet), quiet, failures, prune=prune, cache=cache, **options
+    )
     typer.echo(json.dumps(result.to_dict()))
     if result.indexed == 0:
         raise ZsclipError(f"no image could be read: all {len(result.skipped)} files were skipped")
@@ -153,6 +183,10 @@ def search_cmd(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write search.html with thumbnails here.")] = None,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(envvar=env("embeddings"), help="Search Parquet embeddings (zsclip index --embeddings-out)."),
+    ] = None,
     approximate: Annotated[
         bool, typer.Option("--approximate", envvar=env("approximate"), help="faiss IVF index (zsclip[faiss]).")
     ] = False,
@@ -186,7 +220,7 @@ def search_cmd(
     output = check_output_file(output, "--output")
     if report is not None:
         check_output_dir(report, "--report")
-    sources = expand_sources(paths or ["."])
+    sources = expand_sources(paths or ["."]) if embeddings is None else []
     fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if sys.stdout.isatty() else "jsonl")
     from ..cache import Cache
     from ..models import load_model
@@ -200,10 +234,14 @@ def search_cmd(
     # The query first, so a bad --image fails before any indexing.
     q = query_vector(clip, query, image=image, add=add or [], subtract=subtract or [], templates=templates,
                      cache=cache, exact=exact_preprocess)  # fmt: skip
-    indexed = _index_with_progress(clip, sources, progress.enabled(quiet), quiet, None, **options)
-    if indexed.new + indexed.changed and not quiet:
-        progress.log(f"indexed {indexed.new + indexed.changed} new or changed images first")
-    hits = search(clip, q, sources, top, threshold=threshold, index_first=False, approximate=approximate, **options)
+    if embeddings is not None:  # vectors exported by `zsclip index --embeddings-out`: no store, no indexing
+        hits = _search_parquet(embeddings, q, top, threshold, clip.fingerprint)
+    else:
+        indexed = _index_with_progress(clip, sources, progress.enabled(quiet), quiet, None, **options)
+        if indexed.new + indexed.changed and not quiet:
+            progress.log(f"indexed {indexed.new + indexed.changed} new or changed images first")
+        hits = search(clip, q, sources, top, threshold=threshold, index_first=False, approximate=approximate,
+                      **options)  # fmt: skip
     with atomic.atomic_open(output, "w", encoding="utf-8", newline="") if output else contextlib.nullcontext() as out:
         write_hits(hits, fmt, out or sys.stdout)
     if report:
@@ -214,3 +252,12 @@ def search_cmd(
             progress.log(f"report written to {page}")
     if not hits and not quiet:
         progress.log("no results" + (f" at or above --threshold {threshold}" if threshold is not None else ""))
+
+
+def _search_parquet(directory: Path, query, top: int, threshold: float | None, fingerprint: str):
+    from ..embeddings_io import search_embeddings
+    from ..retrieval import Hit
+
+    found = search_embeddings(directory, query, top=top, fingerprint=fingerprint)
+    kept = [h for h in found if threshold is None or h.score >= threshold]
+    return [Hit(rank, h.path, h.score) for rank, h in enumerate(kept, 1)]
