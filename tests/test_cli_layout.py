@@ -175,3 +175,16 @@ def test_names_that_tie_are_one_usage_error_and_captions_may_repeat(tiny_model_d
 
     assert text_vectors(model, ["a caption", "A CAPTION", "a caption"]).shape[0] == 3
     assert text_vectors(model, ["only one"]).shape[0] == 1
+
+
+def test_output_locations_of_locate_and_search_are_checked_before_work(tmp_path):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not really")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    plot = runner.invoke(app, ["locate", str(video), "--text", "red", "--plot", str(tmp_path / "dir")])
+    assert plot.exit_code == 2 and "--plot" in plot.stderr and "is a folder" in plot.stderr
+    report = runner.invoke(app, ["locate", str(video), "--text", "red", "--report", str(tmp_path / "file.txt")])
+    assert report.exit_code == 2 and "--report" in report.stderr
+    mismatch = runner.invoke(app, ["search", "red", str(tmp_path), "-o", str(tmp_path / "x.csv"), "-f", "jsonl"])
+    assert mismatch.exit_code == 2 and "--format jsonl" in mismatch.stderr

@@ -56,6 +56,12 @@ def locate_cmd(
     for video in videos:
         if not Path(video).is_file():
             raise UsageError(f"{video}: no such file")
+    from ..output import check_output_dir, check_output_file
+
+    if plot is not None:
+        check_output_file(plot, "--plot")
+    if report is not None:
+        check_output_dir(report, "--report")
     from ..cache import Cache
     from ..locate import locate, render, write_plot, write_report
     from ..models import load_model

@@ -218,6 +218,9 @@ def search_cmd(
     check_limits(batch_size, workers, max_pixels, file_timeout)
     check_search_options(top, threshold)
     output = check_output_file(output, "--output")
+    implied = format_for_path(str(output)) if output else None
+    if fmt is not None and implied is not None and fmt != implied:
+        raise UsageError(f"--format {fmt} but --output {output} is named as {implied}: drop --format or rename it")
     if report is not None:
         check_output_dir(report, "--report")
     sources = expand_sources(paths or ["."]) if embeddings is None else []
