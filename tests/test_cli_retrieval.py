@@ -147,3 +147,15 @@ def test_index_shards_cover_every_image_once(photos):
               for i in range(3)]  # fmt: skip
     assert sum(s["indexed"] for s in shards) == 12
     _one_line_error(run("index", photos, "--model", "shapes", "--shard", "3/3"), 2, "--shard")
+
+
+def test_a_name_that_is_not_utf8_is_skipped_with_a_reason_not_a_traceback(photos):
+    import os
+
+    odd = os.fsencode(photos) + b"/bad\xff.png"
+    with open(odd, "wb") as f:
+        f.write((photos / "red_circle.png").read_bytes())
+    for target in (photos, os.fsdecode(odd)):
+        result = run("index", target, "--model", "shapes", "--workers", "0")
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        assert "not valid UTF-8" in result.stderr

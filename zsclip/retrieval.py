@@ -94,7 +94,7 @@ def index(
     variant = store_variant(model, exact)
     conn = cache.conn
     vectors.ensure_generation(conn)
-    before = set(vectors.stored_paths(conn, model.fingerprint, variant, roots))
+    before = set(vectors.stored_paths(conn, model.fingerprint, variant, [r for r in roots if _utf8(r[0])]))
     seen: set[str] = set()
     result = IndexResult()
     for batch in embed_stream(model, sources, store=True, cache=cache, exact=exact, **options):
@@ -103,6 +103,9 @@ def index(
         for i, path in enumerate(batch.paths):
             key = os.path.abspath(path)
             seen.add(key)
+            if not _utf8(key):  # SQLite keeps UTF-8 text: such a name cannot be stored, so search cannot find it
+                result.skipped.append((path, "the file name is not valid UTF-8: it cannot be indexed for search"))
+                continue
             if i in encoded:
                 if key in before:
                     result.changed += 1
@@ -118,6 +121,14 @@ def index(
     if prune:
         result.pruned = vectors.delete_paths(conn, model.fingerprint, variant, result.missing)
     return result
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # -- queries -----------------------------------------------------------------------------------------------
