@@ -188,3 +188,16 @@ def test_output_locations_of_locate_and_search_are_checked_before_work(tmp_path)
     assert report.exit_code == 2 and "--report" in report.stderr
     mismatch = runner.invoke(app, ["search", "red", str(tmp_path), "-o", str(tmp_path / "x.csv"), "-f", "jsonl"])
     assert mismatch.exit_code == 2 and "--format jsonl" in mismatch.stderr
+
+
+def test_a_dangling_link_named_on_the_command_line_is_skipped_with_its_reason(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(tmp_path / "ok.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    result = runner.invoke(
+        app, ["classify", str(tmp_path / "dangling.png"), str(tmp_path / "ok.png"), "-c", "a,b",
+              "-m", str(tiny_model_dir), "-t", "photo", "--workers", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "dangling.png: broken symbolic link" in result.stderr and len(result.stdout.splitlines()) == 1

@@ -31,7 +31,7 @@ def expand_sources(sources: Iterable[str | os.PathLike]) -> list[tuple[str, bool
             # A folder in a list is walked, as on the command line; a missing entry is a skip record later.
             out.extend((p, not os.path.isdir(p)) for p in _read_list(src[1:]))
             continue
-        if not os.path.exists(src):
+        if not os.path.lexists(src):  # a dangling link or a loop is a file to skip with its reason
             raise UsageError(f"{src}: no such file or directory")
         out.append((src, not os.path.isdir(src)))
     if not out:
