@@ -201,3 +201,24 @@ def test_a_dangling_link_named_on_the_command_line_is_skipped_with_its_reason(ti
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "dangling.png: broken symbolic link" in result.stderr and len(result.stdout.splitlines()) == 1
+
+
+def test_max_pixels_holds_for_images_already_in_the_store(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 0, 0)).save(tmp_path / "a.png")
+    args = [
+        "classify",
+        str(tmp_path / "a.png"),
+        "-c",
+        "a,b",
+        "-m",
+        str(tiny_model_dir),
+        "-t",
+        "photo",
+        "--workers",
+        "0",
+    ]
+    assert runner.invoke(app, args).exit_code == 0  # stores the vector
+    limited = runner.invoke(app, [*args, "--max-pixels", "10"])
+    assert limited.exit_code == 1 and "over the --max-pixels limit of 10" in limited.stderr

@@ -280,6 +280,8 @@ class BatchLoader:
                     if not (explicit or has_image_extension(path) or looks_like_image(path)):
                         continue
                     vector, identity = self._lookup(path)
+                    if vector is not None and self.max_pixels and self.max_pixels < DEFAULT_MAX_PIXELS:
+                        self._check_stored_pixels(path)  # stored under another limit: this run's still holds
                 if vector is None:
                     if not getattr(self.preprocess, "ready", True):
                         mark(None)  # building the transform (importing open_clip) is not this file's time
@@ -301,6 +303,14 @@ class BatchLoader:
         if tensors:
             batch.pixels = stack(tensors)
         return batch
+
+    def _check_stored_pixels(self, path: str) -> None:
+        member = is_member(path)
+        try:
+            with open_image(io.BytesIO(read_member(*member)) if member else path) as im:
+                check_pixels(im.size, self.max_pixels)
+        except (OSError, MemberError):
+            pass  # it decoded when it was stored; the header read failing now is the store's business
 
     def _lookup(self, path: str) -> tuple[np.ndarray | None, FileIdentity | None]:
         if self.store is None:
