@@ -222,3 +222,13 @@ def test_max_pixels_holds_for_images_already_in_the_store(tiny_model_dir, tmp_pa
     assert runner.invoke(app, args).exit_code == 0  # stores the vector
     limited = runner.invoke(app, [*args, "--max-pixels", "10"])
     assert limited.exit_code == 1 and "over the --max-pixels limit of 10" in limited.stderr
+
+
+def test_train_never_overwrites_a_trained_model(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "open_clip_config.json").write_text("{}")
+    (tmp_path / "captions.csv").write_text("filepath,caption\n")
+    result = runner.invoke(app, ["train", str(tmp_path / "captions.csv"), "--config", "tiny-vit", "-o", str(out)])
+    assert result.exit_code == 2 and "holds a trained model already" in result.stderr
+    assert (out / "open_clip_config.json").read_text() == "{}"

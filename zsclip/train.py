@@ -206,6 +206,11 @@ def train(
 ) -> dict:
     """Run (or resume) training; returns the final metrics. The output directory is loadable after every epoch."""
     out = check_output_dir(cfg.output, "--resume" if resume else "--output")  # before any work
+    if not resume and ((out / CHECKPOINT).exists() or (out / "open_clip_config.json").exists()):
+        raise UsageError(
+            f"--output {out}: holds a trained model already; continue it with --resume {out}, "
+            "or choose another folder (nothing is overwritten)"
+        )
     state = None
     if resume:
         if not (out / CHECKPOINT).is_file():
