@@ -45,16 +45,11 @@ ABSTAINED = "abstained"  # section key of images below --threshold (their label 
 def check_report_dir(directory: str | os.PathLike, resume: bool = False) -> None:
     """The checks of --report DIR that need no model. A folder holding an earlier gallery is replaced (or
     continued, with `resume`); any other folder with files in it is refused, so no one's files are mixed in."""
-    root = Path(directory)
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"--report {root}: is a file, not a folder")
+    from .output import check_output_dir
+
+    root = check_output_dir(directory, "--report")  # a folder, or one that can be made, that takes files
     if root.is_dir() and not (root / RECORDS).exists() and any(root.iterdir()):
         raise UsageError(f"--report {root}: the folder has files in it and no zsclip gallery; use a new folder")
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--report {root}: cannot write into {existing} (permission denied)")
 
 
 class Gallery:

@@ -125,6 +125,10 @@ def check_sort_target(
     root = Path(directory)
     if root.exists() and not root.is_dir():
         raise UsageError(f"--sort-into {root}: is a file, not a folder")
+    if not dry_run:
+        from .output import check_output_dir
+
+        check_output_dir(root, "--sort-into")  # it (or where it will be made) takes files
     manifest = root / MANIFEST
     if manifest.exists() and not resume:
         raise UsageError(
@@ -145,12 +149,6 @@ def check_sort_target(
             )
         if src.startswith(here.rstrip(os.sep) + os.sep):
             raise UsageError(f"{path} is inside --sort-into {root}: sort from a folder outside it")
-    if not dry_run:
-        existing = root
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise UsageError(f"--sort-into {root}: cannot write into {existing} (permission denied)")
 
 
 def _check_state(root: Path, wanted: dict) -> None:
