@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -127,3 +129,16 @@ def test_a_rerun_from_another_folder_or_with_another_precision_scores_again(grid
     other = _eval("data", datasets[0], "-m", models[0], "--report", report, "-f", "json", "--precision", "bf16")
     assert other.exit_code == 0, other.output
     assert not any(r.get("resumed") for r in json.loads(other.stdout))
+
+
+def test_the_grid_runs_on_the_backend_asked_for_and_keeps_backends_apart(grid_world):
+    pytest.importorskip("onnxruntime")
+    tmp, datasets, models = grid_world
+    report = tmp / "grid"
+    assert _eval(*datasets, "-m", models[0], "--report", report).exit_code == 0
+    onnx = _eval(*datasets, "-m", models[0], "--report", report, "--backend", "onnx", "-f", "json")
+    assert onnx.exit_code == 0, onnx.output
+    rows = json.loads(onnx.stdout)
+    assert not any(r.get("resumed") for r in rows)
+    assert all(r["options"]["backend"] == "onnx" for r in rows)
+    assert list((Path(os.environ["ZSCLIP_CACHE_DIR"]) / "onnx").rglob("*.onnx"))  # the towers really ran in ORT

@@ -34,6 +34,7 @@ class GridOptions:
     exact: bool = False
     recall_k: str = "1,5,10"
     precision: str | None = None  # as asked (None: the device's default)
+    backend: str | None = None  # --backend (None: torch, or $ZSCLIP_BACKEND)
     read: dict | None = None  # the reading options that change vectors (max_pixels)
     split: str = "test"
 
@@ -100,6 +101,7 @@ def run_grid(
     report: Path | None = None,
     device: str = "auto",
     precision: str | None = None,
+    backend: str | None = None,
     read: dict | None = None,
     evaluate_pair: Callable | None = None,
     on_row: Callable[[dict], None] | None = None,
@@ -113,6 +115,7 @@ def run_grid(
     cache = Cache()
     options.read = {k: v for k, v in (read or {}).items() if k in _RESULT_OPTIONS}
     options.precision = precision
+    options.backend = backend
     done = done_pairs(report, options)
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,10 @@ def run_grid(
             continue
         try:
             clip = load_model(spec, device=device, precision=precision, cache=cache)
+            if backend is not None:
+                from .backends import use_backend
+
+                clip = use_backend(clip, backend, cache=cache, show=False)
         except ZsclipError as exc:
             rows += [_emit(report, _failed(spec, fingerprint, d, options, exc), on_row) for d in todo]
             continue
@@ -184,13 +191,17 @@ def _classification_pair(clip, name: str, options: GridOptions, folder: Path | N
     return summary_dict(result, clip.spec, clip.fingerprint)
 
 
-def _pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
-    """A pair scored as its task says: --task, else a webdataset's dataset_type.txt, else classification."""
-    task = options.task
+def task_of(name: str, task: str | None, root: str | None = None, split: str = "test") -> str:
+    """The task a data set is scored for: --task, else a webdataset's dataset_type.txt, else classification."""
     if task is None and name.startswith(("wds:", "wds/")):
         from .wds import wds_task
 
-        task = wds_task(name, root=options.root, split=options.split)
+        return wds_task(name, root=root, split=split)
+    return task or "classification"
+
+
+def _pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
+    task = task_of(name, options.task, options.root, options.split)
     pair = _retrieval_pair if task == "retrieval" else _classification_pair
     return pair(clip, name, options, folder, cache, read)
 

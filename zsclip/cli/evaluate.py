@@ -173,7 +173,7 @@ def eval_cmd(
     choice("--task", task, ("classification", "retrieval"))
     read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
     read.update(engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor))
-    from ..grid import GridOptions, read_lines, retrieval_data
+    from ..grid import GridOptions, read_lines, retrieval_data, task_of
 
     models = [*(models or []), *(read_lines(models_file, "models") if models_file else [])] or [DEFAULT_MODEL]
     datasets = [*(datasets or []), *(read_lines(datasets_file, "datasets") if datasets_file else [])]
@@ -188,18 +188,16 @@ def eval_cmd(
             raise UsageError(f"--limit {limit}: must be at least 1")
         root_dir = str(root) if root else None
         options = GridOptions(templates, task, root_dir, classnames, limit, exact_preprocess, recall_k, split)
-        return _grid(models, datasets, options, report, fmt, device, precision, read, quiet)
+        return _grid(models, datasets, options, report, fmt, device, precision, backend, read, quiet)
     model, dataset = models[0], datasets[0]
-    if task is None and dataset.startswith(("wds:", "wds/")):
-        from ..wds import wds_task
-
-        task = wds_task(dataset, root=root, split=split)
-    if task == "retrieval":
+    if task_of(dataset, task, str(root) if root else None, split) == "retrieval":
         data, ks = retrieval_data(dataset, recall_k, root=str(root) if root else None, split=split)
+        from ..cache import Cache
         from ..models import load_model
 
-        clip = load_model(model, device=device, precision=precision)
-        return eval_retrieval(data, ks, clip, report, fmt, quiet, **read)
+        cache = Cache()
+        clip = with_backend(load_model(model, device=device, precision=precision, cache=cache), backend, cache, quiet)
+        return eval_retrieval(data, ks, clip, report, fmt, quiet, cache=cache, **read)
     data = eval_data(dataset, root, classnames, limit, split, task)
 
     from ..cache import Cache
@@ -242,7 +240,7 @@ def eval_cmd(
         progress.log(f"report written to {report} (open {report / 'report.html'})")
 
 
-def _grid(models, datasets, options, report, fmt, device, precision, read, quiet) -> None:
+def _grid(models, datasets, options, report, fmt, device, precision, backend, read, quiet) -> None:
     from ..grid import primary_metric, run_grid, summarise
     from ..leaderboard import mean, table
 
@@ -252,7 +250,15 @@ def _grid(models, datasets, options, report, fmt, device, precision, read, quiet
             progress.log(f"{row['model']} x {row['dataset']}: {state}")
 
     rows = run_grid(
-        models, datasets, options, report=report, device=device, precision=precision, read=read, on_row=started
+        models,
+        datasets,
+        options,
+        report=report,
+        device=device,
+        precision=precision,
+        backend=backend,
+        read=read,
+        on_row=started,
     )
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
