@@ -104,3 +104,15 @@ def test_prompts_compare_on_a_wds_set_after_eval_encodes_no_image(shard_set, tin
     assert result.exit_code == 0, result.output
     assert "9 of 9 image embeddings came from the image store" in result.stderr
     assert "default (dataset)" in result.stdout
+
+
+def test_a_grid_scores_the_split_asked_for(tmp_path, labelled, tiny_model_dir):
+    root = write_classification(tmp_path / "w", labelled, NAMES, split="train")
+    listing = tmp_path / "datasets.txt"
+    listing.write_text(f"wds:{root}\n")
+    grid = _eval("--datasets", listing, "--split", "train", "-m", tiny_model_dir, "-f", "json")
+    assert grid.exit_code == 0, grid.output
+    (row,) = json.loads(grid.stdout)
+    assert row["error"] is None and row["n"] == len(labelled) and row["options"]["split"] == "train"
+    missing = _eval("--datasets", listing, "-m", tiny_model_dir, "-f", "json")  # the test split is not there
+    assert missing.exit_code == 1 and "no split 'test'" in json.loads(missing.stdout)[0]["error"]

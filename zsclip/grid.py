@@ -24,7 +24,8 @@ RESULTS = "results.jsonl"
 
 @dataclass
 class GridOptions:
-    """Everything but the model and the data set that changes a pair's numbers (part of its resume key)."""
+    """Everything but the model and the data set that changes a pair's numbers (part of its resume key).
+    Give fields by name: run_grid fills precision, backend and read."""
 
     templates: str = "default"
     task: str | None = None

@@ -187,7 +187,10 @@ def eval_cmd(
         if limit is not None and limit < 1:
             raise UsageError(f"--limit {limit}: must be at least 1")
         root_dir = str(root) if root else None
-        options = GridOptions(templates, task, root_dir, classnames, limit, exact_preprocess, recall_k, split)
+        options = GridOptions(
+            templates=templates, task=task, root=root_dir, classnames=classnames, limit=limit,
+            exact=exact_preprocess, recall_k=recall_k, split=split,
+        )  # fmt: skip
         return _grid(models, datasets, options, report, fmt, device, precision, backend, read, quiet)
     model, dataset = models[0], datasets[0]
     if task_of(dataset, task, str(root) if root else None, split) == "retrieval":
