@@ -159,3 +159,18 @@ def test_a_name_that_is_not_utf8_is_skipped_with_a_reason_not_a_traceback(photos
         result = run("index", target, "--model", "shapes", "--workers", "0")
         assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
         assert "not valid UTF-8" in result.stderr
+
+
+def test_embeddings_out_is_checked_first_and_shards_write_beside_each_other(photos, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    _one_line_error(
+        run("index", photos, "--model", "shapes", "--embeddings-out", tmp_path / "a-file"), 2, "not a folder"
+    )
+    _one_line_error(run("index", photos, "--model", "shapes", "--embeddings-out", photos), 2, "holds other files")
+    out = tmp_path / "vectors"
+    for i in range(2):
+        done = run("index", photos, "--model", "shapes", "--workers", "0", "--shard", f"{i}/2", "--embeddings-out", out)
+        assert done.exit_code == 0, done.stderr
+    found = json.loads(run("search", "red circle", "--embeddings", out, "--model", "shapes", "-f", "json",
+                           "--top", "50").stdout)  # fmt: skip
+    assert len(found) == 12 and all(Path(h["path"]).is_absolute() for h in found)

@@ -10,13 +10,13 @@ so memory stays at one chunk however many vectors there are.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .errors import UsageError, ZsclipError
 
 SHARD_ROWS = 100_000  # ~200 MB of 512-d float32 per shard: few files for 100M vectors, each quick to rewrite
-PART = "part-{:05d}.parquet"
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,18 @@ def _pyarrow():
     return pa, pq
 
 
-def write_embeddings(directory: str | os.PathLike, rows: Iterable[EmbeddingRow], shard_rows: int = SHARD_ROWS) -> int:
-    """Write `rows` as Parquet shards under `directory` (created; existing part files are replaced, so a rerun
-    never mixes two exports); returns the number of rows written."""
+def write_embeddings(
+    directory: str | os.PathLike, rows: Iterable[EmbeddingRow], shard_rows: int = SHARD_ROWS, prefix: str = "part"
+) -> int:
+    """Write `rows` as Parquet shards under `directory` (created); files of an earlier export with the same
+    `prefix` are replaced, so a rerun never mixes two exports, while the N jobs of a `--shard i/N` run (each its
+    own prefix) write beside each other. Returns the number of rows written."""
     import numpy as np
 
     pa, pq = _pyarrow()
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):
-        if name.startswith("part-") and name.endswith(".parquet"):
+        if re.fullmatch(rf"{re.escape(prefix)}-\d+\.parquet", name):
             os.unlink(os.path.join(directory, name))
     count, part, buffer = 0, 0, []
 
@@ -66,7 +69,7 @@ def write_embeddings(directory: str | os.PathLike, rows: Iterable[EmbeddingRow],
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
             }
         )
-        final = os.path.join(directory, PART.format(part))
+        final = os.path.join(directory, f"{prefix}-{part:05d}.parquet")
         temp = final + ".tmp"
         pq.write_table(table, temp, row_group_size=8192)
         with open(temp, "rb") as f:
@@ -96,7 +99,8 @@ def rows_from_stream(batches: Iterable, fingerprint: str) -> Iterator[EmbeddingR
         vectors = batch.features.float().cpu().numpy()
         hashes = batch.content_hashes or [content_hash(p) for p in batch.paths]
         for path, digest, vector in zip(batch.paths, hashes, vectors, strict=True):
-            yield EmbeddingRow(path, digest, fingerprint, vector)
+            # absolute, as the store keeps them: a search from another folder can open them (URIs stay as they are)
+            yield EmbeddingRow(path if "://" in path else os.path.abspath(path), digest, fingerprint, vector)
 
 
 def export_embeddings(model, sources: list[tuple[str, bool]], directory: str | os.PathLike, **options) -> int:
@@ -104,7 +108,10 @@ def export_embeddings(model, sources: list[tuple[str, bool]], directory: str | o
     them engine="ray") and write the vectors as Parquet shards; returns the number of vectors."""
     from .encode import embed_stream
 
-    return write_embeddings(directory, rows_from_stream(embed_stream(model, sources, **options), model.fingerprint))
+    shard = options.get("shard")
+    prefix = f"part-shard{shard[0]}of{shard[1]}" if shard else "part"
+    rows = rows_from_stream(embed_stream(model, sources, **options), model.fingerprint)
+    return write_embeddings(directory, rows, prefix=prefix)
 
 
 def _parts(directory: str | os.PathLike) -> list[str]:

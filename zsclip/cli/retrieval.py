@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -119,6 +120,13 @@ def index_cmd(
     if failures is not None:
         failures = check_output_file(failures, "--failures")
     run = {**engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor), "shard": parse_shard(shard)}
+    if embeddings_out is not None:
+        from ..output import check_output_dir
+
+        out = check_output_dir(embeddings_out, "--embeddings-out")
+        others = [n for n in (os.listdir(out) if out.is_dir() else []) if not n.endswith(".parquet")]
+        if others:
+            raise UsageError(f"--embeddings-out {out}: the folder holds other files ({others[0]}); use a new folder")
     sources = check_sources(paths, recursive)
     from ..cache import Cache
     from ..models import load_model
