@@ -232,3 +232,16 @@ def test_train_never_overwrites_a_trained_model(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "captions.csv"), "--config", "tiny-vit", "-o", str(out)])
     assert result.exit_code == 2 and "holds a trained model already" in result.stderr
     assert (out / "open_clip_config.json").read_text() == "{}"
+
+
+def test_a_shard_that_holds_no_file_is_a_finished_job(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(tmp_path / "only.png")
+    results = [
+        runner.invoke(app, ["classify", str(tmp_path / "only.png"), "-c", "a,b", "-m", "shapes", "--shard", f"{i}/2"])
+        for i in range(2)
+    ]
+    assert [r.exit_code for r in results] == [0, 0], [r.output for r in results]
+    assert sum(len(r.stdout.splitlines()) for r in results) == 1
+    assert any("holds none of these files" in r.stderr for r in results)

@@ -111,7 +111,11 @@ def classify_into(
             if writer:
                 writer.close()
             if counts.done + counts.resumed + (sorter.resumed if sorter else 0) == 0:
-                raise ZsclipError(f"no image could be read: all {counts.skipped} files were skipped")
+                if counts.skipped:
+                    raise ZsclipError(f"no image could be read: all {counts.skipped} files were skipped")
+                shard = read.get("shard")
+                if shard:  # one job of an array may get no file: that is a finished job, not a failure
+                    progress.log(f"note: shard {shard[0]}/{shard[1]} holds none of these files")
         except BaseException as exc:
             if writer and fmt == "json":
                 writer.close()  # the records before the failure stay a valid JSON array

@@ -269,10 +269,15 @@ def _grid(models, datasets, options, report, fmt, device, precision, backend, re
         metric = primary_metric(rows)
         names, sets, cells = table(rows, metric)
         body = []
+        failed = {(r["model"], r["dataset"]) for r in rows if r["error"]}
         for m in names:
             values = [cells.get((m, d)) for d in sets]
             avg = mean(cells, m, sets)
-            shown = [("failed" if v is None else f"{v:.2%}") for v in values]
+            # a pair of another task has no value of this metric: "-", not "failed"
+            shown = [
+                f"{v:.2%}" if v is not None else "failed" if (m, d) in failed else "-"
+                for v, d in zip(values, sets, strict=True)
+            ]
             body.append([m, *shown, "" if avg is None else f"{avg:.2%}"])
         print_table(f"{metric} · {len(names)} models x {len(sets)} data sets", ["model", *sets, "mean"], body)
     if not quiet:
