@@ -174,3 +174,9 @@ def test_embeddings_out_is_checked_first_and_shards_write_beside_each_other(phot
     found = json.loads(run("search", "red circle", "--embeddings", out, "--model", "shapes", "-f", "json",
                            "--top", "50").stdout)  # fmt: skip
     assert len(found) == 12 and all(Path(h["path"]).is_absolute() for h in found)
+
+
+def test_a_path_with_embeddings_is_a_usage_error(photos, tmp_path):
+    out = tmp_path / "vectors"
+    assert run("index", photos, "--model", "shapes", "--workers", "0", "--embeddings-out", out).exit_code == 0
+    _one_line_error(run("search", "red", photos, "--embeddings", out, "--model", "shapes"), 2, "PATH does not apply")

@@ -231,6 +231,8 @@ def search_cmd(
         raise UsageError(f"--format {fmt} but --output {output} is named as {implied}: drop --format or rename it")
     if report is not None:
         check_output_dir(report, "--report")
+    if embeddings is not None and paths:
+        raise UsageError("--embeddings searches the whole export; a PATH does not apply (leave it out)")
     sources = expand_sources(paths or ["."]) if embeddings is None else []
     fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if sys.stdout.isatty() else "jsonl")
     from ..cache import Cache
