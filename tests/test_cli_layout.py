@@ -231,6 +231,7 @@ def test_train_never_overwrites_a_trained_model(tmp_path):
     (tmp_path / "captions.csv").write_text("filepath,caption\n")
     result = runner.invoke(app, ["train", str(tmp_path / "captions.csv"), "--config", "tiny-vit", "-o", str(out)])
     assert result.exit_code == 2 and "holds a trained model already" in result.stderr
+    assert "--resume" not in result.stderr  # no checkpoint there: nothing to resume
     assert (out / "open_clip_config.json").read_text() == "{}"
 
 

@@ -207,9 +207,9 @@ def train(
     """Run (or resume) training; returns the final metrics. The output directory is loadable after every epoch."""
     out = check_output_dir(cfg.output, "--resume" if resume else "--output")  # before any work
     if not resume and ((out / CHECKPOINT).exists() or (out / "open_clip_config.json").exists()):
+        how = f"continue it with --resume {out}, or " if (out / CHECKPOINT).exists() else ""
         raise UsageError(
-            f"--output {out}: holds a trained model already; continue it with --resume {out}, "
-            "or choose another folder (nothing is overwritten)"
+            f"--output {out}: holds a trained model already; {how}choose another folder (nothing is overwritten)"
         )
     state = None
     if resume:
