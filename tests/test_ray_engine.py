@@ -198,3 +198,28 @@ def test_a_killed_worker_is_retried_and_every_record_appears_once(ray_cluster, c
     assert marker.exists()  # a worker really died mid-run
     assert_same(local, remote)
     assert len({r["path"] for r in remote}) == len(remote)
+
+
+@pytest.mark.slow
+def test_a_file_replaced_with_its_old_size_and_mtime_is_encoded_again(ray_cluster, clip, tmp_path):
+    """Issue 21 item 5: the driver's store lookup used (path, size, mtime) only and served the old vector."""
+    from zsclip.encode import embed_stream
+    from zsclip.sources import expand_sources
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    path = folder / "scan.bmp"
+    Image.new("RGB", (40, 30), (250, 0, 0)).save(path)  # a BMP's size depends on its dimensions alone
+    sources = expand_sources([folder])
+    before = next(b for b in embed_stream(clip, sources, engine="ray") if b.features is not None).features
+    st = path.stat()
+    Image.new("RGB", (40, 30), (0, 0, 250)).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    again = next(b for b in embed_stream(clip, sources, engine="ray") if b.features is not None)
+    fresh = next(b for b in embed_stream(clip, sources, store=False, workers=0) if b.features is not None)
+    assert again.reused == 0
+    np.testing.assert_allclose(again.features.numpy(), fresh.features.numpy(), atol=1e-5)
+    assert not np.allclose(before.numpy(), fresh.features.numpy(), atol=1e-3)
+    local = next(b for b in embed_stream(clip, sources, workers=0) if b.features is not None)
+    assert local.reused == 1  # what the Ray run stored is keyed by the full identity, as the local engine's

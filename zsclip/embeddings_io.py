@@ -91,16 +91,22 @@ def write_embeddings(
 def rows_from_stream(batches: Iterable, fingerprint: str) -> Iterator[EmbeddingRow]:
     """EmbeddingRows from zsclip.encode.embed_stream batches (either engine); where an engine did not read the
     content hashes, they are taken here."""
-    from .store import content_hash
+    from .identity import content_hash, digest
+    from .shards import is_member, read_member
+
+    def hashed(path: str) -> str:
+        member = is_member(path)
+        return digest(read_member(*member)) if member is not None else content_hash(path)
 
     for batch in batches:
         if batch.features is None:
             continue
         vectors = batch.features.float().cpu().numpy()
-        hashes = batch.content_hashes or [content_hash(p) for p in batch.paths]
-        for path, digest, vector in zip(batch.paths, hashes, vectors, strict=True):
+        known = batch.content_hashes or [None] * len(batch.paths)
+        hashes = [h or hashed(p) for h, p in zip(known, batch.paths, strict=True)]
+        for path, hash_, vector in zip(batch.paths, hashes, vectors, strict=True):
             # absolute, as the store keeps them: a search from another folder can open them (URIs stay as they are)
-            yield EmbeddingRow(path if "://" in path else os.path.abspath(path), digest, fingerprint, vector)
+            yield EmbeddingRow(path if "://" in path else os.path.abspath(path), hash_, fingerprint, vector)
 
 
 def export_embeddings(model, sources: list[tuple[str, bool]], directory: str | os.PathLike, **options) -> int:

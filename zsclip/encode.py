@@ -28,7 +28,7 @@ class EmbeddedBatch:
     reused: int = 0  # how many vectors came from the image-embedding store
     skipped_at: list[int] = field(default_factory=list)  # per skip record: how many of `paths` precede it
     encoded: list[int] = field(default_factory=list)  # indices into paths that were decoded and encoded here
-    content_hashes: list[str] | None = None  # per path, where the engine read them anyway (the Ray engine)
+    content_hashes: list[str | None] | None = None  # per path, where the engine read the bytes (the Ray engine)
 
 
 def encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:

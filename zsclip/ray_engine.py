@@ -233,28 +233,29 @@ def ray_embed_stream(
             if path not in exclude
             and (explicit or has_image_extension(path) or (not is_uri(path) and looks_like_image(path)))
         ]
-        # The driver's store lookup: by path, size and mtime only, so the driver never reads a file.
-        stored: dict[int, tuple[np.ndarray, str]] = {}
-        storable: set[int] = set()
+        # The driver's store lookup: by the full stat identity (zsclip.identity), so the driver never reads a file;
+        # what the cluster encodes is stored under the identity the driver saw, if the bytes read were of it.
+        stored: dict[int, np.ndarray] = {}
+        storable: dict[int, tuple] = {}
         for i, path in enumerate(entries):
             if image_store is not None and not is_uri(path):
-                vector, digest, ok = _lookup(image_store, path)
+                vector, key = _lookup(image_store, path)
                 if vector is not None:
-                    stored[i] = (vector.copy(), digest)
-                elif ok:
-                    storable.add(i)
+                    stored[i] = vector.copy()
+                elif key is not None:
+                    storable[i] = key
         # Paths travel as bytes: Arrow strings must be UTF-8, file names need not be.
         todo = [{"index": i, "path": os.fsencode(p)} for i, p in enumerate(entries) if i not in stored]
         rows = _run(model, todo, plan, batch_size, draft, max_pixels, file_timeout) if todo else iter(())
         try:
             for start in range(0, len(entries), batch_size):
                 end = min(start + batch_size, len(entries))
-                paths, vectors, hashes, skipped, skipped_at, fresh = [], [], [], [], [], []
+                paths, vectors, hashes, skipped, skipped_at, fresh, encoded = [], [], [], [], [], [], []
                 for i in range(start, end):
                     if i in stored:
                         paths.append(entries[i])
-                        vectors.append(stored[i][0])
-                        hashes.append(stored[i][1])
+                        vectors.append(stored[i])
+                        hashes.append(None)
                         continue
                     row = next(rows)
                     if row["index"] != i:  # rows come in walk order; anything else is a bug, not a user error
@@ -263,19 +264,22 @@ def ray_embed_stream(
                         skipped.append((entries[i], row["reason"]))
                         skipped_at.append(len(paths))
                         continue
+                    encoded.append(len(paths))
                     paths.append(entries[i])
                     vectors.append(row["vector"])
                     hashes.append(row["content_hash"])
-                    if i in storable:
-                        identity = FileIdentity(
-                            os.path.abspath(entries[i]), int(row["size"]), int(row["mtime_ns"]), row["content_hash"]
-                        )
-                        fresh.append((identity, row["vector"]))
+                    key = storable.get(i)
+                    # Stored only if the bytes the task read are the file the driver stat'ed (same size and
+                    # mtime): a file replaced meanwhile is encoded for this run but not filed under the old identity.
+                    if key is not None and (key[1], key[2]) == (int(row["size"]), int(row["mtime_ns"])):
+                        path_key, size, mtime, ctime, inode = key
+                        fresh.append((FileIdentity(path_key, size, mtime, row["content_hash"], ctime, inode),
+                                      row["vector"]))  # fmt: skip
                 if image_store is not None and fresh and not _put(image_store, fresh):
                     image_store = None
                 features = torch.from_numpy(np.stack(vectors)).to(model.device) if vectors else None
                 reused = sum(1 for i in range(start, end) if i in stored)
-                yield EmbeddedBatch(paths, features, skipped, reused, skipped_at, hashes)
+                yield EmbeddedBatch(paths, features, skipped, reused, skipped_at, encoded, content_hashes=hashes)
         finally:
             close = getattr(rows, "close", None)
             if close:
@@ -290,7 +294,7 @@ def _lookup(image_store, path: str):
     try:
         return image_store.lookup_by_stat(path)
     except sqlite3.Error:  # an unreadable store costs a re-encode, never the run
-        return None, None, False
+        return None, None
 
 
 def _plan(model, options: RayOptions) -> dict:

@@ -15,33 +15,25 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import stat
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from .cache import Cache
+from .identity import FileIdentity, content_hash, digest, stat_of
 from .shards import MemberError, is_member, member_identity, read_member
 
+__all__ = ["DECODE_VERSION", "FileIdentity", "ImageStore", "content_hash", "variant_key"]
+
 DECODE_VERSION = "decode-1"  # bump when decoding or colour handling changes pixels
-
-
-@dataclass(frozen=True)
-class FileIdentity:
-    path: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-    ctime_ns: int = -1
-    inode: int = -1
 
 
 def variant_key(precision: str, preprocess, draft: int | None = None) -> str:
     """What besides the weights changes an image vector: precision, JPEG draft decoding and the preprocessing
     (the transform, or its key as ClipModel.preprocess_key gives it)."""
-    digest = preprocess if isinstance(preprocess, str) else hashlib.sha256(repr(preprocess).encode()).hexdigest()[:16]
-    return f"{precision}|{DECODE_VERSION}|draft={draft or 0}|{digest}"
+    key = preprocess if isinstance(preprocess, str) else hashlib.sha256(repr(preprocess).encode()).hexdigest()[:16]
+    return f"{precision}|{DECODE_VERSION}|draft={draft or 0}|{key}"
 
 
 def _utf8(text: str) -> bool:
@@ -52,17 +44,26 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def content_hash(path: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _digest(data: bytes) -> str:
-    """content_hash of bytes in memory: a shard member and a file with the same bytes share their vector."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def stat_key(path: str) -> tuple[str, int, int, int, int] | None:
+    """(key, size, stamp, ctime_ns, inode): how the store names a file or a shard member now, by the identity rule
+    of zsclip.identity; None when there is nothing to store or look up (missing, not a regular file, a member that
+    cannot be read, a name SQLite cannot hold)."""
+    member = is_member(path)
+    try:
+        if member is not None:
+            key, size, stamp = member_identity(*member)
+            st = os.stat(member[0])  # the shard's ctime and inode: a rewrite in place changes them
+            ctime, inode = st.st_ctime_ns, st.st_ino
+        else:
+            found = stat_of(path)
+            if found is None:  # a FIFO or device would block the read for the hash forever
+                return None
+            key, size, stamp, ctime, inode = found.key()
+    except (OSError, MemberError):
+        return None
+    if not key.isascii() and not _utf8(key):  # SQLite text is UTF-8: a name that is not is never stored
+        return None
+    return key, size, stamp, ctime, inode
 
 
 @dataclass
@@ -112,21 +113,10 @@ class ImageStore:
         (re)stored, None when the stored row already matches. A shard member (SHARD.tar#MEMBER) is keyed by its
         address, its size and a stamp of the shard's stat identity and the member's offset (zsclip.shards), and
         found by the hash of its bytes otherwise, as a file is."""
-        member = is_member(path)
-        try:
-            if member is not None:
-                key, size, stamp = member_identity(*member)
-                st = os.stat(member[0])  # the shard's ctime and inode: a rewrite in place changes them
-            else:
-                st = os.stat(path)
-                if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the read for the hash forever
-                    return None, None
-                key, size, stamp = os.path.abspath(path), st.st_size, st.st_mtime_ns
-            ctime, inode = st.st_ctime_ns, st.st_ino
-        except (OSError, MemberError):
+        found = stat_key(path)
+        if found is None:
             return None, None
-        if not key.isascii() and not _utf8(key):  # SQLite text is UTF-8: a name that is not is never stored
-            return None, None
+        key, size, stamp, ctime, inode = found
         row = self.conn.execute(
             "SELECT vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ? "
             "AND size = ? AND mtime_ns = ? AND ctime_ns = ? AND inode = ?",
@@ -134,11 +124,12 @@ class ImageStore:
         ).fetchall()  # fetchall: a statement left unfinished would hold a read snapshot and stall WAL checkpoints
         if row:
             return np.frombuffer(row[0][0], dtype=np.float32), None
+        member = is_member(path)
         try:
-            digest = _digest(read_member(*member)) if member is not None else content_hash(path)
-            identity = FileIdentity(key, size, stamp, digest, ctime, inode)
+            hashed = digest(read_member(*member)) if member is not None else content_hash(path)
         except (OSError, MemberError):
             return None, None
+        identity = FileIdentity(key, size, stamp, hashed, ctime, inode)
         row = self.conn.execute(
             # INDEXED BY: without statistics SQLite would rather scan the model's rows by primary-key prefix,
             # which made every new file cost O(stored files) (measured: 20x slower by 25,000 images).
@@ -148,26 +139,20 @@ class ImageStore:
         ).fetchall()
         return (np.frombuffer(row[0][0], dtype=np.float32) if row else None), identity
 
-    def lookup_by_stat(self, path: str) -> tuple[np.ndarray | None, str | None, bool]:
-        """(vector, content_hash, storable): a stored vector for this path, size and mtime, found without
-        reading the file (the Ray engine's driver: content hashes are taken where the bytes are read, on the
-        cluster); storable is False for what the store never holds (not a regular local file, a name that is
-        not UTF-8)."""
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return None, None, False
-        key = os.path.abspath(path)
-        if not stat.S_ISREG(st.st_mode) or (not key.isascii() and not _utf8(key)):
-            return None, None, False
+    def lookup_by_stat(self, path: str) -> tuple[np.ndarray | None, tuple | None]:
+        """(vector, stat key): a stored vector for this file's full stat identity (path, size, mtime, ctime, inode),
+        found without reading the file (the Ray engine's driver: content hashes are taken where the bytes are
+        read, on the cluster). The stat key (see stat_key) is None for what the store never holds (not a regular
+        local file, a name that is not UTF-8); the driver records it with the vector the cluster returns."""
+        found = stat_key(path) if not is_member(path) else None
+        if found is None:
+            return None, None
         row = self.conn.execute(
-            "SELECT vector, content_hash FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ? "
-            "AND size = ? AND mtime_ns = ?",
-            (self.fingerprint, self.variant, key, st.st_size, st.st_mtime_ns),
+            "SELECT vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? AND path = ? "
+            "AND size = ? AND mtime_ns = ? AND ctime_ns = ? AND inode = ?",
+            (self.fingerprint, self.variant, *found),
         ).fetchall()
-        if not row:
-            return None, None, True
-        return np.frombuffer(row[0][0], dtype=np.float32), row[0][1], True
+        return (np.frombuffer(row[0][0], dtype=np.float32) if row else None), found
 
     def put(self, rows: list[tuple[FileIdentity, np.ndarray]]) -> None:
         if not rows:

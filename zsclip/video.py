@@ -19,7 +19,6 @@ PyAV (`pip install 'zsclip[video]'`) is imported only inside the functions that 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import math
 import os
@@ -118,10 +117,11 @@ def _upright_turns(frame) -> int:
 
 
 def video_key(path: str) -> str:
-    """The video's identity: path, size, mtime, ctime and inode, hashed (changes whenever the file may have)."""
-    st = os.stat(path)
-    raw = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
-    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+    """The video's identity (zsclip.identity: path, size, mtime, ctime and inode), hashed: it changes whenever
+    the file may have."""
+    from .identity import files_identity
+
+    return files_identity([path])
 
 
 def check_fps(fps: float) -> None:
