@@ -218,3 +218,37 @@ def test_names_that_are_not_utf8_are_sorted_and_shown(tiny_model_dir, tmp_path):
     assert len(manifest(out)) == 3 and (report / "gallery.html").is_file()
     again = run(*args, "--sort-into", out, "--mode", "move", "--resume")  # the manifest reads back
     assert again.exit_code == 0 or "no image" in again.stderr
+
+
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_the_sort_folder_reached_through_a_symlink_in_the_source_is_never_entered(tiny_model_dir, tmp_path, mode):
+    """Issue 21 item 4: `inbox/archive -> ../sorted`; a --resume walked DIR and sorted its files again."""
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    for i in range(4):
+        Image.new("RGB", (24, 24), (60 * i, 90, 20)).save(inbox / f"img{i:04d}.png")
+    out.mkdir()
+    (inbox / "archive").symlink_to("../sorted")
+    first = run(*common(inbox, tiny_model_dir), "--sort-into", out, "--mode", mode)
+    assert first.exit_code == 0, first.output
+    sorted_before = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert len(sorted_before) == 4 and len(manifest(out)) == 4
+    Image.new("RGB", (24, 24), (1, 2, 250)).save(inbox / "new.png")
+    again = run(*common(inbox, tiny_model_dir), "--sort-into", out, "--mode", mode, "--resume")
+    assert again.exit_code == 0, again.output
+    rows = manifest(out)
+    assert len(rows) == 5 and all((out / r["destination"]).exists() for r in rows)
+    after = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert set(sorted_before) < set(after) and len(after) == 5  # nothing renamed, nothing sorted twice
+
+
+def test_resume_of_a_finished_move_with_an_empty_inbox_is_a_no_op(tiny_model_dir, photos, tmp_path):
+    """Issue 21 item 15: 'no images found', exit 2."""
+    out = tmp_path / "sorted"
+    assert run(*common(photos, tiny_model_dir), "--sort-into", out, "--mode", "move").exit_code == 0
+    assert not list(photos.rglob("*.png"))
+    again = run(*common(photos, tiny_model_dir), "--sort-into", out, "--mode", "move", "--resume")
+    assert again.exit_code == 0, again.output
+    assert "nothing new to sort" in again.stderr and len(manifest(out)) == 6
+    other = run(*common(photos, tiny_model_dir), "--sort-into", out, "--mode", "copy", "--resume")
+    assert other.exit_code == 2 and "mode" in other.stderr  # the options are still checked

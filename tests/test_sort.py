@@ -2,6 +2,7 @@
 move followed by --resume (no image lost, none twice)."""
 
 import csv
+import json
 import errno
 import io
 import os
@@ -466,3 +467,141 @@ def test_resume_of_a_move_redoes_any_row_whose_rename_was_lost(tmp_path):
         for f in (files[0], files[2]):
             sorter.add(SimpleNamespace(path=str(f), label="cat", prob=0.5, abstained=False))
     assert_each_image_once(src, out, before)
+
+
+# -- issue 21: identity, not size or path --------------------------------------------------------------------
+def bmp(path: Path, colour) -> Path:
+    """120x90 BMP scans: every one has the same byte size, whatever it shows."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (120, 90), colour).save(path, "BMP")
+    return path
+
+
+def test_resume_of_a_finished_move_never_deletes_a_new_file_of_the_same_size(tmp_path):
+    """Item 1: the new scan at the last row's source path was taken for an unfinished move and deleted."""
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    scans = [bmp(inbox / f"scan{i}.bmp", (60 * i, 10, 10)) for i in range(3)]
+    with Sorter(out, "move") as sorter:
+        for scan in scans:
+            sorter.add(pred(scan, "scan"))
+    new = bmp(inbox / "scan2.bmp", (1, 200, 1)).read_bytes()
+    assert len(new) == (out / "scan" / "scan2.bmp").stat().st_size
+    with Sorter(out, "move", resume=True) as sorter:
+        assert str(inbox / "scan2.bmp") not in sorter.exclude  # a new image, to be sorted
+        sorter.add(pred(inbox / "scan2.bmp", "scan"))
+    assert (out / "scan" / "scan2_1.bmp").read_bytes() == new
+    assert len(contents(out)) == 4 and not list(inbox.iterdir())
+
+
+def test_resume_sorts_a_new_image_that_arrived_at_a_path_sorted_before(tmp_path):
+    """Item 3: every manifest source was excluded by path, so a new image there was never sorted."""
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    first = bmp(inbox / "a.bmp", (200, 0, 0))
+    bmp(inbox / "b.bmp", (0, 200, 0))
+    with Sorter(out, "move") as sorter:
+        sorter.add(pred(first, "red"))
+        sorter.add(pred(inbox / "b.bmp", "green"))
+    bmp(first, (0, 0, 200))  # a new photo saved under the old name
+    with Sorter(out, "move", resume=True) as sorter:
+        assert str(first) not in sorter.exclude
+        assert sorter.add(pred(first, "blue")) == out / "blue" / "a.bmp"
+    assert not first.exists() and len(contents(out)) == 3
+
+
+def test_resume_of_a_copy_sorts_again_an_image_whose_content_changed(photos, tmp_path):
+    out = tmp_path / "sorted"
+    with Sorter(out, "copy") as sorter:
+        sorter.add(pred(photos / "a.jpg", "cat"))
+        sorter.add(pred(photos / "c.png", "dog"))
+    os.utime(photos / "c.png")  # metadata alone: the same image
+    (photos / "a.jpg").write_bytes(b"an edited photo")
+    with Sorter(out, "copy", resume=True) as sorter:
+        assert str(photos / "c.png") in sorter.exclude
+        assert str(photos / "a.jpg") not in sorter.exclude
+        sorter.add(pred(photos / "a.jpg", "dog"))
+    assert (out / "dog" / "a.jpg").read_bytes() == b"an edited photo"
+
+
+def test_a_taken_back_row_leaves_no_hole_in_the_manifest(photos, tmp_path, monkeypatch):
+    """Item 2: truncate without a seek left the next row after a run of NUL bytes; its source then read as
+    NULs + path, and a resume sorted the image again."""
+    out = tmp_path / "sorted"
+    real = S.shutil.copy2
+
+    def vanish_once(src, dst, *a, **k):
+        if src.endswith("c.png") and not vanish_once.done:  # removed by someone else mid-copy
+            vanish_once.done = True
+            os.unlink(src)
+            raise FileNotFoundError(errno.ENOENT, "gone", src)
+        return real(src, dst, *a, **k)
+
+    vanish_once.done = False
+    monkeypatch.setattr(S.shutil, "copy2", vanish_once)
+    with Sorter(out, "copy") as sorter:
+        sorter.add(pred(photos / "a.jpg", "cat"))
+        sorter.add(pred(photos / "c.png", "dog"))  # placement fails: the row is taken back, the sort goes on
+        sorter.add(pred(photos / "d.jpg", "cat"))
+    assert b"\0" not in (out / MANIFEST).read_bytes()
+    assert [r["source"] for r in manifest(out)] == [str(photos / "a.jpg"), str(photos / "d.jpg")]
+    with Sorter(out, "copy", resume=True) as sorter:
+        assert sorter.add(pred(photos / "d.jpg", "cat")) is None  # sorted before: not again
+    assert sorted(p.name for p in (out / "cat").iterdir()) == ["a.jpg", "d.jpg"]
+
+
+def test_a_second_sort_into_the_same_folder_is_refused(photos, tmp_path):
+    """Item 17: two sorts on one manifest; the loser called the winner's moves 'gone'."""
+    out = tmp_path / "sorted"
+    with Sorter(out, "move") as first:
+        first.add(pred(photos / "a.jpg", "cat"))
+        with pytest.raises(UsageError, match=rf"--sort-into {out} is in use by another zsclip process \(pid "):
+            Sorter(out, "move", resume=True)
+    with Sorter(out, "move", resume=True) as again:  # released on close
+        assert again.resumed == 1
+
+
+def test_the_lock_of_a_killed_sort_is_taken_over(photos, tmp_path):
+    out = tmp_path / "sorted"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(out / S.LOCK)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(UsageError, match="in use by another zsclip process"):
+        Sorter(out, "copy")
+    holder.kill()
+    holder.wait()
+    with Sorter(out, "copy") as sorter:
+        sorter.add(pred(photos / "a.jpg", "cat"))
+    assert (out / "cat" / "a.jpg").exists()
+
+
+def test_a_relative_symlink_moved_to_its_label_folder_still_points_to_its_image(tmp_path):
+    """Item 18: the link was carried to a new depth and dangled, and the manifest called it placed."""
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    (tmp_path / "archive").mkdir()
+    target = bmp(tmp_path / "archive" / "real.bmp", (9, 9, 9))
+    link = inbox / "deep" / "deeper" / "link.bmp"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(os.path.relpath(target, link.parent))
+    with Sorter(out, "move") as sorter:
+        placed = sorter.add(pred(link, "grey"))
+    assert placed.is_symlink() and placed.read_bytes() == target.read_bytes()
+    assert not os.path.lexists(link) and target.exists()
+
+
+def test_a_manifest_from_before_identities_resumes(photos, tmp_path):
+    """Rows of six columns (zsclip before issue 21) are read, and the manifest gains the new columns."""
+    out = tmp_path / "sorted"
+    (out / "cat").mkdir(parents=True)
+    (out / "cat" / "a.jpg").write_bytes((photos / "a.jpg").read_bytes())
+    (out / MANIFEST).write_text(f"{','.join(S._OLD_COLUMNS)}\n{photos / 'a.jpg'},cat/a.jpg,cat,cat,0.9,False\n")
+    (out / S.STATE).write_text(json.dumps({"mode": "copy"}))
+    with Sorter(out, "copy", resume=True) as sorter:
+        assert str(photos / "a.jpg") in sorter.exclude and sorter.resumed == 1
+        sorter.add(pred(photos / "c.png", "dog"))
+    rows = manifest(out)
+    assert list(rows[0]) == S.COLUMNS and rows[0]["content_hash"] == "" and len(rows[1]["content_hash"]) == 32

@@ -28,3 +28,8 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in _FULL_ERRNOS
     return "disk is full" in str(exc) or "disk I/O error" in str(exc)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 image', '2 images', '1,204 images' (`many`: an irregular plural)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"

@@ -354,7 +354,7 @@ def chunks(
 ) -> Iterator[list[tuple[str, bool]]]:
     """The walk cut into batches, leaving out `exclude` (paths a resumed run already has) and, with `shard`,
     the files of other shards (zsclip.sources.in_shard)."""
-    entries = (e for e in walk(sources, recursive, shard) if e[0] not in exclude)
+    entries = walk(sources, recursive, shard, exclude)
     while chunk := list(islice(entries, batch_size)):
         yield chunk
 

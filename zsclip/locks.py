@@ -80,7 +80,7 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _holder(path: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, IndexError):
         return int(path.read_text(encoding="ascii").split()[0])
     return None
 

@@ -229,9 +229,8 @@ def ray_embed_stream(
         image_store = ImageStore.open(cache or Cache(), model.fingerprint, variant) if store else None
         entries = [
             path
-            for path, explicit in walk(sources, recursive, shard)
-            if path not in exclude
-            and (explicit or has_image_extension(path) or (not is_uri(path) and looks_like_image(path)))
+            for path, explicit in walk(sources, recursive, shard, exclude)
+            if (explicit or has_image_extension(path) or (not is_uri(path) and looks_like_image(path)))
         ]
         # The driver's store lookup: by the full stat identity (zsclip.identity), so the driver never reads a file;
         # what the cluster encodes is stored under the identity the driver saw, if the bytes read were of it.

@@ -77,13 +77,12 @@ def classify_into(
         writer = make_writer(fmt, out, top_k, header=not (out_file and out_file.appending)) if out else None
         written = out_file.done if out_file else ()
         bar = stack.enter_context(progress.bar("classifying", None, "img", show))
+        exclude = _finished(out_file, sorter)
         if bar:
-            threading.Thread(
-                target=lambda: bar.update(0, total=count_candidates(sources, recursive, read.get("shard"))), daemon=True
-            ).start()
+            total = lambda: count_candidates(sources, recursive, read.get("shard"), exclude)  # noqa: E731
+            threading.Thread(target=lambda: bar.update(0, total=total()), daemon=True).start()
         records: Iterable = classify(
-            clip, clf, sources, top_k=top_k, threshold=threshold, recursive=recursive,
-            exclude=_finished(out_file, sorter), **read,
+            clip, clf, sources, top_k=top_k, threshold=threshold, recursive=recursive, exclude=exclude, **read,
         )  # fmt: skip
         try:
             for record in records:
@@ -147,9 +146,11 @@ class _Both:
 
 
 def _finished(out_file, sorter):
-    """What a resumed run leaves out of classification."""
+    """What a resumed run leaves out of classification (and the sort's own folder, which the walk never enters)."""
+    from .sources import Exclude
+
     if out_file is not None and sorter is not None:
-        return _Both(out_file.done, sorter.exclude)
+        return Exclude(_Both(out_file.done, sorter.exclude), sorter.exclude.folders)
     if out_file is not None:
         return out_file.done
     return sorter.exclude if sorter is not None else ()

@@ -1,12 +1,21 @@
 """Classified images -> DIR/<label>/ (copy, link or move), with a manifest that makes a killed move resumable.
 
-Crash safety rests on one order, per image: the manifest row first (flushed), then the file. So after a kill only
-the manifest's last row can be unfinished, and on --resume that row alone is checked against the disk:
+Crash safety rests on one order, per image: the manifest row first (flushed), then the file. Each row records the
+source's identity (zsclip.identity: size, mtime, ctime, inode and content hash) as it was when the row was written.
+After a kill only the last row can be unfinished; a clean close records the manifest's length in the state file, so
+a resume knows whether there is such a row at all. On --resume each row is checked against the disk (a move):
 
-    destination there, source gone          done (a move that finished; or copy/link: the source stays anyway)
-    destination there, source there (move)  the copy finished, the source was not yet removed: remove it now
-    destination missing, source there       not done: the row is dropped and the image sorted again
-    both missing                            someone else removed them: the row is dropped, with a warning
+    destination there, source gone            done
+    destination there, source there           the same inode (a rename interrupted between link and unlink), or
+                                              the row is the unfinished one and both hold the recorded content (a
+                                              cross-device copy whose source was not yet removed): remove the
+                                              source. Otherwise the source is a new file that arrived at that path
+                                              later: it is sorted as a new image (never deleted)
+    destination missing, source there         not done: the row is dropped and the image sorted again
+    both missing                              someone else removed them: kept, with a warning for the last row
+
+Copy and link sorts leave their sources in place; a resumed run leaves out a source whose content is still the one
+recorded (by the identity rule: stat, else hash), and sorts again one whose content changed since.
 
 Files appear under their final name only whole: a copy is written to a hidden temporary name beside it and then
 linked or renamed into place; a move on the same file system is a rename (an image is at its old name or its new
@@ -38,15 +47,22 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from . import atomic
-from .errors import UsageError, ZsclipError, is_disk_full
+from .errors import UsageError, ZsclipError, is_disk_full, plural
+from .identity import FileIdentity, StateError, read_state, same_content, unchanged, write_state
+from .locks import Lock
+from .sources import Exclude
 
 if TYPE_CHECKING:  # classify imports torch; a sink must not
     from .classify import Prediction, Skipped
 
 MODES = ("copy", "link", "move")
 MANIFEST = "manifest.csv"
-COLUMNS = ["source", "destination", "label", "folder", "prob", "abstained"]
+COLUMNS = ["source", "destination", "label", "folder", "prob", "abstained", "size", "mtime_ns", "ctime_ns", "inode",
+           "content_hash"]  # fmt: skip
+_OLD_COLUMNS = COLUMNS[:6]  # manifests written before rows recorded their source's identity
 STATE = ".zsclip-sort.json"  # the options of the sort, so --resume cannot continue a copy as a move
+LOCK = ".zsclip-sort.lock"  # one writer at a time (zsclip.locks)
+STATE_KIND = "sort"
 TMP_PREFIX = ".zsclip-"
 TMP_SUFFIX = ".tmp"
 MAX_NAME_BYTES = 100  # a folder name; file systems allow 255, but a folder name this long helps no one
@@ -137,6 +153,10 @@ def check_sort_target(
         )
     if resume and manifest.exists():
         _check_state(root, {"mode": mode, **(settings or {})})
+    if not dry_run and root.is_dir():
+        from .locks import probe
+
+        probe(root / LOCK, f"--sort-into {root}")
     here = os.path.realpath(root)
     for path, explicit in sources:
         if explicit:
@@ -151,39 +171,67 @@ def check_sort_target(
             raise UsageError(f"{path} is inside --sort-into {root}: sort from a folder outside it")
 
 
-def _check_state(root: Path, wanted: dict) -> None:
+def _check_state(root: Path, wanted: dict) -> dict:
+    """The state of the sort in `root` (its body: `closed`), after checking it was made with `wanted`."""
     state = root / STATE
     try:
-        before = json.loads(state.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        before = None
-    if not isinstance(before, dict):
-        raise UsageError(f"{state} is missing or damaged: cannot tell how {root / MANIFEST} was made")
+        return read_state(state, STATE_KIND, wanted)
+    except StateError as exc:
+        if not exc.stale:
+            before = _old_state(state)  # written before state files had a header
+            if before is None:
+                raise UsageError(f"{state} is missing or damaged: cannot tell how {root / MANIFEST} was made") from None
+            if before == json.loads(json.dumps(wanted)):
+                return {}
+        else:
+            from .identity import made_from_of
+
+            before = made_from_of(state, STATE_KIND) or {}
     wanted = json.loads(json.dumps(wanted))  # as it reads back: tuples become lists
     changed = [k for k in wanted if before.get(k) != wanted[k]]
-    if changed:
-        was = ", ".join(f"{k} {before.get(k)!r}" for k in changed if k == "mode")
-        raise UsageError(
-            f"--resume: {root} was sorted with other {', '.join(changed)}{f' ({was})' if was else ''}; "
-            "use the same options, or sort into another folder"
-        )
+    was = ", ".join(f"{k} {before.get(k)!r}" for k in changed if k == "mode")
+    raise UsageError(
+        f"--resume: {root} was sorted with other {', '.join(changed) or 'options'}{f' ({was})' if was else ''}; "
+        "use the same options, or sort into another folder"
+    )
+
+
+def _old_state(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "zsclip_state" not in data else None
 
 
 class _Done:
-    """The sources a sort has placed, for classify(exclude=...): matched by absolute path, so a resume run
-    from another working directory leaves them out all the same."""
+    """The sources a sort has placed, for classify(exclude=...). A source is left out when this sort has it and it
+    is still what was sorted: for a move, the file is gone from its source (a file found there now arrived later,
+    or is a leftover the resume chose to keep); for a copy or link, its content is still the recorded one (by the
+    identity rule), so an image edited since is sorted again. Matched by absolute path, so a resume from another
+    working directory finds them all the same."""
 
-    def __init__(self) -> None:
-        self.paths: set[str] = set()
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.rows: dict[str, FileIdentity | None] = {}  # source -> its identity when sorted (None: not recorded)
+        self.kept: set[str] = set()  # move: sources left in place on purpose (identical to their destination)
 
     def __contains__(self, path: object) -> bool:
-        return isinstance(path, str) and os.path.abspath(path) in self.paths
+        if not isinstance(path, str):
+            return False
+        source = os.path.abspath(path)
+        if source not in self.rows:
+            return False
+        if self.mode == "move":
+            return source in self.kept or not os.path.lexists(source)
+        recorded = self.rows[source]
+        return recorded is None or unchanged(recorded, source)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.rows)
 
-    def add(self, path: str) -> None:
-        self.paths.add(path)
+    def add(self, path: str, identity: FileIdentity | None = None) -> None:
+        self.rows[path] = identity
 
 
 class Sorter:
@@ -193,7 +241,8 @@ class Sorter:
     `labels`: the class names, if known, so folders are given in class order (two labels that clean to one
     name get '-2', '-3' in that order) rather than in the order images arrive. `settings` are stored and must
     match on --resume (mode always). `plan` is where --dry-run writes its rows (stdout by default).
-    `exclude` holds the sources already sorted: pass it to classify(exclude=...) on --resume."""
+    `exclude` is what classify must leave out (exclude=...): the sources this sort has, and DIR itself, which the
+    walk never enters however it is reached. One sort at a time writes into DIR (a lock; a second is refused)."""
 
     SYNC_EVERY = 5.0  # seconds between manifest fsyncs: what a power cut may cost the manifest; kill -9 costs none
 
@@ -212,27 +261,41 @@ class Sorter:
         self.root = Path(directory)
         self.mode = mode
         self.dry_run = dry_run
+        self.settings = {"mode": mode, **(settings or {})}
         self.counts: Counter[str] = Counter()  # label -> images placed by this run
         self.names = FolderNames()
         self.folders = self.names.folders  # label -> folder name under root
-        self.exclude = _Done()
+        self._done = _Done(mode)
+        self.exclude = Exclude(self._done)
         self.resumed = 0  # rows kept from the earlier run
         self.skipped = 0  # Skipped records seen (their files are not moved)
         self.missing: list[str] = []  # sources gone between classification and sorting
         self.warnings: list[str] = []
         self._claimed: set[str] = set()  # destinations planned by a dry run (which writes nothing)
+        self._lock = Lock(self.root / LOCK, f"--sort-into {self.root}")
+        if not dry_run:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        try:
+            self._open(resume, labels, plan)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, resume: bool, labels: Iterable[str], plan: IO[str] | None) -> None:
         rows = self._read_manifest() if resume and (self.root / MANIFEST).exists() else None
         for label in labels:
             self.names[label]
+        folder = Exclude.folder_id(self.root)
+        self.exclude.folders = frozenset([folder] if folder else [])
         self._stream: IO[str]
-        if dry_run:
+        if self.dry_run:
             self._stream = plan or sys.stdout
             self._csv = csv.writer(self._stream)
             self._csv.writerow(COLUMNS)
             return
+        self._write_state(closed=None)  # open: a kill from here on may leave the last row unfinished
         if rows is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(self.root / STATE, json.dumps({"mode": mode, **(settings or {})}, indent=1) + "\n")
             self._stream = open(self.root / MANIFEST, "w", encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
             self._csv = csv.writer(self._stream)
             self._csv.writerow(COLUMNS)
@@ -243,62 +306,87 @@ class Sorter:
             self._csv = csv.writer(self._stream)
         self._synced = time.monotonic()
 
+    def _write_state(self, closed: int | None) -> None:
+        """The sort's options (checked by --resume) and, after a clean close, the manifest's length: no row of it
+        is unfinished."""
+        write_state(self.root / STATE, STATE_KIND, self.settings, {"closed": closed})
+
     # -- resuming --------------------------------------------------------------------------------------------
     def _read_manifest(self) -> list[list[str]]:
-        """Rows of the earlier run, its unfinished last row settled (see the module docstring), and the
-        manifest rewritten if a torn or unfinished row had to go."""
+        """Rows of the earlier run, settled against the disk (see the module docstring), and the manifest rewritten
+        if a torn or unfinished row had to go (or it was in the format before rows recorded identities)."""
         path = self.root / MANIFEST
         data = path.read_bytes()
+        state = _check_state(self.root, self.settings)
+        closed = state.get("closed") == len(data)  # closed cleanly, nothing written since: no unfinished row
         text = data.decode("utf-8", errors="surrogateescape")  # a name that is not UTF-8 keeps its bytes
         parsed = list(csv.reader(io.StringIO(text, newline="")))  # a file name may hold any line break
-        if not parsed or parsed[0] != COLUMNS:
+        if not parsed or parsed[0] not in (COLUMNS, _OLD_COLUMNS):
             raise UsageError(f"--resume: {path} is not a zsclip sort manifest (columns {','.join(COLUMNS)})")
+        old_format = parsed[0] == _OLD_COLUMNS
         written = parsed[1:]
         if written and not data.endswith(b"\n"):
             written.pop()  # the kill cut the last row short: even a field that parses may be half a path
-        rows = [r for r in written if self._complete(r)]
-        torn = len(rows) != len(parsed) - 1
-        if rows and not self._settle(rows[-1]):
-            rows.pop()
-            torn = True
-        if self.mode == "move":  # after a power cut, renames older than the last row may be lost too
-            kept = [r for r in rows if os.path.lexists(self.root / r[1]) or not os.path.lexists(r[0])]
-            torn, rows = torn or len(kept) < len(rows), kept
-        for source, _dest, label, folder, *_ in rows:
-            self.exclude.add(source)
-            self.names.claim(label, folder)
-        self.resumed = len(rows)
+        rows = [_padded(r) for r in written if self._complete(r)]
+        torn = len(rows) != len(parsed) - 1 or old_format
+        kept = []
+        for i, row in enumerate(rows):
+            if self._settle(row, unfinished=not closed and i == len(rows) - 1):
+                kept.append(row)
+        torn = torn or len(kept) < len(rows)
+        for row in kept:
+            self._done.add(row[0], _identity(row))
+            self.names.claim(row[2], row[3])
+        self.resumed = len(kept)
         if torn and not self.dry_run:
             with atomic.atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(COLUMNS)
-                writer.writerows(rows)
-        return rows
+                writer.writerows(kept)
+        return kept
 
     @staticmethod
     def _complete(row: list[str]) -> bool:
-        if len(row) != len(COLUMNS) or row[5] not in ("True", "False"):
+        if len(row) not in (len(COLUMNS), len(_OLD_COLUMNS)) or row[5] not in ("True", "False"):
             return False
         try:
             float(row[4])
+            if len(row) == len(COLUMNS):
+                [int(v) for v in row[6:10]]
         except ValueError:
             return False
         return True
 
-    def _settle(self, row: list[str]) -> bool:
-        """Finish or undo the last row of a killed run; False when the row must go (its image is redone)."""
+    def _settle(self, row: list[str], unfinished: bool) -> bool:
+        """Check one row of the earlier run against the disk, finishing a move it interrupted; False when the
+        row must go (its image is sorted again). `unfinished`: the row may be the one a kill interrupted."""
         source, dest = row[0], str(self.root / row[1])
         if not os.path.lexists(dest):
-            if not os.path.lexists(source):
+            if unfinished and not os.path.lexists(source):
                 self.warnings.append(f"{source}: neither it nor {dest} exists any more (removed by hand?)")
-            return False
-        if self.mode == "move" and os.path.lexists(source) and not self.dry_run:
-            if _same_file(source, dest) or os.path.getsize(source) == os.path.getsize(dest):
-                os.unlink(source)  # the copy is whole (it was renamed into place only after fsync)
-                atomic.fsync_dir(os.path.dirname(source) or ".")
-            else:
-                self.warnings.append(f"{source}: kept; {dest} differs from it in size")
+            # Copy or link: not placed, sort it again. Move: the source is there (not placed: a kill, or a power
+            # cut lost the rename) or gone with it (removed by hand): either way the row describes nothing.
+            return not (unfinished or (self.mode == "move" and os.path.lexists(source)))
+        if self.mode != "move" or not os.path.lexists(source):
+            return True
+        if _same_file(source, dest):  # a rename interrupted between link and unlink: one inode, two names
+            self._finish_move(source)
+            return True
+        if _same_bytes(source, dest):
+            if unfinished:  # the cross-device copy is whole (renamed into place only after fsync): finish the move
+                self._finish_move(source)
+            else:  # the very image, back at its source after the move finished: left alone, not sorted twice
+                self._done.kept.add(source)
+                self.warnings.append(f"{source}: identical to {dest}, sorted before; left where it is")
+        # else: a new file arrived at the source's path since; it is sorted as a new image, never deleted
         return True
+
+    def _finish_move(self, source: str) -> None:
+        if not self.dry_run:
+            os.unlink(source)
+            atomic.fsync_dir(os.path.dirname(source) or ".")
+        else:
+            self._done.kept.add(source)
 
     def _clean_temporary(self) -> None:
         with contextlib.suppress(OSError):
@@ -317,7 +405,7 @@ class Sorter:
         """Lines for the log: what went where, folders that differ from their labels, what went wrong."""
         counts = ", ".join(f"{label} {n:,}" for label, n in self.counts.most_common())
         done = "would sort" if self.dry_run else "sorted"
-        head = f"{done} {self.counts.total():,} images into {self.root} ({self.mode})"
+        head = f"{done} {plural(self.counts.total(), 'image')} into {self.root} ({self.mode})"
         lines = [head + (f": {counts}" if counts else "")]
         if self.resumed:
             lines[0] += f" ({self.resumed:,} sorted before)"
@@ -345,13 +433,18 @@ class Sorter:
             self.skipped += 1
             return None
         source = os.path.abspath(record.path)
-        if source in self.exclude.paths:
+        if source in self._done:
+            return None
+        identity = FileIdentity.of(source)
+        if identity is None:  # gone (or unreadable) between classification and sorting
+            self.missing.append(source)
             return None
         folder = self.names[record.label]
         for _ in range(100):  # a name taken between the check and the rename (another writer) is retried
             name = self._free_name(folder, os.path.basename(source))
             dest = self.root / folder / name
-            row = [source, f"{folder}/{name}", record.label, folder, f"{record.prob:.6f}", bool(record.abstained)]
+            row = [source, f"{folder}/{name}", record.label, folder, f"{record.prob:.6f}", bool(record.abstained),
+                   *_identity_columns(identity)]  # fmt: skip
             if self.dry_run:
                 self._csv.writerow(row)
                 self._claimed.add(f"{folder}/{name}")
@@ -365,7 +458,7 @@ class Sorter:
         if outcome == "missing":
             self.missing.append(source)
             return None
-        self.exclude.add(source)
+        self._done.add(source, identity)
         self.counts[record.label] += 1
         return dest
 
@@ -400,9 +493,11 @@ class Sorter:
         return "placed"
 
     def _take_back(self, offset: int) -> None:
-        """Remove the last row: its file was not placed."""
+        """Remove the last row: its file was not placed. The stream is put back at `offset` too, so the next row
+        follows the last one (truncating alone would leave the position past the end: a hole of NUL bytes)."""
         with contextlib.suppress(OSError):
             self._stream.flush()
+            self._stream.seek(offset)
             self._stream.truncate(offset)
 
     def _tick(self) -> None:
@@ -411,24 +506,48 @@ class Sorter:
             self._synced = time.monotonic()
 
     def close(self) -> None:
-        """Flush the plan, or make the manifest durable."""
+        """Flush the plan, or make the manifest durable and record that it was closed cleanly."""
         if self._stream.closed:
             return
         self._stream.flush()
         if not self.dry_run:
             with contextlib.suppress(OSError):
                 os.fsync(self._stream.fileno())
+            size = os.fstat(self._stream.fileno()).st_size
             self._stream.close()
             # Placing a file syncs nothing where a kill -9 cannot lose it (a power cut could); the sort's
             # folders are made durable here, once, not per image (which cost 10x the time on a virtual disk).
             for folder in {self.root, *(self.root / f for f in self.folders.values())}:
                 atomic.fsync_dir(folder)
+            self._write_state(closed=size)
+        self._lock.release()
 
     def __enter__(self) -> Sorter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _padded(row: list[str]) -> list:
+    """A row in today's columns (a row of the format before identities has them empty)."""
+    return row + [""] * (len(COLUMNS) - len(row))
+
+
+def _identity_columns(identity: FileIdentity) -> list:
+    return [identity.size, identity.mtime_ns, identity.ctime_ns, identity.inode, identity.content_hash]
+
+
+def _identity(row: list) -> FileIdentity | None:
+    """The source's identity a row recorded, or None for a row written before rows recorded it."""
+    if len(row) < len(COLUMNS) or row[10] == "":
+        return None
+    size, mtime, ctime, inode = (int(v) for v in row[6:10])
+    return FileIdentity(os.path.abspath(row[0]), size, mtime, row[10], ctime, inode)
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    return same_content(a, b)
 
 
 # -- file operations ---------------------------------------------------------------------------------------
@@ -478,7 +597,13 @@ def _via_temporary(dest: Path, write, durable: bool = False) -> None:
 
 def _move(source: str, dest: Path) -> None:
     """A rename on the same file system (atomic: the image has its old name or its new one); across file
-    systems a copy made durable before the source is removed."""
+    systems a copy made durable before the source is removed. A symbolic link with a relative target would point
+    elsewhere from its new folder: it is placed as a link to its target's absolute path instead."""
+    if os.path.islink(source) and not os.path.isabs(os.readlink(source)):
+        target = os.path.realpath(source)
+        _via_temporary(dest, lambda tmp: os.symlink(target, tmp))
+        os.unlink(source)
+        return
     try:
         _commit(source, dest)
     except OSError as exc:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
+from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .textfiles import read_text
@@ -47,18 +48,44 @@ def _read_list(list_file: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+@dataclass
+class Exclude:
+    """What a run leaves out of the walk: `files` it has already (any Container of paths: a resumed run's
+    records) and `folders` it must never enter, however they are reached (a sort's own folder, reachable from the
+    source through a symbolic link), as (st_dev, st_ino) pairs."""
+
+    files: Container[str] = ()
+    folders: frozenset[tuple[int, int]] = field(default_factory=frozenset)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.files
+
+    @staticmethod
+    def folder_id(path: str | os.PathLike) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+
 def walk(
-    sources: list[tuple[str, bool]], recursive: bool = True, shard: tuple[int, int] | None = None
+    sources: list[tuple[str, bool]],
+    recursive: bool = True,
+    shard: tuple[int, int] | None = None,
+    exclude: Container[str] = (),
 ) -> Iterator[tuple[str, bool]]:
     """Every candidate entry under the sources, in sorted order: (path, explicit). With `shard` (i, N), only
-    the entries that fall in shard i (see in_shard)."""
+    the entries that fall in shard i (see in_shard); paths in `exclude` are left out, and so are the folders of
+    an Exclude (never entered)."""
+    avoid = exclude.folders if isinstance(exclude, Exclude) else frozenset()
     for path, explicit in sources:
         if explicit:
-            if shard is None or in_shard(path, shard):
+            if (shard is None or in_shard(path, shard)) and path not in exclude:
                 yield path, True
             continue
-        for p in _walk_uri(path, recursive) if is_uri(path) else _walk_dir(path, recursive):
-            if shard is None or in_shard(os.path.relpath(p, path), shard):
+        for p in _walk_uri(path, recursive) if is_uri(path) else _walk_dir(path, recursive, avoid):
+            if (shard is None or in_shard(os.path.relpath(p, path), shard)) and p not in exclude:
                 yield p, False
 
 
@@ -125,8 +152,8 @@ def in_shard(relative_path: str, shard: tuple[int, int]) -> bool:
     return int.from_bytes(hashlib.sha1(key).digest()[:8], "big") % n == i
 
 
-def _walk_dir(root: str, recursive: bool) -> Iterator[str]:
-    seen: set[tuple[int, int]] = set()
+def _walk_dir(root: str, recursive: bool, avoid: frozenset[tuple[int, int]] = frozenset()) -> Iterator[str]:
+    seen: set[tuple[int, int]] = set(avoid)
     stack: list[Iterator[os.DirEntry]] = []
 
     def enter(path: str) -> None:
@@ -179,15 +206,18 @@ def looks_like_image(path: str) -> bool:
 
 
 def count_candidates(
-    sources: list[tuple[str, bool]], recursive: bool = True, shard: tuple[int, int] | None = None
+    sources: list[tuple[str, bool]],
+    recursive: bool = True,
+    shard: tuple[int, int] | None = None,
+    exclude: Container[str] = (),
 ) -> int:
     """How many entries look like images by name: a cheap total for progress bars."""
-    return sum(1 for p, explicit in walk(sources, recursive, shard) if explicit or has_image_extension(p))
+    return sum(1 for p, explicit in walk(sources, recursive, shard, exclude) if explicit or has_image_extension(p))
 
 
-def first_image(sources: list[tuple[str, bool]], recursive: bool = True) -> str | None:
+def first_image(sources: list[tuple[str, bool]], recursive: bool = True, exclude: Container[str] = ()) -> str | None:
     """The first entry that would be classified, to fail fast on a folder with no images."""
-    for path, explicit in walk(sources, recursive):
+    for path, explicit in walk(sources, recursive, exclude=exclude):
         if explicit or has_image_extension(path) or looks_like_image(path):
             return path
     return None

@@ -140,15 +140,22 @@ def classify_cmd(
     check_ranking(top_k, threshold)
     check_backend(backend)
     from ..output import plan_output
-    from ..sources import check_sources
+    from ..sources import check_sources, expand_sources
 
     if resume and output is None and sort_into is None and report is None:
         raise UsageError("--resume needs --output FILE, --sort-into DIR or --report DIR (the run to continue)")
     plan = plan_output(
         output, fmt, failures=failures, resume=resume and output is not None, terminal=sys.stdout.isatty()
     )
-    sources = check_sources(paths, recursive)
     sort_settings = {"classes": names, "threshold": threshold}
+    if resume and sort_into is not None and (sort_into / "manifest.csv").exists():
+        sources = _resumed_sources(paths, recursive, sort_into)  # an emptied inbox is a finished sort, not an error
+        if sources is None:
+            _check_sinks(sort_into, mode, dry_run, report, resume, expand_sources(paths), recursive, sort_settings)
+            progress.log(f"nothing new to sort under {', '.join(paths)}: every image there is in {sort_into}")
+            return
+    else:
+        sources = check_sources(paths, recursive)
     _check_sinks(sort_into, mode, dry_run, report, resume, sources, recursive, sort_settings)
     if plan.complete:
         progress.log(f"{plan.output} is complete already (no {plan.output}.partial to resume); nothing to do")
@@ -190,6 +197,15 @@ def classify_cmd(
         skipped = f", skipped {counts.skipped} bad files{listed}" if counts.skipped else ""
         where = f"; results in {plan.output}" if plan.output else ""
         progress.log(f"classified {counts.done} images{resumed}{skipped}{where}")
+
+
+def _resumed_sources(paths, recursive, sort_into: Path):
+    """The PATH arguments of a resumed sort, or None when none holds an image outside the sort's folder."""
+    from ..sources import Exclude, expand_sources, first_image
+
+    sources = expand_sources(paths)
+    folder = Exclude.folder_id(sort_into)
+    return sources if first_image(sources, recursive, Exclude(folders=frozenset([folder]))) else None
 
 
 def _check_sinks(sort_into, mode, dry_run, report, resume, sources, recursive, settings) -> None:
