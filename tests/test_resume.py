@@ -319,3 +319,59 @@ def test_running_out_of_memory_is_one_line_and_keeps_finished_records(tiny_model
     monkeypatch.setattr(zsclip.encode, "encode_images", real)
     resumed = CliRunner().invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0 and len(out.read_text().splitlines()) == 12
+
+
+def _blake(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_output", [False, True], ids=["sort", "sort+output"])
+@pytest.mark.parametrize("mode", ["copy", "link", "move"])
+def test_kill_9_at_random_moments_of_a_sort_then_resume_loses_and_doubles_nothing(
+    tiny_model_dir, tmp_path, mode, with_output
+):
+    """Issue 21: random kill points in a real `classify --sort-into` (and --output), then --resume until it
+    finishes; every image is in DIR exactly once (checksums), the manifest names each one with its content
+    hash, the sources are as the mode says, and the output has one record per image."""
+    import csv
+    import random
+
+    rng = random.Random(f"{mode}-{with_output}")
+    inbox = _images(tmp_path / "inbox", 120, classes=3, size=40)
+    originals = {p: p.read_bytes() for p in inbox.rglob("*.jpg")}
+    out, results = tmp_path / "sorted", tmp_path / "labels.csv"
+    args = ["classify", inbox, "-c", "cat,dog,car", "-m", tiny_model_dir, "-t", "photo", "--sort-into", out,
+            "--mode", mode, "--batch-size", "4", "--workers", "1", "-q"]  # fmt: skip
+    if with_output:
+        args += ["-o", results]
+    manifest = out / "manifest.csv"
+    for round_ in range(4):
+        extra = ["--resume"] if manifest.exists() else []
+        proc = subprocess.Popen(_zsclip(*args, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        want = 15 * round_ + rng.randint(1, 12)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and _lines(manifest) <= want and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.random() * 0.02)  # somewhere inside the steps of the next image
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    final = subprocess.run(_zsclip(*args, "--resume"), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    with open(manifest, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    placed = sorted((out / r["destination"]).read_bytes() for r in rows)
+    assert placed == sorted(originals.values()), "an image was lost or sorted twice"
+    in_dir = sorted(p.read_bytes() for p in out.rglob("*.jpg") if not p.name.startswith("."))
+    assert in_dir == sorted(originals.values())
+    assert all(_blake((out / r["destination"]).read_bytes()) == r["content_hash"] for r in rows)
+    assert not list(out.rglob(".zsclip-*.tmp")) and not (out / ".zsclip-sort.lock").exists()
+    left = {p: p.read_bytes() for p in inbox.rglob("*.jpg")}
+    assert left == ({} if mode == "move" else originals)
+    if with_output:
+        with open(results, newline="", encoding="utf-8") as f:
+            records = [r["path"] for r in csv.DictReader(f)]
+        assert sorted(records) == sorted(map(str, originals)), "a record was lost or written twice"

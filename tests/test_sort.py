@@ -360,16 +360,37 @@ def assert_each_image_once(src: Path, out: Path, before: list[bytes]) -> None:
     assert not list(out.rglob(".zsclip-*.tmp"))
 
 
-@pytest.mark.parametrize("cross", [False, True], ids=["same-fs", "cross-fs"])
-@pytest.mark.parametrize("point", ["row", "copied", "placed"])
-def test_kill_9_in_each_window_of_a_move_then_resume(tmp_path, point, cross):
-    if point == "copied" and not cross:
-        pytest.skip("a move on one file system has no copy")
-    src, out = tmp_path / "src", tmp_path / "sorted"
+@pytest.fixture
+def other_fs(tmp_path):
+    """A folder on a second file system (the tmpfs /dev/shm), where a move is a copy + fsync + unlink for real."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second writable file system (/dev/shm)")
+    folder = shm / f"zsclip-test-{os.getpid()}-{time.monotonic_ns()}"
+    folder.mkdir()
+    yield folder
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+WINDOWS = [(point, where) for where in ("same-fs", "simulated", "tmpfs") for point in ("row", "copied", "placed")
+           if not (point == "copied" and where == "same-fs")]  # a rename has no copy step  # fmt: skip
+
+
+@pytest.mark.parametrize(("point", "where"), WINDOWS, ids=[f"{p}-{w}" for p, w in WINDOWS])
+def test_kill_9_in_each_window_of_a_move_then_resume(tmp_path, request, point, where):
+    """`simulated`: link and rename fail with EXDEV as across file systems; `tmpfs`: the sort folder is on
+    /dev/shm, a second file system for real."""
+    cross = where == "simulated"
+    src = tmp_path / "src"
+    out = (request.getfixturevalue("other_fs") if where == "tmpfs" else tmp_path) / "sorted"
     before = make_images(src, 9)
     killed = run_script(tmp_path, src, out, point, at=4, cross=cross)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert killed.stdout.count("added") == 3
+    if point == "copied":  # killed inside the copy window: a whole temporary copy, the source still there
+        assert len(contents(src)) == 6 and list(out.rglob(".zsclip-*.tmp"))
     again = run_script(tmp_path, src, out, cross=cross)
     assert again.returncode != 0 and "UsageError" in again.stderr and "add --resume" in again.stderr  # refused
     resumed = run_script(tmp_path, src, out, cross=cross, resume=True)
