@@ -180,3 +180,32 @@ def test_a_path_with_embeddings_is_a_usage_error(photos, tmp_path):
     out = tmp_path / "vectors"
     assert run("index", photos, "--model", "shapes", "--workers", "0", "--embeddings-out", out).exit_code == 0
     _one_line_error(run("search", "red", photos, "--embeddings", out, "--model", "shapes"), 2, "PATH does not apply")
+
+
+def test_a_reexport_with_other_sharding_never_returns_an_image_twice(photos, tmp_path):
+    """Issue 21 item 8, through the CLI."""
+    out = tmp_path / "vectors"
+    base = ["index", photos, "--model", "shapes", "--workers", "0", "--embeddings-out", out]
+    assert run(*base).exit_code == 0
+    for i in range(2):
+        assert run(*base, "--shard", f"{i}/2").exit_code == 0
+    found = json.loads(run("search", "red circle", "--embeddings", out, "-m", "shapes", "-f", "json", "--top", "50").stdout)
+    assert len(found) == 12 == len({h["path"] for h in found})
+
+
+def test_search_of_an_export_uses_the_model_it_was_made_with(photos, tmp_path):
+    """Issue 21 item 19: without --model, search loaded the default model (ViT-B-32:openai, not downloadable)."""
+    out = tmp_path / "vectors"
+    assert run("index", photos, "--model", "shapes", "--workers", "0", "--embeddings-out", out).exit_code == 0
+    result = run("search", "red circle", "--embeddings", out, "-f", "json", "--top", "1")
+    assert result.exit_code == 0, result.stderr
+    assert Path(json.loads(result.stdout)[0]["path"]).name.startswith("red_circle")
+
+
+def test_search_says_in_one_line_how_many_files_it_could_not_read(photos):
+    """Issue 21 item 19: every search repeated the skip line of every unreadable file."""
+    for _ in range(2):
+        result = run("search", "red circle", photos, "-m", "shapes", "--workers", "0", "-f", "json")
+        assert result.exit_code == 0, result.stderr
+        assert "skipped" not in result.stderr and "broken.png" not in result.stderr
+        assert f"1 file under {photos} could not be read and is not searched" in result.stderr

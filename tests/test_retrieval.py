@@ -290,3 +290,37 @@ def test_no_recursive_search_keeps_to_the_folder_itself(tiny, tmp_path):
     assert any(Path(h.path).parent == root / "sub" for h in everything)
     hits = zsclip.search(tiny, "a photo", root, top=50, recursive=False, workers=0)
     assert len(hits) == 6 and all(Path(h.path).parent == root for h in hits)
+
+
+def test_a_file_that_no_longer_decodes_is_never_returned_with_its_old_vector(tiny, tmp_path):
+    """Issue 21 item 7: the index run skipped the broken file, but search served its stored row."""
+    images = _images(tmp_path / "photos")
+    zsclip.index(tiny, tmp_path / "photos")
+    target = images[0]
+    query = query_vector(tiny, image=target)
+    assert zsclip.search(tiny, query, tmp_path / "photos", top=1)[0].path == str(target.resolve())
+    target.write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut short" * 10)  # the photo is overwritten by a broken upload
+    hits = zsclip.search(tiny, query, tmp_path / "photos", top=10)
+    assert str(target.resolve()) not in {h.path for h in hits} and len(hits) == 5
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+
+
+def test_a_search_snapshot_cut_short_is_rebuilt_not_read(tiny, tmp_path, capsys):
+    """Issue 21 item 13: a truncated vectors.f32 gave 'mmap length is greater than file size' on every search."""
+    _images(tmp_path / "photos")
+    zsclip.index(tiny, tmp_path / "photos")
+    first = zsclip.search(tiny, "a red square", tmp_path / "photos", top=3)
+    vectors._OPENED.clear()  # a new process
+    (snapshot,) = (zsclip.Cache().directory / "search").glob("*/vectors.f32")
+    with open(snapshot, "r+b") as f:
+        f.truncate(snapshot.stat().st_size // 2)
+    again = zsclip.search(tiny, "a red square", tmp_path / "photos", top=3, index_first=False)
+    assert [(h.path, round(h.score, 5)) for h in again] == [(h.path, round(h.score, 5)) for h in first]
+    assert "damaged; rebuilding the snapshot" in capsys.readouterr().err
+    for name in ("paths.bin", "offsets.npy", "stats.npy"):  # every file of it is checked
+        vectors._OPENED.clear()
+        (path,) = (zsclip.Cache().directory / "search").glob(f"*/{name}")
+        path.write_bytes(b"garbage")
+        assert [h.path for h in zsclip.search(tiny, "a red square", tmp_path / "photos", top=3)] == [
+            h.path for h in first
+        ]

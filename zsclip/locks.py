@@ -51,6 +51,20 @@ class Lock:
             os.close(fd)  # locked a file that was just removed: lock the one now at the path
         raise UsageError(f"{self.what}: cannot take the lock {self.path}")
 
+    def acquire_waiting(self, timeout: float = 60.0) -> Lock:
+        """Wait up to `timeout` seconds for the lock (for a short critical section, such as a commit, that a second
+        process should queue behind rather than be refused from)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.acquire()
+            except UsageError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def release(self) -> None:
         if self._fd is None:
             return

@@ -222,7 +222,8 @@ def search(
 
     `paths` limits the search to images under them (None: every image stored for this model); images there that
     are not indexed yet are indexed first (`options` and `on_batch` as for `index`), unless `index_first` is
-    False. Files that no longer exist are left out. `threshold` drops hits scoring below it. `approximate` uses a
+    False. Files that no longer exist, or whose content changed since their vector was stored (a file that no
+    longer decodes keeps its old row), are left out. `threshold` drops hits scoring below it. `approximate` uses a
     faiss IVF index (the `zsclip[faiss]` extra; recall@10 measured in bench/search.py) instead of exact search.
     """
     check_search_options(top, threshold)
@@ -256,9 +257,8 @@ def search(
         for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
             if threshold is not None and score < threshold:
                 break
-            path = snapshot.paths[row]
-            if os.path.exists(path):
-                hits.append(Hit(len(hits) + 1, path, float(score)))
+            if snapshot.current(row):  # a file gone, or changed since its vector was stored, is never served
+                hits.append(Hit(len(hits) + 1, snapshot.paths[row], float(score)))
             if len(hits) == top:
                 break
         done = len(rows) >= total or (approximate and len(rows) < min(total, want + 8))  # no more to find

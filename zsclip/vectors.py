@@ -3,9 +3,12 @@
 Searching the SQLite rows directly would read every blob through SQLite on every query (seconds at 1M vectors).
 Instead the rows of one (fingerprint, variant) are copied once into a flat float32 file that queries memory-map,
 with the paths beside it in sorted order, so "images under this folder" is a contiguous row range found by
-binary search. A change counter kept by SQLite triggers (any writer, any process: classify, index, cache clear)
-tells when a snapshot is stale; it is then rebuilt whole on the next search. Exact search scores the rows in
-chunks of a fixed memory budget and keeps the top k of each chunk by partial sort (numpy argpartition).
+binary search, and each row's file identity (size, mtime, ctime, inode as stored), so a hit whose file has
+changed since it was stored is never served. A change counter kept by SQLite triggers (any writer, any process:
+classify, index, cache clear) tells when a snapshot is stale; it is then rebuilt whole on the next search. The
+pointer to the current snapshot is a state file (zsclip.identity) naming the generation it was made from and the
+sizes of its files: a snapshot that is damaged (a truncated file) is rebuilt with a warning, never read. Exact
+search scores the rows in chunks of a fixed memory budget and keeps the top k of each chunk by partial sort.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
 from .cache import Cache
+from .identity import StateError, read_state, write_state
+from .progress import log
 
 DEFAULT_BUDGET = 64 * 1024 * 1024  # bytes of vectors scored at once
 _TRIGGERS = ("zsclip_image_added", "zsclip_image_removed")
@@ -86,9 +90,20 @@ class Snapshot:
     vectors: np.ndarray  # [N, dim] float32, memory-mapped, rows in path order
     paths: PathList
     folder: Path | None = None  # where it lives (the approximate index is kept beside it)
+    stats: np.ndarray | None = None  # [N, 4] int64: the stored size, mtime (or stamp), ctime, inode of each row
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def current(self, row: int) -> bool:
+        """Whether the file of `row` is still the one whose vector was stored (zsclip.identity's stat rule): a
+        file changed since (and not indexed again, as one that no longer decodes) or gone is not."""
+        from .store import stat_key
+
+        now = stat_key(self.paths[row])
+        if now is None:
+            return False
+        return self.stats is None or tuple(int(v) for v in self.stats[row]) == now[1:]
 
     def ranges(self, roots: Sequence[tuple[str, bool]] | None, recursive: bool = True) -> list[tuple[int, int]]:
         """Row ranges [lo, hi) of the files under these absolute (path, is_file) roots; all rows for None.
@@ -164,22 +179,37 @@ def _key(fingerprint: str, variant: str) -> str:
     return hashlib.sha256(f"{fingerprint}\0{variant}".encode()).hexdigest()[:24]
 
 
+KIND = "search snapshot"
+_FILES = ("vectors.f32", "paths.bin", "offsets.npy", "stats.npy")
+
+
 def load(cache: Cache, fingerprint: str, variant: str) -> Snapshot:
-    """The current snapshot of this model's stored vectors, rebuilt first if the store changed since."""
+    """The current snapshot of this model's stored vectors, rebuilt first if the store changed since or the
+    snapshot on disk is damaged."""
     root = cache.directory / "search"
     pointer = root / f"{_key(fingerprint, variant)}.json"
     conn = cache.conn
     counted = ensure_generation(conn)
-    meta = _read_json(pointer)
-    current = generation(conn, fingerprint, variant)
+    made_from = {"fingerprint": fingerprint, "variant": variant, "generation": generation(conn, fingerprint, variant)}
+    try:
+        meta = read_state(pointer, KIND, made_from) if counted else None
+    except StateError as exc:
+        if not exc.stale and pointer.exists():
+            log(f"warning: {exc}; rebuilding the search snapshot")
+        meta = None
     folder = root / meta["folder"] if meta else None
-    if not (counted and meta and meta.get("generation") == current and folder and folder.is_dir()):
-        folder = _build(conn, root, pointer, fingerprint, variant)
-        meta = _read_json(pointer)
     opened = _OPENED.get(str(pointer))
-    if opened is None or opened[0] != folder:
-        opened = _OPENED[str(pointer)] = (folder, _open(folder, meta["count"], meta["dim"]))
-    return opened[1]
+    if folder is not None and opened is not None and opened[0] == folder and _intact(folder, meta, quiet=True):
+        return opened[1]
+    snapshot = _open(folder, meta) if folder is not None and _intact(folder, meta) else None
+    if snapshot is None:
+        folder = _build(conn, root, pointer, fingerprint, variant)
+        meta = read_state(pointer, KIND)
+        snapshot = _open(folder, meta)
+        if snapshot is None:
+            raise StateError(f"the search snapshot {folder} could not be read back after it was built")
+    _OPENED[str(pointer)] = (folder, snapshot)
+    return snapshot
 
 
 # Snapshots this process has mapped, by pointer file: a fresh memory map faults every page in again on first
@@ -187,11 +217,19 @@ def load(cache: Cache, fingerprint: str, variant: str) -> Snapshot:
 _OPENED: dict[str, tuple[Path, Snapshot]] = {}
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def _intact(folder: Path, meta: dict, quiet: bool = False) -> bool:
+    """The snapshot's files are there with the sizes recorded when it was built."""
+    sizes = meta.get("sizes") or {}
+    for name in _FILES:
+        try:
+            size = (folder / name).stat().st_size
+        except OSError:
+            size = None
+        if size != sizes.get(name):
+            if not quiet:
+                log(f"warning: search snapshot {folder / name} is missing or damaged; rebuilding the snapshot")
+            return False
+    return True
 
 
 def _build(conn: sqlite3.Connection, root: Path, pointer: Path, fingerprint: str, variant: str) -> Path:
@@ -204,13 +242,14 @@ def _build(conn: sqlite3.Connection, root: Path, pointer: Path, fingerprint: str
     try:
         gen = generation(conn, fingerprint, variant)
         rows = conn.execute(
-            "SELECT path, vector FROM image_embeddings WHERE fingerprint = ? AND variant = ? ORDER BY path",
+            "SELECT path, vector, size, mtime_ns, ctime_ns, inode FROM image_embeddings "
+            "WHERE fingerprint = ? AND variant = ? ORDER BY path",
             (fingerprint, variant),
         )
-        offsets = [0]
+        offsets, stats = [0], []
         with open(folder / "vectors.f32", "wb") as vf, open(folder / "paths.bin", "wb") as pf:
             while chunk := rows.fetchmany(4096):
-                for path, blob in chunk:
+                for path, blob, *stat in chunk:
                     if dim == 0:
                         dim = len(blob) // 4
                     if len(blob) != 4 * dim:  # cannot happen within one variant; skip rather than misalign
@@ -219,21 +258,32 @@ def _build(conn: sqlite3.Connection, root: Path, pointer: Path, fingerprint: str
                     raw = path.encode("utf-8", "surrogateescape")
                     pf.write(raw)
                     offsets.append(offsets[-1] + len(raw))
+                    stats.append(stat)
                     count += 1
             for f in (vf, pf):
                 f.flush()
                 os.fsync(f.fileno())
         np.save(folder / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+        np.save(folder / "stats.npy", np.asarray(stats, dtype=np.int64).reshape(-1, 4))
     finally:
         conn.execute("COMMIT")
     old = (_read_json(pointer) or {}).get("folder")
-    atomic.write_text(pointer, json.dumps({"folder": folder.name, "generation": gen, "count": count, "dim": dim}))
+    sizes = {name: (folder / name).stat().st_size for name in _FILES}
+    made_from = {"fingerprint": fingerprint, "variant": variant, "generation": gen}
+    write_state(pointer, KIND, made_from, {"folder": folder.name, "count": count, "dim": dim, "sizes": sizes})
     # The build this one replaces goes at once (open memory maps of it stay valid on POSIX); others left by
     # concurrent or killed builds once they are an hour old, so a process still writing one is left alone.
     for other in root.glob(f"{pointer.stem}-*"):
         if other != folder and (other.name == old or _age(other) > 3600):
             shutil.rmtree(other, ignore_errors=True)
     return folder
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _age(path: Path) -> float:
@@ -243,14 +293,25 @@ def _age(path: Path) -> float:
         return 0.0
 
 
-def _open(folder: Path, count: int, dim: int) -> Snapshot:
-    offsets = np.load(folder / "offsets.npy")
-    if count == 0:
-        return Snapshot(np.zeros((0, max(dim, 1)), dtype=np.float32), PathList(b"", offsets), folder)
-    vectors = np.memmap(folder / "vectors.f32", dtype=np.float32, mode="r", shape=(count, dim))
-    with open(folder / "paths.bin", "rb") as f:
-        blob = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if offsets[-1] else b""
-    return Snapshot(vectors, PathList(blob, offsets), folder)
+def _open(folder: Path, meta: dict) -> Snapshot | None:
+    """The snapshot in `folder`, memory-mapped; None when its files do not agree with each other."""
+    count, dim = int(meta["count"]), int(meta["dim"])
+    try:
+        offsets = np.load(folder / "offsets.npy")
+        stats = np.load(folder / "stats.npy")
+        if len(offsets) != count + 1 or stats.shape != (count, 4):
+            raise ValueError("row counts disagree")
+        if count == 0:
+            return Snapshot(np.zeros((0, max(dim, 1)), dtype=np.float32), PathList(b"", offsets), folder, stats)
+        vectors = np.memmap(folder / "vectors.f32", dtype=np.float32, mode="r", shape=(count, dim))
+        with open(folder / "paths.bin", "rb") as f:
+            blob = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if offsets[-1] else b""
+        if len(blob) != offsets[-1]:
+            raise ValueError("paths.bin is cut short")
+    except (OSError, ValueError) as exc:
+        log(f"warning: search snapshot {folder} is damaged ({' '.join(str(exc).split())[:120]}); rebuilding it")
+        return None
+    return Snapshot(vectors, PathList(blob, offsets), folder, stats)
 
 
 def stored_paths(conn: sqlite3.Connection, fingerprint: str, variant: str, roots: Sequence[tuple[str, bool]]):

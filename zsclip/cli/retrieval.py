@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import threading
 from pathlib import Path
@@ -14,7 +13,7 @@ import typer
 
 from .. import atomic, progress
 from ..defaults import DEFAULT_MODEL, FORMATS
-from ..errors import UsageError, ZsclipError
+from ..errors import UsageError, ZsclipError, plural
 from .common import (
     DEFAULT_READ,
     ActorsOpt,
@@ -121,12 +120,9 @@ def index_cmd(
         failures = check_output_file(failures, "--failures")
     run = {**engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor), "shard": parse_shard(shard)}
     if embeddings_out is not None:
-        from ..output import check_output_dir
+        from ..embeddings_io import check_export_dir
 
-        out = check_output_dir(embeddings_out, "--embeddings-out")
-        others = [n for n in (os.listdir(out) if out.is_dir() else []) if not n.endswith(".parquet")]
-        if others:
-            raise UsageError(f"--embeddings-out {out}: the folder holds other files ({others[0]}); use a new folder")
+        check_export_dir(embeddings_out)
     sources = check_sources(paths, recursive)
     from ..cache import Cache
     from ..models import load_model
@@ -198,7 +194,16 @@ def search_cmd(
     approximate: Annotated[
         bool, typer.Option("--approximate", envvar=env("approximate"), help="faiss IVF index (zsclip[faiss]).")
     ] = False,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar=env("model"),
+            help=f"Model spec (default: the model an --embeddings export was made with, else {DEFAULT_MODEL}).",
+            show_default=False,
+        ),
+    ] = None,
     recursive: RecursiveOpt = True,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
@@ -233,6 +238,11 @@ def search_cmd(
         check_output_dir(report, "--report")
     if embeddings is not None and paths:
         raise UsageError("--embeddings searches the whole export; a PATH does not apply (leave it out)")
+    if embeddings is not None:
+        from ..embeddings_io import read_export
+
+        model = model or read_export(embeddings).spec  # the vectors' own model, recorded in the export
+    model = model or DEFAULT_MODEL
     sources = expand_sources(paths or ["."]) if embeddings is None else []
     fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if sys.stdout.isatty() else "jsonl")
     from ..cache import Cache
@@ -250,9 +260,14 @@ def search_cmd(
     if embeddings is not None:  # vectors exported by `zsclip index --embeddings-out`: no store, no indexing
         hits = _search_parquet(embeddings, q, top, threshold, clip.fingerprint)
     else:
-        indexed = _index_with_progress(clip, sources, progress.enabled(quiet), quiet, None, **options)
-        if indexed.new + indexed.changed and not quiet:
-            progress.log(f"indexed {indexed.new + indexed.changed} new or changed images first")
+        indexed = _index_with_progress(clip, sources, progress.enabled(quiet), True, None, **options)
+        if not quiet:
+            if indexed.new + indexed.changed:
+                progress.log(f"indexed {plural(indexed.new + indexed.changed, 'new or changed image')} first")
+            if indexed.skipped:  # one line, not every file again on every search: `zsclip index` lists them
+                where, n = " ".join(p for p, _ in sources), len(indexed.skipped)
+                progress.log(f"{plural(n, 'file')} under {where} could not be read and {'is' if n == 1 else 'are'} "
+                             f"not searched (zsclip index {where} lists them)")  # fmt: skip
         hits = search(clip, q, sources, top, threshold=threshold, index_first=False, approximate=approximate,
                       **options)  # fmt: skip
     with atomic.atomic_open(output, "w", encoding="utf-8", newline="") if output else contextlib.nullcontext() as out:
