@@ -189,7 +189,9 @@ def test_a_reexport_with_other_sharding_never_returns_an_image_twice(photos, tmp
     assert run(*base).exit_code == 0
     for i in range(2):
         assert run(*base, "--shard", f"{i}/2").exit_code == 0
-    found = json.loads(run("search", "red circle", "--embeddings", out, "-m", "shapes", "-f", "json", "--top", "50").stdout)
+    found = json.loads(
+        run("search", "red circle", "--embeddings", out, "-m", "shapes", "-f", "json", "--top", "50").stdout
+    )
     assert len(found) == 12 == len({h["path"] for h in found})
 
 

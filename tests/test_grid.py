@@ -142,3 +142,79 @@ def test_the_grid_runs_on_the_backend_asked_for_and_keeps_backends_apart(grid_wo
     assert not any(r.get("resumed") for r in rows)
     assert all(r["options"]["backend"] == "onnx" for r in rows)
     assert list((Path(os.environ["ZSCLIP_CACHE_DIR"]) / "onnx").rglob("*.onnx"))  # the towers really ran in ORT
+
+
+def _rewrite_keeping_times(path: Path, data: bytes) -> None:
+    st = path.stat()
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("kind", ["folder", "csv", "wds"])
+def test_a_grid_pair_whose_data_set_files_changed_is_scored_again(grid_world, kind):
+    """Issue 21 item 6: the key was the top folder's path and mtime, so images changed inside class folders (or
+    a shard, or a CSV's images) were resumed with the old metrics."""
+    from .wds_data import encode, shapes_images, write_classification
+
+    tmp, datasets, models = grid_world
+    if kind == "folder":
+        name, data = datasets[0], Path(datasets[0])
+        victim = data / "red" / "0.png"
+    elif kind == "csv":
+        data = Path(datasets[0])
+        lines = ["path,label", *(f"{p.relative_to(data)},{p.parent.name}" for p in sorted(data.rglob("*.png")))]
+        (data / "labels.csv").write_text("\n".join(lines) + "\n")
+        name, victim = f"csv:{data / 'labels.csv'}", data / "red" / "0.png"
+    else:
+        classes = [("red", "circle"), ("blue", "square")]
+        labelled = [(encode(im, "png"), "png", label) for im, label in shapes_images(classes, 4, size=32)]
+        data = write_classification(tmp / "wds", labelled, ["red circle", "blue square"], per_shard=4)
+        name, victim = f"wds:{data}", data / "test" / "0.tar"
+    report = tmp / "grid"
+    first = _eval(name, datasets[1], "-m", models[0], "--report", report, "-f", "json")
+    assert first.exit_code == 0, first.output
+    same = json.loads(_eval(name, datasets[1], "-m", models[0], "--report", report, "-f", "json").stdout)
+    assert all(r.get("resumed") for r in same)  # nothing changed: nothing scored again
+    top = victim.parent.parent.stat().st_mtime_ns
+    if kind == "wds":
+        data_bytes = victim.read_bytes()
+        _rewrite_keeping_times(victim, data_bytes[: len(data_bytes) // 2] + b"\0" * (len(data_bytes) // 2 + 1))
+    else:
+        buf = __import__("io").BytesIO()
+        Image.new("RGB", (32, 32), (20, 20, 230)).save(buf, "PNG")
+        _rewrite_keeping_times(victim, buf.getvalue())
+    assert victim.parent.parent.stat().st_mtime_ns == top
+    again = json.loads(_eval(name, datasets[1], "-m", models[0], "--report", report, "-f", "json").stdout)
+    assert [bool(r.get("resumed")) for r in again] == [False, True]
+
+
+def test_a_grid_with_a_retrieval_set_shows_its_recall_and_means_the_sets_that_have_the_metric(grid_world):
+    """Issue 21 item 11: the mean was empty for every model ('empty when a pair failed', though none failed) and
+    the retrieval set's recall was shown as '-'."""
+    import re
+
+    from .wds_data import encode, shapes_images, write_retrieval
+
+    tmp, datasets, models = grid_world
+    classes = [("red", "circle"), ("blue", "square")]
+    captioned = [(encode(im, "png"), "png", [f"a {' '.join(classes[lab])}"]) for im, lab in shapes_images(classes, 3)]
+    coco = write_retrieval(tmp / "coco", captioned)
+    report = tmp / "grid"
+    args = [*datasets, f"wds:{coco}", "-m", models[0], "-m", models[1], "--report", report, "-t", "photo"]
+    result = runner.invoke(app, ["eval", *map(str, args), "--workers", "0"], env={"COLUMNS": "500"})
+    assert result.exit_code == 0, result.output
+    assert "failed" not in result.stdout and " - " not in result.stdout
+    assert f"wds:{coco} (R@5 text→image)" in result.stdout
+    assert "mean acc1 (2 of 3 sets:" in result.stdout
+    rows = json.loads(_eval(*datasets, f"wds:{coco}", "-m", models[0], "-m", models[1], "--report", report,
+                            "-f", "json").stdout)  # fmt: skip
+    page = (report / "leaderboard.html").read_text()
+    assert "empty when a pair failed" not in page and "show their own metric and are not averaged" in page
+    for model in models:
+        accs = [r["metrics"]["acc1"] for r in rows if r["model"] == model and r["task"] == "classification"]
+        recall = next(r["metrics"]["image_retrieval_recall@5"] for r in rows if r["model"] == model
+                      and r["task"] == "retrieval")  # fmt: skip
+        row = re.search(rf"<th>{re.escape(model)}</th>(.*?)</tr>", page).group(1)
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        assert cells[-2] == f"{recall:.2%}"
+        assert cells[-1] == f"<b>{sum(accs) / 2:.2%}</b>"

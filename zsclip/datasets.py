@@ -130,6 +130,74 @@ def _classnames_option(value: str) -> list[str]:
     return read_classes_file(value, "--classnames")
 
 
+# -- identity ----------------------------------------------------------------------------------------------
+def dataset_identity(
+    name: str,
+    *,
+    root: str | None = None,
+    split: str = "test",
+    classnames: str | None = None,
+    templates: str | None = None,
+) -> str:
+    """What a data set name stands for now, for a grid's resume key (zsclip.identity): a folder by the identity of
+    every file under it, `csv:FILE` (and a captions CSV) by the CSV and the files it lists, `wds:DIR` by its
+    split's shards and its text files, a named set by the copy on disk it would be read from; plus the
+    --classnames and --templates files it is scored with. Computed from stat alone, before any model loads: a
+    file changed inside a class folder, a shard rewritten, a row of a CSV edited all give another identity."""
+    from .identity import files_identity, manifest_digest, tree_identity
+
+    parts: list[tuple] = [("name", name)]
+    for option, value in (("classnames", classnames), ("templates", templates)):
+        if value and os.path.isfile(value):
+            parts.append((option, files_identity([value])))
+    local = name[4:] if name.startswith(("csv:", "wds:")) else name
+    path = Path(local).expanduser()
+    if name.startswith("wds:") or (name.startswith("wds/") and root is not None):
+        folder = path if name.startswith("wds:") else Path(root).expanduser()
+        parts.append(("wds", tree_identity(folder / split) if (folder / split).is_dir() else "absent"))
+        parts.append(("text", files_identity(sorted(folder.glob("*.txt")), folder)))
+    elif name.startswith("csv:") or (path.is_file() and path.suffix.lower() == ".csv"):
+        parts.append(("csv", files_identity([path, *_csv_files(path)], path.parent)))
+    elif path.is_dir():
+        parts.append(("folder", tree_identity(path)))
+    else:
+        key = ALIASES.get(name, name)
+        copy = _on_disk(key, root)
+        parts.append(("copy", tree_identity(copy) if copy is not None else "not downloaded"))
+    return manifest_digest(parts)
+
+
+def _csv_files(path: Path) -> list[str]:
+    """The image files a `csv:` data set or a captions CSV lists (path or filepath column), relative to it."""
+    try:
+        rows = list(csv_rows(read_text(path, "csv:"), str(path)))
+    except (UsageError, OSError):
+        return []
+    if not rows:
+        return []
+    header = [c.strip().casefold() for c in rows[0][1]]
+    column = next((header.index(c) for c in ("path", "filepath") if c in header), None)
+    if column is None:
+        return []
+    found = [row[column].strip() for _, row in rows[1:] if column < len(row) and row[column].strip()]
+    return [f if os.path.isabs(f) else str(path.parent / f) for f in dict.fromkeys(found)]
+
+
+def _on_disk(key: str, root: str | None) -> Path | None:
+    """The folder a named set would be read from, if it is there (nothing is downloaded)."""
+    if key in NAMED:
+        remote = NAMED[key]
+        bases = [Path(root).expanduser()] if root else [cache_dir() / "datasets" / key.replace("/", "-")]
+        for candidate in (b / remote.folder for b in bases) if not root else (bases[0] / remote.folder, bases[0]):
+            if _looks_ready(key, candidate):
+                return candidate
+        return None
+    if key.startswith("wds/"):
+        folder = cache_dir() / "datasets" / "wds" / key[4:].strip("/").replace("/", "-")
+        return folder if folder.is_dir() else None
+    return None
+
+
 # -- resolution --------------------------------------------------------------------------------------------
 def load_dataset(
     name: str, *, root: str | None = None, classnames: str | None = None, split: str = "test", task: str | None = None

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,16 +47,15 @@ class GridOptions:
 _RESULT_OPTIONS = ("max_pixels",)  # reading options that change which images are scored
 
 
-def dataset_key(name: str) -> str:
-    """What a data set name stands for in a resume key: a local folder or file by its resolved path and its
-    modification time (so `data` from another working directory, or a folder whose files were replaced, is not
-    taken for the earlier one); named sets by name."""
-    local = name[4:] if name.startswith(("csv:", "wds:")) else name
-    path = Path(local).expanduser()
-    if not path.exists():
-        return name
-    st = path.stat()
-    return f"{name[:4] if local != name else ''}{path.resolve()}@{st.st_mtime_ns}"
+def dataset_key(name: str, options: GridOptions) -> str:
+    """What a data set name stands for in a resume key: its identity now (zsclip.datasets.dataset_identity: the
+    files it is made of, by the identity rule), so a data set whose images changed, from another working
+    directory or not, is scored again rather than resumed from a row made from other files."""
+    from .datasets import dataset_identity
+
+    templates = options.templates if options.templates != "default" else None
+    return dataset_identity(name, root=options.root, split=options.split, classnames=options.classnames,
+                            templates=templates)  # fmt: skip
 
 
 def read_lines(path: Path, what: str) -> list[str]:
@@ -89,8 +88,8 @@ def done_pairs(report: Path | None, options: GridOptions) -> dict[tuple[str, str
                 row = json.loads(line)
             except json.JSONDecodeError:  # a torn last line of a killed run
                 continue
-            if row.get("error") is None and row.get("options") == options.key():
-                done[(row["fingerprint"], row.get("dataset_key", row["dataset"]))] = row
+            if row.get("error") is None and row.get("options") == options.key() and row.get("dataset_identity"):
+                done[(row["fingerprint"], row["dataset_identity"])] = row
     return done
 
 
@@ -121,15 +120,16 @@ def run_grid(
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    keys = {d: dataset_key(d, options) for d in datasets}
     for spec in models:
         try:
             fingerprint = fingerprint_spec(spec, cache)
         except ZsclipError as exc:
             rows += [_emit(report, _failed(spec, None, d, options, exc), on_row) for d in datasets]
             continue
-        todo = [d for d in datasets if (fingerprint, dataset_key(d)) not in done]
+        todo = [d for d in datasets if (fingerprint, keys[d]) not in done]
         rows += [
-            {**done[(fingerprint, dataset_key(d))], "model": spec, "dataset": d, "resumed": True}
+            {**done[(fingerprint, keys[d])], "model": spec, "dataset": d, "resumed": True}
             for d in datasets
             if d not in todo
         ]
@@ -163,7 +163,7 @@ def run_grid(
                 "seconds": round(time.perf_counter() - start, 3),
                 "report": str(folder) if folder else None,
                 "options": options.key(),
-                "dataset_key": dataset_key(name),
+                "dataset_identity": keys[name],
                 "error": None,
             }
             rows.append(_emit(report, row, on_row))
@@ -257,24 +257,11 @@ def _emit(report: Path | None, row: dict, on_row: Callable[[dict], None] | None)
     return row
 
 
-def metric_names(rows: Iterable[dict]) -> list[str]:
-    names: list[str] = []
-    for row in rows:
-        names += [k for k in row["metrics"] if k not in names]
-    return names
-
-
-def primary_metric(rows: list[dict]) -> str:
-    names = metric_names(rows)
-    for candidate in ("acc1", "image_retrieval_recall@5", "image_retrieval_recall@1"):
-        if candidate in names:
-            return candidate
-    return names[0] if names else "acc1"
-
-
 def write_results(report: Path, rows: list[dict]) -> None:
     """results.csv (one row per pair, every metric a column) and leaderboard.html with its heatmap PNG.
     results.jsonl keeps every attempt; these two show the grid as it stands."""
+    from .leaderboard import heatmap_png, leaderboard_html, metric_names
+
     metrics = metric_names(rows)
     with atomic.atomic_open(report / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -283,12 +270,9 @@ def write_results(report: Path, rows: list[dict]) -> None:
             values = [r["metrics"].get(m, "") for m in metrics]
             writer.writerow([r["model"], r["fingerprint"], r["dataset"], r["task"], r["templates"], r["n"], *values,
                              r["seconds"], r["error"] or ""])  # fmt: skip
-    from .leaderboard import heatmap_png, leaderboard_html
-
-    metric = primary_metric(rows)
-    png = heatmap_png(rows, metric)
+    png = heatmap_png(rows)
     atomic.write_bytes(report / "heatmap.png", png)
-    atomic.write_text(report / "leaderboard.html", leaderboard_html(rows, metric, png))
+    atomic.write_text(report / "leaderboard.html", leaderboard_html(rows, png))
 
 
 def summarise(rows: list[dict]) -> None:

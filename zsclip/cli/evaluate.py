@@ -10,7 +10,7 @@ import typer
 
 from .. import progress
 from ..defaults import DEFAULT_MODEL
-from ..errors import UsageError, ZsclipError
+from ..errors import UsageError, ZsclipError, plural
 from .common import (
     DEFAULT_READ,
     ActorsOpt,
@@ -244,8 +244,8 @@ def eval_cmd(
 
 
 def _grid(models, datasets, options, report, fmt, device, precision, backend, read, quiet) -> None:
-    from ..grid import primary_metric, run_grid, summarise
-    from ..leaderboard import mean, table
+    from ..grid import run_grid, summarise
+    from ..leaderboard import board, short
 
     def started(row: dict) -> None:
         if not quiet:
@@ -266,20 +266,14 @@ def _grid(models, datasets, options, report, fmt, device, precision, backend, re
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
-        metric = primary_metric(rows)
-        names, sets, cells = table(rows, metric)
+        b = board(rows)
+        heads = [d if b.metric_of[d] == b.metric else f"{d} ({short(b.metric_of[d])})" for d in b.datasets]
         body = []
-        failed = {(r["model"], r["dataset"]) for r in rows if r["error"]}
-        for m in names:
-            values = [cells.get((m, d)) for d in sets]
-            avg = mean(cells, m, sets)
-            # a pair of another task has no value of this metric: "-", not "failed"
-            shown = [
-                f"{v:.2%}" if v is not None else "failed" if (m, d) in failed else "-"
-                for v, d in zip(values, sets, strict=True)
-            ]
-            body.append([m, *shown, "" if avg is None else f"{avg:.2%}"])
-        print_table(f"{metric} · {len(names)} models x {len(sets)} data sets", ["model", *sets, "mean"], body)
+        for m in b.models:
+            avg = b.mean(m)
+            body.append([m, *(b.shown(m, d) for d in b.datasets), "" if avg is None else f"{avg:.2%}"])
+        title = f"{short(b.metric)} · {plural(len(b.models), 'model')} x {plural(len(b.datasets), 'data set')}"
+        print_table(title, ["model", *heads, b.mean_label()], body)
     if not quiet:
         summarise(rows)
         if report:
