@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
@@ -315,3 +316,42 @@ def test_an_unreadable_shard_is_a_one_line_error(shard_set, monkeypatch):
     monkeypatch.setattr(wds, "shard_index", denied)
     with pytest.raises(ZsclipError, match=r"cannot read shard test/1.tar \(Permission denied\)"):
         load_dataset(f"wds:{shard_set}")
+
+
+def test_a_shard_cut_at_a_member_boundary_is_said_to_end_early(tmp_path, labelled):
+    """Issue 21 item 10: tarfile reads a shard cut between members as complete; the eval then scored part of the
+    data set as if it were whole, and the only note blamed '1 samples with no class index'."""
+    root = write_classification(tmp_path / "wds", labelled, NAMES, per_shard=6)
+    shard = root / "test" / "0.tar"
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    cut = members[7]  # the .cls member of the fourth sample: the file ends right after its image
+    shard.write_bytes(shard.read_bytes()[: cut.offset])
+    data = load_dataset(f"wds:{root}")
+    assert len(data.items) == len(labelled) - 6 + 3
+    notes = " ".join(data.notes)
+    assert "shard test/0.tar ends early" in notes and "not the whole data set" in notes
+    assert "is cut off by its end" in notes and "no class index" not in notes
+    whole = write_classification(tmp_path / "whole", labelled, NAMES, per_shard=6)
+    assert not any("ends early" in n for n in load_dataset(f"wds:{whole}").notes)
+
+
+def test_a_sample_key_repeated_by_an_appended_shard_keeps_both_samples_as_webdataset_does(tmp_path, labelled):
+    """Issue 21 item 10: a shard appended to with `tar -r` repeats a key; the index kept the later member only and
+    dropped the earlier sample."""
+    webdataset = pytest.importorskip("webdataset")
+    root = write_classification(tmp_path / "wds", labelled[:4], NAMES, per_shard=4)
+    shard = root / "test" / "0.tar"
+    extra_image, extra_suffix, _ = next(x for x in labelled[4:] if x[1] == labelled[0][1])
+    with tarfile.open(shard, "a") as tar:  # what `tar -rf 0.tar s0000000.webp s0000000.cls` does
+        for suffix, data in ((extra_suffix, extra_image), ("cls", b"1")):
+            info = tarfile.TarInfo(f"s0000000.{suffix}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    theirs = list(webdataset.WebDataset([str(shard)], shardshuffle=False).to_tuple("__key__", "webp;png;jpg;jpeg", "cls"))
+    ours = load_dataset(f"wds:{root}").items
+    assert len(ours) == len(theirs) == 5
+    assert [int(cls) for _, _, cls in theirs] == [label for _, label in ours]
+    assert [image for _, image, _ in theirs] == [shards.read_member(*shards.split_member(p)) for p, _ in ours]
+    assert ours[-1][0].endswith("#2")  # the second s0000000 sample has an address of its own
+    assert load_image(ours[-1][0], lambda im: torch.zeros(1)) is not None

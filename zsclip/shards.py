@@ -28,13 +28,18 @@ class MemberError(Exception):
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """Where each regular member's bytes lie, in the shard's own order, for one stat identity of the shard."""
+    """Where each regular member's bytes lie, in the shard's own order, for one stat identity of the shard.
+
+    A name may occur more than once (a shard appended to with `tar -r`): `members` holds every occurrence in
+    order, its k-th occurrence (k >= 2) addressed as NAME#k, so webdataset's reading (which sees them all) and
+    ours agree."""
 
     shard: str
     size: int
     mtime_ns: int
-    members: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (data offset, size)
+    members: dict[str, tuple[int, int]] = field(default_factory=dict)  # address name -> (data offset, size)
     error: str | None = None  # why the headers stop early (a truncated or damaged shard)
+    ended_early: bool = False  # the file ends without tar's end-of-archive marker: cut, maybe at a member boundary
 
 
 _INDEXES: OrderedDict[str, ShardIndex] = OrderedDict()
@@ -81,23 +86,36 @@ def shard_index(shard: str) -> ShardIndex:
             _INDEXES.move_to_end(shard)
             return cached
     members: dict[str, tuple[int, int]] = {}
-    error = None
+    seen: dict[str, int] = {}
+    error, ended_early = None, False
     with open(shard, "rb") as f:
         try:
             with tarfile.open(fileobj=f, mode="r:") as tar:
                 while (info := tar.next()) is not None:
                     tar.members.clear()  # the index is all we keep; TarFile would hold every TarInfo
                     if info.isreg():
-                        members[info.name] = (info.offset_data, info.size)
+                        seen[info.name] = seen.get(info.name, 0) + 1
+                        name = info.name if seen[info.name] == 1 else f"{info.name}#{seen[info.name]}"
+                        members[name] = (info.offset_data, info.size)
+                # tarfile stops quietly where the file ends on a header boundary: a shard cut between members
+                # reads as complete. A whole archive ends with zero blocks (the end-of-archive marker).
+                f.seek(tar.offset)
+                ended_early = f.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE
         except (tarfile.TarError, EOFError) as exc:
             error = f"not a readable tar file after {len(members)} members ({exc})"
-    index = ShardIndex(shard, st.st_size, st.st_mtime_ns, members, error)
+    index = ShardIndex(shard, st.st_size, st.st_mtime_ns, members, error, ended_early)
     with _LOCK:
         _INDEXES[shard] = index
         _INDEXES.move_to_end(shard)
         while len(_INDEXES) > _KEEP:
             _INDEXES.popitem(last=False)
     return index
+
+
+def tar_name(name: str, index: ShardIndex) -> str:
+    """The member's name in the tar: an address name NAME#k (its k-th occurrence) less its '#k'."""
+    match = re.fullmatch(r"(.*)#([0-9]+)", name)
+    return match.group(1) if match and int(match.group(2)) >= 2 and match.group(1) in index.members else name
 
 
 def _locate(shard: str, member: str) -> tuple[ShardIndex, int, int]:

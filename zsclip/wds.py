@@ -21,10 +21,10 @@ from pathlib import Path
 
 from .cache import cache_dir
 from .datasets import EvalDataset, _check_names, _classnames_option
-from .errors import UsageError, ZsclipError
+from .errors import UsageError, ZsclipError, plural
 from .progress import log
 from .prompts import TemplateSet, parse_templates
-from .shards import member_address, sample_key, shard_index
+from .shards import member_address, sample_key, shard_index, tar_name
 from .textfiles import read_text
 
 IMAGE_SUFFIXES = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's order: the first one present is the image
@@ -186,16 +186,24 @@ def _samples(shards: list[Path], directory: Path, want: str, notes: list[str]):
             raise ZsclipError(f"{directory}: cannot read shard {shown} ({exc.strerror or exc})") from exc
         if index.error:
             notes.append(f"shard {shown} is {index.error}; the samples after that are left out")
+        elif index.ended_early:
+            notes.append(
+                f"shard {shown} ends early: the file stops after {plural(len(index.members), 'member')} without "
+                "tar's end-of-archive marker (cut short in a copy or download?); the samples it held after that "
+                "are missing, so this is not the whole data set"
+            )
         with f:
-            for key, members in _group(index.members):
+            groups = list(_group(index, shown))
+            for n, (key, members) in enumerate(groups):
                 image = next((members[s] for s in IMAGE_SUFFIXES if s in members), None)
                 where = f"sample {key} of shard {shown}"
+                cut = index.ended_early and n == len(groups) - 1  # the last sample of a cut shard: cut off too
                 if image is None:
-                    no_image.append(where)
+                    (no_image if not cut else notes).append(where if not cut else f"{where} is cut off by its end")
                     continue
                 data = _read(f, index, members.get(want))
                 if data is None or (want == "cls" and not _is_label(data)):
-                    no_want.append(where)
+                    (no_want if not cut else notes).append(where if not cut else f"{where} is cut off by its end")
                     continue
                 yield member_address(shard, image), where, data
     if no_image:
@@ -205,10 +213,13 @@ def _samples(shards: list[Path], directory: Path, want: str, notes: list[str]):
         notes.append(_left_out(no_want, what))
 
 
-def _group(members: dict[str, tuple[int, int]]):
-    """(key, {suffix: member name}) for runs of members with the same key, as webdataset's group_by_keys."""
+def _group(index, shown: str):
+    """(key, {suffix: member address name}) for runs of members with the same key, as webdataset's group_by_keys
+    reads them: a key seen again after other keys (a shard appended to with `tar -r`) is a sample of its own, and a
+    suffix twice in one run is an error, as it is there ('duplicate file name in tar file')."""
     key, group = None, {}
-    for name in members:
+    for address in index.members:
+        name = tar_name(address, index)
         base = name.rsplit("/", 1)[-1]
         if base.startswith("__") or "." not in base:  # webdataset's metadata files; names with no suffix
             continue
@@ -218,7 +229,12 @@ def _group(members: dict[str, tuple[int, int]]):
             if group:
                 yield key, group
             key, group = this, {}
-        group.setdefault(suffix, name)
+        if suffix in group:
+            raise UsageError(
+                f"shard {shown}: sample {this} has two .{suffix} members in a row (webdataset refuses it too: "
+                "'duplicate file name in tar file'); rewrite the shard"
+            )
+        group[suffix] = address
     if group:
         yield key, group
 
@@ -239,7 +255,9 @@ def _is_label(data: bytes) -> bool:
 
 def _left_out(where: list[str], what: str) -> str:
     more = f" and {len(where) - _SHOWN} more" if len(where) > _SHOWN else ""
-    return f"{len(where)} samples with {what} are left out: {'; '.join(where[:_SHOWN])}{more}"
+    return f"{plural(len(where), 'sample')} with {what} {'is' if len(where) == 1 else 'are'} left out: " + (
+        f"{'; '.join(where[:_SHOWN])}{more}"
+    )
 
 
 def _classnames(directory: Path, name: str, classnames: str | None, notes: list[str]) -> list[str]:
