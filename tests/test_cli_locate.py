@@ -57,7 +57,7 @@ def test_several_videos_jsonl_and_csv(video, tmp_path):
     assert [json.loads(line)["video"] for line in lines] == [str(video), str(other)]
     result = run(video, other, "--text", "red circle", "--top", "2", "--model", "shapes", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["video", "text", "start", "end", "score"]
+    assert list(rows[0]) == ["video", "text", "start", "end", "score", "strength", "found"]
     assert {r["video"] for r in rows} == {str(video), str(other)}
 
 
@@ -100,3 +100,46 @@ def test_truncated_video_warns_on_stderr_and_still_answers(tmp_path):
     result = run(cut, "--text", "red circle", "--model", "shapes", "--format", "json")
     assert result.exit_code == 0, result.stderr
     assert "truncated" in result.stderr and json.loads(result.stdout)["duration"] < 8
+
+
+def test_a_text_that_never_appears_is_not_found_and_top_keeps_the_rule(video):
+    """Issue 21 item 12: a segment for a text that never appears was reported, scored like a real one."""
+    result = run(video, "--text", "red circle", "--text", "yellow star", "--text", "purple hexagon", "--top", "2",
+                 "--model", "shapes", "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    segments = json.loads(result.stdout)["segments"]
+    by_text = {t: [s for s in segments if s["text"] == t] for t in ("red circle", "yellow star", "purple hexagon")}
+    assert by_text["red circle"][0]["found"] and by_text["red circle"][0]["strength"] >= 2
+    assert not any(s["found"] for t in ("yellow star", "purple hexagon") for s in by_text[t])
+    assert not any(s["found"] for s in by_text["red circle"][1:])  # later runs of red circle: nothing there
+    assert "segments are not found" in result.stderr
+    table = run(video, "--text", "yellow star", "--model", "shapes", "--format", "csv")
+    assert list(csv.DictReader(io.StringIO(table.stdout)))[0]["found"] == "no"
+
+
+def test_min_score_is_an_absolute_bar_on_top_of_the_rule(video):
+    found = run(video, "--text", "red circle", "--model", "shapes", "--format", "json", "--min-score", "0.3")
+    assert json.loads(found.stdout)["segments"][0]["found"]
+    strict = run(video, "--text", "red circle", "--model", "shapes", "--format", "json", "--min-score", "0.99")
+    assert not json.loads(strict.stdout)["segments"][0]["found"]
+    bad = run(video, "--text", "red circle", "--model", "shapes", "--min-score", "2")
+    assert bad.exit_code == 2 and "--min-score 2.0: must be a cosine similarity" in bad.stderr
+
+
+def test_a_video_shorter_than_half_a_sample_interval_has_one_sample(tmp_path):
+    """Issue 21 item 16: a 0.2 s clip was refused as 'zero-length' (its first sample time fell after its end)."""
+    clip = shapes_video(tmp_path / "blink.mp4", [(0, 1, "red", "circle")], seconds=0.2, rate=10)
+    result = run(clip, "--text", "red circle", "--model", "shapes", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["frames"] == 1 and data["duration"] == pytest.approx(0.2, abs=0.05)
+    assert data["segments"][0]["start"] == 0 and data["segments"][0]["end"] <= 0.25
+
+
+def test_a_text_file_named_mp4_is_not_blamed_on_a_cut_recording(tmp_path):
+    """Issue 21 item 19."""
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("these are my notes, not a video\n" * 20)
+    result = run(fake, "--text", "red circle", "--model", "shapes")
+    assert result.exit_code == 1 and "cut short while recording" not in result.stderr
+    assert "not a video file (it holds text)" in result.stderr

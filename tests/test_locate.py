@@ -200,7 +200,7 @@ def test_outputs_json_shape_plot_and_report(tmp_path, shapes_model):
     render([result], "json", out)
     data = json.loads(out.getvalue())
     assert set(data) == {"video", "duration", "fps", "frames", "segments"}
-    assert set(data["segments"][0]) == {"text", "start", "end", "score"}
+    assert set(data["segments"][0]) == {"text", "start", "end", "score", "found", "strength"}
     (png,) = write_plot([result], tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = write_report([result], tmp_path / "report")

@@ -77,15 +77,31 @@ def open_container(path: str):
     except av.error.EOFError as exc:
         raise ZsclipError(f"{path}: zero-length video (the file ends before any frame)") from exc
     except av.error.FFmpegError as exc:
-        hint = ""
-        if path.lower().endswith((".mp4", ".mov", ".m4v")):
-            hint = "; an MP4 cut short while recording lacks its index and cannot be read"
-        raise ZsclipError(f"{path}: not a readable video ({_reason(exc)}){hint}") from exc
+        raise ZsclipError(f"{path}: not a readable video ({_reason(exc)}){_hint(path)}") from exc
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         container.close()
         raise ZsclipError(f"{path}: has no video stream (streams: {', '.join(kinds) or 'none'})")
     return container
+
+
+def _hint(path: str) -> str:
+    """What the file probably is, from its first bytes: text or HTML saved under a video's name, or an MP4 whose
+    index never got written (a recording cut short)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return ""
+    if head and all(b in b"\t\n\r\f" or 32 <= b < 127 or b >= 128 for b in head) and b"\0" not in head:
+        try:
+            (head if len(head) < 4096 else head[:-3]).decode("utf-8")  # a cut may split the last character
+            return "; it is not a video file (it holds text)"
+        except UnicodeDecodeError:
+            pass
+    if path.lower().endswith((".mp4", ".mov", ".m4v")) and head[4:8] in (b"ftyp", b"mdat", b"wide", b"free"):
+        return "; an MP4 cut short while recording lacks its index and cannot be read"
+    return ""
 
 
 def _reason(exc: BaseException) -> str:
@@ -152,7 +168,8 @@ class FrameReader:
         return (k + 0.5) / self.fps
 
     def _in_range(self, k: int) -> bool:
-        return self.end is None or self.target(k) < self.end
+        # Sample 0 always: a video shorter than half a sample interval still shows one frame.
+        return k == 0 or self.end is None or self.target(k) < self.end
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         av = _av()
@@ -274,7 +291,7 @@ class FrameReader:
             self.truncated = (stream_end, self.end, state["why"])
             self.end = stream_end
         end = self.end if self.end is not None else stream_end
-        while self.target(k) < end:
+        while self.target(k) < end or k == 0:  # sample 0 even when the video ends before its time (see _in_range)
             yield k, self._convert(last_frame)
             k += 1
         self.samples = k

@@ -26,6 +26,15 @@ def locate_cmd(
     min_seconds: Annotated[float | None, typer.Option(envvar=env("min_seconds"), help="Shortest segment.")] = None,
     max_seconds: Annotated[float | None, typer.Option(envvar=env("max_seconds"), help="Longest segment.")] = None,
     top: Annotated[int, typer.Option(envvar=env("top"), help="Non-overlapping segments per text, best first.")] = 1,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            envvar=env("min_score"),
+            help="A segment is found only if its mean cosine similarity reaches this too (besides standing out of "
+            "the reference concepts; see the found column).",
+            show_default=False,
+        ),
+    ] = None,
     ordered: Annotated[
         bool, typer.Option("--ordered", envvar=env("ordered"), help="Texts are a narration: in-order segments.")
     ] = False,
@@ -47,10 +56,11 @@ def locate_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=env("quiet"), help="No progress.")] = False,
 ) -> None:
     """Find where each text happens in each video, without training: frame-text similarity curves -> segments."""
-    from ..locate import FORMATS, check_options, read_text_file
+    from ..locate import FORMATS, check_min_score, check_options, read_text_file
 
     texts = check_options([*(text or []), *(read_text_file(text_file) if text_file else [])], fps, min_seconds,
                           max_seconds, top, ordered)  # fmt: skip
+    check_min_score(min_score)
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     for video in videos:
@@ -76,7 +86,8 @@ def locate_cmd(
             try:
                 result = locate(
                     clip, video, texts, fps, min_seconds=min_seconds, max_seconds=max_seconds, top=top,
-                    ordered=ordered, templates=templates, batch_size=batch_size, store=store, cache=cache,
+                    ordered=ordered, templates=templates, min_score=min_score, batch_size=batch_size, store=store,
+                    cache=cache,
                     progress=(lambda done, total: bar.update(0, completed=done, total=total)) if bar else None,
                 )  # fmt: skip
             except ZsclipError as exc:
@@ -89,6 +100,12 @@ def locate_cmd(
         results.append(result)
     if not results:
         raise ZsclipError(f"no video could be read: all {len(videos)} were skipped")
+    missing = [(r.video, s.text) for r in results for s in r.segments if not s.found]
+    if missing and not quiet:
+        from ..locate import found_rule
+
+        progress.log(f"note: {len(missing)} of {sum(len(r.segments) for r in results)} segments are not found "
+                     f"({found_rule(min_score)}): the best run of a text that is not there")  # fmt: skip
     render(results, fmt or ("table" if sys.stdout.isatty() else "jsonl"), sys.stdout)
     written = [*(write_plot(results, plot) if plot else []), *([write_report(results, report)] if report else [])]
     if not quiet and written:
