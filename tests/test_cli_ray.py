@@ -115,3 +115,89 @@ def test_eval_engine_ray_reports_the_same_metrics(ray_cluster, tiny_model_dir, t
     remote = run("eval", data, "-m", tiny_model_dir, "-t", "photo", "-f", "json", "--no-store", "--engine", "ray")
     assert remote.exit_code == 0, remote.stderr
     assert json.loads(remote.stdout)["metrics"] == pytest.approx(json.loads(local.stdout)["metrics"])
+
+
+# -- the real CLI in a process of its own, with its own local cluster (issue 21 items 9 and 14) ---------------
+INJECT = {
+    "kill-a-decode-task": '''
+import os, signal
+from zsclip import ray_engine
+real = ray_engine.Decode.__call__
+def dying(self, batch):
+    try:
+        os.close(os.open(os.environ["ZSCLIP_TEST_MARKER"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return real(self, batch)
+    os.kill(os.getpid(), signal.SIGKILL)
+ray_engine.Decode.__call__ = dying
+''',
+    "actor-cannot-start": '''
+from zsclip import ray_engine
+from zsclip.errors import ZsclipError
+def broken(self, *args, **kwargs):
+    raise ZsclipError("injected: the model actor cannot load its weights")
+ray_engine.Embedder.__init__ = broken
+''',
+}
+
+
+def _cli(args, cwd, tmp_path, inject=None, timeout=300):
+    import os
+    import subprocess
+
+    env = {**os.environ, "ZSCLIP_TEST_MARKER": str(tmp_path / "killed"), "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    if inject:
+        site = tmp_path / "site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(INJECT[inject])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH")) if p)
+    launcher = tmp_path / "bin" / "zsclip"  # as the installed console script: its folder, not the cwd, on sys.path
+    launcher.parent.mkdir(exist_ok=True)
+    launcher.write_text("from zsclip.cli import main\nmain()\n")
+    command = [sys.executable, str(launcher), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_ray_from_a_folder_holding_a_zsclip_folder(tiny_model_dir, folder, tmp_path):
+    """Item 14: workers imported the clone's folder as an empty namespace package; 180 lines of tracebacks."""
+    (tmp_path / "zsclip").mkdir()  # what the parent of a clone named zsclip holds
+    result = _cli(["classify", folder, "-c", CLASSES, "-m", "shapes", "-t", "photo", "-f", "csv", "--engine", "ray",
+                   "--no-store"], tmp_path, tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    import csv
+    import io
+
+    assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 9
+
+
+@pytest.mark.slow
+def test_ray_writes_nothing_but_records_to_stdout_even_when_a_worker_dies(tiny_model_dir, folder, tmp_path):
+    """Item 9: after a worker died, (raylet) lines landed between the CSV records; the normal run printed a dozen
+    lines of Ray logs."""
+    import csv
+    import io
+
+    result = _cli(["classify", folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "-f", "csv", "--engine",
+                   "ray", "--no-store", "--batch-size", "2"], tmp_path, tmp_path, "kill-a-decode-task")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "killed").exists()  # a decode task really died
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 9 and all(r["path"].endswith(".png") for r in rows)
+    lines = result.stderr.splitlines()
+    ray_lines = [line for line in lines if line.startswith("ray: ") and "starting a local cluster" not in line]
+    assert len(ray_lines) <= 3, result.stderr
+    assert not [line for line in lines if not line.startswith(("ray: ", "skipped ", "classified "))], result.stderr
+
+
+@pytest.mark.slow
+def test_an_actor_that_cannot_start_is_one_error_line(tiny_model_dir, folder, tmp_path):
+    """Item 9: a failed actor start put a 70-line traceback on stdout."""
+    result = _cli(["classify", folder, "-c", CLASSES, "-m", tiny_model_dir, "-t", "photo", "-f", "csv", "--engine",
+                   "ray", "--no-store"], tmp_path, tmp_path, "actor-cannot-start")  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout.strip() in ("", "path,label,prob,abstained,label_1,prob_1,label_2,prob_2,label_3,prob_3")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "injected: the model actor cannot load its weights" in errors[0]
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 6, result.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -27,7 +26,7 @@ def log(message: str) -> None:
 
 
 def enabled(quiet: bool) -> bool:
-    return not quiet and sys.stderr.isatty()
+    return not quiet and stderr.file.isatty()
 
 
 class _Rate(TextColumn):

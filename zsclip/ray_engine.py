@@ -20,6 +20,8 @@ import hashlib
 import io
 import math
 import os
+import re
+import sys
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
@@ -59,6 +61,131 @@ def check_engine(engine: str) -> str:
     return engine
 
 
+# -- the driver's output: records alone on stdout -------------------------------------------------------
+_CONTAINED: tuple | None = None
+_CHATTER = re.compile(
+    r"Token authentication is enabled|Progress bars disabled|has constructor arguments in the object store|"
+    r"Started a local Ray instance|View the dashboard|Usage stats collection|^\s*$|\bINFO\b|\bDEBUG\b|"
+    r"Full logs are in|To see full logs|Execution plan of Dataset|Starting execution of Dataset|execution finished|"
+    r"execution failed|Exception occurred in Ray Data or Ray Core internal code|Full stack trace:"
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class RayNoise:
+    """Ray's own output, one line per event: an event line that a traceback explains is said alone, a bare
+    traceback (and the chain of exceptions it may hold) by its first exception, a block of forwarded worker or
+    raylet lines by its first line; repeats of one message (numbers aside) are said once, and Ray's progress
+    chatter goes."""
+
+    def __init__(self) -> None:
+        self.traceback = ""  # "": not in one; "head": explained by a line said already; "bare": not yet said
+        self.block: str | None = None  # the prefix of the forwarded block being read, "(raylet)" etc.
+        self.said: set[str] = set()
+
+    def feed(self, line: str) -> str | None:
+        line = _ANSI.sub("", line).rstrip()
+        at = line.find("Traceback (most recent call last)")
+        if self.traceback:
+            chained = line.startswith(("During handling", "The above exception")) or at == 0
+            if not line or line[:1].isspace() or chained:
+                return None
+            if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", line):  # an exception of the chain
+                if self.traceback == "bare":
+                    self.traceback = "head"
+                    return self._once(line)
+                return None
+            self.traceback = ""
+        if at >= 0:  # a traceback, alone or after the event it explains ("Task ... failed. Error: Traceback ...")
+            head = re.sub(r"\s*(Error:)?\s*$", "", line[:at])
+            said = self.feed(head) if head.strip() else None
+            self.traceback = "head" if head.strip() else "bare"
+            return said
+        if _CHATTER.search(line) or line[:1].isspace():  # chatter, or the indented rest of a message
+            return None
+        prefix = re.match(r"^\((raylet|pid=[^)]*|[^)]*pid=[^)]*)\)", line)
+        if prefix:
+            if self.block == prefix.group(0):
+                return None
+            self.block = prefix.group(0)
+            line = line[len(self.block) :].strip()
+        else:
+            self.block = None
+        line = re.sub(r"^\[?[0-9-]+ [0-9:,]+\]?\s*(\w+ )?[\w.]+:\d+ -- ", "", line)  # Ray's log-line head
+        return self._once(line)
+
+    def _once(self, line: str) -> str | None:
+        key = re.sub(r"[0-9a-f]{8,}|\d+", "#", line)
+        if key in self.said:
+            return None
+        self.said.add(key)
+        line = " ".join(line.split())
+        if len(line) > 160:  # Ray's event lines run on (ids, addresses, advice): the first sentence says what
+            line = line[: line.find(". ", 60) + 1] if line.find(". ", 60) > 0 else line[:300]
+        return f"ray: {line}"
+
+
+def contain_output():
+    """Keep everything but zsclip's own records off stdout while Ray runs, process-wide and once: Ray prints
+    forwarded worker lines, raylet events and tracebacks to the process's stdout and stderr (Python and C++
+    alike). File descriptors 1 and 2 are pointed at a pipe that a thread reads through RayNoise onto the real
+    stderr; zsclip keeps private copies of the real stdout (for records) and stderr (for its own messages).
+    Returns (records, messages) text streams, or None where stdout is not the process's own (a test runner)."""
+    global _CONTAINED
+    if _CONTAINED is not None:
+        return _CONTAINED
+    try:
+        if (sys.stdout.fileno(), sys.stderr.fileno()) != (1, 2):
+            return None
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return None
+    import atexit
+    import threading
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out = sys.stdout
+    records = os.fdopen(os.dup(1), "w", encoding=out.encoding, errors=out.errors, buffering=1 if out.line_buffering
+                        else -1)  # fmt: skip
+    messages = os.fdopen(os.dup(2), "w", encoding=sys.stderr.encoding, errors="backslashreplace", buffering=1)
+    read, write = os.pipe()
+    os.dup2(write, 1)
+    os.dup2(write, 2)
+    os.close(write)
+    noise = RayNoise()
+
+    def pump() -> None:
+        with os.fdopen(read, "r", encoding="utf-8", errors="replace") as pipe:
+            log = os.environ.get("ZSCLIP_RAY_LOG")  # everything Ray printed, unfiltered, for a bug report
+            raw = open(log, "a", encoding="utf-8", errors="replace") if log else None  # noqa: SIM115
+            for line in pipe:
+                if raw:
+                    raw.write(line)
+                    raw.flush()
+                said = noise.feed(line)
+                if said is not None:
+                    messages.write(said + "\n")
+                    messages.flush()
+
+    thread = threading.Thread(target=pump, name="zsclip-ray-output", daemon=True)
+    thread.start()
+
+    def drain() -> None:  # at exit, after Ray has shut down: what is in the pipe still gets its line
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.close(1)
+            os.close(2)
+        thread.join(timeout=2)
+        with contextlib.suppress(OSError, ValueError):
+            records.flush()
+            messages.flush()
+
+    atexit.register(drain)
+    _CONTAINED = (records, messages)
+    return _CONTAINED
+
+
 def require_ray():
     """The ray module, or a one-line error saying how to install it."""
     try:
@@ -82,11 +209,17 @@ def cluster(options: RayOptions) -> Iterator[None]:
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     progress.log(f"ray: connecting to {address}" if address else "ray: starting a local cluster for this run")
     # log_to_driver=False: worker output would otherwise land on our stdout, which holds the results.
-    kwargs = {"num_cpus": options.num_cpus}
-    if address:  # ship the driver's zsclip to the workers, so both sides run the same decode and encode code
-        import zsclip
+    import zsclip
 
-        kwargs = {"runtime_env": {"py_modules": [os.path.dirname(zsclip.__file__)]}}
+    package = os.path.dirname(zsclip.__file__)
+    if address:  # ship the driver's zsclip to the workers, so both sides run the same decode and encode code
+        kwargs = {"runtime_env": {"py_modules": [package]}}
+    else:
+        # Workers of a local cluster start in this process's working directory, which Ray puts on their path: a
+        # folder named zsclip there (a clone's parent) would be imported as an empty namespace package. With the
+        # folder holding this zsclip on their path too, the real package wins, wherever it is installed.
+        path = os.pathsep.join(p for p in (os.path.dirname(package), os.environ.get("PYTHONPATH")) if p)
+        kwargs = {"num_cpus": options.num_cpus, "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
     ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
     try:
         yield
@@ -287,6 +420,30 @@ def ray_embed_stream(
                 image_store.close()
 
 
+def _failing_in_one_line(batches):
+    """The batches; a run that fails on the cluster (a model actor that cannot start, a task that keeps dying) is
+    one ZsclipError line naming the cause, not Ray's traceback."""
+    from .errors import ZsclipError
+
+    try:
+        yield from batches
+    except Exception as exc:
+        if isinstance(exc, ZsclipError | RuntimeError) and not type(exc).__module__.startswith("ray"):
+            raise
+        raise ZsclipError(f"--engine ray: the run failed on the cluster: {_cause(exc)}") from None
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost error in a Ray exception, in one line: zsclip's own message where it raised one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        found = re.match(r"^zsclip\.errors\.\w+: (.*)$", line)
+        if found:
+            return found.group(1)
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b.*:", line)]
+    return (errors[-1] if errors else lines[-1] if lines else type(exc).__name__)[:300]
+
+
 def _lookup(image_store, path: str):
     import sqlite3
 
@@ -349,7 +506,7 @@ def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels
     pending: dict[int, dict] = {}
     order = iter(row["index"] for row in todo)
     want = next(order, None)
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in _failing_in_one_line(dataset.iter_batches(batch_size=None, batch_format="numpy")):
         for j in range(len(batch["index"])):
             row = {k: batch[k][j] for k in ("index", "reason", "vector", "content_hash", "size", "mtime_ns")}
             row["index"] = int(row["index"])

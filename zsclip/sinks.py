@@ -50,12 +50,14 @@ def classify_into(
     recursive: bool = True,
     sorter=None,
     gallery=None,
+    stdout=None,
     **read,
 ) -> Counts:
     """Classify `sources` and write every record where `plan` (zsclip.output.plan_output) says: to stdout, or
     to the output file (FILE.partial, renamed when the run ends; a resumed plan continues it, for the same
     `inputs`). Skipped files go to stderr and the failures log. `sorter` (zsclip.sort.Sorter) and `gallery`
-    (zsclip.gallery.Gallery) receive every record too; they are closed here."""
+    (zsclip.gallery.Gallery) receive every record too; they are closed here. `stdout`: where records go without an
+    output file (default sys.stdout)."""
     from .classify import Skipped, classify
     from .output import RESUMABLE, FailuresLog, OutputFile, make_writer
     from .sources import count_candidates
@@ -72,7 +74,7 @@ def classify_into(
             if sink is not None:
                 stack.enter_context(sink)
         dry_run = sorter is not None and sorter.dry_run
-        out = out_file.stream if out_file else (None if dry_run else sys.stdout)  # a dry run prints its plan
+        out = out_file.stream if out_file else (None if dry_run else stdout or sys.stdout)  # a dry run: its plan
         fail_log = stack.enter_context(FailuresLog(plan.failures)) if plan.failures else None
         writer = make_writer(fmt, out, top_k, header=not (out_file and out_file.appending)) if out else None
         written = out_file.done if out_file else ()

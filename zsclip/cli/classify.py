@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +37,7 @@ from .common import (
     engine_options,
     env,
     read_options,
+    results,
     with_backend,
 )
 
@@ -145,7 +145,7 @@ def classify_cmd(
     if resume and output is None and sort_into is None and report is None:
         raise UsageError("--resume needs --output FILE, --sort-into DIR or --report DIR (the run to continue)")
     plan = plan_output(
-        output, fmt, failures=failures, resume=resume and output is not None, terminal=sys.stdout.isatty()
+        output, fmt, failures=failures, resume=resume and output is not None, terminal=results().isatty()
     )
     sort_settings = {"classes": names, "threshold": threshold}
     if resume and sort_into is not None and (sort_into / "manifest.csv").exists():
@@ -178,14 +178,14 @@ def classify_cmd(
         from ..sort import Sorter
 
         sorter = Sorter(sort_into, mode or "copy", dry_run=dry_run, resume=resume, labels=clf.labels,
-                        settings=sort_settings)  # fmt: skip
+                        settings=sort_settings, plan=results())  # fmt: skip
     if report is not None:
         from ..gallery import Gallery
 
         gallery = Gallery(report, resume=resume, title=f"zsclip: {', '.join(clf.labels[:8])}")
     counts = classify_into(
         clip, clf, sources, plan, inputs=paths, top_k=k, threshold=threshold, strict=strict, quiet=quiet,
-        show=show, recursive=recursive, sorter=sorter, gallery=gallery, **read,
+        show=show, recursive=recursive, sorter=sorter, gallery=gallery, stdout=results(), **read,
     )  # fmt: skip
     for line in sorter.summary() if sorter and not quiet else []:
         progress.log(line)

@@ -60,6 +60,20 @@ class Group(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+_RESULTS: list = []  # the stream results go to, when it is not sys.stdout (see engine_options)
+
+
+def results():
+    """Where a command's results go: stdout, or the private copy of it while Ray runs (ray_engine.contain_output)."""
+    return _RESULTS[0] if _RESULTS else sys.stdout
+
+
+def echo(text: str) -> None:
+    stream = results()
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def fail(message: str, code: int) -> None:
     progress.log(f"error: {message}")
     sys.exit(code)
@@ -233,7 +247,14 @@ def engine_options(
             raise UsageError(f"{given[0]} is an option of --engine ray (add --engine ray, or leave it out)")
         return {}
     require_ray()
-    return {"engine": "ray", "ray": RayOptions(address, actors, gpus, cpus).check()}
+    options = RayOptions(address, actors, gpus, cpus).check()
+    from ..ray_engine import contain_output
+
+    contained = contain_output()  # from here on, Ray's output cannot reach stdout
+    if contained is not None and not _RESULTS:
+        _RESULTS.append(contained[0])
+        progress.stderr.file = contained[1]
+    return {"engine": "ray", "ray": options}
 
 
 def read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout) -> dict:
@@ -293,4 +314,4 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
         table.add_column(col, justify="right" if right and i else "left")
     for row in rows:
         table.add_row(*row)
-    Console(highlight=False).print(table)
+    Console(file=results(), highlight=False).print(table)

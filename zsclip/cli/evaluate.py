@@ -34,6 +34,7 @@ from .common import (
     build_with_progress,
     check_backend,
     choice,
+    echo,
     engine_options,
     env,
     print_table,
@@ -223,7 +224,7 @@ def eval_cmd(
     else:
         summary = summary_dict(result, clip.spec, clip.fingerprint)
     if fmt == "json":
-        typer.echo(json.dumps(summary, indent=2))
+        echo(json.dumps(summary, indent=2))
     else:
         print_table(
             f"{summary['dataset']} · {summary['model']}",
@@ -264,7 +265,7 @@ def _grid(models, datasets, options, report, fmt, device, precision, backend, re
         on_row=started,
     )
     if fmt == "json":
-        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        echo(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         b = board(rows)
         heads = [d if b.metric_of[d] == b.metric else f"{d} ({short(b.metric_of[d])})" for d in b.datasets]
@@ -298,7 +299,7 @@ def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, qui
     else:
         summary = summary_dict(result, clip.spec, clip.fingerprint)
     if fmt == "json":
-        typer.echo(json.dumps(summary, indent=2))
+        echo(json.dumps(summary, indent=2))
     else:
         m = summary["metrics"]
         print_table(

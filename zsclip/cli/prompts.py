@@ -31,6 +31,7 @@ from .common import (
     StoreOpt,
     WorkersOpt,
     check_backend,
+    echo,
     engine_options,
     env,
     print_table,
@@ -49,7 +50,7 @@ def prompts_list() -> None:
     from ..prompts import list_template_sets
 
     for s in list_template_sets():
-        typer.echo(f"{s.name}\t{len(s.templates)}\t{s.description}")
+        echo(f"{s.name}\t{len(s.templates)}\t{s.description}")
 
 
 @app.command("show")
@@ -62,7 +63,7 @@ def prompts_show(
 
     template_set = load_templates(name)
     for line in template_set.expand(classname) if classname else template_set.templates:
-        typer.echo(line)
+        echo(line)
 
 
 @app.command("compare")

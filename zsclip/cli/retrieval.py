@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -32,8 +31,10 @@ from .common import (
     ShardOpt,
     WorkersOpt,
     choice,
+    echo,
     engine_options,
     env,
+    results,
 )
 
 RecursiveOpt = Annotated[
@@ -135,14 +136,14 @@ def index_cmd(
         from ..embeddings_io import export_embeddings
 
         written = export_embeddings(clip, sources, embeddings_out, cache=cache, **options)
-        typer.echo(json.dumps({"embeddings": written, "out": str(embeddings_out)}))
+        echo(json.dumps({"embeddings": written, "out": str(embeddings_out)}))
         if not quiet:
             progress.log(f"wrote {written} embeddings to {embeddings_out} (zsclip search --embeddings)")
         return
     result = _index_with_progress(
         clip, sources, progress.enabled(quiet), quiet, failures, prune=prune, cache=cache, **options
     )
-    typer.echo(json.dumps(result.to_dict()))
+    echo(json.dumps(result.to_dict()))
     if result.indexed == 0:
         raise ZsclipError(f"no image could be read: all {len(result.skipped)} files were skipped")
     if not quiet:
@@ -244,7 +245,7 @@ def search_cmd(
         model = model or read_export(embeddings).spec  # the vectors' own model, recorded in the export
     model = model or DEFAULT_MODEL
     sources = expand_sources(paths or ["."]) if embeddings is None else []
-    fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if sys.stdout.isatty() else "jsonl")
+    fmt = fmt or (format_for_path(str(output)) if output else None) or ("table" if results().isatty() else "jsonl")
     from ..cache import Cache
     from ..models import load_model
     from ..retrieval import query_vector, search
@@ -271,7 +272,7 @@ def search_cmd(
         hits = search(clip, q, sources, top, threshold=threshold, index_first=False, approximate=approximate,
                       **options)  # fmt: skip
     with atomic.atomic_open(output, "w", encoding="utf-8", newline="") if output else contextlib.nullcontext() as out:
-        write_hits(hits, fmt, out or sys.stdout)
+        write_hits(hits, fmt, out or results())
     if report:
         described = {"query": query, "image": str(image) if image else None, "add": add, "subtract": subtract,
                      "paths": ", ".join(paths or ["."]), "model": clip.spec, "templates": templates}  # fmt: skip
