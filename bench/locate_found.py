@@ -93,7 +93,10 @@ def main() -> None:
         for t, ((colour, shape), text) in enumerate(zip(shapes.COMPOSITIONS, texts, strict=True)):
             segment = next(s for s in result.segments if s.text == text)
             related = colour in colours or shape in kinds  # shares a colour or a shape with what is on screen
-            i, j = round(segment.start * args.fps), max(round(segment.start * args.fps) + 1, round(segment.end * args.fps))
+            i, j = (
+                round(segment.start * args.fps),
+                max(round(segment.start * args.fps) + 1, round(segment.end * args.fps)),
+            )
             extra = {k: float(np.nanmean(z[t, i:j])) for k, z in zs.items()}
             rows.append((text in shown, contrast(result.curves[t], result.fps, segment), segment.score, segment.found,
                          related, extra))  # fmt: skip

@@ -156,7 +156,7 @@ def test_corrupt_files_are_skipped_reported_and_listed(tiny_model_dir, folder, t
 def test_all_files_bad_is_a_failed_run(tiny_model_dir, tmp_path):
     (tmp_path / "a.jpg").write_text("nope")
     result = run("classify", tmp_path, "-c", "a,b", "-m", tiny_model_dir, "-t", "photo")
-    assert result.exit_code == 1 and "all 1 files were skipped" in result.stderr
+    assert result.exit_code == 1 and "no image could be read: its one file was skipped" in result.stderr
 
 
 def test_offline_pretrained_tag_is_one_line_exit_1(hf_cache, folder):
@@ -296,3 +296,18 @@ def test_explicit_files_and_list_files(tiny_model_dir, folder, tmp_path):
     assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(folder / "red.jpg")] * 2
     flat = run("classify", folder, "--no-recursive", "-c", "a,b", "-m", tiny_model_dir, "-t", "photo")
     assert len(flat.stdout.splitlines()) == 3
+
+
+def test_counts_of_one_are_singular(tiny_model_dir, tmp_path):
+    """Issue 21 item 19: '1 samples', '1 models', '1 bad files'."""
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    from PIL import Image
+
+    Image.new("RGB", (24, 24), (200, 0, 0)).save(tmp_path / "b.png")
+    result = run("classify", tmp_path, "-c", "a,b", "-m", tiny_model_dir, "-t", "photo")
+    assert result.exit_code == 0 and "classified 1 image, skipped 1 bad file" in result.stderr
+    grid = run("eval", tmp_path / "nonesuch", tmp_path / "nonesuch2", "-m", tiny_model_dir)
+    assert "grid: 0 of 2 pairs scored" in grid.stderr
+    from zsclip.errors import plural
+
+    assert [plural(n, "sample") for n in (0, 1, 2, 1500)] == ["0 samples", "1 sample", "2 samples", "1,500 samples"]

@@ -119,7 +119,7 @@ def test_eval_engine_ray_reports_the_same_metrics(ray_cluster, tiny_model_dir, t
 
 # -- the real CLI in a process of its own, with its own local cluster (issue 21 items 9 and 14) ---------------
 INJECT = {
-    "kill-a-decode-task": '''
+    "kill-a-decode-task": """
 import os, signal
 from zsclip import ray_engine
 real = ray_engine.Decode.__call__
@@ -130,14 +130,14 @@ def dying(self, batch):
         return real(self, batch)
     os.kill(os.getpid(), signal.SIGKILL)
 ray_engine.Decode.__call__ = dying
-''',
-    "actor-cannot-start": '''
+""",
+    "actor-cannot-start": """
 from zsclip import ray_engine
 from zsclip.errors import ZsclipError
 def broken(self, *args, **kwargs):
     raise ZsclipError("injected: the model actor cannot load its weights")
 ray_engine.Embedder.__init__ = broken
-''',
+""",
 }
 
 

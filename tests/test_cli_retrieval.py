@@ -211,3 +211,20 @@ def test_search_says_in_one_line_how_many_files_it_could_not_read(photos):
         assert result.exit_code == 0, result.stderr
         assert "skipped" not in result.stderr and "broken.png" not in result.stderr
         assert f"1 file under {photos} could not be read and is not searched" in result.stderr
+
+
+def test_a_captions_csv_without_task_is_scored_for_retrieval(tmp_path):
+    """Issue 21 item 19: `eval captions.csv` said 'unknown data set'; the folder `zsclip data shapes` writes was
+    scored as classification over its two folders."""
+    from zsclip.shapes import write_dataset
+
+    write_dataset(tmp_path / "shapes", n=20, seed=2, eval_per_class=1)
+    explicit = run("eval", tmp_path / "shapes" / "captions.csv", "--task", "retrieval", "-m", "shapes", "-f", "json")
+    for target in (tmp_path / "shapes" / "captions.csv", f"csv:{tmp_path / 'shapes' / 'captions.csv'}",
+                   tmp_path / "shapes"):  # fmt: skip
+        result = run("eval", target, "-m", "shapes", "-f", "json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["metrics"] == json.loads(explicit.stdout)["metrics"]
+        assert "holds captions (filepath,caption): scored for retrieval" in result.stderr
+    folders = run("eval", tmp_path / "shapes" / "eval", "-m", "shapes", "-f", "json")  # class folders: as before
+    assert folders.exit_code == 0 and "acc1" in json.loads(folders.stdout)["metrics"]

@@ -324,3 +324,14 @@ def test_a_search_snapshot_cut_short_is_rebuilt_not_read(tiny, tmp_path, capsys)
         assert [h.path for h in zsclip.search(tiny, "a red square", tmp_path / "photos", top=3)] == [
             h.path for h in first
         ]
+
+
+def test_a_copy_is_counted_as_copied_not_moved(tiny, tmp_path):
+    """Issue 21 item 19: `index` counted copies as 'moved'."""
+    images = _images(tmp_path / "photos")
+    zsclip.index(tiny, tmp_path / "photos", workers=0)
+    shutil.copy(images[0], tmp_path / "photos" / "copy.png")
+    shutil.move(images[1], tmp_path / "photos" / "renamed.png")
+    result = zsclip.index(tiny, tmp_path / "photos", workers=0)
+    assert (result.reused, result.copied, result.moved, result.new) == (7, 1, 1, 0)
+    assert result.to_dict()["copied"] == 1

@@ -348,7 +348,9 @@ def test_a_sample_key_repeated_by_an_appended_shard_keeps_both_samples_as_webdat
             info = tarfile.TarInfo(f"s0000000.{suffix}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    theirs = list(webdataset.WebDataset([str(shard)], shardshuffle=False).to_tuple("__key__", "webp;png;jpg;jpeg", "cls"))
+    theirs = list(
+        webdataset.WebDataset([str(shard)], shardshuffle=False).to_tuple("__key__", "webp;png;jpg;jpeg", "cls")
+    )
     ours = load_dataset(f"wds:{root}").items
     assert len(ours) == len(theirs) == 5
     assert [int(cls) for _, _, cls in theirs] == [label for _, label in ours]

@@ -10,6 +10,7 @@ the folder names; `csv:FILE` with path,label columns; and CLIP_benchmark's webda
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import pickle
@@ -24,7 +25,7 @@ from pathlib import Path
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 from .cache import cache_dir
-from .errors import UsageError, ZsclipError
+from .errors import UsageError, ZsclipError, plural
 from .prompts import check_classnames, parse_class_table
 from .sources import has_image_extension, walk
 from .textfiles import csv_rows, read_text
@@ -165,6 +166,23 @@ def dataset_identity(
         copy = _on_disk(key, root)
         parts.append(("copy", tree_identity(copy) if copy is not None else "not downloaded"))
     return manifest_digest(parts)
+
+
+def captions_file(name: str) -> Path | None:
+    """The captions CSV `name` is, or holds as captions.csv (a folder that `zsclip data shapes` writes): a CSV
+    whose header names filepath and caption columns, as open_clip's CsvDataset reads them. None otherwise."""
+    path = Path(name[4:] if name.startswith("csv:") else name).expanduser()
+    if path.is_dir():
+        path = path / "captions.csv"
+    if not path.is_file() or path.suffix.lower() != ".csv":
+        return None
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            header = next(csv.reader(f), [])
+    except OSError:
+        return None
+    names = {c.strip().lower() for c in header}
+    return path if {"filepath", "caption"} <= names else None
 
 
 def _csv_files(path: Path) -> list[str]:
@@ -398,7 +416,9 @@ def assign_folders(
             folders[by_key[_folder_key(f)]] = f
         empty = [n for n, f in zip(names, folders, strict=True) if f is None]
         if empty:
-            notes.append(f"{len(empty)} classes have no folder (no images): {', '.join(empty[:5])}")
+            notes.append(
+                f"{plural(len(empty), 'class', 'classes')} without a folder (no images): {', '.join(empty[:5])}"
+            )
         return folders
     ordered = _folder_order(on_disk)
     if len(names) != len(ordered):

@@ -148,8 +148,9 @@ def _embed(model: ClipModel, batches, image_store: ImageStore | None) -> Iterato
             fresh = [(identity, rows[i].numpy()) for i, identity in batch.identities.items()]
             image_store = image_store if _put(image_store, fresh) else None
         features = torch.stack([rows[i] for i in range(len(batch.paths))]).to(model.device)
+        hashes = [batch.identities[i].content_hash if i in batch.identities else None for i in range(len(batch.paths))]
         yield EmbeddedBatch(
-            batch.paths, features, batch.skipped, len(batch.stored), batch.skipped_at, list(batch.decoded)
+            batch.paths, features, batch.skipped, len(batch.stored), batch.skipped_at, list(batch.decoded), hashes
         )
 
 

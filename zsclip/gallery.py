@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from . import atomic
-from .errors import UsageError
+from .errors import UsageError, plural
 from .sort import FolderNames
 
 if TYPE_CHECKING:  # classify imports torch; a sink must not
@@ -191,7 +191,7 @@ class Gallery:
             nav = _nav(files, i)
             body = (
                 f'<p><a href="../{INDEX}#{_attr(_anchor(name))}">&larr; all labels</a></p>'
-                f"<h1>{_e(_heading(key))} <small>{len(entries):,} images</small></h1>{nav}"
+                f"<h1>{_e(_heading(key))} <small>{plural(len(entries), 'image')}</small></h1>{nav}"
                 f'<div class="grid">{"".join(_figure(e, self._made, "../", str(pages)) for e in chunk)}</div>{nav}'
             )
             (pages / file).write_text(

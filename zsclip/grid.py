@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import atomic, progress
-from .errors import UsageError, ZsclipError
+from .errors import UsageError, ZsclipError, plural
 
 RESULTS = "results.jsonl"
 
@@ -193,12 +193,18 @@ def _classification_pair(clip, name: str, options: GridOptions, folder: Path | N
 
 
 def task_of(name: str, task: str | None, root: str | None = None, split: str = "test") -> str:
-    """The task a data set is scored for: --task, else a webdataset's dataset_type.txt, else classification."""
+    """The task a data set is scored for: --task, else a webdataset's dataset_type.txt, else retrieval for a
+    captions layout (a CSV with filepath and caption columns, or a folder holding one as captions.csv), else
+    classification."""
     if task is None and name.startswith(("wds:", "wds/")):
         from .wds import wds_task
 
         return wds_task(name, root=root, split=split)
-    return task or "classification"
+    if task is None:
+        from .datasets import captions_file
+
+        return "retrieval" if captions_file(name) is not None else "classification"
+    return task
 
 
 def _pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
@@ -279,6 +285,6 @@ def summarise(rows: list[dict]) -> None:
     failed = [r for r in rows if r["error"]]
     resumed = sum(1 for r in rows if r.get("resumed"))
     note = f" ({resumed} from an earlier run)" if resumed else ""
-    progress.log(f"grid: {len(rows) - len(failed)} of {len(rows)} pairs scored{note}, {len(failed)} failed")
+    progress.log(f"grid: {len(rows) - len(failed)} of {plural(len(rows), 'pair')} scored{note}, {len(failed)} failed")
     for r in failed:
         progress.log(f"failed: {r['model']} x {r['dataset']}: {r['error']}")

@@ -12,6 +12,8 @@ import html
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .errors import plural
+
 RETRIEVAL_MAIN = ("image_retrieval_recall@5", "image_retrieval_recall@1", "image_retrieval_recall@10")
 
 
@@ -158,7 +160,7 @@ table{{border-collapse:collapse;margin:.5em 0}} th,td{{padding:.3em .8em;border-
 td{{font-variant-numeric:tabular-nums}} td.err{{color:#b00}} img{{max-width:100%}}
 </style></head><body>
 <h1>Leaderboard: {e(short(b.metric))}</h1>
-<p>{len(b.models)} models x {len(b.datasets)} data sets. {note}</p>
+<p>{plural(len(b.models), "model")} x {plural(len(b.datasets), "data set")}. {note}</p>
 <table><tr><th>#</th><th>model</th>{head}<th>{e(b.mean_label())}</th></tr>{"".join(body)}</table>
 <img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="heatmap of {e(b.metric)}">
 <h2>Pairs</h2>

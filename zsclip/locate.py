@@ -41,7 +41,7 @@ from typing import IO
 import numpy as np
 
 from . import atomic
-from .errors import UsageError, ZsclipError
+from .errors import UsageError, ZsclipError, plural
 
 FORMATS = ("table", "json", "jsonl", "csv")
 _DAMAGED = -1e6  # per damaged sample: below any possible sum of real similarities
@@ -262,7 +262,9 @@ def ordered_segments(ds: np.ndarray, lmin: int, lmax: int) -> list[tuple[int, in
     plus P_t[j], where P_t are prefix sums of row t."""
     k, m = ds.shape
     if k * lmin > m:
-        raise ZsclipError(f"the video has {m} samples: too few for {k} texts of at least {lmin} samples each")
+        raise ZsclipError(
+            f"the video has {plural(m, 'sample')}: too few for {k} texts of at least {plural(lmin, 'sample')} each"
+        )
     neg = -math.inf
     prev = np.zeros(m + 1)  # zero texts placed: total 0 whatever the prefix
     choice = np.full((k, m + 1), -1, dtype=np.int64)  # start of text t's run ending at j; -1: ends earlier

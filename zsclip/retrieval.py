@@ -35,7 +35,8 @@ class IndexResult:
     new: int = 0  # encoded, never stored before at this path
     reused: int = 0  # vector taken from the store (unchanged, or moved/renamed and found by content hash)
     changed: int = 0  # stored before at this path, but the content changed: encoded again
-    moved: int = 0  # of `reused`: found by content hash under another path
+    moved: int = 0  # of `reused`: found by content hash under another path that no longer exists
+    copied: int = 0  # of `reused`: found by content hash under another path that still exists (a copy)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), as classify reports them
     missing: list[str] = field(default_factory=list)  # stored under the paths, but the file is gone
     pruned: int = 0  # rows of missing files removed (prune=True)
@@ -51,6 +52,7 @@ class IndexResult:
             "reused": self.reused,
             "changed": self.changed,
             "moved": self.moved,
+            "copied": self.copied,
             "skipped": len(self.skipped),
             "missing": len(self.missing),
             "pruned": self.pruned,
@@ -113,7 +115,12 @@ def index(
                     result.new += 1
             else:
                 result.reused += 1
-                result.moved += key not in before
+                if key not in before:  # found by its content under another path: moved there, or copied
+                    digest = batch.content_hashes[i] if batch.content_hashes else None
+                    if _copy_of(conn, model.fingerprint, variant, key, digest):
+                        result.copied += 1
+                    else:
+                        result.moved += 1
         seen.update(os.path.abspath(p) for p, _ in batch.skipped)
         if on_batch:
             on_batch(len(batch.paths), len(batch.skipped))
@@ -121,6 +128,18 @@ def index(
     if prune:
         result.pruned = vectors.delete_paths(conn, model.fingerprint, variant, result.missing)
     return result
+
+
+def _copy_of(conn, fingerprint: str, variant: str, path: str, digest: str | None) -> bool:
+    """Whether another stored file with this content still exists (then `path` is a copy of it, not a move)."""
+    if not digest:
+        return False
+    rows = conn.execute(
+        "SELECT path FROM image_embeddings INDEXED BY image_by_hash WHERE content_hash = ? AND fingerprint = ? "
+        "AND variant = ? AND path != ?",
+        (digest, fingerprint, variant, path),
+    ).fetchall()
+    return any(os.path.exists(r[0]) for r in rows)
 
 
 def _utf8(path: str) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from . import atomic
-from .errors import UsageError, ZsclipError
+from .errors import UsageError, ZsclipError, plural
 from .output import check_output_dir, writing
 from .progress import log
 
@@ -259,5 +259,5 @@ def clear_previous(out: Path) -> int:
     except OSError as exc:
         raise ZsclipError(f"{out}: cannot remove the earlier data set ({exc.strerror}: {exc.filename})") from exc
     if files:
-        log(f"{out}: removed the {len(files)} files of the data set written there before")
+        log(f"{out}: removed the {plural(len(files), 'file')} of the data set written there before")
     return len(files)

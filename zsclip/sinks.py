@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import progress
-from .errors import ZsclipError, is_disk_full
+from .errors import ZsclipError, all_skipped, is_disk_full, plural
 
 
 @dataclass
@@ -69,7 +69,7 @@ def classify_into(
         out_file = OutputFile(output, fmt, settings, plan.resume, inputs=inputs) if output else None
         if out_file and out_file.done:
             counts.resumed = len(out_file.done)
-            progress.log(f"resuming {out_file.partial}: {counts.resumed} images already classified")
+            progress.log(f"resuming {out_file.partial}: {plural(counts.resumed, 'image')} already classified")
         for sink in (sorter, gallery):
             if sink is not None:
                 stack.enter_context(sink)
@@ -113,7 +113,7 @@ def classify_into(
                 writer.close()
             if counts.done + counts.resumed + (sorter.resumed if sorter else 0) == 0:
                 if counts.skipped:
-                    raise ZsclipError(f"no image could be read: all {counts.skipped} files were skipped")
+                    raise ZsclipError(f"no image could be read: {all_skipped(counts.skipped)}")
                 shard = read.get("shard")
                 if shard:  # one job of an array may get no file: that is a finished job, not a failure
                     progress.log(f"note: shard {shard[0]}/{shard[1]} holds none of these files")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import atomic
-from .errors import UsageError
+from .errors import UsageError, plural
 from .images import DEFAULT_FILE_TIMEOUT, CrossProcess, SkipFile, load_image, stack, time_limit
 from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
 from .output import check_output_dir, writing
@@ -235,7 +235,7 @@ def train(
     dataset = PairDataset(pairs, preprocess, tokenizer)
     steps_per_epoch = len(dataset) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise UsageError(f"{csv_path}: {len(dataset)} pairs is less than one batch of {cfg.batch_size}")
+        raise UsageError(f"{csv_path}: {plural(len(dataset), 'pair')} is less than one batch of {cfg.batch_size}")
     total_steps = steps_per_epoch * cfg.epochs
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)

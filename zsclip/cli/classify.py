@@ -9,7 +9,7 @@ import typer
 
 from .. import progress
 from ..defaults import DEFAULT_MODEL, FORMATS
-from ..errors import UsageError
+from ..errors import UsageError, plural
 from ..limits import check_ranking
 from ..sources import parse_shard
 from .common import (
@@ -194,9 +194,9 @@ def classify_cmd(
     if not quiet:
         listed = f" (listed in {plan.failures})" if plan.failures and counts.skipped else ""
         resumed = f" ({counts.resumed} more from the interrupted run)" if counts.resumed else ""
-        skipped = f", skipped {counts.skipped} bad files{listed}" if counts.skipped else ""
+        skipped = f", skipped {plural(counts.skipped, 'bad file')}{listed}" if counts.skipped else ""
         where = f"; results in {plan.output}" if plan.output else ""
-        progress.log(f"classified {counts.done} images{resumed}{skipped}{where}")
+        progress.log(f"classified {plural(counts.done, 'image')}{resumed}{skipped}{where}")
 
 
 def _resumed_sources(paths, recursive, sort_into: Path):

@@ -196,6 +196,9 @@ def eval_cmd(
     model, dataset = models[0], datasets[0]
     if task_of(dataset, task, str(root) if root else None, split) == "retrieval":
         data, ks = retrieval_data(dataset, recall_k, root=str(root) if root else None, split=split)
+        if task is None and not dataset.startswith(("wds:", "wds/")) and not quiet:
+            progress.log(f"note: {data.source} holds captions (filepath,caption): scored for retrieval "
+                         "(--task classification scores class folders instead)")  # fmt: skip
         from ..cache import Cache
         from ..models import load_model
 
@@ -281,7 +284,7 @@ def _grid(models, datasets, options, report, fmt, device, precision, backend, re
             progress.log(f"grid written to {report} (open {report / 'leaderboard.html'})")
     failed = sum(1 for r in rows if r["error"])
     if failed:
-        raise ZsclipError(f"{failed} of {len(rows)} pairs failed (listed above and in the results)")
+        raise ZsclipError(f"{failed} of {plural(len(rows), 'pair')} failed (listed above and in the results)")
 
 
 def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, quiet: bool, **options) -> None:
@@ -303,7 +306,7 @@ def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, qui
     else:
         m = summary["metrics"]
         print_table(
-            f"{summary['dataset']}: {summary['images']} images, {summary['captions']} captions",
+            f"{summary['dataset']}: {plural(summary['images'], 'image')}, {plural(summary['captions'], 'caption')}",
             ["", "text → image", "image → text"],
             [
                 [f"R@{k}", f"{m[f'image_retrieval_recall@{k}']:.2%}", f"{m[f'text_retrieval_recall@{k}']:.2%}"]

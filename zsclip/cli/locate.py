@@ -10,7 +10,7 @@ import typer
 
 from .. import progress
 from ..defaults import DEFAULT_MODEL
-from ..errors import UsageError, ZsclipError
+from ..errors import UsageError, ZsclipError, plural
 from .common import BatchOpt, DeviceOpt, ModelOpt, PrecisionOpt, StoreOpt, env
 
 
@@ -104,8 +104,9 @@ def locate_cmd(
     if missing and not quiet:
         from ..locate import found_rule
 
-        progress.log(f"note: {len(missing)} of {sum(len(r.segments) for r in results)} segments are not found "
-                     f"({found_rule(min_score)}): the best run of a text that is not there")  # fmt: skip
+        total, verb = sum(len(r.segments) for r in results), "is" if len(missing) == 1 else "are"
+        progress.log(f"note: {len(missing)} of {plural(total, 'segment')} {verb} not found ({found_rule(min_score)}): "
+                     "the best run of a text that is not there")  # fmt: skip
     render(results, fmt or ("table" if sys.stdout.isatty() else "jsonl"), sys.stdout)
     written = [*(write_plot(results, plot) if plot else []), *([write_report(results, report)] if report else [])]
     if not quiet and written:

@@ -9,6 +9,7 @@ import typer
 
 from .. import progress
 from ..defaults import DEFAULT_MODEL
+from ..errors import plural
 from .common import (
     DEFAULT_READ,
     ActorsOpt,
@@ -122,7 +123,7 @@ def prompts_compare(
     embedded = embed_with_progress(clip, data, show, quiet, **read)
     comparison = compare_templates(clip, embedded, names, per_template)
     print_table(
-        f"{data.name} · {clip.spec} · {len(embedded.paths)} images",
+        f"{data.name} · {clip.spec} · {plural(len(embedded.paths), 'image')}",
         ["template set", "templates", "acc1", "acc5", "mean per-class recall"],
         [
             [r["set"], str(r["templates"]), f"{r['acc1']:.2%}", f"{r['acc5']:.2%}" if "acc5" in r else "-",

@@ -12,7 +12,7 @@ import typer
 
 from .. import atomic, progress
 from ..defaults import DEFAULT_MODEL, FORMATS
-from ..errors import UsageError, ZsclipError, plural
+from ..errors import UsageError, ZsclipError, all_skipped, plural
 from .common import (
     DEFAULT_READ,
     ActorsOpt,
@@ -145,12 +145,13 @@ def index_cmd(
     )
     echo(json.dumps(result.to_dict()))
     if result.indexed == 0:
-        raise ZsclipError(f"no image could be read: all {len(result.skipped)} files were skipped")
+        raise ZsclipError(f"no image could be read: {all_skipped(len(result.skipped))}")
     if not quiet:
         c = result.to_dict()
         gone = f"; {c['missing']} stored files are gone" + (" (pruned)" if prune else " (--prune removes them)")
         progress.log(
-            f"indexed {c['indexed']} images: {c['new']} new, {c['reused']} reused ({c['moved']} moved), "
+            f"indexed {plural(c['indexed'], 'image')}: {c['new']} new, {c['reused']} reused ({c['moved']} moved, "
+            f"{c['copied']} copied), "
             f"{c['changed']} changed, {c['skipped']} skipped" + (gone if c["missing"] else "")
         )
 

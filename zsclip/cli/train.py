@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .. import progress
-from ..errors import UsageError
+from ..errors import UsageError, plural
 from .common import QuietOpt, env, typer_app
 
 data_app = typer_app("Generate data sets.")
@@ -38,7 +38,7 @@ def data_shapes(
     elapsed = time.perf_counter() - start
     held = ", ".join(sorted(f"{c} {s}" for c, s in HELD_OUT))
     typer.echo(json.dumps({**counts, "out": str(out), "held_out": held}))
-    progress.log(f"wrote {counts['train_images'] + counts['eval_images']} images in {elapsed:.1f} s to {out}")
+    progress.log(f"wrote {plural(counts['train_images'] + counts['eval_images'], 'image')} in {elapsed:.1f} s to {out}")
 
 
 def train_cmd(
