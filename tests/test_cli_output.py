@@ -112,3 +112,22 @@ def test_resume_with_other_inputs_is_refused(tiny_model_dir, imgs, tmp_path, mon
     (imgs / "b" / "9bad.png").unlink()
     assert run("classify", "./imgs/", *common, "--resume").exit_code == 0
     assert len(out.read_text().splitlines()) == 4
+
+
+def test_a_second_run_writing_the_same_output_file_is_refused(tiny_model_dir, tmp_path):
+    """Issue 21: two runs on one --output would interleave their records in FILE.partial; the second is refused
+    (before its model loads), and the lock of a killed run is taken over by --resume."""
+    from zsclip.locks import Lock
+    from zsclip.output import lock_path
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (24, 24), (200, 0, 0)).save(images / "a.png")
+    out = tmp_path / "labels.csv"
+    args = ["classify", images, "-c", "red,blue", "-m", tiny_model_dir, "-t", "photo", "-o", out]
+    with Lock(lock_path(out), "--output"):  # another zsclip writing the same file right now
+        result = run(*args)
+    assert result.exit_code == 2 and f"--output {out} is in use by another zsclip process" in result.stderr
+    assert not out.exists()
+    done = run(*args)
+    assert done.exit_code == 0 and out.exists() and not lock_path(out).exists()

@@ -194,7 +194,8 @@ def test_resume_keeps_the_records_of_a_killed_run(tmp_path):
     first = Gallery(tmp_path / "report", preview=100)
     for r in recs[:4]:
         first.add(r)
-    first._pool.shutdown()  # killed: no close, and a record torn in half
+    first._pool.shutdown()  # killed: no close, and a record torn in half; the kernel drops a dead process's locks
+    first._dir_lock.release()
     with open(tmp_path / "report" / RECORDS, "a") as f:
         f.write('{"path": "/torn')
     again = Gallery(tmp_path / "report", preview=100, resume=True)
@@ -242,3 +243,14 @@ def test_labels_png_with_many_labels(monkeypatch):
     assert drawn["bars"] == [100 - i for i in range(30)] + [sum(100 - i for i in range(30, 60)), 7, 3]
     with Image.open(io.BytesIO(png)) as im:
         assert im.height < 1200
+
+
+def test_a_second_gallery_into_the_same_folder_at_once_is_refused(tmp_path):
+    """Issue 21: one writer per shared folder, and a dead one's lock is taken over."""
+    first = Gallery(tmp_path / "report")
+    with pytest.raises(UsageError, match="--report .* is in use by another zsclip process"):
+        Gallery(tmp_path / "report", resume=True)
+    with pytest.raises(UsageError, match="is in use by another zsclip process"):
+        check_report_dir(tmp_path / "report", resume=True)
+    first.close()
+    Gallery(tmp_path / "report", resume=True).close()

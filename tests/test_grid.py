@@ -218,3 +218,16 @@ def test_a_grid_with_a_retrieval_set_shows_its_recall_and_means_the_sets_that_ha
         cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
         assert cells[-2] == f"{recall:.2%}"
         assert cells[-1] == f"<b>{sum(accs) / 2:.2%}</b>"
+
+
+def test_a_second_grid_into_the_same_report_at_once_is_refused(grid_world):
+    from zsclip.grid import LOCK
+    from zsclip.locks import Lock
+
+    tmp, datasets, models = grid_world
+    report = tmp / "grid"
+    report.mkdir()
+    with Lock(report / LOCK, "grid"):
+        result = _eval(datasets[0], datasets[1], "-m", models[0], "--report", report)
+    assert result.exit_code == 2 and "is in use by another zsclip process" in result.stderr
+    assert not (report / "results.jsonl").exists()

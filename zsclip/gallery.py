@@ -28,12 +28,14 @@ from urllib.parse import quote
 
 from . import atomic
 from .errors import UsageError, plural
+from .locks import Lock
 from .sort import FolderNames
 
 if TYPE_CHECKING:  # classify imports torch; a sink must not
     from .classify import Prediction, Skipped
 
 RECORDS = ".zsclip-gallery.jsonl"  # also what marks a folder as a gallery that may be replaced
+LOCK = ".zsclip-gallery.lock"  # one run at a time writes a gallery (zsclip.locks)
 INDEX = "gallery.html"
 CHART = "labels.png"
 SKIPPED_CSV = "skipped.csv"
@@ -48,8 +50,12 @@ def check_report_dir(directory: str | os.PathLike, resume: bool = False) -> None
     from .output import check_output_dir
 
     root = check_output_dir(directory, "--report")  # a folder, or one that can be made, that takes files
-    if root.is_dir() and not (root / RECORDS).exists() and any(root.iterdir()):
+    if root.is_dir() and not (root / RECORDS).exists() and any(p.name != LOCK for p in root.iterdir()):
         raise UsageError(f"--report {root}: the folder has files in it and no zsclip gallery; use a new folder")
+    if root.is_dir():
+        from .locks import probe
+
+        probe(root / LOCK, f"--report {root}")
 
 
 class Gallery:
@@ -73,6 +79,8 @@ class Gallery:
             raise UsageError("gallery: page_size and preview must be at least 1, thumb_size at least 16")
         check_report_dir(directory, resume)
         self.root = Path(directory)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = Lock(self.root / LOCK, f"--report {self.root}").acquire()  # one writer at a time
         self.page_size, self.preview, self.thumb_size = page_size, preview, thumb_size
         self.title, self.note = title, note
         continuing = resume and (self.root / RECORDS).exists()
@@ -181,6 +189,7 @@ class Gallery:
         atomic.write_bytes(self.root / CHART, labels_png(counts, len(skipped)))
         index = self.root / INDEX
         atomic.write_text(index, self._index(order, groups, sections, skipped))
+        self._dir_lock.release()
         return index
 
     def _write_pages(self, key: str, name: str, entries: list[dict], pages: Path) -> list[str]:

@@ -20,6 +20,7 @@ from . import atomic, progress
 from .errors import UsageError, ZsclipError, plural
 
 RESULTS = "results.jsonl"
+LOCK = ".zsclip-grid.lock"
 
 
 @dataclass
@@ -109,16 +110,29 @@ def run_grid(
     """Score every (model, data set) pair; rows in the order of the grid. `evaluate_pair(clip, dataset, options,
     folder)` returns a row's summary (default: zero-shot classification with today's report)."""
     from .cache import Cache
-    from .models import fingerprint_spec, load_model
 
     evaluate_pair = evaluate_pair or _pair
     cache = Cache()
     options.read = {k: v for k, v in (read or {}).items() if k in _RESULT_OPTIONS}
     options.precision = precision
     options.backend = backend
-    done = done_pairs(report, options)
+    lock = None
     if report is not None:
+        from .locks import Lock
+
         report.mkdir(parents=True, exist_ok=True)
+        lock = Lock(report / LOCK, f"--report {report}").acquire()  # one grid at a time writes results.jsonl
+    try:
+        return _run(models, datasets, options, report, device, precision, backend, read, evaluate_pair, on_row, cache)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(models, datasets, options, report, device, precision, backend, read, evaluate_pair, on_row, cache):
+    from .models import fingerprint_spec, load_model
+
+    done = done_pairs(report, options)
     rows: list[dict] = []
     keys = {d: dataset_key(d, options) for d in datasets}
     for spec in models:

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING
 
 from . import atomic
 from .errors import UsageError, ZsclipError, is_disk_full
+from .locks import Lock
 
 if TYPE_CHECKING:  # classify imports torch; the checks here run before it is needed
     from .classify import Prediction, Skipped
@@ -432,6 +433,11 @@ class FailuresLog:
 RESUMABLE = ("csv", "jsonl")
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file beside an --output FILE (hidden): two runs writing one FILE would mix their records."""
+    return path.with_name(f".{path.name}.zsclip-lock")
+
+
 class OutputFile:
     """`--output FILE`: records go to FILE.partial as they come (flushed at once, fsynced every few seconds), and
     FILE appears, complete, only when the run ends. A killed run leaves FILE.partial behind; `resume` continues
@@ -456,11 +462,23 @@ class OutputFile:
             raise UsageError("--output -: stdout is not a file; give no --output to write to stdout")
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.meta = self.path.with_name(self.path.name + ".partial.json")
+        self.lock = Lock(lock_path(self.path), f"--output {self.path}")  # one run at a time writes FILE
         self.fmt = fmt
         self.settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
         self.inputs = resolved_inputs(inputs) if inputs is not None else None
         self.done = DonePaths()
         self.preflight(self.path, fmt, resume)
+        self.lock.acquire()
+        try:
+            continuing = self._open(resume, settings)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.appending = continuing and self.partial.stat().st_size > 0  # csv: the header is there already
+        self._synced = time.monotonic()
+
+    def _open(self, resume: bool, settings: dict) -> bool:
+        """Continue FILE.partial (True) or start it (False), and open it for the run."""
         continuing = resume and self.partial.exists()
         with writing(self.path, "--output"):
             if continuing:
@@ -474,14 +492,16 @@ class OutputFile:
             self.stream = open(  # noqa: SIM115
                 self.partial, "a" if continuing else "w", encoding="utf-8", errors="surrogateescape", newline=""
             )
-        self.appending = continuing and self.partial.stat().st_size > 0  # csv: the header is there already
-        self._synced = time.monotonic()
+        return continuing
 
     @staticmethod
     def preflight(path: Path, fmt: str, resume: bool) -> bool:
         """The checks that need no model, so a mistake costs no loading: True when a resumed FILE is complete
         already and there is nothing to do."""
         partial = Path(f"{path}.partial")
+        from .locks import probe
+
+        probe(lock_path(Path(path)), f"--output {path}")
         if resume and fmt not in RESUMABLE:
             raise UsageError(f"--resume: {fmt} output cannot be continued; use --format csv or jsonl")
         if not resume and partial.exists():
@@ -582,6 +602,7 @@ class OutputFile:
         os.replace(self.partial, self.path)
         self.meta.unlink(missing_ok=True)
         atomic.fsync_dir(self.path.parent)
+        self.lock.release()
 
     def discard(self) -> None:
         """Nothing was recorded: leave no FILE.partial to trip the next run. Safe after abandon()."""
@@ -594,6 +615,7 @@ class OutputFile:
     def abandon(self) -> None:
         """The run stopped early: keep FILE.partial (flushed) for --resume. Safe to call again (discard does):
         a second call must not raise over the error or Ctrl-C that stopped the run."""
+        self.lock.release()
         if self.stream.closed:
             return
         # On a full disk the flush fails again; what reached the file is kept (a torn last line is cut on resume).
