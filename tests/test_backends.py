@@ -183,3 +183,20 @@ def test_auto_measures_real_agreement(tiny_model_dir):
     assert results["onnx"]["agreement"] >= backends.BARS["onnx"]
     assert results["onnx"]["min_cosine"] > 0.9999
     assert model.backend == "torch" and model.encoder is None  # measuring leaves the model as it was
+
+
+def test_an_export_record_made_for_other_weights_is_not_trusted(tiny_model_dir, tiny_siglip_dir, capsys):
+    """Issue 21: an export's record names what it was made from and is checked on read. Here the files of another
+    model were put where this model's export lives (a copied cache): they are rebuilt, not used."""
+    import shutil
+
+    onnx_available()
+    model = use_backend(load_model(str(tiny_model_dir), device="cpu"), "onnx", show=False)
+    reference = encode_images(model, backends.check_images(model, 4))
+    mine = Exports(model, Cache())
+    other = Exports(use_backend(load_model(str(tiny_siglip_dir), device="cpu"), "onnx", show=False), Cache())
+    shutil.rmtree(mine.directory)
+    shutil.copytree(other.directory, mine.directory)
+    model = use_backend(load_model(str(tiny_model_dir), device="cpu"), "onnx", show=False)
+    assert torch.allclose(encode_images(model, backends.check_images(model, 4)), reference, atol=1e-6)
+    assert "was made from other fingerprint; the ONNX export is rebuilt" in capsys.readouterr().err

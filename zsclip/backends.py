@@ -31,6 +31,7 @@ import torch
 from . import atomic
 from .defaults import BACKENDS
 from .errors import UsageError, ZsclipError
+from .identity import StateError, read_state, write_state
 from .progress import log
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ PIP = "pip install 'zsclip[onnx]'"
 # Bump when the exported graphs change, so old exports are rebuilt rather than reused.
 EXPORT_VERSION = 2
 OPSET = 17
+KIND = "onnx export"
 # Top-1 agreement with torch that `auto` requires (issue 18).
 BARS = {"onnx": 0.999, "onnx-int8": 0.995}
 CHECK_IMAGES = 96  # top-1 agreement on these; at the bars above, every label must agree
@@ -157,11 +159,20 @@ class Exports:
     def path(self, tower: str, int8: bool) -> Path:
         return self.directory / f"{tower}{'-int8' if int8 else ''}.onnx"
 
+    def made_from(self) -> dict:
+        return {"fingerprint": self.model.fingerprint, "export_version": EXPORT_VERSION, "opset": OPSET}
+
     def meta(self) -> dict:
+        """export.json: a state file (zsclip.identity) naming the weights and export format the files were made
+        from, and each file's size and sha256. One made from anything else, or damaged, lists no file."""
         if self._meta is None:
             try:
-                self._meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                self._meta = read_state(self.meta_path, KIND, self.made_from())
+            except StateError as exc:
+                if self.meta_path.exists():
+                    log(f"warning: {exc}; the ONNX export is rebuilt")
+                self._meta = {"files": {}}
+            if not isinstance(self._meta.get("files"), dict):
                 self._meta = {"files": {}}
         return self._meta
 
@@ -208,9 +219,9 @@ class Exports:
     def _record(self, path: Path, **fields) -> None:
         self._meta = None  # re-read: another process may have recorded its own export meanwhile
         meta = self.meta()
-        meta.update(fingerprint=self.model.fingerprint, spec=self.model.spec, export_version=EXPORT_VERSION, **fields)
+        meta.update(spec=self.model.spec, **fields)
         meta["files"][path.name] = {"size": path.stat().st_size, "sha256": self.cache.file_sha256(path)}
-        atomic.write_text(self.meta_path, json.dumps(meta, indent=2) + "\n")
+        write_state(self.meta_path, KIND, self.made_from(), meta)
 
     def session(self, tower: str, int8: bool):
         """An ONNX Runtime session for the tower; a file that fails to load is rebuilt once."""
