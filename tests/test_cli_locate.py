@@ -114,7 +114,7 @@ def test_a_text_that_never_appears_is_not_found_and_top_keeps_the_rule(video):
     assert not any(s["found"] for s in by_text["red circle"][1:])  # later runs of red circle: nothing there
     assert "segments are not found" in result.stderr
     table = run(video, "--text", "yellow star", "--model", "shapes", "--format", "csv")
-    assert list(csv.DictReader(io.StringIO(table.stdout)))[0]["found"] == "no"
+    assert next(csv.DictReader(io.StringIO(table.stdout)))["found"] == "no"
 
 
 def test_min_score_is_an_absolute_bar_on_top_of_the_rule(video):

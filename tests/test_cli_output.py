@@ -131,3 +131,24 @@ def test_a_second_run_writing_the_same_output_file_is_refused(tiny_model_dir, tm
     assert not out.exists()
     done = run(*args)
     assert done.exit_code == 0 and out.exists() and not lock_path(out).exists()
+
+
+def test_resume_of_a_finished_output_checks_it_is_the_same_run(tiny_model_dir, tmp_path):
+    """Issue 21 (found by the sweep): `--resume -o out.csv` of a finished out.csv said 'nothing to do' for any
+    inputs and classes, so another folder's images were never classified."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, colour in ((a, (200, 0, 0)), (b, (0, 0, 200))):
+        folder.mkdir()
+        Image.new("RGB", (24, 24), colour).save(folder / "x.png")
+    out = tmp_path / "labels.csv"
+    common = ["-m", tiny_model_dir, "-t", "photo", "-o", out]
+    assert run("classify", a, "-c", "red,blue", *common).exit_code == 0
+    same = run("classify", a, "-c", "red,blue", *common, "--resume")
+    assert same.exit_code == 0 and "nothing to do" in same.stderr
+    other = run("classify", b, "-c", "red,blue", *common, "--resume")
+    assert other.exit_code == 2 and "is the finished output of another run" in other.stderr and "inputs" in other.stderr
+    classes = run("classify", a, "-c", "red,green", *common, "--resume")
+    assert classes.exit_code == 2 and "classes" in classes.stderr
+    out.write_text(out.read_text() + "edited by hand\n")
+    edited = run("classify", a, "-c", "red,blue", *common, "--resume")
+    assert edited.exit_code == 2 and "changed since the run that wrote it finished" in edited.stderr

@@ -2,9 +2,9 @@
 move followed by --resume (no image lost, none twice)."""
 
 import csv
-import json
 import errno
 import io
+import json
 import os
 import signal
 import subprocess

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -30,6 +31,7 @@ from typing import IO, TYPE_CHECKING
 
 from . import atomic
 from .errors import UsageError, ZsclipError, is_disk_full
+from .identity import read_state, write_state
 from .locks import Lock
 
 if TYPE_CHECKING:  # classify imports torch; the checks here run before it is needed
@@ -127,8 +129,10 @@ def plan_output(
     failures: str | os.PathLike | None = None,
     resume: bool = False,
     terminal: bool = False,
+    run=None,
 ) -> OutputPlan:
-    """All usage errors of classify's --output, --format, --failures and --resume, before any work.
+    """All usage errors of classify's --output, --format, --failures and --resume, before any work. `run`: what
+    the run is made of (a dict, or a function giving one), checked against a finished FILE on --resume.
 
     `output` `-` is stdout. The format defaults to the output file's extension, else table on a `terminal`,
     else jsonl; an explicit --format that contradicts the extension (`-f jsonl -o x.csv`) is refused rather
@@ -151,7 +155,51 @@ def plan_output(
         )
     fmt = fmt or implied or ("table" if terminal and path is None else "jsonl")
     complete = path is not None and OutputFile.preflight(path, fmt, resume)
+    if complete and run is not None:
+        check_finished(path, {**(run() if callable(run) else run), "format": fmt})
     return OutputPlan(path, fmt, failures_path, resume, complete)
+
+
+# -- what a finished output file was made from ------------------------------------------------------------
+RECORD_KIND = "output file"
+
+
+def _record_path(path: Path) -> Path:
+    """Where the run that finished `path` is recorded: the cache, keyed by the file's resolved path (the file
+    itself is the user's; nothing is put beside it once it is finished)."""
+    from .cache import cache_dir
+
+    return cache_dir() / "outputs" / (hashlib.sha256(resolved(str(path)).encode("utf-8", "surrogateescape"))
+                                      .hexdigest()[:32] + ".json")  # fmt: skip
+
+
+def record_finished(path: Path, run: dict) -> None:
+    """Remember what a finished --output FILE was made from (`run`: the run's options and inputs) and its identity
+    as finished, so a later --resume can tell whether FILE is the finished output of the same run."""
+    from .identity import stat_of
+
+    st = stat_of(path)
+    with contextlib.suppress(OSError):  # a cache that cannot be written costs the record, not the output
+        write_state(_record_path(path), RECORD_KIND, run, {"file": list(st.key()) if st else None})
+
+
+def check_finished(path: Path, run: dict | None) -> None:
+    """--resume of a FILE that is complete: fine (nothing to do) only when FILE is the finished output of this
+    same run and unchanged since; else a UsageError saying why (its records would be presented as this run's)."""
+    from .identity import StateError, stat_of
+
+    if run is None:
+        return
+    drop = f"drop --resume to classify again and replace {path}, or write to another file"
+    try:
+        body = read_state(_record_path(path), RECORD_KIND, run)
+    except StateError as exc:
+        if exc.stale:
+            raise UsageError(f"--resume: {path} is the finished output of another run ({exc}); {drop}") from None
+        raise UsageError(f"--resume: {path} is complete, and no record says how it was made; {drop}") from None
+    st = stat_of(path)
+    if st is None or body.get("file") != list(st.key()):
+        raise UsageError(f"--resume: {path} changed since the run that wrote it finished; {drop}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -456,6 +504,7 @@ class OutputFile:
         settings: dict,
         resume: bool = False,
         inputs: Iterable[str | os.PathLike] | None = None,
+        run: dict | None = None,
     ):
         self.path = check_output_file(path, "--output")
         if self.path is None:
@@ -463,6 +512,7 @@ class OutputFile:
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.meta = self.path.with_name(self.path.name + ".partial.json")
         self.lock = Lock(lock_path(self.path), f"--output {self.path}")  # one run at a time writes FILE
+        self.run = run
         self.fmt = fmt
         self.settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
         self.inputs = resolved_inputs(inputs) if inputs is not None else None
@@ -602,6 +652,8 @@ class OutputFile:
         os.replace(self.partial, self.path)
         self.meta.unlink(missing_ok=True)
         atomic.fsync_dir(self.path.parent)
+        if self.run is not None:
+            record_finished(self.path, {**self.run, "format": self.fmt})
         self.lock.release()
 
     def discard(self) -> None:

@@ -51,6 +51,7 @@ def classify_into(
     sorter=None,
     gallery=None,
     stdout=None,
+    run: dict | None = None,
     **read,
 ) -> Counts:
     """Classify `sources` and write every record where `plan` (zsclip.output.plan_output) says: to stdout, or
@@ -66,7 +67,7 @@ def classify_into(
     fmt, output = plan.fmt, plan.output
     settings = output_settings(clip, clf, fmt, top_k, threshold, read.get("exact", False))
     with contextlib.ExitStack() as stack:
-        out_file = OutputFile(output, fmt, settings, plan.resume, inputs=inputs) if output else None
+        out_file = OutputFile(output, fmt, settings, plan.resume, inputs=inputs, run=run) if output else None
         if out_file and out_file.done:
             counts.resumed = len(out_file.done)
             progress.log(f"resuming {out_file.partial}: {plural(counts.resumed, 'image')} already classified")

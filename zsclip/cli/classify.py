@@ -144,8 +144,18 @@ def classify_cmd(
 
     if resume and output is None and sort_into is None and report is None:
         raise UsageError("--resume needs --output FILE, --sort-into DIR or --report DIR (the run to continue)")
+
+    def run(fingerprint=None) -> dict:
+        """What this run is made of, for the record of a finished --output (checked by a later --resume)."""
+        from ..models import fingerprint_spec
+        from ..output import resolved_inputs
+
+        return {"model": fingerprint or fingerprint_spec(model), "classes": names, "templates": templates,
+                "top_k": top_k, "threshold": threshold, "exact": exact_preprocess, "backend": backend,
+                "shard": shard, "inputs": resolved_inputs(paths)}  # fmt: skip
+
     plan = plan_output(
-        output, fmt, failures=failures, resume=resume and output is not None, terminal=results().isatty()
+        output, fmt, failures=failures, resume=resume and output is not None, terminal=results().isatty(), run=run
     )
     sort_settings = {"classes": names, "threshold": threshold}
     if resume and sort_into is not None and (sort_into / "manifest.csv").exists():
@@ -185,7 +195,8 @@ def classify_cmd(
         gallery = Gallery(report, resume=resume, title=f"zsclip: {', '.join(clf.labels[:8])}")
     counts = classify_into(
         clip, clf, sources, plan, inputs=paths, top_k=k, threshold=threshold, strict=strict, quiet=quiet,
-        show=show, recursive=recursive, sorter=sorter, gallery=gallery, stdout=results(), **read,
+        show=show, recursive=recursive, sorter=sorter, gallery=gallery, stdout=results(),
+        run=run(clip.fingerprint) if output else None, **read,
     )  # fmt: skip
     for line in sorter.summary() if sorter and not quiet else []:
         progress.log(line)
