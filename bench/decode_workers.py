@@ -36,8 +36,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=None, help="the first N images (default: all)")
     args = parser.parse_args()
     paths = sorted(str(p) for p in Path(args.data).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = paths[: args.images]
     preprocess = open_clip.image_transform(args.size, is_train=False)
     sources = [(p, True) for p in paths]
 

@@ -29,10 +29,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/imagenet-samples"))
+    parser.add_argument("--images", type=int, default=None, help="the first N images (default: all)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     os.environ["ZSCLIP_CACHE_DIR"] = str(tmp / "cache")
     paths = sorted(str(p) for p in Path(args.data).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = paths[: args.images]
     cfg = model_config(args.arch)
     model = zsclip.load_model(str(save_model_dir(random_init_model(cfg), cfg, tmp / "m")), device="cpu")
     clf = zsclip.build_classifier(model, list(IMAGENET_CLASSNAMES), "photo")

@@ -106,7 +106,8 @@ def main() -> None:
 
     from zsclip.encode import encode_images
 
-    x = torch.randn(32, 3, 224, 224)
+    side = model.image_size if isinstance(model.image_size, int) else model.image_size[0]
+    x = torch.randn(32, 3, side, side)
     encode_images(model, x[:2])
     t = time.perf_counter()
     encode_images(model, x)

@@ -50,11 +50,25 @@ def identity(path: str) -> FileIdentity:
 
 
 def fake_model() -> SimpleNamespace:
-    """What search needs of a model when the query is a vector already: its fingerprint and store variant."""
+    """What search needs of a model when the query is a vector already: its fingerprint and store variant (the
+    same attributes zsclip.encode.store_variant reads of a real ClipModel)."""
     return SimpleNamespace(
-        spec="bench", fingerprint="bench-512", precision="fp32", preprocess="bench-preprocess",
-        model=SimpleNamespace(visual=SimpleNamespace(image_size=224)),
+        spec="bench", fingerprint="bench-512", precision="fp32", backend="torch", preprocess="bench-preprocess",
+        preprocess_key="bench-preprocess", image_size=224,
     )  # fmt: skip
+
+
+class SyntheticFiles:
+    """The stored paths (/bench/...) are not on disk. Search checks each hit's file identity against its row with
+    one stat per candidate (vectors.Snapshot.current); here that stat is of a real file, so its cost is counted."""
+
+    def __enter__(self):
+        self.real = vectors.Snapshot.current
+        vectors.Snapshot.current = lambda snapshot, row: os.stat(__file__) is not None
+        return self
+
+    def __exit__(self, *exc):
+        vectors.Snapshot.current = self.real
 
 
 def run(n: int, queries: int, k: int, budget: int, use_faiss: bool) -> dict:
@@ -74,8 +88,7 @@ def run(n: int, queries: int, k: int, budget: int, use_faiss: bool) -> dict:
     qs = [held[rng.integers(n)] + rng.normal(scale=0.05, size=DIM).astype(np.float32) for _ in range(queries)]
     qs = [q / np.linalg.norm(q) for q in qs]
 
-    exists, os.path.exists = os.path.exists, lambda p: True if str(p).startswith("/bench/") else exists(p)
-    try:
+    with SyntheticFiles():
         t0 = time.perf_counter()
         retrieval.search(model, qs[0], None, top=k, cache=cache, budget=budget)  # builds the snapshot
         build_s = time.perf_counter() - t0
@@ -90,8 +103,6 @@ def run(n: int, queries: int, k: int, budget: int, use_faiss: bool) -> dict:
             t0 = time.perf_counter()
             retrieval.search(model, q, None, top=k, cache=cache, budget=budget)
             cold.append(time.perf_counter() - t0)
-    finally:
-        os.path.exists = exists
 
     brute, brute_s = [], []
     for q in qs:
@@ -129,8 +140,7 @@ def approximate(model, cache: Cache, qs: list[np.ndarray], exact: list[list[int]
     except ImportError:
         print("|   faiss not installed: pip install 'zsclip[faiss]' |")
         return
-    exists, os.path.exists = os.path.exists, lambda p: True if str(p).startswith("/bench/") else exists(p)
-    try:
+    with SyntheticFiles():
         t0 = time.perf_counter()
         retrieval.search(model, qs[0], None, top=k, cache=cache, approximate=True)
         build = time.perf_counter() - t0
@@ -140,8 +150,6 @@ def approximate(model, cache: Cache, qs: list[np.ndarray], exact: list[list[int]
             hits = retrieval.search(model, q, None, top=k, cache=cache, approximate=True)
             lat.append(time.perf_counter() - t0)
             recall.append(len({int(h.path[-11:-4]) for h in hits} & set(truth)) / k)
-    finally:
-        os.path.exists = exists
     median = 1000 * statistics.median(lat)
     print(f"|   zsclip search --approximate (faiss IVF): index build {build:.1f} s, median {median:.2f} ms, "
           f"recall@{k} {np.mean(recall):.3f} vs exact |", flush=True)  # fmt: skip
