@@ -29,12 +29,12 @@ SCRIPTS = {
         ["--minutes", "0.05", "--no-reference", "--model", "shapes", "--work", "{tmp}/v"],
         "reader alone",
         ("av",),
-    ),  # fmt: skip
+    ),
     "classify_vs_open_clip.py": (
         ["--arch", "tiny-vit", "--images", "8", "--workers", "0"],
         "top-1 agreement",
         ("imagenet",),
-    ),  # fmt: skip
+    ),
     "decode_workers.py": (["--images", "16", "--batch-size", "4"], "ratio", ("imagenet",)),
     "draft_agreement.py": (["--arch", "tiny-vit", "--images", "8"], "top-1 agreement", ("imagenet",)),
     "reclassify.py": (["--arch", "tiny-vit", "--images", "8"], "agreement", ("imagenet",)),
@@ -44,18 +44,18 @@ SCRIPTS = {
         ["--limit", "8", "--text-classes", "4", "--models", "shapes", "--workdir", "{tmp}/cb"],
         "load average",
         ("imagenet", "onnxruntime"),
-    ),  # fmt: skip
+    ),
     "backend_agreement.py": (
         ["--per-class", "1", "--vitb32-images", "2", "--epochs", "1", "--workdir", "{tmp}/ba"],
         "agree with torch",
         ("imagenet", "onnxruntime"),
-    ),  # fmt: skip
+    ),
     "cpu_vs_clip_benchmark.py": (["--arch", "tiny-vit"], "", ("imagenet", "clip_benchmark")),
     "grid.py": (
         ["--cifar10-per-class", "1", "--cifar100-per-class", "1", "--shapes-per-class", "1"],
         "",
         ("clip_benchmark", "webdataset"),
-    ),  # fmt: skip
+    ),
     "gpu_end_to_end.py": (["--images", "64", "--batch-size", "32"], "", ("cuda",)),
 }
 
