@@ -66,7 +66,7 @@ def _pyarrow():
 # -- writing -----------------------------------------------------------------------------------------------
 def check_export_dir(directory: str | os.PathLike) -> Path:
     """--embeddings-out DIR before any work: a folder that is new, empty, or an export (nothing else in it)."""
-    from .output import check_output_dir
+    from .paths import check_output_dir
 
     out = check_output_dir(directory, "--embeddings-out")
     ours = re.compile(rf"^(part-.*\.parquet|{re.escape(MANIFEST)}|{re.escape(LOCK)}|{re.escape(_TMP)}.*)$")

@@ -47,7 +47,7 @@ ABSTAINED = "abstained"  # section key of images below --threshold (their label 
 def check_report_dir(directory: str | os.PathLike, resume: bool = False) -> None:
     """The checks of --report DIR that need no model. A folder holding an earlier gallery is replaced (or
     continued, with `resume`); any other folder with files in it is refused, so no one's files are mixed in."""
-    from .output import check_output_dir
+    from .paths import check_output_dir
 
     root = check_output_dir(directory, "--report")  # a folder, or one that can be made, that takes files
     if root.is_dir() and not (root / RECORDS).exists() and any(p.name != LOCK for p in root.iterdir()):

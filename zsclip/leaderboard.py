@@ -96,9 +96,9 @@ def board(rows: list[dict]) -> Board:
 def heatmap_png(rows: list[dict]) -> bytes:
     import numpy as np
 
-    from .report import _plt, figure_png
+    from .plots import figure_png, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     b = board(rows)
     value = lambda m, d: np.nan if b.cells.get((m, d)) is None else b.cells[(m, d)]  # noqa: E731
     grid = np.array([[value(m, d) for d in b.datasets] for m in b.models])

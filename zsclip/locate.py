@@ -432,9 +432,9 @@ def _cells(s: Segment) -> list[str]:
 
 def plot_png(result: LocateResult) -> bytes:
     """Every text's similarity curve over time, its segments shaded in the curve's colour."""
-    from .report import _plt
+    from .plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.2 + 0.15 * len(result.texts)), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for t, text in enumerate(result.texts):

@@ -15,7 +15,9 @@ import numpy as np
 from . import atomic
 from . import metrics as M
 from .evaluate import Comparison, EvalResult
-from .output import check_output_dir, escape_surrogates, readable, writing
+from .output import escape_surrogates, readable
+from .paths import check_output_dir, writing
+from .plots import figure_png, pyplot
 
 FULL_GRID_MAX = 40  # above this many classes the confusion picture shows the most-confused classes only
 
@@ -50,43 +52,43 @@ def _write_report(result: EvalResult, out: Path, model_spec: str, fingerprint: s
     n = len(names)
     y_true, y_pred = result.labels, result.topk[:, 0]
     summary = summary_dict(result, model_spec, fingerprint)
-    _write_json(out / "metrics.json", summary)
+    write_json(out / "metrics.json", summary)
 
     k = result.topk.shape[1]
     rows = [
         [p, names[t], names[pr[0]], f"{pb[0]:.6f}", ";".join(names[i] for i in pr[: min(5, k)])]
         for p, t, pr, pb in zip(result.paths, y_true, result.topk, result.topk_prob, strict=True)
     ]
-    _write_csv(out / "predictions.csv", ["path", "true", "predicted", "prob", "top5"], rows)
+    write_csv(out / "predictions.csv", ["path", "true", "predicted", "prob", "top5"], rows)
 
     stats = M.per_class(y_true, y_pred, n)
     per_class_rows = [
         [i, names[i], *(f"{stats[key][i]:.4f}" for key in ("precision", "recall", "f1")), int(stats["support"][i])]
         for i in range(n)
     ]
-    _write_csv(out / "per_class.csv", ["index", "class", "precision", "recall", "f1", "support"], per_class_rows)
+    write_csv(out / "per_class.csv", ["index", "class", "precision", "recall", "f1", "support"], per_class_rows)
 
     matrix = M.confusion(y_true, y_pred, n)
     labelled = [[names[i], *matrix[i].tolist()] for i in range(n)]
-    _write_csv(out / "confusion_matrix.csv", ["true \\ predicted", *names], labelled)
+    write_csv(out / "confusion_matrix.csv", ["true \\ predicted", *names], labelled)
     pairs = M.most_confused(matrix, 50)
-    _write_csv(
+    write_csv(
         out / "most_confused.csv",
         ["true", "predicted", "count", "share_of_true"],
         [[names[t], names[p], c, f"{c / max(1, matrix[t].sum()):.4f}"] for t, p, c in pairs],
     )
-    _write_csv(out / "skipped.csv", ["path", "reason"], result.skipped)
+    write_csv(out / "skipped.csv", ["path", "reason"], result.skipped)
     png = confusion_png(matrix, names)
     atomic.write_bytes(out / "confusion_matrix.png", png)
     atomic.write_text(out / "report.html", readable(_html(summary, result, stats, pairs, png)))  # odd bytes: \xNN
     return summary
 
 
-def _write_json(path: Path, data) -> None:
+def write_json(path: Path, data) -> None:
     atomic.write_text(path, escape_surrogates(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
 
 
-def _write_csv(path: Path, header: list, rows) -> None:
+def write_csv(path: Path, header: list, rows) -> None:
     # Paths that are not UTF-8 keep their bytes, as in classify's CSV (zsclip.output).
     with atomic.atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
@@ -95,27 +97,9 @@ def _write_csv(path: Path, header: list, rows) -> None:
 
 
 # -- pictures ----------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_png(fig) -> bytes:
-    """A finished matplotlib figure as PNG bytes (the figure is closed)."""
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    _plt().close(fig)
-    return buf.getvalue()
-
-
 def confusion_png(matrix: np.ndarray, names: list[str]) -> bytes:
     """Row-normalised confusion matrix; with many classes, the sub-matrix of the most-confused classes."""
-    plt = _plt()
+    plt = pyplot()
     n = len(names)
     title = "Confusion matrix (row-normalised: share of each true class)"
     idx = np.arange(n)
@@ -148,7 +132,7 @@ def confusion_png(matrix: np.ndarray, names: list[str]) -> bytes:
 
 
 def comparison_png(comparison: Comparison) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     rows = comparison.rows
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2), dpi=110)
     names = [f"{r['set']} ({r['templates']})" for r in rows][::-1]
@@ -172,8 +156,8 @@ def write_comparison(comparison: Comparison, out: Path, context: dict) -> None:
 def _write_comparison(comparison: Comparison, out: Path, context: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     keys = ["set", "templates", "acc1", "acc5", "mean_per_class_recall"]
-    _write_csv(out / "compare.csv", keys, [[r.get(k, "") for k in keys] for r in comparison.rows])
-    _write_json(
+    write_csv(out / "compare.csv", keys, [[r.get(k, "") for k in keys] for r in comparison.rows])
+    write_json(
         out / "compare.json",
         {**context, "sets": comparison.rows, "per_template": comparison.per_template, "greedy": comparison.greedy},
     )
@@ -181,7 +165,7 @@ def _write_comparison(comparison: Comparison, out: Path, context: dict) -> None:
 
 
 # -- the page ----------------------------------------------------------------------------------------------
-def _thumbnail(path: str, size: int = 112) -> str | None:
+def thumbnail(path: str, size: int = 112) -> str | None:
     from PIL import Image
 
     from .images import to_rgb
@@ -240,7 +224,7 @@ def _html(summary: dict, result: EvalResult, stats: dict, pairs, png: bytes) -> 
     wrong = _spread([i for i in range(len(result.paths)) if result.topk[i, 0] != result.labels[i]], result.labels, 24)
     tiles = []
     for i in wrong:
-        thumb = _thumbnail(result.paths[i])
+        thumb = thumbnail(result.paths[i])
         if thumb:
             tiles.append(
                 f'<figure><img src="data:image/jpeg;base64,{thumb}" alt=""><figcaption>'

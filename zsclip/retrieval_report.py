@@ -14,7 +14,7 @@ import numpy as np
 
 from . import atomic
 from .errors import UsageError
-from .report import _thumbnail, _write_csv, _write_json
+from .report import thumbnail, write_csv, write_json
 from .retrieval import Hit
 from .retrieval_eval import RetrievalResult, summary_dict
 
@@ -30,7 +30,7 @@ td img{width:96px;height:96px;object-fit:contain;background:#f4f4f4}
 
 
 def _img(path: str, size: int = 160) -> str:
-    thumb = _thumbnail(path, size)
+    thumb = thumbnail(path, size)
     return f'<img src="data:image/jpeg;base64,{thumb}" alt="">' if thumb else "<i>(unreadable)</i>"
 
 
@@ -67,7 +67,7 @@ def write_retrieval_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summary_dict(result, model_spec, fingerprint)
-    _write_json(out / "metrics.json", summary)
+    write_json(out / "metrics.json", summary)
     rows = [
         ["text_to_image", c, result.images[o], int(r), result.images[t]]
         for c, o, r, t in zip(result.captions, result.caption_image, result.text_ranks, result.text_top, strict=True)
@@ -79,8 +79,8 @@ def write_retrieval_report(
         ["image_to_text", p, result.captions[first_caption[i]], int(r), result.captions[t]]
         for i, (p, r, t) in enumerate(zip(result.images, result.image_ranks, result.image_top, strict=True))
     ]
-    _write_csv(out / "ranks.csv", ["direction", "query", "correct", "rank", "top"], rows)
-    _write_csv(out / "skipped.csv", ["path", "reason"], result.skipped)
+    write_csv(out / "ranks.csv", ["direction", "query", "correct", "rank", "top"], rows)
+    write_csv(out / "skipped.csv", ["path", "reason"], result.skipped)
     atomic.write_text(out / "report.html", _html(summary, result, worst))
     return summary
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from . import atomic
 from .errors import UsageError, ZsclipError, plural
-from .output import check_output_dir, writing
+from .paths import check_output_dir, writing
 from .progress import log
 
 COLOURS = {

@@ -34,7 +34,7 @@ from . import atomic
 from .errors import UsageError, plural
 from .images import DEFAULT_FILE_TIMEOUT, CrossProcess, SkipFile, load_image, stack, time_limit
 from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
-from .output import check_output_dir, writing
+from .paths import check_output_dir, writing
 from .progress import bar
 from .textfiles import csv_rows, read_text
 from .workers import in_worker_process, run_tasks

@@ -1,0 +1,147 @@
+"""The house: zsclip's modules import only down the layers of the data path (shared/STYLE.md), never in a circle,
+and no module imports another's private name. Read from the source with ast, every import counted (those inside
+functions and under TYPE_CHECKING too), so the package cannot quietly tangle again. README's Development section
+names the same layers."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "zsclip"
+
+# Lowest first. A module may import from its own layer and the ones below, never from above.
+LAYERS = [
+    ("base", ["errors", "progress", "atomic", "limits", "defaults", "plots", "paths"]),
+    ("identity and cache", ["identity", "cache", "textfiles", "locks"]),
+    ("sources, prompts, models, store", ["sources", "shards", "prompts", "models", "store", "shapes"]),
+    ("images, text, datasets", ["images", "workers", "gpu", "text", "datasets", "video.container", "video.sampling"]),
+    ("encode", ["encode", "backends"]),
+    ("engines", ["engines"]),
+    ("ends", ["classify", "retrieval", "vectors", "locate", "evaluate", "retrieval_eval", "grid", "metrics", "train",
+              "video", "fit"]),  # fmt: skip
+    ("writers", ["output", "sinks", "sort", "gallery", "report", "retrieval_report", "leaderboard", "embeddings_io",
+                 "locate_report"]),  # fmt: skip
+    ("serve and cli", ["serve", "cli", "__main__", ""]),  # "": the package itself (zsclip/__init__, the API)
+]
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def layer_of(name: str) -> int:
+    """The layer of a module: the longest listed prefix of its dotted name (video.container before video)."""
+    best, depth = None, -1
+    for i, (_, names) in enumerate(LAYERS):
+        for prefix in names:
+            if (name == prefix or name.startswith(prefix + ".") or prefix == "") and len(prefix) > depth:
+                if prefix == "" and name != "":
+                    continue
+                best, depth = i, len(prefix)
+    assert best is not None, f"zsclip.{name} is in no layer of tests/test_layers.py: add it where it belongs"
+    return best
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken from it, line) for every zsclip import in the module."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                target = ".".join([p for p in base if p] + ([node.module] if node.module else []))
+            elif node.module and (node.module == "zsclip" or node.module.startswith("zsclip.")):
+                target = node.module[len("zsclip.") :] if node.module != "zsclip" else ""
+            else:
+                continue
+            names = [a.name for a in node.names]
+            submodules = [n for n in names if (f"{target}.{n}" if target else n) in known]
+            for n in submodules:  # `from . import atomic`, `from .models import spec`: the module itself
+                found.append((f"{target}.{n}" if target else n, [], node.lineno))
+            if len(submodules) < len(names):  # names defined in `target` itself
+                found.append((target, [n for n in names if n not in submodules], node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("zsclip"):
+                    found.append((alias.name[len("zsclip.") :] if alias.name != "zsclip" else "", [], node.lineno))
+    return [(t, n, line) for t, n, line in found if t in known]
+
+
+def graph() -> tuple[dict[str, Path], dict[str, list[tuple[str, list[str], int]]]]:
+    known = modules()
+    return known, {name: imports(name, path, known) for name, path in known.items()}
+
+
+def test_every_module_is_in_a_layer():
+    known, _ = graph()
+    for name in known:
+        layer_of(name)
+
+
+def test_imports_only_go_down():
+    known, edges = graph()
+    upward = []
+    for name, targets in edges.items():
+        for target, _, line in targets:
+            if target == name or name.startswith(target + ".") and known[name].name != "__init__.py":
+                continue  # a module's own package
+            if layer_of(target) > layer_of(name):
+                upward.append(
+                    f"zsclip.{name} (layer {LAYERS[layer_of(name)][0]}) imports zsclip.{target} "
+                    f"(layer {LAYERS[layer_of(target)][0]}) at {known[name].relative_to(PACKAGE.parent)}:{line}"
+                )
+    assert not upward, "imports from a lower layer to a higher one:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_circles():
+    known, edges = graph()
+    adjacency = defaultdict(set)
+    for name, targets in edges.items():
+        for target, _, _ in targets:
+            parent = known[name].name == "__init__.py" and target.startswith(name + ".")
+            child = name.startswith(target + ".") and target != ""  # a submodule importing its package: Python's
+            if target != name and not parent and not child:
+                adjacency[name].add(target)
+    circles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(adjacency[node]):
+            if state.get(nxt) == "open":
+                circles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for node in sorted(adjacency):
+        if node not in state:
+            visit(node, [node])
+    assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+def test_no_private_name_crosses_a_module():
+    known, edges = graph()
+    crossing = [
+        f"zsclip.{name} imports {n} from zsclip.{target} ({known[name].relative_to(PACKAGE.parent)}:{line})"
+        for name, targets in edges.items()
+        for target, names, line in targets
+        for n in names
+        if re.match(r"^_[^_]", n)
+    ]
+    assert not crossing, "private names imported from another module:\n" + "\n".join(crossing)
+
+
+def test_the_readme_names_the_layers():
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    development = readme[readme.index("## Development") :]
+    for title, _ in LAYERS:
+        assert title in development, f"README's Development section does not name the layer {title!r}"
