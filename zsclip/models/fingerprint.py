@@ -1,0 +1,48 @@
+"""What identifies a model's weights (the key of everything cached for it), computed without loading them."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..cache import Cache
+from ..errors import UsageError
+from .files import local_weights
+from .hub import checkpoint_arch, hub_config_file
+from .spec import CONFIG_NAME, ModelSpec, parse_spec
+
+if TYPE_CHECKING:
+    from .clip import ClipModel
+
+
+def fingerprint_spec(spec: str | ModelSpec, cache: Cache | None = None) -> str:
+    """Architecture + weights identity: the pretrained tag, a weights hash, or the hub commit.
+
+    Computed without loading the model, so `cache clear --model` is cheap; file hashes are memoised.
+    """
+    parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    cache = cache or Cache()
+    if parsed.kind == "pretrained":
+        return f"{parsed.arch}:{parsed.source}"
+    if parsed.kind == "checkpoint":  # the built architecture: the same file may build with QuickGELU or not
+        return f"{checkpoint_arch(parsed)}@sha256:{cache.file_sha256(parsed.source)[:20]}"
+    if parsed.kind == "hf-hub":
+        config_file = hub_config_file(parsed.source)
+        # The snapshot folder name is the hub commit, which pins the weights.
+        revision = Path(config_file).parent.name if config_file else "unknown"
+        return f"hf-hub:{parsed.source}@{revision}"
+    directory = Path(parsed.source)
+    weights = local_weights(directory)
+    if weights is None:
+        raise UsageError(f"--model {parsed.spec}: no weights in {directory}")
+    config = (directory / CONFIG_NAME).read_bytes()
+    digest = hashlib.sha256(config + cache.file_sha256(weights).encode()).hexdigest()
+    return f"local-dir@sha256:{digest[:20]}"
+
+
+def vector_key(model: ClipModel) -> str:
+    """What, besides the weights, a cached vector depends on: the precision and, off torch, the backend. Torch keeps
+    the bare precision so caches written before backends existed stay valid."""
+    backend = getattr(model, "backend", "torch")
+    return model.precision if backend == "torch" else f"{model.precision}+{backend}"
