@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 import zsclip
+from zsclip.datasets import load_captions
 from zsclip.errors import UsageError
-from zsclip.retrieval_eval import first_ranks, load_captions, recall_metrics
+from zsclip.retrieval_eval import first_ranks, recall_metrics
 from zsclip.retrieval_report import write_retrieval_report
 from zsclip.shapes import write_dataset
 

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 import zsclip
-from zsclip import shards, wds
+from zsclip import shards
 from zsclip.datasets import load_dataset
+from zsclip.datasets import webdataset as wds
 from zsclip.encode import embed_stream
 from zsclip.errors import UsageError, ZsclipError
 from zsclip.evaluate import evaluate

@@ -211,7 +211,7 @@ def task_of(name: str, task: str | None, root: str | None = None, split: str = "
     captions layout (a CSV with filepath and caption columns, or a folder holding one as captions.csv), else
     classification."""
     if task is None and name.startswith(("wds:", "wds/")):
-        from .wds import wds_task
+        from .datasets import wds_task
 
         return wds_task(name, root=root, split=split)
     if task is None:
@@ -240,7 +240,8 @@ def _retrieval_pair(clip, name: str, options: GridOptions, folder: Path | None, 
 
 def retrieval_data(dataset: str, recall_k: str, *, root: str | None = None, split: str = "test"):
     """A captions data set and the K of recall@K (`--recall-k 1,5,10`), checked: (CaptionData, [K...])."""
-    from .retrieval_eval import check_recall_k, load_captions
+    from .datasets import load_captions
+    from .retrieval_eval import check_recall_k
 
     try:
         ks = check_recall_k([int(k) for k in recall_k.split(",") if k.strip()])

@@ -1,11 +1,11 @@
 """Model specs -> what they name, checked without loading anything:
 
-  NAME                    a model shipped inside zsclip (see `shipped_models()`)
-  hf-hub:org/repo         open_clip's Hugging Face hub schema
-  local-dir:/path         open_clip's local directory schema (open_clip_config.json + weights)
-  /path/to/dir            a directory holding open_clip_config.json (what `zsclip train` writes)
-  ARCH:/path/weights.pt   a local checkpoint (.pt/.pth/.bin/.safetensors) of an open_clip architecture
-  ARCH:TAG                open_clip pretrained weights, e.g. ViT-B-32:openai (downloaded to the HF cache)
+NAME                    a model shipped inside zsclip (see `shipped_models()`)
+hf-hub:org/repo         open_clip's Hugging Face hub schema
+local-dir:/path         open_clip's local directory schema (open_clip_config.json + weights)
+/path/to/dir            a directory holding open_clip_config.json (what `zsclip train` writes)
+ARCH:/path/weights.pt   a local checkpoint (.pt/.pth/.bin/.safetensors) of an open_clip architecture
+ARCH:TAG                open_clip pretrained weights, e.g. ViT-B-32:openai (downloaded to the HF cache)
 """
 
 from __future__ import annotations

@@ -19,17 +19,23 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cache import cache_dir
-from .datasets import EvalDataset, _check_names, _classnames_option
-from .errors import UsageError, ZsclipError, plural
-from .progress import log
-from .prompts import TemplateSet, parse_templates
-from .shards import member_address, sample_key, shard_index, tar_name
-from .textfiles import read_text
+from ..cache import cache_dir
+from ..errors import UsageError, ZsclipError, plural
+from ..progress import log
+from ..prompts import TemplateSet, parse_templates
+from ..shards import member_address, sample_key, shard_index, tar_name
+from ..textfiles import read_text
+from .base import EvalDataset, check_names, classnames_option
 
 IMAGE_SUFFIXES = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's order: the first one present is the image
+
+
 TASKS = ("classification", "retrieval")
+
+
 HUB_ORG = "clip-benchmark"
+
+
 _SHOWN = 3  # samples named in a note
 
 
@@ -262,7 +268,7 @@ def _left_out(where: list[str], what: str) -> str:
 
 def _classnames(directory: Path, name: str, classnames: str | None, notes: list[str]) -> list[str]:
     if classnames is not None:
-        names = _classnames_option(classnames)
+        names = classnames_option(classnames)
         notes.append(f"class names from --classnames {classnames}")
     else:
         path = directory / "classnames.txt"
@@ -272,7 +278,7 @@ def _classnames(directory: Path, name: str, classnames: str | None, notes: list[
                 "or --task retrieval for a caption set)"
             )
         names = [line.strip() for line in read_text(path).splitlines()]  # as CLIP_benchmark reads it
-    _check_names(names, f"class names of {name}", notes)
+    check_names(names, f"class names of {name}", notes)
     return names
 
 
@@ -285,7 +291,6 @@ def _templates(directory: Path, notes: list[str]) -> TemplateSet | None:
     return TemplateSet("dataset", description or f"the data set's own templates ({path})", templates)
 
 
-# -- the hub -----------------------------------------------------------------------------------------------
 def locate(name: str, root: str | os.PathLike | None, split: str) -> Path:
     """The folder holding `wds/NAME`: under --root (no download), else the zsclip cache, downloaded once."""
     repo = hub_repo(name)

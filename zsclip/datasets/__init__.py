@@ -1,0 +1,76 @@
+"""Evaluation data sets -> (image path, true class index) items with class names and a default template set.
+
+One module per kind, beside the type they share (`base`: EvalDataset, class-name lists and checks): `named`
+(imagenet-v2 and cifar, downloaded or from --root), `local` (an ImageFolder, `csv:FILE`), `webdataset`
+(CLIP_benchmark's `wds:DIR` and `wds/NAME`, shards read in place through zsclip.shards), `captions` (retrieval
+sets), and `identity` (what a data set name stands for now, for a grid's resume key).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UsageError
+from .base import EvalDataset, builtin_classnames, check_names, classnames_option
+from .captions import CaptionData, load_captions
+from .identity import dataset_identity
+from .local import captions_file, csv_dataset, image_folder
+from .named import ALIASES, NAMED, Remote, cifar, imagenet_v2, named_folder
+from .webdataset import RetrievalSet, load_wds, wds_task
+
+__all__ = [
+    "ALIASES",
+    "NAMED",
+    "CaptionData",
+    "EvalDataset",
+    "Remote",
+    "RetrievalSet",
+    "builtin_classnames",
+    "captions_file",
+    "check_names",
+    "classnames_option",
+    "dataset_identity",
+    "load_captions",
+    "load_dataset",
+    "load_wds",
+    "wds_task",
+]
+
+
+def load_dataset(
+    name: str, *, root: str | None = None, classnames: str | None = None, split: str = "test", task: str | None = None
+) -> EvalDataset:
+    """Resolve a data set name, folder, csv:FILE, wds:DIR or wds/NAME to its items. `split` and `task` apply to
+    wds data sets (zsclip.wds), which alone have several splits and may hold captions instead of classes."""
+    if name.startswith(("wds:", "wds/")):
+        return _wds(name, root, classnames, split, task)
+    if split != "test":
+        raise UsageError(f"--split {split}: only wds:DIR and wds/NAME data sets have splits ({name} has test only)")
+    if task not in (None, "classification"):
+        raise UsageError(f"--task {task}: {name} is a classification data set")
+    key = ALIASES.get(name, name)
+    if key in NAMED:
+        folder = named_folder(key, root)
+        if key.startswith("imagenet-v2"):
+            return imagenet_v2(key, folder)
+        return cifar(key, folder)
+    if name.startswith("csv:"):
+        return csv_dataset(Path(name[4:]).expanduser(), classnames)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return image_folder(path, classnames)
+    known = ", ".join([*NAMED, "imagenet-v2"])
+    raise UsageError(
+        f"unknown data set {name!r}: use one of {known}, a folder (DIR/<class>/<image>), csv:FILE, "
+        "wds:DIR or wds/NAME (CLIP_benchmark's webdataset data sets)"
+    )
+
+
+def _wds(name: str, root: str | None, classnames: str | None, split: str, task: str | None) -> EvalDataset:
+    data = load_wds(name, root=root, split=split, classnames=classnames, task=task)
+    if not isinstance(data, EvalDataset):
+        raise UsageError(
+            f"{name}: a retrieval data set (images with captions, dataset_type.txt): zsclip eval scores "
+            "classification data sets so far; zsclip.wds.load_wds gives its images and captions"
+        )
+    return data
