@@ -51,8 +51,8 @@ def main() -> None:
     import ray
     import torch
 
+    from zsclip.engines.ray import RayOptions
     from zsclip.models import load_model
-    from zsclip.ray_engine import RayOptions
     from zsclip.text import build_classifier
 
     paths = sorted(str(p) for p in Path(args.data).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[: args.n]

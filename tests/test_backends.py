@@ -15,7 +15,8 @@ from zsclip import backends
 from zsclip.backends import Exports, resolve_backend, use_backend
 from zsclip.cache import Cache
 from zsclip.classify import classify
-from zsclip.encode import embed_stream, encode_images
+from zsclip.encode import encode_images
+from zsclip.engines import embed_stream
 from zsclip.errors import UsageError, ZsclipError
 from zsclip.models import load_model, vector_key
 from zsclip.shapes import COMPOSITIONS, classname

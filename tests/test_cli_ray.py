@@ -121,7 +121,7 @@ def test_eval_engine_ray_reports_the_same_metrics(ray_cluster, tiny_model_dir, t
 INJECT = {
     "kill-a-decode-task": """
 import os, signal
-from zsclip import ray_engine
+from zsclip.engines import ray as ray_engine
 real = ray_engine.Decode.__call__
 def dying(self, batch):
     try:
@@ -132,7 +132,7 @@ def dying(self, batch):
 ray_engine.Decode.__call__ = dying
 """,
     "actor-cannot-start": """
-from zsclip import ray_engine
+from zsclip.engines import ray as ray_engine
 from zsclip.errors import ZsclipError
 def broken(self, *args, **kwargs):
     raise ZsclipError("injected: the model actor cannot load its weights")

@@ -42,7 +42,7 @@ def test_classify_survives_every_kind_of_file(tiny_model_dir, tmp_path):
 
 def test_device_path_survives_the_corpus(tiny_model_dir, tmp_path):
     import zsclip
-    from zsclip.encode import embed_stream
+    from zsclip.engines import embed_stream
     from zsclip.sources import expand_sources
 
     root = tmp_path / "corpus"

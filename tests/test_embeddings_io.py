@@ -53,7 +53,7 @@ def test_an_empty_directory_is_a_usage_error(tmp_path):
 def test_export_writes_the_stream_s_vectors(tiny_model_dir, tmp_path):
     from PIL import Image
 
-    from zsclip.encode import embed_stream
+    from zsclip.engines import embed_stream
     from zsclip.models import load_model
     from zsclip.sources import expand_sources
     from zsclip.store import content_hash

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import zsclip
-from zsclip.encode import embed_stream
+from zsclip.engines import embed_stream
 from zsclip.gpu import TensorPreprocess
 from zsclip.sources import expand_sources
 

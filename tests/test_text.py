@@ -99,7 +99,7 @@ def test_no_cache_option_writes_nothing(tiny_model_dir, private_cache):
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_siglip_dir", "vitb32_weights"])
 def test_fast_text_encoding_matches_encode_text(fixture, request):
     """Trimmed CLIP towers and the generic path both give encode_text's vectors for every prompt length."""
-    from zsclip.text import _pool_positions, encode_prompts
+    from zsclip.text import encode_prompts, pool_positions
 
     target = request.getfixturevalue(fixture)
     spec = f"ViT-B-32-quickgelu:{target}" if fixture == "vitb32_weights" else str(target)
@@ -115,5 +115,5 @@ def test_fast_text_encoding_matches_encode_text(fixture, request):
         reference = model.model.encode_text(model.tokenizer(prompts))
     cosine = torch.nn.functional.cosine_similarity(ours, reference, dim=-1)
     assert cosine.min().item() >= 0.99999
-    trimmed = _pool_positions(model.model, model.tokenizer(prompts)) is not None
+    trimmed = pool_positions(model.model, model.tokenizer(prompts)) is not None
     assert trimmed == (fixture != "tiny_siglip_dir")

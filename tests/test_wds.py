@@ -20,7 +20,7 @@ import zsclip
 from zsclip import shards
 from zsclip.datasets import load_dataset
 from zsclip.datasets import webdataset as wds
-from zsclip.encode import embed_stream
+from zsclip.engines import embed_stream
 from zsclip.errors import UsageError, ZsclipError
 from zsclip.evaluate import evaluate
 from zsclip.images import load_image

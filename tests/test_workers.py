@@ -144,7 +144,7 @@ def test_bad_limits_are_usage_errors(tiny_model_dir, tmp_path, option, value, me
 def test_device_path_skips_a_read_that_hangs(tiny_model_dir, tmp_path, monkeypatch):
     import zsclip
     import zsclip.gpu
-    from zsclip.encode import embed_stream
+    from zsclip.engines import embed_stream
 
     for i in range(5):
         Image.new("RGB", (40, 40), (0, 50 * i, 0)).save(tmp_path / f"{i}.jpg")
@@ -399,7 +399,7 @@ def test_device_path_survives_an_unreadable_store(tiny_model_dir, tmp_path, monk
     import sqlite3
 
     import zsclip
-    from zsclip.encode import embed_stream
+    from zsclip.engines import embed_stream
     from zsclip.store import ImageStore
 
     for i in range(3):

@@ -120,7 +120,7 @@ class OnnxEncoder:
         return torch.from_numpy(self._session("image").run(None, {"pixels": array})[0])
 
     def pool_positions(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """As zsclip.text._pool_positions, from what the export recorded (no torch module needed)."""
+        """As zsclip.text.pool_positions, from what the export recorded (no torch module needed)."""
         pool = self.exports.meta()["pool"]
         if pool is None:
             return None
@@ -351,7 +351,7 @@ def _export(module, tower: str, path: Path) -> dict | None:
     """Export one tower of an open_clip model to `path` (atomically). Returns the text tower's pooling, or None."""
     import io
 
-    from .text import _pool_positions
+    from .text import pool_positions
 
     pool = None
     if tower == "image":
@@ -362,7 +362,7 @@ def _export(module, tower: str, path: Path) -> dict | None:
     else:
         tokens = torch.randint(1, 1000, (3, 7))
         tokens[:, -1] = 49407  # CLIP's end-of-text id is the largest id, where argmax pooling looks
-        positions = _pool_positions(module, tokens)
+        positions = pool_positions(module, tokens)
         if positions is not None:
             pool = {"kind": getattr(module, "text_pool_type", "argmax"), "eos_id": getattr(module, "text_eos_id", None)}
             wrapper, args = _TrimmedTextTower(module), (tokens, positions)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .encode import embed_stream
+from .engines import embed_stream
 from .errors import UsageError
 from .limits import check_ranking
 from .models import ClipModel

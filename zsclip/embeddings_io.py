@@ -199,7 +199,7 @@ def export_embeddings(model, sources: list[tuple[str, bool]], directory: str | o
     """`zsclip index --embeddings-out DIR`: embed `sources` (options go to zsclip.encode.embed_stream, among
     them engine="ray" and shard=(i, N)) and write the vectors as this job's part of the export; returns the
     number of vectors."""
-    from .encode import embed_stream
+    from .engines import embed_stream
 
     rows = rows_from_stream(embed_stream(model, sources, **options), model.fingerprint)
     named = [p if "://" in p else os.path.abspath(p) for p, _ in sources]

@@ -12,11 +12,11 @@ import torch
 from . import metrics
 from .classify import probabilities
 from .datasets import EvalDataset, load_dataset
-from .encode import embed_stream
+from .engines import embed_stream
+from .engines.ray import RayOptions
 from .errors import UsageError, ZsclipError
 from .models import ClipModel
 from .prompts import list_template_sets, load_templates
-from .ray_engine import RayOptions
 from .text import Classifier, build_classifier, ensemble
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def evaluate(
     ray: RayOptions | None = None,
 ) -> EvalResult | RetrievalResult:
     """Zero-shot accuracy of `model` on a data set (a name, folder, csv:FILE or an EvalDataset). `engine`
-    "ray" embeds the images on a Ray cluster (zsclip.ray_engine, configured by `ray`), with the same metrics.
+    "ray" embeds the images on a Ray cluster (zsclip.engines.ray, configured by `ray`), with the same metrics.
 
     With task="retrieval", recall@K (`recall_k`) both ways on a captions CSV (a file, csv:FILE, or a folder
     holding captions.csv): see zsclip.retrieval_eval. `templates`, `root`, `classnames` do not apply there."""
@@ -195,3 +195,20 @@ def greedy_subset(embedded: Embedded, single: dict[str, torch.Tensor]) -> list[d
         chosen.append(t)
         steps.append({"step": len(chosen), "added": t, "acc1": acc})
     return steps
+
+
+def summary(result: EvalResult, model_spec: str, fingerprint: str) -> dict:
+    """What metrics.json holds: the model, the data set, its templates and counts, and the metrics."""
+    return {
+        "model": model_spec,
+        "fingerprint": fingerprint,
+        "dataset": result.dataset.name,
+        "dataset_source": result.dataset.source,
+        "templates": result.classifier.templates.name,
+        "num_templates": len(result.classifier.templates.templates),
+        "num_classes": len(result.classifier),
+        "images": len(result.paths),
+        "skipped": len(result.skipped),
+        "notes": result.dataset.notes,
+        "metrics": result.metrics,
+    }

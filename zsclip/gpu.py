@@ -28,7 +28,6 @@ from .images import (
     DEFAULT_MAX_PIXELS,
     Batch,
     SkipFile,
-    _remembered,
     check_limits,
     check_pixels,
     chunks,
@@ -37,6 +36,7 @@ from .images import (
     load_image,
     looks_like_image,
     open_image,
+    remembered,
     time_limit,
 )
 from .shards import MemberError, is_member, read_member
@@ -145,7 +145,7 @@ def iter_device_batches(
 
     seen: deque[list] = deque()
     reads = run_tasks(
-        _remembered(chunks(sources, batch_size, recursive, exclude, shard), seen), prepare, threads=True,
+        remembered(chunks(sources, batch_size, recursive, exclude, shard), seen), prepare, threads=True,
         workers=threads or min(16, os.cpu_count() or 4), item_timeout=file_timeout,
     )  # fmt: skip
     for prepared, failed in reads:

@@ -6,7 +6,6 @@ stop the grid; a rerun tries failed pairs again and skips the ones that finished
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -16,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, progress
+from . import progress
 from .errors import UsageError, ZsclipError, plural
 
 RESULTS = "results.jsonl"
@@ -107,11 +106,13 @@ def run_grid(
     evaluate_pair: Callable | None = None,
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Score every (model, data set) pair; rows in the order of the grid. `evaluate_pair(clip, dataset, options,
-    folder)` returns a row's summary (default: zero-shot classification with today's report)."""
+    """Score every (model, data set) pair; rows in the order of the grid, each appended to results.jsonl in
+    `report` as it finishes (a rerun resumes from there). `evaluate_pair(clip, dataset, options, folder, cache,
+    read)` returns a row's summary (default: score_pair, which writes no pair report; zsclip.leaderboard's
+    report_pair writes one into `folder`)."""
     from .cache import Cache
 
-    evaluate_pair = evaluate_pair or _pair
+    evaluate_pair = evaluate_pair or score_pair
     cache = Cache()
     options.read = {k: v for k, v in (read or {}).items() if k in _RESULT_OPTIONS}
     options.precision = precision
@@ -183,15 +184,18 @@ def _run(models, datasets, options, report, device, precision, backend, read, ev
             rows.append(_emit(report, row, on_row))
     order = {(m, d): i for i, (m, d) in enumerate((m, d) for m in models for d in datasets)}
     rows.sort(key=lambda r: order.get((r["model"], r["dataset"]), len(order)))
-    if report is not None:
-        write_results(report, rows)
     return rows
 
 
-def _classification_pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
+def pair_result(clip, name: str, options: GridOptions, cache, read: dict):
+    """Score one pair: an EvalResult for a classification data set, a RetrievalResult for a caption set."""
+    if task_of(name, options.task, options.root, options.split) == "retrieval":
+        from .retrieval_eval import evaluate_retrieval
+
+        data, ks = retrieval_data(name, options.recall_k, root=options.root, split=options.split)
+        return evaluate_retrieval(clip, data, ks, **{**read, "exact": options.exact})
     from .datasets import load_dataset
     from .evaluate import embed_dataset, resolve_dataset_templates, score
-    from .report import summary_dict, write_report
     from .text import build_classifier
 
     data = load_dataset(
@@ -200,10 +204,18 @@ def _classification_pair(clip, name: str, options: GridOptions, folder: Path | N
     if not data.items:
         raise ZsclipError(f"{name}: no images found")
     clf = build_classifier(clip, data.classnames, resolve_dataset_templates(options.templates, data, clip), cache=cache)
-    result = score(embed_dataset(clip, data, **{**read, "exact": options.exact}), clf)
-    if folder is not None:
-        return write_report(result, folder, clip.spec, clip.fingerprint)
-    return summary_dict(result, clip.spec, clip.fingerprint)
+    return score(embed_dataset(clip, data, **{**read, "exact": options.exact}), clf)
+
+
+def score_pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
+    """A pair's summary (its metrics), with no report written (`folder` is not used)."""
+    from .evaluate import summary
+    from .retrieval_eval import RetrievalResult, summary_dict
+
+    result = pair_result(clip, name, options, cache, read)
+    if isinstance(result, RetrievalResult):
+        return summary_dict(result, clip.spec, clip.fingerprint)
+    return summary(result, clip.spec, clip.fingerprint)
 
 
 def task_of(name: str, task: str | None, root: str | None = None, split: str = "test") -> str:
@@ -219,23 +231,6 @@ def task_of(name: str, task: str | None, root: str | None = None, split: str = "
 
         return "retrieval" if captions_file(name) is not None else "classification"
     return task
-
-
-def _pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
-    task = task_of(name, options.task, options.root, options.split)
-    pair = _retrieval_pair if task == "retrieval" else _classification_pair
-    return pair(clip, name, options, folder, cache, read)
-
-
-def _retrieval_pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:
-    from .retrieval_eval import evaluate_retrieval, summary_dict
-    from .retrieval_report import write_retrieval_report
-
-    data, ks = retrieval_data(name, options.recall_k, root=options.root, split=options.split)
-    result = evaluate_retrieval(clip, data, ks, **{**read, "exact": options.exact})
-    if folder is not None:
-        return write_retrieval_report(result, folder, clip.spec, clip.fingerprint)
-    return summary_dict(result, clip.spec, clip.fingerprint)
 
 
 def retrieval_data(dataset: str, recall_k: str, *, root: str | None = None, split: str = "test"):
@@ -276,24 +271,6 @@ def _emit(report: Path | None, row: dict, on_row: Callable[[dict], None] | None)
     if on_row:
         on_row(row)
     return row
-
-
-def write_results(report: Path, rows: list[dict]) -> None:
-    """results.csv (one row per pair, every metric a column) and leaderboard.html with its heatmap PNG.
-    results.jsonl keeps every attempt; these two show the grid as it stands."""
-    from .leaderboard import heatmap_png, leaderboard_html, metric_names
-
-    metrics = metric_names(rows)
-    with atomic.atomic_open(report / "results.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "fingerprint", "dataset", "task", "templates", "n", *metrics, "seconds", "error"])
-        for r in rows:
-            values = [r["metrics"].get(m, "") for m in metrics]
-            writer.writerow([r["model"], r["fingerprint"], r["dataset"], r["task"], r["templates"], r["n"], *values,
-                             r["seconds"], r["error"] or ""])  # fmt: skip
-    png = heatmap_png(rows)
-    atomic.write_bytes(report / "heatmap.png", png)
-    atomic.write_text(report / "leaderboard.html", leaderboard_html(rows, png))
 
 
 def summarise(rows: list[dict]) -> None:

@@ -137,7 +137,7 @@ def in_walk_order(batch: Batch, chunk: list[tuple[str, bool]]) -> Batch:
     return batch
 
 
-def _remembered(parts: Iterator[list], seen: deque) -> Iterator[list]:
+def remembered(parts: Iterator[list], seen: deque) -> Iterator[list]:
     """The chunks, each kept in `seen` until its batch comes back (results come in task order)."""
     for chunk in parts:
         seen.append(chunk)
@@ -379,7 +379,7 @@ def iter_batches(
     check_limits(batch_size, workers, max_pixels, file_timeout)
     workers = default_workers() if workers is None else workers
     seen: deque[list] = deque()
-    parts = _remembered(chunks(sources, batch_size, recursive, exclude, shard), seen)
+    parts = remembered(chunks(sources, batch_size, recursive, exclude, shard), seen)
     loader = BatchLoader(preprocess, store, draft, max_pixels, file_timeout)
     batches = (
         map(loader, parts) if workers == 0 else run_tasks(parts, loader, workers=workers, item_timeout=file_timeout)

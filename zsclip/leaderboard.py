@@ -1,5 +1,5 @@
-"""A grid's rows -> a models x data sets table, the mean over data sets per model, and a heatmap (PNG), in one
-self-contained HTML page.
+"""A grid's report: a report per pair, results.csv, and the models x data sets table with each model's mean and a
+heatmap (PNG), in one self-contained HTML page (leaderboard.html). zsclip.grid scores the pairs.
 
 Each cell shows its data set's own main metric: acc1 for a classification set, image-retrieval recall@K for a
 caption set. A model's mean is over the data sets that have the grid's main metric (the leaderboard says which),
@@ -8,10 +8,13 @@ so a retrieval set beside classification sets neither empties the mean nor is av
 from __future__ import annotations
 
 import base64
+import csv
 import html
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from . import atomic
 from .errors import plural
 
 RETRIEVAL_MAIN = ("image_retrieval_recall@5", "image_retrieval_recall@1", "image_retrieval_recall@10")
@@ -168,3 +171,46 @@ td{{font-variant-numeric:tabular-nums}} td.err{{color:#b00}} img{{max-width:100%
 {details}</table>
 </body></html>
 """
+
+
+# -- the grid's report -------------------------------------------------------------------------------------
+def report_pair(clip, name: str, options, folder: Path | None, cache, read: dict) -> dict:
+    """zsclip.grid's evaluate_pair that also writes the pair's report into `folder` (eval's --report pages)."""
+    from .grid import pair_result, score_pair
+    from .report import write_report
+    from .retrieval_eval import RetrievalResult
+    from .retrieval_report import write_retrieval_report
+
+    if folder is None:
+        return score_pair(clip, name, options, folder, cache, read)
+    result = pair_result(clip, name, options, cache, read)
+    if isinstance(result, RetrievalResult):
+        return write_retrieval_report(result, folder, clip.spec, clip.fingerprint)
+    return write_report(result, folder, clip.spec, clip.fingerprint)
+
+
+def run_grid_report(models: list[str], datasets: list[str], options, *, report: Path | None = None, **kwargs):
+    """zsclip.grid.run_grid with a report: each pair's pages under report/pairs/, then results.csv, the heatmap and
+    leaderboard.html for the grid as it stands. Returns the rows."""
+    from .grid import run_grid
+
+    rows = run_grid(models, datasets, options, report=report, evaluate_pair=report_pair, **kwargs)
+    if report is not None:
+        write_results(report, rows)
+    return rows
+
+
+def write_results(report: Path, rows: list[dict]) -> None:
+    """results.csv (one row per pair, every metric a column) and leaderboard.html with its heatmap PNG.
+    results.jsonl keeps every attempt; these two show the grid as it stands."""
+    metrics = metric_names(rows)
+    with atomic.atomic_open(report / "results.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "fingerprint", "dataset", "task", "templates", "n", *metrics, "seconds", "error"])
+        for r in rows:
+            values = [r["metrics"].get(m, "") for m in metrics]
+            writer.writerow([r["model"], r["fingerprint"], r["dataset"], r["task"], r["templates"], r["n"], *values,
+                             r["seconds"], r["error"] or ""])  # fmt: skip
+    png = heatmap_png(rows)
+    atomic.write_bytes(report / "heatmap.png", png)
+    atomic.write_text(report / "leaderboard.html", leaderboard_html(rows, png))

@@ -15,27 +15,12 @@ import numpy as np
 from . import atomic
 from . import metrics as M
 from .evaluate import Comparison, EvalResult
+from .evaluate import summary as summary_dict
 from .output import escape_surrogates, readable
 from .paths import check_output_dir, writing
 from .plots import figure_png, pyplot
 
 FULL_GRID_MAX = 40  # above this many classes the confusion picture shows the most-confused classes only
-
-
-def summary_dict(result: EvalResult, model_spec: str, fingerprint: str) -> dict:
-    return {
-        "model": model_spec,
-        "fingerprint": fingerprint,
-        "dataset": result.dataset.name,
-        "dataset_source": result.dataset.source,
-        "templates": result.classifier.templates.name,
-        "num_templates": len(result.classifier.templates.templates),
-        "num_classes": len(result.classifier),
-        "images": len(result.paths),
-        "skipped": len(result.skipped),
-        "notes": result.dataset.notes,
-        "metrics": result.metrics,
-    }
 
 
 def write_report(result: EvalResult, out: Path, model_spec: str, fingerprint: str) -> dict:

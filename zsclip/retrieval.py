@@ -88,7 +88,8 @@ def index(
     Stored files that no longer exist are listed in `missing` (search leaves them out); `prune` deletes their
     rows. `on_batch(indexed, skipped)` reports progress per batch.
     """
-    from .encode import embed_stream, store_variant
+    from .encode import store_variant
+    from .engines import embed_stream
 
     cache = cache or Cache()
     sources = _sources(paths)
@@ -163,7 +164,7 @@ def text_vectors(
 
 def image_vector(model: ClipModel, image: str | os.PathLike, *, exact: bool = False) -> np.ndarray:
     """The unit-norm embedding of one image file, or a UsageError saying why it cannot be read."""
-    from .encode import embed_stream
+    from .engines import embed_stream
 
     image = str(image)
     if not os.path.isfile(image):

@@ -109,7 +109,7 @@ def evaluate_retrieval(
     workers, store, exact, max_pixels, file_timeout)."""
     import torch
 
-    from .encode import embed_stream
+    from .engines import embed_stream
     from .retrieval import text_vectors
 
     ks = check_recall_k(recall_k)

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cache import Cache
+from .errors import is_disk_full
 from .identity import FileIdentity, content_hash, digest, stat_of
+from .progress import log
 from .shards import MemberError, is_member, member_identity, read_member
 
 __all__ = ["DECODE_VERSION", "FileIdentity", "ImageStore", "content_hash", "variant_key"]
@@ -153,6 +155,25 @@ class ImageStore:
             (self.fingerprint, self.variant, *found),
         ).fetchall()
         return (np.frombuffer(row[0][0], dtype=np.float32) if row else None), found
+
+    def try_put(self, rows: list[tuple[FileIdentity, np.ndarray]]) -> bool:
+        """put(); False (after one warning) when the disk is full or the cache turned read-only, so the run goes on
+        without storing (what was stored stays)."""
+        try:
+            self.put(rows)
+        except (sqlite3.OperationalError, OSError) as exc:
+            if is_disk_full(exc):
+                why = f"the disk holding the cache ({self.db_path}) is full ({exc})"
+            elif "readonly" in str(exc):  # made read-only during the run (remounted, permissions changed)
+                why = f"the cache {self.db_path} cannot be written ({exc})"
+            else:
+                raise
+            log(
+                f"warning: {why}; image embeddings are no longer stored in this run, those stored so far are kept. "
+                "Free space or set ZSCLIP_CACHE_DIR."
+            )
+            return False
+        return True
 
     def put(self, rows: list[tuple[FileIdentity, np.ndarray]]) -> None:
         if not rows:

@@ -182,7 +182,7 @@ def ensemble(per_class: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
 
-def _pool_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
+def pool_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
     """Per prompt, the position the text tower pools at, when running only up to it gives the same vector.
 
     That holds for open_clip's CLIP text tower with a causal mask (no position attends to a later one) and pooling
@@ -253,7 +253,7 @@ def _encode_prompts(
         progress(0, len(prompts))
     tokens = model.tokenizer(list(prompts))
     encoder = model.encoder  # ONNX Runtime towers (zsclip.backends), or None: the torch module
-    positions = encoder.pool_positions(tokens) if encoder is not None else _pool_positions(model.model, tokens)
+    positions = encoder.pool_positions(tokens) if encoder is not None else pool_positions(model.model, tokens)
     order = torch.argsort(positions, stable=True) if positions is not None else torch.arange(len(prompts))
     out: list[np.ndarray | None] = [None] * len(prompts)
     for start in range(0, len(prompts), TEXT_BATCH):

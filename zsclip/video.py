@@ -592,20 +592,16 @@ class VideoStore:
         return found
 
     def put_frames(self, vectors: dict[int, np.ndarray]) -> None:
-        from .encode import _put
-
         rows = []
         for k, v in vectors.items():
             t = (k + 0.5) / self.fps
             rows.append((self._identity(self._frame_key(t), f"t={t:.3f}"), v))
-        _put(self.store, rows)
+        self.store.try_put(rows)
 
     def put_scan(self, frames: VideoFrames) -> None:
-        from .encode import _put
-
         facts = [frames.duration, frames.rotation, frames.header_end, *frames.vfr]
         record = np.concatenate([facts, frames.valid]).astype(np.float32)
-        _put(self.store, [(self._identity(self._scan_key, f"{_SCAN}@{self.fps!r}fps"), record)])
+        self.store.try_put([(self._identity(self._scan_key, f"{_SCAN}@{self.fps!r}fps"), record)])
 
     @property
     def _scan_key(self) -> str:

@@ -64,7 +64,7 @@ _RESULTS: list = []  # the stream results go to, when it is not sys.stdout (see 
 
 
 def results():
-    """Where a command's results go: stdout, or the private copy of it while Ray runs (ray_engine.contain_output)."""
+    """Where a command's results go: stdout, or the private copy of it while Ray runs (zsclip.engines.ray_output)."""
     return _RESULTS[0] if _RESULTS else sys.stdout
 
 
@@ -238,7 +238,8 @@ def engine_options(
     engine: str, address: str | None, actors: int | None, gpus: float | None, cpus: float | None
 ) -> dict:
     """--engine and the Ray options as embed_stream's keyword arguments, checked before any model loads."""
-    from ..ray_engine import RayOptions, check_engine, require_ray
+    from ..engines import check_engine
+    from ..engines.ray import RayOptions, require_ray
 
     given = [n for n, v in (("--ray-address", address), ("--actors", actors), ("--gpus-per-actor", gpus),
                             ("--cpus-per-actor", cpus)) if v is not None]  # fmt: skip
@@ -248,7 +249,7 @@ def engine_options(
         return {}
     require_ray()
     options = RayOptions(address, actors, gpus, cpus).check()
-    from ..ray_engine import contain_output
+    from ..engines.ray_output import contain_output
 
     contained = contain_output()  # from here on, Ray's output cannot reach stdout
     if contained is not None and not _RESULTS:

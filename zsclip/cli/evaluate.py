@@ -248,15 +248,15 @@ def eval_cmd(
 
 
 def _grid(models, datasets, options, report, fmt, device, precision, backend, read, quiet) -> None:
-    from ..grid import run_grid, summarise
-    from ..leaderboard import board, short
+    from ..grid import summarise
+    from ..leaderboard import board, run_grid_report, short
 
     def started(row: dict) -> None:
         if not quiet:
             state = "failed" if row["error"] else f"done in {row['seconds']:.1f} s"
             progress.log(f"{row['model']} x {row['dataset']}: {state}")
 
-    rows = run_grid(
+    rows = run_grid_report(
         models,
         datasets,
         options,

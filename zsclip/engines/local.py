@@ -1,0 +1,76 @@
+"""The local engine: the walk cut into batches in this process, decoded by supervised worker processes (or, on
+CUDA, JPEGs decoded on the GPU by zsclip.gpu), encoded here, in walk order; files already in the image-embedding
+store are neither decoded nor encoded, and new vectors go into it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from .. import encode
+from ..cache import Cache
+from ..errors import UsageError
+from ..images import iter_batches
+from ..sources import is_uri
+from ..store import ImageStore
+from .base import EmbeddedBatch, ReadOptions
+
+if TYPE_CHECKING:
+    from ..models import ClipModel
+
+INSTALL_RAY = 'pip install "zsclip[ray]"'
+
+
+class LocalEngine:
+    def embed(self, model: ClipModel, sources: list[tuple[str, bool]], read: ReadOptions) -> Iterator[EmbeddedBatch]:
+        uri = next((p for p, _ in sources if is_uri(p)), None)
+        if uri is not None:
+            raise UsageError(f"{uri}: object-store URIs are read by --engine ray only ({INSTALL_RAY})")
+        batch_size = read.batch_size or (256 if model.device.type == "cuda" else 32)
+        draft = None if read.exact else encode.draft_size(model)
+        store = (
+            ImageStore.open(read.cache or Cache(), model.fingerprint, encode.store_variant(model, read.exact))
+            if read.store
+            else None
+        )
+        options = dict(batch_size=batch_size, recursive=read.recursive, store=store, draft=draft,
+                       max_pixels=read.max_pixels, file_timeout=read.file_timeout, exclude=read.exclude,
+                       shard=read.shard)  # fmt: skip
+        try:
+            yield from _embed(model, _batches(model, sources, read, options), store)
+        finally:
+            if store is not None:
+                store.close()
+
+
+def _batches(model: ClipModel, sources: list[tuple[str, bool]], read: ReadOptions, options: dict):
+    """Decoded batches: on the GPU where the model runs on CUDA and its preprocessing has a tensor form, else by
+    PIL in worker processes."""
+    on_device = read.decode_on == "device" or (read.decode_on == "auto" and model.device.type == "cuda")
+    if on_device:
+        from ..gpu import TensorPreprocess, iter_device_batches  # torchvision's decoders: only on this path
+
+        if TensorPreprocess.from_transform(model.preprocess) is not None:
+            return iter_device_batches(sources, model.preprocess, model.device, **options)
+    return iter_batches(sources, model.preprocess, workers=read.workers, **options)
+
+
+def _embed(model: ClipModel, batches, store: ImageStore | None) -> Iterator[EmbeddedBatch]:
+    import torch
+
+    for batch in batches:
+        if not batch.paths:
+            yield EmbeddedBatch([], None, batch.skipped, skipped_at=batch.skipped_at)
+            continue
+        rows: dict[int, torch.Tensor] = {i: torch.from_numpy(v.copy()) for i, v in batch.stored.items()}
+        if batch.pixels is not None:
+            encoded = encode.encode_images(model, batch.pixels).cpu()
+            rows.update(zip(batch.decoded, encoded, strict=True))
+        if store is not None:
+            fresh = [(identity, rows[i].numpy()) for i, identity in batch.identities.items()]
+            store = store if store.try_put(fresh) else None
+        features = torch.stack([rows[i] for i in range(len(batch.paths))]).to(model.device)
+        hashes = [batch.identities[i].content_hash if i in batch.identities else None for i in range(len(batch.paths))]
+        yield EmbeddedBatch(
+            batch.paths, features, batch.skipped, len(batch.stored), batch.skipped_at, list(batch.decoded), hashes
+        )
