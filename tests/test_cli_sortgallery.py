@@ -189,10 +189,10 @@ def test_a_move_killed_between_files_keeps_every_record_of_output_after_resume(t
     out, results = tmp_path / "sorted", tmp_path / "records.jsonl"
     args = [*map(str, common(photos, tiny_model_dir)), "-o", str(results), "--sort-into", str(out), "--mode", "move"]
     killer = (
-        "import os, signal, sys\nimport zsclip.sort as s\nseen = []\n"
+        "import os, signal, sys\nimport zsclip.sort.placing as s\nseen = []\n"
         "def hook(point):\n    seen.append(point)\n"
         "    if seen.count('placed') == 3:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "s._hook = hook\nfrom zsclip.cli import main\nsys.argv = ['zsclip', *sys.argv[1:]]\nmain()\n"
+        "s.hook = hook\nfrom zsclip.cli import main\nsys.argv = ['zsclip', *sys.argv[1:]]\nmain()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     killed = subprocess.run([sys.executable, "-c", killer, *args, "--workers", "0"], env=env, capture_output=True)

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zsclip import sort as S
+from zsclip.sort import placing
 from zsclip.classify import Prediction, Skipped
 from zsclip.errors import UsageError, ZsclipError
 from zsclip.sort import MANIFEST, Sorter, check_sort_target, safe_name
@@ -104,14 +105,14 @@ def test_never_overwrites_a_file_already_in_the_folder(photos, tmp_path):
 def test_a_name_taken_at_the_last_moment_is_not_overwritten(photos, tmp_path, monkeypatch):
     """Another writer takes the name between the check and the rename: the file gets the next name."""
     out = tmp_path / "sorted"
-    real = S._commit
+    real = placing.commit
 
     def racing(src, dest):
         if dest.name == "a.jpg":
             dest.write_bytes(b"someone else")
         return real(src, dest)
 
-    monkeypatch.setattr(S, "_commit", racing)
+    monkeypatch.setattr(placing, "commit", racing)
     with Sorter(out, "copy") as sorter:
         assert sorter.add(pred(photos / "a.jpg", "cat")) == out / "cat/a_1.jpg"
     assert (out / "cat/a.jpg").read_bytes() == b"someone else"
@@ -179,7 +180,7 @@ def test_safe_name_is_always_one_valid_path_component(label):
     assert not any(c in name for c in '/\\\0<>:"|?*') and not any(ord(c) < 32 for c in name)
     assert len(name.encode("utf-8", "surrogatepass")) <= 100
     assert name == name.rstrip(". ")
-    assert name.split(".")[0].lower() not in S._RESERVED
+    assert name.split(".")[0].lower() not in S.plan._RESERVED
 
 
 def test_labels_known_up_front_get_folders_in_class_order(photos, tmp_path):
@@ -242,7 +243,7 @@ def test_a_failed_copy_leaves_no_row_and_no_temporary_file(photos, tmp_path, mon
         Path(dst).write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(S.shutil, "copy2", full)
+    monkeypatch.setattr(placing.shutil, "copy2", full)
     out = tmp_path / "sorted"
     sorter = Sorter(out, "copy")
     with pytest.raises(ZsclipError, match="cannot copy .*a.jpg.*the disk is full"):
@@ -299,6 +300,7 @@ SCRIPT = textwrap.dedent(
     package.__path__ = [os.path.join(os.environ["PYTHONPATH"], "zsclip")]
     sys.modules["zsclip"] = package
     from zsclip import sort as S
+    from zsclip.sort import placing
 
     src, out, crash_point, crash_at, cross, slow, resume = sys.argv[1:]
     seen = {"n": 0}
@@ -311,7 +313,7 @@ SCRIPT = textwrap.dedent(
             if seen["n"] == int(crash_at):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    S._hook = hook
+    placing.hook = hook
     if cross == "1":  # every link/rename out of the sources fails as it does across file systems
         real_link, real_rename = os.link, os.rename
         def exdev(real):
@@ -549,7 +551,7 @@ def test_a_taken_back_row_leaves_no_hole_in_the_manifest(photos, tmp_path, monke
     """Item 2: truncate without a seek left the next row after a run of NUL bytes; its source then read as
     NULs + path, and a resume sorted the image again."""
     out = tmp_path / "sorted"
-    real = S.shutil.copy2
+    real = placing.shutil.copy2
 
     def vanish_once(src, dst, *a, **k):
         if src.endswith("c.png") and not vanish_once.done:  # removed by someone else mid-copy
@@ -559,7 +561,7 @@ def test_a_taken_back_row_leaves_no_hole_in_the_manifest(photos, tmp_path, monke
         return real(src, dst, *a, **k)
 
     vanish_once.done = False
-    monkeypatch.setattr(S.shutil, "copy2", vanish_once)
+    monkeypatch.setattr(placing.shutil, "copy2", vanish_once)
     with Sorter(out, "copy") as sorter:
         sorter.add(pred(photos / "a.jpg", "cat"))
         sorter.add(pred(photos / "c.png", "dog"))  # placement fails: the row is taken back, the sort goes on
@@ -619,7 +621,7 @@ def test_a_manifest_from_before_identities_resumes(photos, tmp_path):
     out = tmp_path / "sorted"
     (out / "cat").mkdir(parents=True)
     (out / "cat" / "a.jpg").write_bytes((photos / "a.jpg").read_bytes())
-    (out / MANIFEST).write_text(f"{','.join(S._OLD_COLUMNS)}\n{photos / 'a.jpg'},cat/a.jpg,cat,cat,0.9,False\n")
+    (out / MANIFEST).write_text(f"{','.join(S.OLD_COLUMNS)}\n{photos / 'a.jpg'},cat/a.jpg,cat,cat,0.9,False\n")
     (out / S.STATE).write_text(json.dumps({"mode": "copy"}))
     with Sorter(out, "copy", resume=True) as sorter:
         assert str(photos / "a.jpg") in sorter.exclude and sorter.resumed == 1
