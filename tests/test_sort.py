@@ -19,10 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zsclip import sort as S
-from zsclip.sort import placing
 from zsclip.classify import Prediction, Skipped
 from zsclip.errors import UsageError, ZsclipError
-from zsclip.sort import MANIFEST, Sorter, check_sort_target, safe_name
+from zsclip.sort import MANIFEST, Sorter, check_sort_target, placing, safe_name
 
 REPO = Path(__file__).resolve().parents[1]
 

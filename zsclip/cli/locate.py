@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError, plural
 from .common import BatchOpt, DeviceOpt, ModelOpt, PrecisionOpt, StoreOpt, env
+from .common import results as results_stream
 
 
 def locate_cmd(
@@ -73,7 +73,8 @@ def locate_cmd(
     if report is not None:
         check_output_dir(report, "--report")
     from ..cache import Cache
-    from ..locate import locate, render, write_plot, write_report
+    from ..locate import locate
+    from ..locate_report import render, write_plot, write_report
     from ..models import load_model
     from ..video import check_available
 
@@ -107,7 +108,7 @@ def locate_cmd(
         total, verb = sum(len(r.segments) for r in results), "is" if len(missing) == 1 else "are"
         progress.log(f"note: {len(missing)} of {plural(total, 'segment')} {verb} not found ({found_rule(min_score)}): "
                      "the best run of a text that is not there")  # fmt: skip
-    render(results, fmt or ("table" if sys.stdout.isatty() else "jsonl"), sys.stdout)
+    render(results, fmt or ("table" if results_stream().isatty() else "jsonl"), results_stream())
     written = [*(write_plot(results, plot) if plot else []), *([write_report(results, report)] if report else [])]
     if not quiet and written:
         progress.log(f"wrote {', '.join(map(str, written))}")
