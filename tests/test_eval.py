@@ -77,7 +77,7 @@ def test_report_files(tiny_model_dir, labelled_folder, tmp_path):
     out = tmp_path / "report"
     result = run("eval", labelled_folder, "-m", tiny_model_dir, "-t", "photo", "--report", out)
     assert result.exit_code == 0, result.stderr
-    assert "acc1" in result.stdout and "skipped 1 unreadable files (not counted)" in result.stderr
+    assert "acc1" in result.stdout and "skipped 1 unreadable file (not counted)" in result.stderr
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["images"] == 21 and summary["skipped"] == 1 and summary["templates"] == "photo"
     assert set(summary["metrics"]) == {"acc1", "mean_per_class_recall"}  # 3 classes: no acc5

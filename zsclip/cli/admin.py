@@ -9,14 +9,19 @@ from typing import Annotated
 import typer
 
 from .common import choice, print_table, typer_app
+from .options import OUTPUT, grouped, option
 
 cache_app = typer_app("Inspect or clear the cache of text and image embeddings.")
 
 
+@grouped
 def models_cmd(
-    downloaded: Annotated[bool, typer.Option("--downloaded", help="Only models whose weights are here.")] = False,
+    downloaded: Annotated[
+        bool, option("--downloaded", panel=OUTPUT, help="Only models whose weights are here.")
+    ] = False,
     fmt: Annotated[
-        str | None, typer.Option("--format", "-f", help="table or jsonl (default: table on a terminal, else jsonl).")
+        str | None,
+        option("--format", "-f", panel=OUTPUT, help="table or jsonl (default: table on a terminal, else jsonl)."),
     ] = None,
 ) -> None:
     """List open_clip pretrained models (and whether they are downloaded), shipped and local models."""
@@ -62,7 +67,10 @@ def cache_info() -> None:
 
 
 @cache_app.command("clear")
-def cache_clear(model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model's entries.")] = None):
+@grouped
+def cache_clear(
+    model: Annotated[str | None, option("--model", "-m", panel="Model", help="Only this model's entries.")] = None,
+):
     """Delete cached embeddings: all, or one model's."""
     from ..cache import Cache
     from ..models import fingerprint_spec

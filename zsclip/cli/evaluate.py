@@ -1,8 +1,10 @@
-"""`zsclip eval`: zero-shot accuracy on a labelled data set, with reports."""
+"""`zsclip eval`: zero-shot accuracy (or retrieval recall) on a data set, with reports; several data sets or
+models run a grid."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -11,91 +13,206 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError, plural
-from .common import (
-    DEFAULT_READ,
-    ActorsOpt,
-    BackendOpt,
-    BatchOpt,
+from .common import build_with_progress, choice, echo, engine_options, print_table, read_options
+from .options import (
+    INPUT,
+    MODEL,
+    OUTPUT,
+    Backend,
     ClassnamesOpt,
-    CpusPerActorOpt,
-    DeviceOpt,
-    EngineOpt,
-    ExactOpt,
-    FileTimeoutOpt,
-    GpusPerActorOpt,
+    Cluster,
+    Device,
     LimitOpt,
-    MaxPixelsOpt,
-    PrecisionOpt,
-    QuietOpt,
-    RayAddressOpt,
+    Limits,
+    Options,
+    Quiet,
     RootOpt,
-    StoreOpt,
-    WorkersOpt,
-    build_with_progress,
-    check_backend,
-    choice,
-    echo,
-    engine_options,
-    env,
-    print_table,
-    read_options,
-    with_backend,
+    Speed,
+    Store,
+    grouped,
+    option,
 )
 
 DatasetArg = Annotated[
     list[str] | None,
     typer.Argument(
         help="imagenet-v2 (also imagenet-v2/threshold-0.7 and imagenet-v2/top-images), cifar10, cifar100, "
-        "a folder of class folders, csv:FILE, or CLIP_benchmark's webdataset data sets: wds:DIR (a local copy) "
-        "or wds/NAME (wds/cifar10, wds/vtab/flowers: downloaded from the Hugging Face hub on first use). "
-        "Several data sets (or several --model) run a grid.",
-        show_default=False,
-    ),
-]
-ModelsOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--model",
-        "-m",
-        envvar=env("model"),
-        help="Model spec (repeat for a grid): ARCH:TAG, ARCH:/path/weights.pt, hf-hub:org/repo, a model directory "
-        f"or a shipped model name. (default: {DEFAULT_MODEL}).",
+        "a folder of class folders, csv:FILE, a captions CSV, or CLIP_benchmark's webdataset data sets: wds:DIR "
+        "(a local copy) or wds/NAME (wds/cifar10, wds/vtab/flowers: downloaded from the Hugging Face hub on first "
+        "use). Several data sets (or several --model) run a grid.",
         show_default=False,
     ),
 ]
 
 
-SplitOpt = Annotated[
-    str, typer.Option(envvar=env("split"), help="The split of a wds data set (its folder: test, train, ...).")
-]
-TaskOpt = Annotated[
-    str | None,
-    typer.Option(
-        envvar=env("task"),
-        help="classification or retrieval (default: the data set's own, from a wds set's dataset_type.txt).",
-        show_default=False,
-    ),
-]
+@dataclass
+class Data(Options):
+    """Which data set, and how it is read."""
+
+    root: RootOpt = None
+    classnames: ClassnamesOpt = None
+    limit: LimitOpt = None
+    split: Annotated[str, option(panel=INPUT, help="The split of a wds data set (its folder: test, train, ...).")] = (
+        "test"
+    )
+
+    def root_dir(self) -> str | None:
+        return str(self.root) if self.root else None
 
 
-def eval_data(
-    dataset: str,
-    root: Path | None,
-    classnames: str | None,
-    limit: int | None,
-    split: str = "test",
-    task: str | None = None,
-):
+@dataclass
+class Report(Options):
+    report: Annotated[Path | None, option(panel=OUTPUT, help="Write the full report (JSON, CSV, PNG, HTML) here.")] = (
+        None
+    )
+    fmt: Annotated[str, option("--format", "-f", panel=OUTPUT, help="table or json (the metrics.json content).")] = (
+        "table"
+    )
+
+
+@grouped
+def eval_cmd(
+    datasets: DatasetArg = None,
+    models: Annotated[
+        list[str] | None,
+        option(
+            "--model",
+            "-m",
+            panel=MODEL,
+            show_default=False,
+            help="Model spec (repeat for a grid): ARCH:TAG, ARCH:/path/weights.pt, hf-hub:org/repo, a model "
+            f"directory or a shipped model name. (default: {DEFAULT_MODEL}).",
+        ),
+    ] = None,
+    models_file: Annotated[
+        Path | None, option("--models", panel=MODEL, help="Model specs, one per line (a grid).")
+    ] = None,
+    datasets_file: Annotated[
+        Path | None, option("--datasets", panel=INPUT, help="Data sets, one per line (a grid).")
+    ] = None,
+    templates: Annotated[
+        str,
+        option(
+            "--templates",
+            "-t",
+            panel=MODEL,
+            help="Template set or file; 'default' = the data set's own set, else the model's, else imagenet80.",
+        ),
+    ] = "default",
+    task: Annotated[
+        str | None,
+        option(
+            panel=INPUT,
+            show_default=False,
+            help="classification or retrieval (default: the data set's own: a wds set's dataset_type.txt, a "
+            "captions CSV).",
+        ),
+    ] = None,
+    recall_k: Annotated[
+        str, option("--recall-k", panel=INPUT, help="With --task retrieval: the K of recall@K.")
+    ] = "1,5,10",
+    *,
+    data: Data,
+    out: Report,
+    limits: Limits,
+    device: Device,
+    backend: Backend,
+    speed: Speed,
+    store: Store,
+    quiet: Quiet,
+    cluster: Cluster,
+) -> None:
+    """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports.
+
+    Several data sets and/or models run every pair (each model loaded once); with --report DIR the grid writes
+    results.jsonl/results.csv, leaderboard.html and a report per pair, and a rerun fills in only what is missing."""
+    from ..grid import read_lines
+
+    choice("--format", out.fmt, ("table", "json"))
+    backend.check()
+    choice("--task", task, ("classification", "retrieval"))
+    read = {**read_options(speed, limits, store), **engine_options(cluster)}
+    models = [*(models or []), *(read_lines(models_file, "models") if models_file else [])] or [DEFAULT_MODEL]
+    datasets = [*(datasets or []), *(read_lines(datasets_file, "datasets") if datasets_file else [])]
+    if not datasets:
+        raise UsageError("no data set given: name one (eval cifar10) or give --datasets FILE")
+    if out.report:
+        from ..paths import check_output_dir
+
+        check_output_dir(out.report, "--report")
+    if data.limit is not None and data.limit < 1:
+        raise UsageError(f"--limit {data.limit}: must be at least 1")
+    if len(models) * len(datasets) > 1 or models_file or datasets_file:
+        options = _grid_options(templates, task, recall_k, data, speed)
+        return _grid(models, datasets, options, out, device, backend, read, quiet.quiet)
+    _single(models[0], datasets[0], templates, task, recall_k, data, out, device, backend, read, quiet.quiet)
+
+
+def eval_data(dataset: str, data: Data, task: str | None = None):
     """The data set an eval-like command scores, checked before any model is loaded."""
     from ..datasets import load_dataset
 
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit}: must be at least 1")
-    root_dir = str(root) if root else None
-    data = load_dataset(dataset, root=root_dir, classnames=classnames, split=split, task=task).limit(limit)
-    if not data.items:
+    loaded = load_dataset(dataset, root=data.root_dir(), classnames=data.classnames, split=data.split, task=task)
+    loaded = loaded.limit(data.limit)
+    if not loaded.items:
         raise UsageError(f"{dataset}: no images found")
-    return data
+    return loaded
+
+
+def _load(model: str, device: Device, backend: Backend, quiet: bool):
+    from ..cache import Cache
+    from ..models import load_model
+
+    cache = Cache()
+    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
+    return backend.apply(clip, cache, quiet), cache
+
+
+def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, device, backend, read, quiet: bool):
+    from ..grid import retrieval_data, task_of
+
+    if task_of(dataset, task, data.root_dir(), data.split) == "retrieval":
+        captions, ks = retrieval_data(dataset, recall_k, root=data.root_dir(), split=data.split)
+        if task is None and not dataset.startswith(("wds:", "wds/")) and not quiet:
+            progress.log(
+                f"note: {captions.source} holds captions (filepath,caption): scored for retrieval "
+                "(--task classification scores class folders instead)"
+            )
+        clip, cache = _load(model, device, backend, quiet)
+        return eval_retrieval(captions, ks, clip, out.report, out.fmt, quiet, cache=cache, **read)
+    loaded = eval_data(dataset, data, task)
+    clip, cache = _load(model, device, backend, quiet)
+    _classification(clip, cache, loaded, templates, out, quiet, read)
+
+
+def _classification(clip, cache, data, templates, out: Report, quiet: bool, read: dict) -> None:
+    from ..evaluate import resolve_dataset_templates, score, summary
+    from ..report import write_report
+
+    show = progress.enabled(quiet)
+    for note in data.notes if not quiet else []:
+        progress.log(f"note: {note}")
+    clf = build_with_progress(clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show,
+                              quiet)  # fmt: skip
+    result = score(embed_with_progress(clip, data, show, quiet, **read), clf)
+    if out.report:
+        summary_ = write_report(result, out.report, clip.spec, clip.fingerprint)
+    else:
+        summary_ = summary(result, clip.spec, clip.fingerprint)
+    if out.fmt == "json":
+        echo(json.dumps(summary_, indent=2))
+    else:
+        print_table(
+            f"{summary_['dataset']} · {summary_['model']}",
+            ["images", "classes", "templates", *summary_["metrics"]],
+            [[str(summary_["images"]), str(summary_["num_classes"]),
+              f"{summary_['templates']} ({summary_['num_templates']})",
+              *(f"{v:.2%}" for v in summary_["metrics"].values())]],
+        )  # fmt: skip
+    if not quiet and result.skipped:
+        progress.log(f"skipped {plural(len(result.skipped), 'unreadable file')} (not counted)")
+    if not quiet and out.report:
+        progress.log(f"report written to {out.report} (open {out.report / 'report.html'})")
 
 
 def embed_with_progress(clip, dataset, show: bool, quiet: bool, **read):
@@ -117,137 +234,22 @@ def embed_with_progress(clip, dataset, show: bool, quiet: bool, **read):
     return embedded
 
 
-def eval_cmd(
-    datasets: DatasetArg = None,
-    models: ModelsOpt = None,
-    models_file: Annotated[
-        Path | None, typer.Option("--models", envvar=env("models"), help="Model specs, one per line (a grid).")
-    ] = None,
-    datasets_file: Annotated[
-        Path | None, typer.Option("--datasets", envvar=env("datasets"), help="Data sets, one per line (a grid).")
-    ] = None,
-    templates: Annotated[
-        str,
-        typer.Option(
-            "--templates",
-            "-t",
-            envvar=env("templates"),
-            help="Template set or file; 'default' = the data set's own set, else the model's, else imagenet80.",
-        ),
-    ] = "default",
-    root: RootOpt = None,
-    classnames: ClassnamesOpt = None,
-    limit: LimitOpt = None,
-    split: SplitOpt = "test",
-    task: TaskOpt = None,
-    report: Annotated[
-        Path | None, typer.Option(envvar=env("report"), help="Write the full report (JSON, CSV, PNG, HTML) here.")
-    ] = None,
-    fmt: Annotated[
-        str, typer.Option("--format", "-f", envvar=env("format"), help="table or json (the metrics.json content).")
-    ] = "table",
-    recall_k: Annotated[
-        str, typer.Option("--recall-k", envvar=env("recall_k"), help="With --task retrieval: the K of recall@K.")
-    ] = "1,5,10",
-    batch_size: BatchOpt = None,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    backend: BackendOpt = None,
-    store: StoreOpt = True,
-    exact_preprocess: ExactOpt = False,
-    max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
-    file_timeout: FileTimeoutOpt = DEFAULT_READ["file_timeout"],
-    quiet: QuietOpt = False,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
-    actors: ActorsOpt = None,
-    gpus_per_actor: GpusPerActorOpt = None,
-    cpus_per_actor: CpusPerActorOpt = None,
-) -> None:
-    """Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports.
+def _grid_options(templates: str, task: str | None, recall_k: str, data: Data, speed: Speed):
+    from ..grid import GridOptions
 
-    Several data sets and/or models run every pair (each model loaded once); with --report DIR the grid writes
-    results.jsonl/results.csv, leaderboard.html and a report per pair, and a rerun fills in only what is missing."""
-    choice("--format", fmt, ("table", "json"))
-    check_backend(backend)
-    choice("--task", task, ("classification", "retrieval"))
-    read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
-    read.update(engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor))
-    from ..grid import GridOptions, read_lines, retrieval_data, task_of
-
-    models = [*(models or []), *(read_lines(models_file, "models") if models_file else [])] or [DEFAULT_MODEL]
-    datasets = [*(datasets or []), *(read_lines(datasets_file, "datasets") if datasets_file else [])]
-    if not datasets:
-        raise UsageError("no data set given: name one (eval cifar10) or give --datasets FILE")
-    if report:
-        from ..output import check_output_dir
-
-        check_output_dir(report, "--report")
-    if len(models) * len(datasets) > 1 or models_file or datasets_file:
-        if limit is not None and limit < 1:
-            raise UsageError(f"--limit {limit}: must be at least 1")
-        root_dir = str(root) if root else None
-        options = GridOptions(
-            templates=templates, task=task, root=root_dir, classnames=classnames, limit=limit,
-            exact=exact_preprocess, recall_k=recall_k, split=split,
-        )  # fmt: skip
-        return _grid(models, datasets, options, report, fmt, device, precision, backend, read, quiet)
-    model, dataset = models[0], datasets[0]
-    if task_of(dataset, task, str(root) if root else None, split) == "retrieval":
-        data, ks = retrieval_data(dataset, recall_k, root=str(root) if root else None, split=split)
-        if task is None and not dataset.startswith(("wds:", "wds/")) and not quiet:
-            progress.log(f"note: {data.source} holds captions (filepath,caption): scored for retrieval "
-                         "(--task classification scores class folders instead)")  # fmt: skip
-        from ..cache import Cache
-        from ..models import load_model
-
-        cache = Cache()
-        clip = with_backend(load_model(model, device=device, precision=precision, cache=cache), backend, cache, quiet)
-        return eval_retrieval(data, ks, clip, report, fmt, quiet, cache=cache, **read)
-    data = eval_data(dataset, root, classnames, limit, split, task)
-
-    from ..cache import Cache
-    from ..evaluate import resolve_dataset_templates, score
-    from ..models import load_model
-    from ..report import summary_dict, write_report
-
-    show = progress.enabled(quiet)
-    cache = Cache()
-    clip = with_backend(load_model(model, device=device, precision=precision, cache=cache), backend, cache, quiet)
-    if not quiet:
-        for note in data.notes:
-            progress.log(f"note: {note}")
-    clf = build_with_progress(
-        clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show, quiet
+    return GridOptions(
+        templates=templates,
+        task=task,
+        root=data.root_dir(),
+        classnames=data.classnames,
+        limit=data.limit,
+        exact=speed.exact_preprocess,
+        recall_k=recall_k,
+        split=data.split,
     )
-    result = score(embed_with_progress(clip, data, show, quiet, **read), clf)
-    if report:
-        summary = write_report(result, report, clip.spec, clip.fingerprint)
-    else:
-        summary = summary_dict(result, clip.spec, clip.fingerprint)
-    if fmt == "json":
-        echo(json.dumps(summary, indent=2))
-    else:
-        print_table(
-            f"{summary['dataset']} · {summary['model']}",
-            ["images", "classes", "templates", *summary["metrics"]],
-            [
-                [
-                    str(summary["images"]),
-                    str(summary["num_classes"]),
-                    f"{summary['templates']} ({summary['num_templates']})",
-                    *(f"{v:.2%}" for v in summary["metrics"].values()),
-                ]
-            ],
-        )
-    if not quiet and result.skipped:
-        progress.log(f"skipped {len(result.skipped)} unreadable files (not counted)")
-    if not quiet and report:
-        progress.log(f"report written to {report} (open {report / 'report.html'})")
 
 
-def _grid(models, datasets, options, report, fmt, device, precision, backend, read, quiet) -> None:
+def _grid(models, datasets, options, out: Report, device, backend, read, quiet: bool) -> None:
     from ..grid import summarise
     from ..leaderboard import board, run_grid_report, short
 
@@ -256,40 +258,29 @@ def _grid(models, datasets, options, report, fmt, device, precision, backend, re
             state = "failed" if row["error"] else f"done in {row['seconds']:.1f} s"
             progress.log(f"{row['model']} x {row['dataset']}: {state}")
 
-    rows = run_grid_report(
-        models,
-        datasets,
-        options,
-        report=report,
-        device=device,
-        precision=precision,
-        backend=backend,
-        read=read,
-        on_row=started,
-    )
-    if fmt == "json":
+    rows = run_grid_report(models, datasets, options, report=out.report, device=device.device,
+                           precision=device.precision, backend=backend.backend, read=read, on_row=started)  # fmt: skip
+    if out.fmt == "json":
         echo(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         b = board(rows)
         heads = [d if b.metric_of[d] == b.metric else f"{d} ({short(b.metric_of[d])})" for d in b.datasets]
-        body = []
-        for m in b.models:
-            avg = b.mean(m)
-            body.append([m, *(b.shown(m, d) for d in b.datasets), "" if avg is None else f"{avg:.2%}"])
+        body = [[m, *(b.shown(m, d) for d in b.datasets), "" if b.mean(m) is None else f"{b.mean(m):.2%}"]
+                for m in b.models]  # fmt: skip
         title = f"{short(b.metric)} · {plural(len(b.models), 'model')} x {plural(len(b.datasets), 'data set')}"
         print_table(title, ["model", *heads, b.mean_label()], body)
     if not quiet:
         summarise(rows)
-        if report:
-            progress.log(f"grid written to {report} (open {report / 'leaderboard.html'})")
+        if out.report:
+            progress.log(f"grid written to {out.report} (open {out.report / 'leaderboard.html'})")
     failed = sum(1 for r in rows if r["error"])
     if failed:
         raise ZsclipError(f"{failed} of {plural(len(rows), 'pair')} failed (listed above and in the results)")
 
 
 def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, quiet: bool, **options) -> None:
-    """The rest of `zsclip eval --task retrieval` once eval_cmd has loaded the model: `options` are eval's
-    reading options (batch_size, workers, store, exact, max_pixels, file_timeout)."""
+    """The rest of `zsclip eval --task retrieval` once the model is loaded: `options` are eval's reading options
+    (batch_size, workers, store, exact, max_pixels, file_timeout)."""
     from ..retrieval_eval import evaluate_retrieval, summary_dict
     from ..retrieval_report import write_retrieval_report
 
@@ -308,11 +299,9 @@ def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, qui
         print_table(
             f"{summary['dataset']}: {plural(summary['images'], 'image')}, {plural(summary['captions'], 'caption')}",
             ["", "text → image", "image → text"],
-            [
-                [f"R@{k}", f"{m[f'image_retrieval_recall@{k}']:.2%}", f"{m[f'text_retrieval_recall@{k}']:.2%}"]
-                for k in ks
-            ],
-        )
+            [[f"R@{k}", f"{m[f'image_retrieval_recall@{k}']:.2%}", f"{m[f'text_retrieval_recall@{k}']:.2%}"]
+             for k in ks],
+        )  # fmt: skip
     for path, reason in result.skipped if not quiet else []:
         progress.log(f"skipped {path}: {reason}")
     if report and not quiet:

@@ -10,37 +10,9 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import plural
-from .common import (
-    DEFAULT_READ,
-    ActorsOpt,
-    BackendOpt,
-    BatchOpt,
-    ClassnamesOpt,
-    CpusPerActorOpt,
-    DeviceOpt,
-    EngineOpt,
-    ExactOpt,
-    FileTimeoutOpt,
-    GpusPerActorOpt,
-    LimitOpt,
-    MaxPixelsOpt,
-    ModelOpt,
-    PrecisionOpt,
-    QuietOpt,
-    RayAddressOpt,
-    RootOpt,
-    StoreOpt,
-    WorkersOpt,
-    check_backend,
-    echo,
-    engine_options,
-    env,
-    print_table,
-    read_options,
-    typer_app,
-    with_backend,
-)
-from .evaluate import embed_with_progress, eval_data
+from .common import echo, engine_options, print_table, read_options, typer_app
+from .evaluate import Data, embed_with_progress, eval_data
+from .options import OUTPUT, Backend, Cluster, Device, Limits, ModelOpt, Quiet, Speed, Store, grouped, option
 
 app = typer_app("List, show and compare prompt template sets.")
 
@@ -68,36 +40,29 @@ def prompts_show(
 
 
 @app.command("compare")
+@grouped
 def prompts_compare(
     dataset: Annotated[str, typer.Argument(help="Data set, as for zsclip eval.")] = "imagenet-v2",
     sets: Annotated[
-        str | None, typer.Option(envvar=env("sets"), help="Comma-separated template sets (default: all shipped).")
+        str | None, option(panel="Model", help="Comma-separated template sets (default: all shipped).")
     ] = None,
     per_template: Annotated[
-        bool, typer.Option("--per-template", help="Also score every single template and a greedy best subset.")
+        bool,
+        option("--per-template", panel=OUTPUT, help="Also score every single template and a greedy best subset."),
     ] = False,
     model: ModelOpt = DEFAULT_MODEL,
-    root: RootOpt = None,
-    classnames: ClassnamesOpt = None,
-    limit: LimitOpt = None,
     report: Annotated[
-        Path | None, typer.Option(envvar=env("report"), help="Write compare.csv, compare.json, compare.png here.")
+        Path | None, option(panel=OUTPUT, help="Write compare.csv, compare.json, compare.png here.")
     ] = None,
-    batch_size: BatchOpt = None,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    backend: BackendOpt = None,
-    store: StoreOpt = True,
-    exact_preprocess: ExactOpt = False,
-    max_pixels: MaxPixelsOpt = DEFAULT_READ["max_pixels"],
-    file_timeout: FileTimeoutOpt = DEFAULT_READ["file_timeout"],
-    quiet: QuietOpt = False,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
-    actors: ActorsOpt = None,
-    gpus_per_actor: GpusPerActorOpt = None,
-    cpus_per_actor: CpusPerActorOpt = None,
+    *,
+    data: Data,
+    limits: Limits,
+    device: Device,
+    backend: Backend,
+    speed: Speed,
+    store: Store,
+    quiet: Quiet,
+    cluster: Cluster,
 ) -> None:
     """Score several template sets on one data set, encoding the images once; best first."""
     from ..prompts import load_templates
@@ -105,21 +70,23 @@ def prompts_compare(
     names = [s.strip() for s in sets.split(",") if s.strip()] if sets else None
     for n in names or []:
         load_templates(n)
-    check_backend(backend)
-    read = read_options(batch_size, workers, store, exact_preprocess, max_pixels, file_timeout)
-    read.update(engine_options(engine, ray_address, actors, gpus_per_actor, cpus_per_actor))
+    backend.check()
+    read = {**read_options(speed, limits, store), **engine_options(cluster)}
     if report:
-        from ..output import check_output_dir
+        from ..paths import check_output_dir
 
         check_output_dir(report, "--report")
-    data = eval_data(dataset, root, classnames, limit)
+    data = eval_data(dataset, data)
+    _compare(model, data, names, per_template, report, device, backend, read, quiet.quiet)
 
+
+def _compare(model, data, names, per_template, report, device, backend, read, quiet: bool) -> None:
     from ..evaluate import compare_templates
     from ..models import load_model
     from ..report import write_comparison
 
     show = progress.enabled(quiet)
-    clip = with_backend(load_model(model, device=device, precision=precision), backend, quiet=quiet)
+    clip = backend.apply(load_model(model, device=device.device, precision=device.precision), quiet=quiet)
     embedded = embed_with_progress(clip, data, show, quiet, **read)
     comparison = compare_templates(clip, embedded, names, per_template)
     print_table(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +13,10 @@ import typer
 
 from .. import progress
 from ..errors import UsageError, plural
-from .common import QuietOpt, env, typer_app
+from .common import typer_app
+from .options import INPUT, MODEL, OUTPUT, SPEED, Options, Quiet, grouped, option
+
+TRAINING = "Training"
 
 data_app = typer_app("Generate data sets.")
 
@@ -19,14 +24,13 @@ _TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 256, "lr": 1e-3, "wd": 0.1, "warm
 
 
 @data_app.command("shapes")
+@grouped
 def data_shapes(
     out: Annotated[Path, typer.Argument(help="Folder to write (images/, captions.csv, eval/).", show_default=False)],
-    n: Annotated[int, typer.Option("--n", envvar=env("n"), help="Training images.")] = 30_000,
-    seed: Annotated[int, typer.Option(envvar=env("seed"), help="Random seed; the same seed gives the same files.")] = 0,
-    size: Annotated[int, typer.Option(envvar=env("size"), help="Image side in pixels.")] = 64,
-    eval_per_class: Annotated[
-        int, typer.Option(envvar=env("eval_per_class"), help="Eval images per composition (36 compositions).")
-    ] = 30,
+    n: Annotated[int, option("--n", panel=OUTPUT, help="Training images.")] = 30_000,
+    seed: Annotated[int, option(panel=OUTPUT, help="Random seed; the same seed gives the same files.")] = 0,
+    size: Annotated[int, option(panel=OUTPUT, help="Image side in pixels.")] = 64,
+    eval_per_class: Annotated[int, option(panel=OUTPUT, help="Eval images per composition (36 compositions).")] = 30,
 ) -> None:
     """Coloured shapes with varied captions; six colour-shape pairings never appear in any training caption."""
     from ..shapes import HELD_OUT, write_dataset
@@ -41,83 +45,93 @@ def data_shapes(
     progress.log(f"wrote {plural(counts['train_images'] + counts['eval_images'], 'image')} in {elapsed:.1f} s to {out}")
 
 
+@dataclass
+class Recipe(Options):
+    """The training hyperparameters (None: the default, or the resumed run's own)."""
+
+    epochs: Annotated[int | None, option(panel=TRAINING, help="(default: 10)", show_default=False)] = None
+    batch_size: Annotated[int | None, option(panel=TRAINING, help="(default: 256)", show_default=False)] = None
+    lr: Annotated[
+        float | None, option(panel=TRAINING, help="Peak learning rate. (default: 0.001).", show_default=False)
+    ] = None
+    wd: Annotated[
+        float | None,
+        option(panel=TRAINING, help="AdamW weight decay (weight matrices only). (default: 0.1).", show_default=False),
+    ] = None
+    warmup: Annotated[
+        int | None, option(panel=TRAINING, help="Linear warmup steps. (default: 200).", show_default=False)
+    ] = None
+    seed: Annotated[int | None, option(panel=TRAINING, help="(default: 0)", show_default=False)] = None
+
+    def given(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def values(self) -> dict:
+        """Every hyperparameter, defaults filled in, checked."""
+        values = {**_TRAIN_DEFAULTS, **self.given()}
+        if values["epochs"] < 1 or values["batch_size"] < 2 or values["lr"] <= 0 or values["warmup"] < 0:
+            raise UsageError("--epochs >= 1, --batch-size >= 2, --lr > 0 and --warmup >= 0 are needed")
+        return values
+
+
+@grouped
 def train_cmd(
     data: Annotated[
         Path | None, typer.Argument(help="captions CSV (filepath,caption) or a folder holding captions.csv.")
     ] = None,
     config: Annotated[
         str | None,
-        typer.Option(
-            envvar=env("config"),
+        option(
+            panel=MODEL,
             help="Model config: a JSON file in open_clip's model_cfg form, "
             "or a name (shapes-rn, tiny-vit, any open_clip architecture).",
         ),
     ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", envvar=env("output"), help="Model directory.")
-    ] = None,
+    output: Annotated[Path | None, option("--output", "-o", panel=OUTPUT, help="Model directory.")] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint, as it was set.")
+        Path | None,
+        option(panel=OUTPUT, help="Continue the run in this directory from its last checkpoint, as it was set."),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(envvar=env("epochs"), help="(default: 10)", show_default=False)] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(envvar=env("batch_size"), help="(default: 256)", show_default=False)
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(envvar=env("lr"), help="Peak learning rate. (default: 0.001).", show_default=False)
-    ] = None,
-    wd: Annotated[
-        float | None,
-        typer.Option(
-            envvar=env("wd"), help="AdamW weight decay (weight matrices only). (default: 0.1).", show_default=False
-        ),
-    ] = None,
-    warmup: Annotated[
-        int | None, typer.Option(envvar=env("warmup"), help="Linear warmup steps. (default: 200).", show_default=False)
-    ] = None,
-    device: Annotated[str, typer.Option(envvar=env("device"))] = "auto",
+    device: Annotated[str, option(panel=SPEED, help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[
-        str, typer.Option(envvar=env("precision"), help="auto (bf16 autocast on CUDA, else fp32), fp32, bf16.")
+        str, option(panel=SPEED, help="auto (bf16 autocast on CUDA, else fp32), fp32, bf16.")
     ] = "auto",
-    workers: Annotated[int, typer.Option(envvar=env("workers"), help="Image decoding processes.")] = 0,
-    seed: Annotated[int | None, typer.Option(envvar=env("seed"), help="(default: 0)", show_default=False)] = None,
-    eval_dir: Annotated[
-        Path | None, typer.Option(envvar=env("eval_dir"), help="ImageFolder eval split (default: DATA/eval).")
-    ] = None,
+    workers: Annotated[int, option(panel=SPEED, help="Image decoding processes.")] = 0,
+    eval_dir: Annotated[Path | None, option(panel=INPUT, help="ImageFolder eval split (default: DATA/eval).")] = None,
     templates: Annotated[
-        str, typer.Option("--templates", "-t", envvar=env("templates"), help="Template set for eval; recommended.")
+        str, option("--templates", "-t", panel=MODEL, help="Template set for eval; recommended.")
     ] = "photo",
-    quiet: QuietOpt = False,
+    *,
+    recipe: Recipe,
+    quiet: Quiet,
 ) -> None:
     """Train a CLIP model contrastively on image-caption pairs (the CLIP recipe, small)."""
     from ..prompts import load_templates
+    from ..train import TrainConfig, train
 
-    planned = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "wd": wd, "warmup": warmup, "seed": seed}
+    show = progress.enabled(quiet.quiet)
     if resume is not None:
-        named = {**planned, "config": config, "eval_dir": eval_dir}
+        named = {**recipe.given(), "config": config, "eval_dir": eval_dir}
         given = [f"--{k.replace('_', '-')}" for k, v in named.items() if v is not None]
         if data is not None or output is not None or given:
             what = ", ".join(([] if data is None else ["DATA"]) + ([] if output is None else ["--output"]) + given)
             raise UsageError(f"--resume continues the run with the settings it was started with; drop {what}")
-        from ..train import TrainConfig, train
-
-        cfg = TrainConfig(data="", config="", output=str(resume))
-        typer.echo(json.dumps(train(cfg, resume=True, show_progress=progress.enabled(quiet))))
+        typer.echo(
+            json.dumps(train(TrainConfig(data="", config="", output=str(resume)), resume=True, show_progress=show))
+        )
         return
     if data is None or config is None or output is None:
         raise UsageError("give DATA, --config and --output (or --resume DIR)")
-    values = {k: _TRAIN_DEFAULTS[k] if v is None else v for k, v in planned.items()}
+    values = recipe.values()
     if precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision {precision}: use auto, fp32 or bf16")
-    if values["epochs"] < 1 or values["batch_size"] < 2 or values["lr"] <= 0 or values["warmup"] < 0 or workers < 0:
-        raise UsageError("--epochs >= 1, --batch-size >= 2, --lr > 0, --warmup >= 0 and --workers >= 0 are needed")
+    if workers < 0:
+        raise UsageError(f"--workers {workers}: give 0 or more")
     if eval_dir is not None and not eval_dir.is_dir():
         raise UsageError(f"--eval-dir {eval_dir}: no such folder (an ImageFolder of class folders)")
     load_templates(templates)
-    from ..train import TrainConfig, train
-
     cfg = TrainConfig(
         data=str(data), config=config, output=str(output), device=device, precision=precision, workers=workers,
         eval_dir=str(eval_dir) if eval_dir else None, templates=templates, **values,
     )  # fmt: skip
-    typer.echo(json.dumps(train(cfg, show_progress=progress.enabled(quiet))))
+    typer.echo(json.dumps(train(cfg, show_progress=show)))
