@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -60,8 +61,8 @@ def resolve_backend(backend: str | None = None) -> str:
 def require_onnxruntime(backend: str = "onnx") -> None:
     """One line naming the pip command when the optional extra is missing."""
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        importlib.import_module("onnx")
+        importlib.import_module("onnxruntime")
     except ImportError as exc:
         missing = exc.name or "onnxruntime"
         raise ZsclipError(f"--backend {backend} needs {missing}, which is not installed: {PIP}") from None
@@ -376,9 +377,16 @@ def _export(module, tower: str, path: Path) -> dict | None:
     try:
         with torch.inference_mode(False), torch.no_grad(), _plain_attention(module), _quiet():
             torch.onnx.export(
-                wrapper.eval(), args, buffer, input_names=names, output_names=["features"], dynamic_axes=axes,
-                opset_version=OPSET, dynamo=False, do_constant_folding=True,
-            )  # fmt: skip
+                wrapper.eval(),
+                args,
+                buffer,
+                input_names=names,
+                output_names=["features"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
     except Exception as exc:  # the exporter raises many kinds for an unsupported layer
         raise ZsclipError(
             f"cannot export the {tower} tower to ONNX ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "

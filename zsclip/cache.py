@@ -114,7 +114,7 @@ class Cache:
     @property
     def persistent(self) -> bool:
         """False when the cache fell back to memory: nothing is kept after the run, and workers cannot share it."""
-        self.conn  # noqa: B018 -- decides it
+        _ = self.conn  # opening it decides
         if self._in_memory:
             self._warn(self._in_memory)
         return not self._in_memory

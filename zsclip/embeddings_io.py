@@ -113,8 +113,9 @@ def write_embeddings(
         pq.write_table(table, staging / name, row_group_size=8192)
         with open(staging / name, "rb") as f:
             os.fsync(f.fileno())
-        parts.append({"name": name, "rows": len(buffer), "bytes": (staging / name).stat().st_size,
-                      "dim": int(vectors.shape[1])})  # fmt: skip
+        parts.append(
+            {"name": name, "rows": len(buffer), "bytes": (staging / name).stat().st_size, "dim": int(vectors.shape[1])}
+        )
         buffer.clear()
 
     try:
@@ -132,8 +133,15 @@ def write_embeddings(
     return count
 
 
-def _commit(directory: Path, staging: Path, parts: list[dict], shard: tuple[int, int], fingerprints: set[str],
-            spec: str | None, sources: list[str] | None) -> None:  # fmt: skip
+def _commit(
+    directory: Path,
+    staging: Path,
+    parts: list[dict],
+    shard: tuple[int, int],
+    fingerprints: set[str],
+    spec: str | None,
+    sources: list[str] | None,
+) -> None:
     """Move the job's parts in and rewrite the manifest, under the export's lock."""
     from .locks import Lock
 
@@ -153,8 +161,12 @@ def _commit(directory: Path, staging: Path, parts: list[dict], shard: tuple[int,
             jobs = {}
         for part in parts:
             os.replace(staging / part["name"], directory / part["name"])
-        jobs[str(index)] = {"parts": parts, "rows": sum(p["rows"] for p in parts), "sources": sources,
-                            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+        jobs[str(index)] = {
+            "parts": parts,
+            "rows": sum(p["rows"] for p in parts),
+            "sources": sources,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         made = {"fingerprint": fingerprint, "shards": total}
         new_body = {"fingerprint": fingerprint, "spec": spec or body.get("spec"), "shards": total, "jobs": jobs}
         write_state(directory / MANIFEST, KIND, made, new_body)
@@ -240,8 +252,9 @@ def read_export(directory: str | os.PathLike) -> Export:
                 f"cut short, or not zsclip's): {EXPORT_HELP}"
             ) from None
         raise UsageError(f"--embeddings {directory}: no export there ({exc}); {EXPORT_HELP}") from None
-    export = Export(directory, body.get("fingerprint"), body.get("spec"), int(body.get("shards") or 1),
-                    body.get("jobs") or {})  # fmt: skip
+    export = Export(
+        directory, body.get("fingerprint"), body.get("spec"), int(body.get("shards") or 1), body.get("jobs") or {}
+    )
     for i, job in export.jobs.items():
         for part in job["parts"]:
             path = directory / part["name"]

@@ -115,9 +115,15 @@ def evaluate(
         from .retrieval_eval import evaluate_retrieval
 
         return evaluate_retrieval(
-            model, dataset, recall_k, batch_size=batch_size, workers=workers, store=store, exact=exact,
+            model,
+            dataset,
+            recall_k,
+            batch_size=batch_size,
+            workers=workers,
+            store=store,
+            exact=exact,
             on_batch=on_batch,
-        )  # fmt: skip
+        )
     if task != "classification":
         raise UsageError(f"--task {task}: use classification or retrieval")
     if isinstance(dataset, str):
@@ -127,9 +133,16 @@ def evaluate(
         templates = resolve_dataset_templates(templates, dataset, model)
     classifier = build_classifier(model, dataset.classnames, templates)
     embedded = embed_dataset(
-        model, dataset, batch_size=batch_size, workers=workers, store=store, exact=exact, on_batch=on_batch,
-        engine=engine, ray=ray,
-    )  # fmt: skip
+        model,
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        store=store,
+        exact=exact,
+        on_batch=on_batch,
+        engine=engine,
+        ray=ray,
+    )
     return score(embedded, classifier)
 
 

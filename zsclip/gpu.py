@@ -86,8 +86,12 @@ class TensorPreprocess:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 [3, H, W] on any device -> normalised float32 [3, crop_h, crop_w]."""
         x = image.float() / 255.0
-        x = TF.resize(x, list(self.resize) if isinstance(self.resize, tuple) else [self.resize],
-                      interpolation=self.interpolation, antialias=True)  # fmt: skip
+        x = TF.resize(
+            x,
+            list(self.resize) if isinstance(self.resize, tuple) else [self.resize],
+            interpolation=self.interpolation,
+            antialias=True,
+        )
         x = TF.center_crop(x, list(self.crop))
         return TF.normalize(x.clamp_(0, 1), list(self.mean), list(self.std))
 
@@ -145,9 +149,12 @@ def iter_device_batches(
 
     seen: deque[list] = deque()
     reads = run_tasks(
-        remembered(chunks(sources, batch_size, recursive, exclude, shard), seen), prepare, threads=True,
-        workers=threads or min(16, os.cpu_count() or 4), item_timeout=file_timeout,
-    )  # fmt: skip
+        remembered(chunks(sources, batch_size, recursive, exclude, shard), seen),
+        prepare,
+        threads=True,
+        workers=threads or min(16, os.cpu_count() or 4),
+        item_timeout=file_timeout,
+    )
     for prepared, failed in reads:
         batch = _decode(prepared, preprocess, tensor_pp, device, draft, max_pixels, file_timeout)
         batch.skipped.extend(failed)

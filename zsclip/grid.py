@@ -54,8 +54,9 @@ def dataset_key(name: str, options: GridOptions) -> str:
     from .datasets import dataset_identity
 
     templates = options.templates if options.templates != "default" else None
-    return dataset_identity(name, root=options.root, split=options.split, classnames=options.classnames,
-                            templates=templates)  # fmt: skip
+    return dataset_identity(
+        name, root=options.root, split=options.split, classnames=options.classnames, templates=templates
+    )
 
 
 def read_lines(path: Path, what: str) -> list[str]:

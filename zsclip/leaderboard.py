@@ -88,8 +88,9 @@ def board(rows: list[dict]) -> Board:
     for d in datasets:
         names = metric_names(r for r in rows if r["dataset"] == d and not r["error"])
         metric_of[d] = metric if metric in names or not names else main_metric(names)
-    cells = {(r["model"], r["dataset"]): (None if r["error"] else r["metrics"].get(metric_of[r["dataset"]]))
-             for r in rows}  # fmt: skip
+    cells = {
+        (r["model"], r["dataset"]): (None if r["error"] else r["metrics"].get(metric_of[r["dataset"]])) for r in rows
+    }
     failed = {(r["model"], r["dataset"]) for r in rows if r["error"]}
     result = Board(list(dict.fromkeys(r["model"] for r in rows)), datasets, metric, metric_of, cells, failed)
     result.models.sort(key=lambda m: -(result.mean(m) if result.mean(m) is not None else -1.0))
@@ -103,7 +104,10 @@ def heatmap_png(rows: list[dict]) -> bytes:
 
     plt = pyplot()
     b = board(rows)
-    value = lambda m, d: np.nan if b.cells.get((m, d)) is None else b.cells[(m, d)]  # noqa: E731
+
+    def value(m: str, d: str) -> float:
+        return np.nan if b.cells.get((m, d)) is None else b.cells[(m, d)]
+
     grid = np.array([[value(m, d) for d in b.datasets] for m in b.models])
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(b.datasets) + 3), max(2.5, 0.5 * len(b.models) + 1.5)), dpi=110)
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=1, aspect="auto")
@@ -141,8 +145,10 @@ def leaderboard_html(rows: list[dict], png: bytes) -> str:
             error = next((r["error"] for r in rows if r["model"] == m and r["dataset"] == d and r["error"]), "")
             tds.append(f'<td class="err" title="{e(error)}">{shown}</td>' if shown == "failed" else f"<td>{shown}</td>")
         avg = b.mean(m)
-        body.append(f"<tr><td>{rank}</td><th>{e(m)}</th>{''.join(tds)}<td><b>{'' if avg is None else f'{avg:.2%}'}"
-                    "</b></td></tr>")  # fmt: skip
+        body.append(
+            f"<tr><td>{rank}</td><th>{e(m)}</th>{''.join(tds)}<td><b>{'' if avg is None else f'{avg:.2%}'}"
+            "</b></td></tr>"
+        )
     details = "".join(
         f"<tr><td>{e(r['model'])}</td><td>{e(r['dataset'])}</td><td>{e(str(r['templates']))}</td><td>{r['n']}</td>"
         f"<td>{r['seconds']:.1f}</td><td>{e(r['error'] or '')}</td></tr>"
@@ -209,8 +215,19 @@ def write_results(report: Path, rows: list[dict]) -> None:
         writer.writerow(["model", "fingerprint", "dataset", "task", "templates", "n", *metrics, "seconds", "error"])
         for r in rows:
             values = [r["metrics"].get(m, "") for m in metrics]
-            writer.writerow([r["model"], r["fingerprint"], r["dataset"], r["task"], r["templates"], r["n"], *values,
-                             r["seconds"], r["error"] or ""])  # fmt: skip
+            writer.writerow(
+                [
+                    r["model"],
+                    r["fingerprint"],
+                    r["dataset"],
+                    r["task"],
+                    r["templates"],
+                    r["n"],
+                    *values,
+                    r["seconds"],
+                    r["error"] or "",
+                ]
+            )
     png = heatmap_png(rows)
     atomic.write_bytes(report / "heatmap.png", png)
     atomic.write_text(report / "leaderboard.html", leaderboard_html(rows, png))

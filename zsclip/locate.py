@@ -364,9 +364,19 @@ def _search(frames, texts, curves, min_seconds, max_seconds, top, ordered, smoot
             found = is_found(strength, score, min_score) if z is not None else True
             segments.append(Segment(text, i / fps, min(j / fps, frames.duration), score, found, strength))
     return LocateResult(
-        frames.path, frames.duration, fps, list(texts), frames.times, curves, smoothed, bases, segments,
-        frames.warnings, frames.encoded, frames.reused,
-    )  # fmt: skip
+        frames.path,
+        frames.duration,
+        fps,
+        list(texts),
+        frames.times,
+        curves,
+        smoothed,
+        bases,
+        segments,
+        frames.warnings,
+        frames.encoded,
+        frames.reused,
+    )
 
 
 def trim(curve: np.ndarray, base: float, i: int, j: int, lmin: int) -> tuple[int, int]:

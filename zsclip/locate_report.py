@@ -85,8 +85,11 @@ def plot_png(result: LocateResult) -> bytes:
 def write_plot(results: Sequence[LocateResult], path: str | os.PathLike) -> list[Path]:
     """One PNG per video: `path` itself for one video, else path-1.png, path-2.png, ... in the videos' order."""
     path = Path(path)
-    targets = [path] if len(results) == 1 else [path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.png'}")
-                                                 for i in range(len(results))]  # fmt: skip
+    targets = (
+        [path]
+        if len(results) == 1
+        else [path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.png'}") for i in range(len(results))]
+    )
     for result, target in zip(results, targets, strict=True):
         if target.parent != Path():
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -252,8 +252,9 @@ def search(
     if isinstance(query, np.ndarray):
         q = query.astype(np.float32)
     else:
-        q = query_vector(model, query, image=image, add=add, subtract=subtract, templates=templates, cache=cache,
-                         exact=exact)  # fmt: skip
+        q = query_vector(
+            model, query, image=image, add=add, subtract=subtract, templates=templates, cache=cache, exact=exact
+        )
     if sources is not None and index_first:
         index(model, sources, exact=exact, cache=cache, on_batch=on_batch, **options)
     from .encode import store_variant

@@ -110,8 +110,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         ]
     elif shape == "cross":
         w = 0.32
-        pts = [(w, 1), (w, w), (1, w), (1, -w), (w, -w), (w, -1), (-w, -1), (-w, -w), (-1, -w), (-1, w), (-w, w),
-               (-w, 1)]  # fmt: skip
+        pts = [
+            (w, 1),
+            (w, w),
+            (1, w),
+            (1, -w),
+            (w, -w),
+            (w, -1),
+            (-w, -1),
+            (-w, -w),
+            (-1, -w),
+            (-1, w),
+            (-w, w),
+            (-w, 1),
+        ]
     else:
         raise ValueError(shape)
     ca, sa = math.cos(angle), math.sin(angle)

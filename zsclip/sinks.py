@@ -82,11 +82,21 @@ def classify_into(
         bar = stack.enter_context(progress.bar("classifying", None, "img", show))
         exclude = _finished(out_file, sorter)
         if bar:
-            total = lambda: count_candidates(sources, recursive, read.get("shard"), exclude)  # noqa: E731
+
+            def total() -> int:
+                return count_candidates(sources, recursive, read.get("shard"), exclude)
+
             threading.Thread(target=lambda: bar.update(0, total=total()), daemon=True).start()
         records: Iterable = classify(
-            clip, clf, sources, top_k=top_k, threshold=threshold, recursive=recursive, exclude=exclude, **read,
-        )  # fmt: skip
+            clip,
+            clf,
+            sources,
+            top_k=top_k,
+            threshold=threshold,
+            recursive=recursive,
+            exclude=exclude,
+            **read,
+        )
         try:
             for record in records:
                 if isinstance(record, Skipped):

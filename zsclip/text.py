@@ -86,8 +86,9 @@ def build_classifier(
     if isinstance(classnames, str):
         classnames = parse_classes(classnames)
     classnames = check_classnames(classnames, "class names")
-    weights, encoded = text_embeddings(model, classnames, template_set, cache=cache, use_cache=use_cache,
-                                       progress=progress)  # fmt: skip
+    weights, encoded = text_embeddings(
+        model, classnames, template_set, cache=cache, use_cache=use_cache, progress=progress
+    )
     notes = check_distinct(model, classnames, weights, template_set)
     return Classifier(classnames, weights, template_set, model.logit_scale, model.fingerprint, encoded, notes)
 
@@ -129,8 +130,10 @@ def check_distinct(model: ClipModel, classnames: list[str], weights: torch.Tenso
     repeated = [n for n, k in Counter(classnames).items() if k > 1]
     if repeated:
         labels = unique_labels(classnames)
-        shown = [f"{n!r} as {', '.join(repr(lab) for lab, c in zip(labels, classnames, strict=True) if c == n)}"
-                 for n in repeated[:3]]  # fmt: skip
+        shown = [
+            f"{n!r} as {', '.join(repr(lab) for lab, c in zip(labels, classnames, strict=True) if c == n)}"
+            for n in repeated[:3]
+        ]
         notes.append(f"repeated class names are scored apart by position and labelled {'; '.join(shown)}")
     first = {}
     for i, n in enumerate(classnames):

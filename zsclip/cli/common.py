@@ -89,9 +89,16 @@ def engine_options(cluster: Cluster) -> dict:
     """--engine and the Ray options as embed_stream's keyword arguments, checked before any model loads."""
     from ..engines import check_engine
 
-    given = [n for n, v in (("--ray-address", cluster.ray_address), ("--actors", cluster.actors),
-                            ("--gpus-per-actor", cluster.gpus_per_actor), ("--cpus-per-actor", cluster.cpus_per_actor))
-             if v is not None]  # fmt: skip
+    given = [
+        n
+        for n, v in (
+            ("--ray-address", cluster.ray_address),
+            ("--actors", cluster.actors),
+            ("--gpus-per-actor", cluster.gpus_per_actor),
+            ("--cpus-per-actor", cluster.cpus_per_actor),
+        )
+        if v is not None
+    ]
     if check_engine(cluster.engine) == "local":
         if given:
             raise UsageError(f"{given[0]} is an option of --engine ray (add --engine ray, or leave it out)")

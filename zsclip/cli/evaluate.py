@@ -192,8 +192,9 @@ def _classification(clip, cache, data, templates, out: Report, quiet: bool, read
     show = progress.enabled(quiet)
     for note in data.notes if not quiet else []:
         progress.log(f"note: {note}")
-    clf = build_with_progress(clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show,
-                              quiet)  # fmt: skip
+    clf = build_with_progress(
+        clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show, quiet
+    )
     result = score(embed_with_progress(clip, data, show, quiet, **read), clf)
     if out.report:
         summary_ = write_report(result, out.report, clip.spec, clip.fingerprint)
@@ -205,10 +206,15 @@ def _classification(clip, cache, data, templates, out: Report, quiet: bool, read
         print_table(
             f"{summary_['dataset']} · {summary_['model']}",
             ["images", "classes", "templates", *summary_["metrics"]],
-            [[str(summary_["images"]), str(summary_["num_classes"]),
-              f"{summary_['templates']} ({summary_['num_templates']})",
-              *(f"{v:.2%}" for v in summary_["metrics"].values())]],
-        )  # fmt: skip
+            [
+                [
+                    str(summary_["images"]),
+                    str(summary_["num_classes"]),
+                    f"{summary_['templates']} ({summary_['num_templates']})",
+                    *(f"{v:.2%}" for v in summary_["metrics"].values()),
+                ]
+            ],
+        )
     if not quiet and result.skipped:
         progress.log(f"skipped {plural(len(result.skipped), 'unreadable file')} (not counted)")
     if not quiet and out.report:
@@ -258,15 +264,25 @@ def _grid(models, datasets, options, out: Report, device, backend, read, quiet: 
             state = "failed" if row["error"] else f"done in {row['seconds']:.1f} s"
             progress.log(f"{row['model']} x {row['dataset']}: {state}")
 
-    rows = run_grid_report(models, datasets, options, report=out.report, device=device.device,
-                           precision=device.precision, backend=backend.backend, read=read, on_row=started)  # fmt: skip
+    rows = run_grid_report(
+        models,
+        datasets,
+        options,
+        report=out.report,
+        device=device.device,
+        precision=device.precision,
+        backend=backend.backend,
+        read=read,
+        on_row=started,
+    )
     if out.fmt == "json":
         echo(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         b = board(rows)
         heads = [d if b.metric_of[d] == b.metric else f"{d} ({short(b.metric_of[d])})" for d in b.datasets]
-        body = [[m, *(b.shown(m, d) for d in b.datasets), "" if b.mean(m) is None else f"{b.mean(m):.2%}"]
-                for m in b.models]  # fmt: skip
+        body = [
+            [m, *(b.shown(m, d) for d in b.datasets), "" if b.mean(m) is None else f"{b.mean(m):.2%}"] for m in b.models
+        ]
         title = f"{short(b.metric)} · {plural(len(b.models), 'model')} x {plural(len(b.datasets), 'data set')}"
         print_table(title, ["model", *heads, b.mean_label()], body)
     if not quiet:
@@ -299,9 +315,11 @@ def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, qui
         print_table(
             f"{summary['dataset']}: {plural(summary['images'], 'image')}, {plural(summary['captions'], 'caption')}",
             ["", "text → image", "image → text"],
-            [[f"R@{k}", f"{m[f'image_retrieval_recall@{k}']:.2%}", f"{m[f'text_retrieval_recall@{k}']:.2%}"]
-             for k in ks],
-        )  # fmt: skip
+            [
+                [f"R@{k}", f"{m[f'image_retrieval_recall@{k}']:.2%}", f"{m[f'text_retrieval_recall@{k}']:.2%}"]
+                for k in ks
+            ],
+        )
     for path, reason in result.skipped if not quiet else []:
         progress.log(f"skipped {path}: {reason}")
     if report and not quiet:

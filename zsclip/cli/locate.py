@@ -104,10 +104,21 @@ def _locate(videos, texts, model, templates, batch_size, find: Segments, device:
             tick = (lambda done, total: bar.update(0, completed=done, total=total)) if bar else None
             try:
                 result = locate(
-                    clip, video, texts, find.fps, min_seconds=find.min_seconds, max_seconds=find.max_seconds,
-                    top=find.top, ordered=find.ordered, templates=templates, min_score=find.min_score,
-                    batch_size=batch_size, store=store, cache=cache, progress=tick,
-                )  # fmt: skip
+                    clip,
+                    video,
+                    texts,
+                    find.fps,
+                    min_seconds=find.min_seconds,
+                    max_seconds=find.max_seconds,
+                    top=find.top,
+                    ordered=find.ordered,
+                    templates=templates,
+                    min_score=find.min_score,
+                    batch_size=batch_size,
+                    store=store,
+                    cache=cache,
+                    progress=tick,
+                )
             except ZsclipError as exc:
                 if len(videos) == 1:
                     raise

@@ -93,11 +93,16 @@ def _compare(model, data, names, per_template, report, device, backend, read, qu
         f"{data.name} · {clip.spec} · {plural(len(embedded.paths), 'image')}",
         ["template set", "templates", "acc1", "acc5", "mean per-class recall"],
         [
-            [r["set"], str(r["templates"]), f"{r['acc1']:.2%}", f"{r['acc5']:.2%}" if "acc5" in r else "-",
-             f"{r['mean_per_class_recall']:.2%}"]
+            [
+                r["set"],
+                str(r["templates"]),
+                f"{r['acc1']:.2%}",
+                f"{r['acc5']:.2%}" if "acc5" in r else "-",
+                f"{r['mean_per_class_recall']:.2%}",
+            ]
             for r in comparison.rows
         ],
-    )  # fmt: skip
+    )
     if per_template:
         print_table(
             "single templates",

@@ -248,8 +248,9 @@ def search_cmd(
 
         model = model or read_export(embeddings).spec  # the vectors' own model, recorded in the export
     sources = expand_sources(paths or ["."]) if embeddings is None else []
-    _search(query, paths, sources, model or DEFAULT_MODEL, embeddings, approximate, ask, hits, device, read,
-            quiet.quiet)  # fmt: skip
+    _search(
+        query, paths, sources, model or DEFAULT_MODEL, embeddings, approximate, ask, hits, device, read, quiet.quiet
+    )
 
 
 def _search(query, paths, sources, model, embeddings, approximate, ask: Query, hits: Hits, device, read, quiet):
@@ -261,8 +262,16 @@ def _search(query, paths, sources, model, embeddings, approximate, ask: Query, h
     cache = Cache()
     clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
     # The query first, so a bad --image fails before any indexing.
-    q = query_vector(clip, query, image=ask.image, add=ask.add or [], subtract=ask.subtract or [],
-                     templates=ask.templates, cache=cache, exact=read["exact"])  # fmt: skip
+    q = query_vector(
+        clip,
+        query,
+        image=ask.image,
+        add=ask.add or [],
+        subtract=ask.subtract or [],
+        templates=ask.templates,
+        cache=cache,
+        exact=read["exact"],
+    )
     if embeddings is not None:  # vectors exported by `zsclip index --embeddings-out`: no store, no indexing
         found = _search_parquet(embeddings, q, hits.top, hits.threshold, clip.fingerprint)
     else:
@@ -274,9 +283,15 @@ def _search(query, paths, sources, model, embeddings, approximate, ask: Query, h
     ):
         write_hits(found, hits.fmt, out or results())
     if hits.report:
-        described = {"query": query, "image": str(ask.image) if ask.image else None, "add": ask.add,
-                     "subtract": ask.subtract, "paths": ", ".join(paths or ["."]), "model": clip.spec,
-                     "templates": ask.templates}  # fmt: skip
+        described = {
+            "query": query,
+            "image": str(ask.image) if ask.image else None,
+            "add": ask.add,
+            "subtract": ask.subtract,
+            "paths": ", ".join(paths or ["."]),
+            "model": clip.spec,
+            "templates": ask.templates,
+        }
         page = write_search_report(found, hits.report, described)
         if not quiet:
             progress.log(f"report written to {page}")
@@ -295,10 +310,13 @@ def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, 
             progress.log(f"indexed {plural(indexed.new + indexed.changed, 'new or changed image')} first")
         if indexed.skipped:  # one line, not every file again on every search: `zsclip index` lists them
             where, n = " ".join(p for p, _ in sources), len(indexed.skipped)
-            progress.log(f"{plural(n, 'file')} under {where} could not be read and {'is' if n == 1 else 'are'} "
-                         f"not searched (zsclip index {where} lists them)")  # fmt: skip
-    return search(clip, q, sources, hits.top, threshold=hits.threshold, index_first=False, approximate=approximate,
-                  **options)  # fmt: skip
+            progress.log(
+                f"{plural(n, 'file')} under {where} could not be read and {'is' if n == 1 else 'are'} "
+                f"not searched (zsclip index {where} lists them)"
+            )
+    return search(
+        clip, q, sources, hits.top, threshold=hits.threshold, index_first=False, approximate=approximate, **options
+    )
 
 
 def _search_parquet(directory: Path, query, top: int, threshold: float | None, fingerprint: str):

@@ -131,7 +131,14 @@ def train_cmd(
         raise UsageError(f"--eval-dir {eval_dir}: no such folder (an ImageFolder of class folders)")
     load_templates(templates)
     cfg = TrainConfig(
-        data=str(data), config=config, output=str(output), device=device, precision=precision, workers=workers,
-        eval_dir=str(eval_dir) if eval_dir else None, templates=templates, **values,
-    )  # fmt: skip
+        data=str(data),
+        config=config,
+        output=str(output),
+        device=device,
+        precision=precision,
+        workers=workers,
+        eval_dir=str(eval_dir) if eval_dir else None,
+        templates=templates,
+        **values,
+    )
     typer.echo(json.dumps(train(cfg, show_progress=show)))

@@ -116,7 +116,10 @@ def csv_dataset(path: Path, classnames: str | None) -> EvalDataset:
         if not label:
             raise UsageError(f"{source}, line {lineno}: no label for {p!r} (expected path,label)")
         entries.append((lineno, p, label))
-    resolve = lambda p: p if os.path.isabs(p) else str(path.parent / p)  # noqa: E731
+
+    def resolve(p: str) -> str:
+        return p if os.path.isabs(p) else str(path.parent / p)
+
     notes: list[str] = []
     if classnames is not None:
         names = classnames_option(classnames)

@@ -33,9 +33,16 @@ class LocalEngine:
             if read.store
             else None
         )
-        options = dict(batch_size=batch_size, recursive=read.recursive, store=store, draft=draft,
-                       max_pixels=read.max_pixels, file_timeout=read.file_timeout, exclude=read.exclude,
-                       shard=read.shard)  # fmt: skip
+        options = dict(
+            batch_size=batch_size,
+            recursive=read.recursive,
+            store=store,
+            draft=draft,
+            max_pixels=read.max_pixels,
+            file_timeout=read.file_timeout,
+            exclude=read.exclude,
+            shard=read.shard,
+        )
         try:
             yield from _embed(model, _batches(model, sources, read, options), store)
         finally:

@@ -212,8 +212,9 @@ class RayEngine:
             rows = _run(model, todo, plan, batch_size, draft, read.max_pixels, read.file_timeout) if todo else iter(())
             try:
                 for start in range(0, len(entries), batch_size):
-                    batch, fresh = _batch(model, entries, range(start, min(start + batch_size, len(entries))),
-                                          stored, storable, rows)  # fmt: skip
+                    batch, fresh = _batch(
+                        model, entries, range(start, min(start + batch_size, len(entries))), stored, storable, rows
+                    )
                     if store is not None and fresh and not store.try_put(fresh):
                         store = None
                     yield batch
@@ -352,8 +353,13 @@ def _plan(model, options: RayOptions) -> dict:
 
     same = model.device.type == device
     precision = model.precision if same else resolve_precision(None, torch.device(device))
-    return {"actors": actors, "gpus": gpus, "cpus": options.cpus_per_actor or 1.0, "device": device,
-            "precision": precision}  # fmt: skip
+    return {
+        "actors": actors,
+        "gpus": gpus,
+        "cpus": options.cpus_per_actor or 1.0,
+        "device": device,
+        "precision": precision,
+    }
 
 
 def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels, file_timeout) -> Iterator[dict]:
@@ -369,7 +375,9 @@ def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels
         ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // batch_size)))
         .map_batches(
             Decode(model.preprocess, shape, draft, max_pixels, file_timeout),
-            batch_size=batch_size, batch_format="numpy", num_cpus=1,
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=1,
             # What a decode task holds: its process (DECODE_TASK_MEMORY) and its batch of float32 pixels,
             # twice. Declaring it also keeps Ray Data from fusing decoding into the model actors (it fuses a task
             # map into an actor map with equal resources, as on a CPU-only cluster): decoding stays in tasks
@@ -378,12 +386,20 @@ def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels
         )
         .map_batches(
             Embedder,
-            fn_constructor_kwargs={"spec": model.spec, "fingerprint": model.fingerprint, "device": plan["device"],
-                                   "precision": plan["precision"], "shape": shape},
+            fn_constructor_kwargs={
+                "spec": model.spec,
+                "fingerprint": model.fingerprint,
+                "device": plan["device"],
+                "precision": plan["precision"],
+                "shape": shape,
+            },
             compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
-            batch_size=batch_size, batch_format="numpy", num_gpus=plan["gpus"], num_cpus=plan["cpus"],
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_gpus=plan["gpus"],
+            num_cpus=plan["cpus"],
         )
-    )  # fmt: skip
+    )
     pending: dict[int, dict] = {}
     order = iter(row["index"] for row in todo)
     want = next(order, None)

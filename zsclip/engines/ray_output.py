@@ -96,8 +96,9 @@ def contain_output():
     sys.stdout.flush()
     sys.stderr.flush()
     out = sys.stdout
-    records = os.fdopen(os.dup(1), "w", encoding=out.encoding, errors=out.errors, buffering=1 if out.line_buffering
-                        else -1)  # fmt: skip
+    records = os.fdopen(
+        os.dup(1), "w", encoding=out.encoding, errors=out.errors, buffering=1 if out.line_buffering else -1
+    )
     messages = os.fdopen(os.dup(2), "w", encoding=sys.stderr.encoding, errors="backslashreplace", buffering=1)
     read, write = os.pipe()
     os.dup2(write, 1)

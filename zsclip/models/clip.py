@@ -79,7 +79,7 @@ class ClipModel:
     @property
     def tokenizer(self) -> Callable:
         if self._tokenizer is None:
-            self.model  # noqa: B018 -- builds both
+            _ = self.model  # builds both
         return self._tokenizer
 
     @property
@@ -162,7 +162,7 @@ class LazyPreprocess:
     def prepare(self) -> None:
         """Build the transform now (it imports open_clip: seconds). Decoding calls this outside a file's time,
         so the import never counts against --file-timeout."""
-        self.transform  # noqa: B018
+        _ = self.transform
 
     @property
     def transforms(self) -> list:  # what zsclip.gpu.TensorPreprocess reads off a Compose

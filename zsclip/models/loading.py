@@ -81,9 +81,18 @@ def load_model(
         cache.remember_model(fingerprint, spec)
         preprocess = LazyPreprocess(info["preprocess_cfg"], info.get("preprocess_tuples", []))
         return ClipModel(
-            spec, parsed.arch, None, preprocess, None, fingerprint, dev, prec, info.get("metadata") or {},
-            info=info, loader=lambda: _build(parsed, dev),
-        )  # fmt: skip
+            spec,
+            parsed.arch,
+            None,
+            preprocess,
+            None,
+            fingerprint,
+            dev,
+            prec,
+            info.get("metadata") or {},
+            info=info,
+            loader=lambda: _build(parsed, dev),
+        )
     model, preprocess, tokenizer, metadata = _build(parsed, dev)
     clip = ClipModel(spec, parsed.arch, model, preprocess, tokenizer, fingerprint, dev, prec, metadata)
     cache.remember_model(fingerprint, spec, clip.describe())
@@ -129,9 +138,21 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 _INIT_FUNCTIONS = (
-    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
-    "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
-)  # fmt: skip
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "eye_",
+    "dirac_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+    "sparse_",
+)
 
 
 @contextlib.contextmanager

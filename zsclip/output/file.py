@@ -33,8 +33,11 @@ def _record_path(path: Path) -> Path:
     itself is the user's; nothing is put beside it once it is finished)."""
     from ..cache import cache_dir
 
-    return cache_dir() / "outputs" / (hashlib.sha256(resolved(str(path)).encode("utf-8", "surrogateescape"))
-                                      .hexdigest()[:32] + ".json")  # fmt: skip
+    return (
+        cache_dir()
+        / "outputs"
+        / (hashlib.sha256(resolved(str(path)).encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".json")
+    )
 
 
 def record_finished(path: Path, run: dict) -> None:

@@ -159,8 +159,15 @@ class Sorter:
         for _ in range(100):  # a name taken between the check and the rename (another writer) is retried
             name = self._free_name(folder, os.path.basename(source))
             dest = self.root / folder / name
-            row = [source, f"{folder}/{name}", record.label, folder, f"{record.prob:.6f}", bool(record.abstained),
-                   *identity_columns(identity)]  # fmt: skip
+            row = [
+                source,
+                f"{folder}/{name}",
+                record.label,
+                folder,
+                f"{record.prob:.6f}",
+                bool(record.abstained),
+                *identity_columns(identity),
+            ]
             outcome = self._plan_row(row, folder, name) if self.dry_run else self._place(row, source, dest)
             if outcome != "taken":
                 break

@@ -15,8 +15,19 @@ from ..identity import StateError, made_from_of, read_state
 
 MODES = ("copy", "link", "move")
 MANIFEST = "manifest.csv"
-COLUMNS = ["source", "destination", "label", "folder", "prob", "abstained", "size", "mtime_ns", "ctime_ns", "inode",
-           "content_hash"]  # fmt: skip
+COLUMNS = [
+    "source",
+    "destination",
+    "label",
+    "folder",
+    "prob",
+    "abstained",
+    "size",
+    "mtime_ns",
+    "ctime_ns",
+    "inode",
+    "content_hash",
+]
 OLD_COLUMNS = COLUMNS[:6]  # manifests written before rows recorded their source's identity
 STATE = ".zsclip-sort.json"  # the options of the sort, so --resume cannot continue a copy as a move
 LOCK = ".zsclip-sort.lock"  # one writer at a time (zsclip.locks)

@@ -182,9 +182,17 @@ def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, 
     valid = ~np.isnan(features[:, 0])
     duration = reader.end if reader.end is not None else m / fps
     result = VideoFrames(
-        path, fps, float(duration), (np.arange(m) + 0.5) / fps, features, valid, reader.rotation,
-        reader.truncated[1] if reader.truncated else 0.0, reader.vfr or (0.0, 0.0), encoded=len(vectors),
-    )  # fmt: skip
+        path,
+        fps,
+        float(duration),
+        (np.arange(m) + 0.5) / fps,
+        features,
+        valid,
+        reader.rotation,
+        reader.truncated[1] if reader.truncated else 0.0,
+        reader.vfr or (0.0, 0.0),
+        encoded=len(vectors),
+    )
     if frame_store is not None:
         frame_store.put_scan(result)
     return result
@@ -270,6 +278,14 @@ class VideoStore:
         for i, key in zip(np.flatnonzero(valid), keys, strict=True):
             features[i] = found[key]
         return VideoFrames(
-            self.path, self.fps, duration, times, features, valid, int(rotation), header_end, (lo, hi),
+            self.path,
+            self.fps,
+            duration,
+            times,
+            features,
+            valid,
+            int(rotation),
+            header_end,
+            (lo, hi),
             reused=len(keys),
-        )  # fmt: skip
+        )
