@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # help paragraphs are reflowed to the terminal's width
 )
 app.command("classify")(classify.classify_cmd)
 app.command("eval")(evaluate.eval_cmd)

@@ -77,7 +77,14 @@ def fail(message: str, code: int) -> None:
 
 
 def typer_app(help: str) -> typer.Typer:
-    return typer.Typer(cls=Group, help=help, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+    return typer.Typer(
+        cls=Group,
+        help=help,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode="markdown",
+    )
 
 
 def choice(option: str, value: str | None, allowed: tuple[str, ...]) -> None:
