@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
@@ -45,7 +46,7 @@ def main() -> None:
     for name, draft in (("exact", None), ("draft", draft_size(model))):
         start = time.perf_counter()
         for p in paths:
-            load_image(p, model.preprocess, draft)
+            load_image(p, model.preprocess.geometry, draft)
         decode[name] = time.perf_counter() - start
 
     feats, timing = {}, {}
@@ -53,8 +54,8 @@ def main() -> None:
         start = time.perf_counter()
         batches = list(embed_stream(model, sources, store=False, exact=exact))
         timing[name] = time.perf_counter() - start
-        feats[name] = torch.cat([b.features for b in batches if b.features is not None])
-    top1 = {k: (v @ clf.weights.T).argmax(-1) for k, v in feats.items()}
+        feats[name] = torch.from_numpy(np.concatenate([b.features for b in batches if b.features is not None]))
+    top1 = {k: (v @ torch.from_numpy(clf.weights).T).argmax(-1) for k, v in feats.items()}
     agree = (top1["exact"] == top1["draft"]).float().mean().item()
     cosine = torch.nn.functional.cosine_similarity(feats["exact"], feats["draft"], dim=-1)
     print(

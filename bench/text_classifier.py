@@ -48,7 +48,7 @@ def main() -> None:
     start = time.perf_counter()
     ours = zsclip.build_classifier(model, classes, "imagenet80")
     our_t = time.perf_counter() - start
-    cosine = torch.nn.functional.cosine_similarity(ours.weights, reference, dim=-1).min().item()
+    cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(ours.weights), reference, dim=-1).min().item()
 
     small = dict(cfg, text_cfg=dict(cfg["text_cfg"], layers=1))
     small_dir = save_model_dir(random_init_model(small), small, tmp / "small")

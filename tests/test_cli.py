@@ -60,10 +60,10 @@ def test_probabilities_are_the_softmax_of_scaled_cosines(tiny_model_dir, folder)
     record = json.loads(result.stdout)
     model = zsclip.load_model(str(tiny_model_dir))
     clf = zsclip.build_classifier(model, ["red", "green", "blue"], "photo")
-    image = model.preprocess(Image.open(folder / "red.jpg")).unsqueeze(0)
+    image = torch.from_numpy(model.preprocess(Image.open(folder / "red.jpg").convert("RGB"))).unsqueeze(0)
     with torch.no_grad():
         feats = torch.nn.functional.normalize(model.model.encode_image(image), dim=-1)
-    probs = (model.logit_scale * feats @ clf.weights.T).softmax(-1)[0]
+    probs = (model.logit_scale * feats @ torch.from_numpy(clf.weights).T).softmax(-1)[0]
     expected = {name: p for name, p in zip(["red", "green", "blue"], probs.tolist(), strict=True)}
     assert {t["label"]: t["prob"] for t in record["top_k"]} == pytest.approx(expected, abs=1e-5)
     assert sum(t["prob"] for t in record["top_k"]) == pytest.approx(1.0, abs=1e-5)

@@ -64,7 +64,7 @@ def test_export_writes_the_stream_s_vectors(tiny_model_dir, tmp_path):
     sources = expand_sources([tmp_path])
     assert export_embeddings(clip, sources, tmp_path / "emb", store=False, workers=0) == 5
     batch = next(embed_stream(clip, sources, store=False, workers=0))
-    hits = search_embeddings(tmp_path / "emb", batch.features[2].numpy(), top=1, fingerprint=clip.fingerprint)
+    hits = search_embeddings(tmp_path / "emb", batch.features[2], top=1, fingerprint=clip.fingerprint)
     assert hits[0].path == str(tmp_path / "2.png")
     assert hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert hits[0].content_hash == content_hash(str(tmp_path / "2.png"))

@@ -1,5 +1,6 @@
 """The GPU image path, run on the CPU: same files, same order, same skip rules, same predictions as PIL."""
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -8,20 +9,23 @@ from PIL import Image
 import zsclip
 from zsclip.engines import embed_stream
 from zsclip.gpu import TensorPreprocess
+from zsclip.preprocess import Preprocess
 from zsclip.sources import expand_sources
 
 from .conftest import sample_images
 
 
 def test_mirrors_open_clip_preprocessing():
-    _, _, vit = open_clip.create_model_and_transforms("ViT-B-32")
-    tp = TensorPreprocess.from_transform(vit)
+    vit = Preprocess.from_cfg(open_clip.get_model_preprocess_cfg(open_clip.create_model("ViT-B-32")))
+    tp = TensorPreprocess.from_preprocess(vit)
     assert (tp.resize, tp.crop) == (224, (224, 224))
-    squash = open_clip.image_transform(64, is_train=False, resize_mode="squash")
-    assert TensorPreprocess.from_transform(squash).resize == (64, 64)
-    assert TensorPreprocess.from_transform(lambda im: im) is None
-    keep_ratio = open_clip.image_transform(64, is_train=False, resize_mode="longest")
-    assert TensorPreprocess.from_transform(keep_ratio) is None  # not mirrored: the CPU path runs
+    assert tp.mean == vit.mean and tp.interpolation.value == "bicubic"
+    squash = Preprocess.from_cfg({"size": 64, "resize_mode": "squash", "interpolation": "bilinear"})
+    assert TensorPreprocess.from_preprocess(squash).resize == (64, 64)
+    assert TensorPreprocess.from_preprocess(squash).interpolation.value == "bilinear"
+    keep_ratio = Preprocess.from_cfg({"size": 64, "resize_mode": "longest"})
+    assert TensorPreprocess.from_preprocess(keep_ratio) is None  # not mirrored: the CPU path runs
+    assert TensorPreprocess.from_preprocess(Preprocess.from_cfg({"size": (64, 48)})) is None
 
 
 def _mixed_folder(tmp_path):
@@ -46,7 +50,7 @@ def test_device_path_matches_the_cpu_path(tiny_model_dir, tmp_path):
                                     decode_on=decode_on))  # fmt: skip
         runs[decode_on] = (
             [p for b in batches for p in b.paths],
-            torch.cat([b.features for b in batches if b.features is not None]),
+            torch.from_numpy(np.concatenate([b.features for b in batches if b.features is not None])),
             sorted(p for b in batches for p, _ in b.skipped),
         )
     (cpu_paths, cpu_feats, cpu_skips), (dev_paths, dev_feats, dev_skips) = runs["cpu"], runs["device"]
@@ -55,7 +59,8 @@ def test_device_path_matches_the_cpu_path(tiny_model_dir, tmp_path):
     cosine = torch.nn.functional.cosine_similarity(cpu_feats, dev_feats, dim=-1)
     assert cosine.min().item() > 0.99
     clf = zsclip.build_classifier(model, ["fish", "bird", "dog", "car", "food", "tool"], "photo")
-    agree = ((cpu_feats @ clf.weights.T).argmax(-1) == (dev_feats @ clf.weights.T).argmax(-1)).float().mean()
+    weights = torch.from_numpy(clf.weights)
+    agree = ((cpu_feats @ weights.T).argmax(-1) == (dev_feats @ weights.T).argmax(-1)).float().mean()
     assert agree.item() >= 0.9
 
 

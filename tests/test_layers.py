@@ -16,11 +16,12 @@ ENDS = ["classify", "retrieval", "vectors", "locate", "evaluate", "retrieval_eva
 ENDS += ["fit"]
 WRITERS = ["output", "sinks", "sort", "gallery", "report", "retrieval_report", "leaderboard", "embeddings_io"]
 WRITERS += ["locate_report"]
+SOURCES = ["sources", "shards", "prompts", "models", "preprocess", "tokenizer", "store", "shapes"]
 # Lowest first. A module may import from its own layer and the ones below, never from above.
 LAYERS = [
-    ("base", ["errors", "progress", "atomic", "limits", "defaults", "plots", "paths"]),
+    ("base", ["errors", "progress", "atomic", "limits", "defaults", "plots", "paths", "similarity"]),
     ("identity and cache", ["identity", "cache", "textfiles", "locks"]),
-    ("sources, prompts, models, store", ["sources", "shards", "prompts", "models", "store", "shapes"]),
+    ("sources, prompts, models, store", SOURCES),
     ("images, text, datasets", ["images", "workers", "gpu", "text", "datasets", "video.container", "video.sampling"]),
     ("encode", ["encode", "backends"]),
     ("engines", ["engines"]),

@@ -5,9 +5,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import open_clip
 import pytest
 import torch
+from PIL import Image
 
 import zsclip
 from zsclip.errors import UsageError, ZsclipError
@@ -84,8 +86,7 @@ def test_cached_pretrained_tag_loads_offline_with_quickgelu_and_its_preprocessin
     assert not model.model.training
     # OpenAI weights need QuickGELU even under the plain name; open_clip alone would only warn.
     assert type(model.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
-    normalize = model.preprocess.transforms[-1]
-    assert tuple(normalize.mean) == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    assert model.preprocess.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     reference = open_clip.create_model("ViT-B-32", pretrained=str(vitb32_weights), force_quick_gelu=True).eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
@@ -115,8 +116,8 @@ def test_logit_scale_is_the_models_own_not_clamped(tmp_path):
     again = zsclip.load_model(str(directory))  # from the cache, module not built
     assert not again.loaded and again.logit_scale == pytest.approx(200.0, rel=1e-5)
     image = torch.nn.functional.normalize(torch.randn(1, clf.weights.shape[1]), dim=-1)
-    expected = (200.0 * image @ clf.weights.T).softmax(dim=-1)
-    assert torch.allclose(zsclip.probabilities(image, clf), expected, atol=1e-5)
+    expected = (200.0 * image @ torch.from_numpy(clf.weights).T).softmax(dim=-1)
+    assert np.allclose(zsclip.probabilities(image.numpy(), clf), expected.numpy(), atol=1e-5)
     with torch.no_grad():
         model.model.logit_scale.fill_(math.log(42.0))  # a built module is the truth
     assert model.logit_scale == pytest.approx(42.0)
@@ -170,11 +171,11 @@ def test_offline_hint_names_the_architecture_that_builds_the_tags_model(hf_cache
 
 def _same_outputs(a, b) -> None:
     x = torch.randn(2, 3, *a.model.visual.image_size)
-    tokens = a.tokenizer(["a photo of a cat", "a dog"])
+    tokens = torch.from_numpy(a.tokenizer(["a photo of a cat", "a dog"]))
     with torch.no_grad():
         assert torch.equal(a.model.encode_image(x), b.model.encode_image(x))
         assert torch.equal(a.model.encode_text(tokens), b.model.encode_text(tokens))
-    assert repr(a.preprocess) == repr(b.preprocess)
+    assert a.preprocess == b.preprocess
 
 
 @pytest.mark.slow  # three ViT-B-32 loads
@@ -226,12 +227,13 @@ def test_loading_skips_random_init_and_gives_the_checkpoints_model(kind, request
     reference, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
     assert init_calls  # open_clip alone initialises, then overwrites
     reference.eval()
-    x = torch.randn(2, 3, *model.image_size) if isinstance(model.image_size, tuple) else torch.randn(2, 3, 64, 64)
-    tokens = model.tokenizer(["a red star", "a blue cross"])
+    x = torch.randn(2, 3, *model.preprocess.size)
+    tokens = torch.from_numpy(model.tokenizer(["a red star", "a blue cross"]))
     with torch.no_grad():
         assert torch.allclose(model.model.encode_image(x), reference.encode_image(x), atol=1e-6)
         assert torch.allclose(model.model.encode_text(tokens), reference.encode_text(tokens), atol=1e-6)
-    assert repr(model.preprocess) == repr(preprocess)
+    image = Image.new("RGB", (90, 70), (10, 200, 30))
+    assert np.abs(model.preprocess(image) - preprocess(image).numpy()).max() <= 1e-6
 
 
 # -- a fully cached run builds no model ------------------------------------------------------------------------
@@ -253,29 +255,14 @@ def test_a_run_with_everything_cached_never_builds_the_model(tmp_path):
     assert second.recommended_templates == first.recommended_templates == "shapes"
     clf2, again = _shapes_run(second, ["red star", "blue cross"], folder)
     assert not second.loaded
-    assert again == records and torch.equal(clf2.weights, clf.weights)
+    assert again == records and np.array_equal(clf2.weights, clf.weights)
     # A new class needs the text tower: built on first use, giving what an eagerly loaded model gives.
     clf3, _ = _shapes_run(second, ["red star", "blue cross", "green circle"], folder)
     assert second.loaded
     eager = zsclip.build_classifier(
         zsclip.load_model("shapes", lazy=False), ["red star", "green circle"], "shapes", use_cache=False
     )
-    assert torch.allclose(clf3.weights[2], eager.weights[1], atol=1e-6)
-
-
-def test_the_lazy_preprocessing_is_open_clips_and_pickles_small(tiny_siglip_dir):
-    import pickle
-
-    from PIL import Image
-
-    eager = zsclip.load_model(str(tiny_siglip_dir))
-    lazy = zsclip.load_model(str(tiny_siglip_dir))
-    assert not lazy.loaded
-    restored = pickle.loads(pickle.dumps(lazy.preprocess))  # what a decoding worker receives
-    image = Image.new("RGB", (90, 70), (10, 200, 30))
-    assert torch.equal(restored(image), eager.preprocess(image))
-    assert repr(restored) == repr(eager.preprocess)
-    assert not lazy.loaded
+    assert np.allclose(clf3.weights[2], eager.weights[1], atol=1e-6)
 
 
 _CACHED_RUN = """

@@ -116,9 +116,9 @@ def test_evaluate_retrieval_matches_brute_force_with_open_clip(tiny_model_dir, t
     data = load_captions(folder)
     keep = [j for j, i in enumerate(data.caption_image) if not data.images[i].endswith("broken.png")]
     with torch.no_grad():
-        pixels = torch.stack([model.preprocess(Image.open(p).convert("RGB")) for p in data.images[:6]])
+        pixels = torch.from_numpy(np.stack([model.preprocess(Image.open(p).convert("RGB")) for p in data.images[:6]]))
         img = torch.nn.functional.normalize(model.model.encode_image(pixels), dim=-1).numpy()
-        tokens = model.tokenizer([data.captions[j] for j in keep])
+        tokens = torch.from_numpy(model.tokenizer([data.captions[j] for j in keep]))
         txt = torch.nn.functional.normalize(model.model.encode_text(tokens), dim=-1).numpy()
     owner = np.array([data.caption_image[j] for j in keep])
     assert result.metrics == pytest.approx(
@@ -172,7 +172,7 @@ def test_same_numbers_as_clip_benchmark_evaluate_on_the_shapes_captions(tmp_path
             return len(data.images)
 
         def __getitem__(self, i):
-            return model.preprocess(Image.open(data.images[i]).convert("RGB")), by_image[i]
+            return torch.from_numpy(model.preprocess(Image.open(data.images[i]).convert("RGB"))), by_image[i]
 
     loader = torch.utils.data.DataLoader(Pairs(), batch_size=32, collate_fn=lambda b: tuple(zip(*b, strict=True)))
     loader = ((torch.stack(x), list(y)) for x, y in loader)

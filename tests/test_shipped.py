@@ -81,4 +81,4 @@ def test_convolutional_tower_runs_channels_last_with_the_same_embeddings():
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         expected = torch.nn.functional.normalize(reference.encode_image(x), dim=-1)
-    assert torch.allclose(encode_images(model, x), expected, atol=1e-5)
+    assert torch.allclose(torch.from_numpy(encode_images(model, x)), expected, atol=1e-5)

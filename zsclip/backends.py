@@ -34,6 +34,7 @@ from .defaults import BACKENDS
 from .errors import UsageError, ZsclipError
 from .identity import StateError, read_state, write_state
 from .progress import log
+from .similarity import probabilities, unit
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -115,30 +116,23 @@ class OnnxEncoder:
             self._sessions[tower] = self.exports.session(tower, self.int8)
         return self._sessions[tower]
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Unnormalised float32 image embeddings [batch, dim], as the torch module's encode_image."""
-        array = np.ascontiguousarray(pixels.detach().float().cpu().numpy())
-        return torch.from_numpy(self._session("image").run(None, {"pixels": array})[0])
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        """Unnormalised float32 image embeddings [batch, dim] of normalised pixels [batch, 3, h, w]."""
+        return self._session("image").run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
-    def pool_positions(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """As zsclip.text.pool_positions, from what the export recorded (no torch module needed)."""
-        pool = self.exports.meta()["pool"]
-        if pool is None:
-            return None
-        if pool["kind"] == "argmax":
-            return tokens.argmax(dim=-1)
-        if pool["kind"] == "eos":
-            return (tokens == pool["eos_id"]).int().argmax(dim=-1)
-        return torch.zeros(len(tokens), dtype=torch.long)
+    @property
+    def pool(self) -> dict | None:
+        """How the text tower pools (zsclip.text.pooled_at), from what the export recorded."""
+        return self.exports.meta()["pool"]
 
-    def encode_text(self, tokens: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    def encode_text(self, tokens: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
         """Unnormalised float32 text embeddings; with `positions`, the batch runs only to its last pooled token."""
         feeds = {}
         if positions is not None:
             tokens = tokens[:, : int(positions.max()) + 1]
-            feeds["positions"] = positions.cpu().numpy().astype("int64")
-        feeds["tokens"] = tokens.cpu().numpy().astype("int64")
-        return torch.from_numpy(self._session("text").run(None, feeds)[0])
+            feeds["positions"] = positions.astype(np.int64)
+        feeds["tokens"] = np.ascontiguousarray(tokens, dtype=np.int64)
+        return self._session("text").run(None, feeds)[0]
 
 
 # -- exports -------------------------------------------------------------------------------------------------
@@ -283,7 +277,7 @@ def _machine() -> str:
     return f"{cpu}|{os.cpu_count()} cpus|{_threads()} threads|torch {torch.__version__}|ort {onnxruntime.__version__}"
 
 
-def check_images(model: ClipModel, n: int = CHECK_IMAGES) -> torch.Tensor:
+def check_images(model: ClipModel, n: int = CHECK_IMAGES) -> np.ndarray:
     """The built-in check's pixels, preprocessed as the model's own images are: half shapes-world pictures, half
     blurred noise. Noise is out of every model's domain, so its class probabilities are flat and near-ties common:
     the case where int8 flips labels (measured: the shipped model agrees on 99.9% of its own eval split with int8,
@@ -301,8 +295,8 @@ def check_images(model: ClipModel, n: int = CHECK_IMAGES) -> torch.Tensor:
         else:
             colour, shape = shapes.COMPOSITIONS[(i // 2) % len(shapes.COMPOSITIONS)]
             image = shapes.render(shapes.sample_scene(rng, colour, shape), 224, rng)
-        out.append(model.preprocess(image))
-    return torch.stack(out)
+        out.append(model.preprocess.geometry(image))
+    return np.stack(out)
 
 
 def measure(model: ClipModel, exports: Exports) -> dict[str, dict]:
@@ -321,16 +315,16 @@ def measure(model: ClipModel, exports: Exports) -> dict[str, dict]:
             images = encode_images(model, pixels)  # also the warm-up: sessions, kernels, allocator
             timed = pixels[:TIMED_IMAGES]
             seconds = min(_timed(encode_images, model, timed) for _ in range(2))
-            text = torch.nn.functional.normalize(torch.from_numpy(_stack(encode_prompts(model, prompts))), dim=-1)
+            text = unit(np.stack(encode_prompts(model, prompts)))
         finally:
             model.backend, model.encoder = "torch", None
-        probs = (model.logit_scale * images @ text.T).softmax(dim=-1)
+        probs = probabilities(images, text, model.logit_scale)
         if reference is None:
             reference = (images, probs)
         results[name] = {
             "images_per_s": len(timed) / seconds,
-            "agreement": float((probs.argmax(-1) == reference[1].argmax(-1)).float().mean()),
-            "max_prob_diff": float((probs - reference[1]).abs().max()),
+            "agreement": float((probs.argmax(-1) == reference[1].argmax(-1)).mean()),
+            "max_prob_diff": float(np.abs(probs - reference[1]).max()),
             "min_cosine": float((images * reference[0]).sum(-1).min()),
         }
     return results
@@ -342,19 +336,14 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def _stack(vectors):
-
-    return np.stack(vectors).astype("float32")
-
-
 # -- exporting -----------------------------------------------------------------------------------------------
 def _export(module, tower: str, path: Path) -> dict | None:
     """Export one tower of an open_clip model to `path` (atomically). Returns the text tower's pooling, or None."""
     import io
 
-    from .text import pool_positions
+    from .text import pool_of, pooled_at
 
-    pool = None
+    pool = None  # how the text tower pools (zsclip.text.pool_of), where it runs trimmed
     if tower == "image":
         size = getattr(module.visual, "image_size", 224)
         h, w = size if isinstance(size, tuple | list) else (size, size)
@@ -363,10 +352,10 @@ def _export(module, tower: str, path: Path) -> dict | None:
     else:
         tokens = torch.randint(1, 1000, (3, 7))
         tokens[:, -1] = 49407  # CLIP's end-of-text id is the largest id, where argmax pooling looks
-        positions = pool_positions(module, tokens)
+        pool = pool_of(module)
+        positions = pooled_at(pool, tokens.numpy())
         if positions is not None:
-            pool = {"kind": getattr(module, "text_pool_type", "argmax"), "eos_id": getattr(module, "text_eos_id", None)}
-            wrapper, args = _TrimmedTextTower(module), (tokens, positions)
+            wrapper, args = _TrimmedTextTower(module), (tokens, torch.from_numpy(positions))
             names = ["tokens", "positions"]
             axes = {"tokens": {0: "batch", 1: "sequence"}, "positions": {0: "batch"}, "features": {0: "batch"}}
         else:

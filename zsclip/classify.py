@@ -5,17 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+import numpy as np
+
+from . import similarity
 from .engines import embed_stream
 from .errors import UsageError
 from .limits import check_ranking
 from .models import ClipModel
 from .sources import expand_sources
 from .text import Classifier
-
-if TYPE_CHECKING:
-    import torch
 
 UNKNOWN = "unknown"
 
@@ -47,10 +46,9 @@ class Skipped:
         return {"path": self.path, "reason": self.reason}
 
 
-def probabilities(image_features: torch.Tensor, classifier: Classifier) -> torch.Tensor:
+def probabilities(image_features: np.ndarray, classifier: Classifier) -> np.ndarray:
     """Softmax over classes of logit_scale * cosine similarity; features must be unit-norm."""
-    weights = classifier.weights.to(image_features.device)
-    return (classifier.logit_scale * image_features @ weights.T).softmax(dim=-1)
+    return similarity.probabilities(image_features, classifier.weights, classifier.logit_scale)
 
 
 def check_options(classifier: Classifier, top_k: int | None, threshold: float | None) -> int:
@@ -67,9 +65,9 @@ def check_options(classifier: Classifier, top_k: int | None, threshold: float | 
 
 
 def predict(
-    paths: list[str], probs: torch.Tensor, classifier: Classifier, top_k: int, threshold: float | None
+    paths: list[str], probs: np.ndarray, classifier: Classifier, top_k: int, threshold: float | None
 ) -> list[Prediction]:
-    values, indices = probs.float().cpu().topk(top_k, dim=-1)
+    values, indices = similarity.top_k(probs, top_k)
     labels = classifier.labels
     out = []
     for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):

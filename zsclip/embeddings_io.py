@@ -199,7 +199,7 @@ def rows_from_stream(batches: Iterable, fingerprint: str) -> Iterator[EmbeddingR
     for batch in batches:
         if batch.features is None:
             continue
-        vectors = batch.features.float().cpu().numpy()
+        vectors = batch.features
         known = batch.content_hashes or [None] * len(batch.paths)
         hashes = [h or hashed(p) for h, p in zip(known, batch.paths, strict=True)]
         for path, hash_, vector in zip(batch.paths, hashes, vectors, strict=True):

@@ -4,35 +4,50 @@ engine's business (zsclip.engines)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
+
+import numpy as np
 
 from .models import ClipModel, vector_key
+from .similarity import unit
 from .store import variant_key
 
-if TYPE_CHECKING:
-    import torch
 
-
-def encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Unit-norm float32 image embeddings [batch, dim] on the model's device."""
+def encode_images(model: ClipModel, pixels: Any) -> np.ndarray:
+    """Unit-norm float32 image embeddings [batch, dim]. `pixels` are uint8 [batch, height, width, 3] as
+    Preprocess.geometry makes them (normalised here), or a float tensor already normalised (zsclip.gpu)."""
+    if model.encoder is not None:  # ONNX Runtime (zsclip.backends): CPU, NumPy in and out, no torch
+        return unit(model.encoder.encode_image(model.preprocess.normalize(pixels)))
     import torch
 
     with torch.inference_mode():
-        return _encode_images(model, pixels)
+        return _encode_torch(model, pixels)
 
 
-def _encode_images(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
+def _encode_torch(model: ClipModel, pixels: Any) -> np.ndarray:
     import torch
 
-    if model.encoder is not None:  # ONNX Runtime (zsclip.backends): CPU, fp32 or int8 weights
-        return torch.nn.functional.normalize(model.encoder.encode_image(pixels).float(), dim=-1)
-    if pixels.device != model.device:
+    if isinstance(pixels, np.ndarray):
+        if model.device.type == "cpu":
+            pixels = torch.from_numpy(model.preprocess.normalize(pixels))
+        else:  # a quarter of the bytes cross to the device; normalised there with the same float32 operations
+            pixels = _normalize_on(model, torch.from_numpy(pixels).pin_memory().to(model.device, non_blocking=True))
+    elif pixels.device != model.device:
         pixels = (pixels.pin_memory() if model.device.type == "cuda" else pixels).to(model.device, non_blocking=True)
     if model.channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
     with model.autocast():
         features = model.model.encode_image(pixels)
-    return torch.nn.functional.normalize(features.float(), dim=-1)
+    return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def _normalize_on(model: ClipModel, pixels):
+    """uint8 [n, h, w, 3] on the device -> normalised float32 [n, 3, h, w]: ToTensor's /255 and Normalize."""
+    import torch
+
+    mean = torch.tensor(model.preprocess.mean, dtype=torch.float32, device=pixels.device)[:, None, None]
+    std = torch.tensor(model.preprocess.std, dtype=torch.float32, device=pixels.device)[:, None, None]
+    return (pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std
 
 
 def draft_size(model: ClipModel) -> int:

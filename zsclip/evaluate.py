@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import metrics
 from .classify import probabilities
@@ -17,7 +16,8 @@ from .engines.ray import RayOptions
 from .errors import UsageError, ZsclipError
 from .models import ClipModel
 from .prompts import list_template_sets, load_templates
-from .text import Classifier, build_classifier, ensemble
+from .similarity import ensemble, top_k
+from .text import Classifier, build_classifier
 
 if TYPE_CHECKING:
     from .retrieval_eval import RetrievalResult
@@ -30,7 +30,7 @@ class Embedded:
     dataset: EvalDataset
     paths: list[str]
     labels: np.ndarray  # [N] true class indices
-    features: torch.Tensor  # [N, dim] unit-norm
+    features: np.ndarray  # [N, dim] unit-norm float32
     skipped: list[tuple[str, str]] = field(default_factory=list)
     reused: int = 0  # embeddings taken from the image store instead of encoded
 
@@ -62,22 +62,21 @@ def embed_dataset(
         reused += batch.reused
         if batch.features is not None:
             paths += batch.paths
-            feats.append(batch.features.cpu())
+            feats.append(batch.features)
         if on_batch:
             on_batch(len(batch.paths), len(batch.skipped))
     if not paths:
         raise ZsclipError(f"{dataset.name}: no image could be read ({len(skipped)} skipped)")
     labels = np.array([truth[p] for p in paths])
-    return Embedded(dataset, paths, labels, torch.cat(feats), skipped, reused)
+    return Embedded(dataset, paths, labels, np.concatenate(feats), skipped, reused)
 
 
 def score(embedded: Embedded, classifier: Classifier, k: int = 5) -> EvalResult:
     probs = probabilities(embedded.features, classifier)
-    values, indices = probs.topk(min(k, len(classifier)), dim=-1)
-    topk = indices.numpy()
+    values, topk = top_k(probs, k)
     summary = metrics.summary(embedded.labels, topk)
     return EvalResult(
-        embedded.dataset, classifier, embedded.paths, embedded.labels, topk, values.numpy(), embedded.skipped, summary
+        embedded.dataset, classifier, embedded.paths, embedded.labels, topk, values, embedded.skipped, summary
     )
 
 
@@ -180,12 +179,12 @@ def compare_templates(
     return comparison
 
 
-def _acc1(embedded: Embedded, weights: torch.Tensor) -> float:
-    predicted = (embedded.features @ weights.T).argmax(-1).numpy()
+def _acc1(embedded: Embedded, weights: np.ndarray) -> float:
+    predicted = (embedded.features @ weights.T).argmax(-1)
     return float((predicted == embedded.labels).mean())
 
 
-def greedy_subset(embedded: Embedded, single: dict[str, torch.Tensor]) -> list[dict]:
+def greedy_subset(embedded: Embedded, single: dict[str, np.ndarray]) -> list[dict]:
     """Forward selection: add the template that most improves the ensemble's acc1, stop when none does.
 
     A single-template classifier row is that prompt's unit-norm embedding, so the ensemble of a subset is the
@@ -199,7 +198,7 @@ def greedy_subset(embedded: Embedded, single: dict[str, torch.Tensor]) -> list[d
         for t in single:
             if t in chosen:
                 continue
-            weights = ensemble(np.stack([single[c].numpy() for c in [*chosen, t]], axis=1))
+            weights = ensemble(np.stack([single[c] for c in [*chosen, t]], axis=1))
             candidates.append((_acc1(embedded, weights), t))
         acc, t = max(candidates, key=lambda c: (c[0], -len(c[1])))
         if acc <= best:

@@ -1,8 +1,8 @@
 """The GPU image path: files read by CPU threads, JPEGs decoded in batches on the GPU (nvjpeg through
 torchvision.io.decode_jpeg), then resized, cropped and normalised there, overlapping with the encoder.
 
-It mirrors the model's own preprocessing (Resize -> CenterCrop -> Normalize, as open_clip builds it); a pipeline
-with any other step is not mirrored and the CPU path runs instead. Files that are not JPEG, or that the batch
+It mirrors the model's own preprocessing (Resize -> CenterCrop -> Normalize, as open_clip builds it); a resize
+mode it does not mirror takes the CPU path instead. Files that are not JPEG, or that the batch
 decoder rejects, go through the CPU path one by one, with its skip rules. The same code runs on the CPU (device
 "cpu"), which is how the tests cover it without a GPU.
 """
@@ -15,7 +15,7 @@ import sqlite3
 import stat
 import warnings
 from collections import deque
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,13 +39,12 @@ from .images import (
     remembered,
     time_limit,
 )
+from .preprocess import Preprocess
 from .shards import MemberError, is_member, read_member
 from .store import ImageStore
 from .workers import run_tasks
 
 _JPEG = b"\xff\xd8\xff"
-# Steps that only turn a PIL image into an RGB float tensor, which decode_jpeg(mode=RGB) and the ops below do.
-_PASSTHROUGH = {"MaybeConvertMode", "MaybeToTensor", "ToTensor", "_convert_to_rgb"}
 
 
 @dataclass(frozen=True)
@@ -59,29 +58,18 @@ class TensorPreprocess:
     std: tuple[float, ...]
 
     @classmethod
-    def from_transform(cls, preprocess) -> TensorPreprocess | None:
-        """Read open_clip's eval Compose; None when it holds a step this path does not mirror."""
-        steps = getattr(preprocess, "transforms", None)
-        if not steps:
+    def from_preprocess(cls, preprocess: Preprocess) -> TensorPreprocess | None:
+        """The model's preprocessing as tensor ops; None for a resize this path does not mirror (open_clip's
+        "longest" and the non-square "shortest")."""
+        h, w = preprocess.size
+        if preprocess.resize_mode == "squash":
+            resize: int | tuple[int, int] = (h, w)
+        elif preprocess.resize_mode == "shortest" and h == w:
+            resize = h
+        else:
             return None
-        resize = crop = norm = None
-        for step in steps:
-            name = getattr(step, "__name__", type(step).__name__)
-            if name == "Resize":
-                resize = step
-            elif name == "CenterCrop":
-                crop = step
-            elif name == "Normalize":
-                norm = step
-            elif name not in _PASSTHROUGH:
-                return None
-        if resize is None or norm is None or getattr(resize, "max_size", None):
-            return None
-        size = resize.size
-        size = size[0] if isinstance(size, list | tuple) and len(size) == 1 else size
-        size = tuple(size) if isinstance(size, list | tuple) else int(size)
-        crop_size = tuple(crop.size) if crop is not None else (size if isinstance(size, tuple) else (size, size))
-        return cls(size, resize.interpolation, crop_size, tuple(norm.mean), tuple(norm.std))
+        mode = InterpolationMode.BILINEAR if preprocess.interpolation == "bilinear" else InterpolationMode.BICUBIC
+        return cls(resize, mode, (h, w), preprocess.mean, preprocess.std)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 [3, H, W] on any device -> normalised float32 [3, crop_h, crop_w]."""
@@ -116,7 +104,7 @@ def _read(path: str) -> bytes | None:
 
 def iter_device_batches(
     sources: list[tuple[str, bool]],
-    preprocess: Callable,
+    preprocess: Preprocess,
     device: torch.device,
     *,
     batch_size: int = 256,
@@ -131,7 +119,7 @@ def iter_device_batches(
 ) -> Iterator[Batch]:
     """Batches like images.iter_batches, with pixels decoded and preprocessed on `device`. Reads run on
     supervised threads: a file that blocks longer than `file_timeout` is skipped and its thread abandoned."""
-    tensor_pp = TensorPreprocess.from_transform(preprocess)
+    tensor_pp = TensorPreprocess.from_preprocess(preprocess)
     if tensor_pp is None:
         raise ValueError("preprocessing not mirrored on the device")
     check_limits(batch_size, threads, max_pixels, file_timeout)
@@ -202,8 +190,8 @@ def _decode(prepared, preprocess, tensor_pp: TensorPreprocess, device, draft, ma
             try:
                 if image is None:  # not a JPEG, or one the device decoder rejected
                     with time_limit(file_timeout):
-                        image = load_image(path, preprocess, draft, max_pixels)
-                    image = image.to(device)
+                        image = load_image(path, preprocess.geometry, draft, max_pixels)
+                    image = torch.from_numpy(preprocess.normalize(image)).to(device)
                 else:
                     image = tensor_pp(image)
                 pixels.append(image)

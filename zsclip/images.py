@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import itertools
 import os
-import re
 import signal
 import sqlite3
 import stat
@@ -21,11 +21,9 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
@@ -44,70 +42,16 @@ except ImportError:
     HEIF_PLUGIN = False
 
 
-class CrossProcess:
-    """A result that crosses from a worker process to the parent: tensors in shared memory go as a file
-    descriptor (torch's reduction), others as bytes through the pipe, so a full /dev/shm (64 MB in a default
-    Docker container) costs speed, never the run."""
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        piped = [k for k, v in state.items() if isinstance(v, torch.Tensor) and not v.is_shared()]
-        state.update({k: state[k].numpy() for k in piped}, _piped=piped)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        for k in state.pop("_piped"):
-            state[k] = torch.from_numpy(state[k])
-        self.__dict__.update(state)
-
-
-def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """torch.stack; inside a worker process into shared memory, so the parent maps the batch, not copies it."""
-    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype)
-    if in_worker_process():
-        _share_memory(out)
-    return torch.stack(tensors, out=out)
-
-
-_SHM_ENTRY = re.compile(r"<(/torch_(\d+)_[^>/]*)>")
-_SHARING = [True]  # False once this process found it cannot clean up after a failed share_memory_
-
-
-def _share_memory(tensor: torch.Tensor) -> None:
-    """Move `tensor` to shared memory if there is room (/dev/shm is 64 MB in a default Docker container); if not,
-    CrossProcess pipes it as bytes. A failure leaves the /dev/shm entry torch had created before sizing it, one
-    per batch: remove it, and where its name cannot be found in the error, stop trying in this process."""
-    if not _SHARING[0]:
-        return
-    try:
-        tensor.share_memory_()
-    except RuntimeError as exc:
-        _SHARING[0] = _remove_shm_entry(str(exc))
-
-
-def _remove_shm_entry(message: str) -> bool:
-    """Unlink the entry named in torch's error ("unable to ... file </torch_PID_...>"); only this process's own."""
-    match = _SHM_ENTRY.search(message)
-    if match is None or int(match[2]) != os.getpid():
-        return False
-    try:
-        import _posixshmem  # what multiprocessing.shared_memory unlinks with
-
-        _posixshmem.shm_unlink(match[1])
-    except FileNotFoundError:
-        return True
-    except (ImportError, OSError):
-        return False
-    return True
-
-
 @dataclass
-class Batch(CrossProcess):
+class Batch:
     """One batch from the stream, in walk order: every readable image's path; pixels for those decoded here and
-    vectors for those found in the image-embedding store; skip reasons for files that could not be read."""
+    vectors for those found in the image-embedding store; skip reasons for files that could not be read.
+
+    `pixels` are the model's input before normalisation (zsclip.preprocess): uint8 [n, height, width, 3], a
+    quarter of float32's bytes between processes; zsclip.gpu's path gives normalised float tensors instead."""
 
     paths: list[str] = field(default_factory=list)
-    pixels: torch.Tensor | None = None
+    pixels: Any = None
     decoded: list[int] = field(default_factory=list)  # indices into paths that `pixels` holds, in order
     stored: dict[int, np.ndarray] = field(default_factory=dict)  # index into paths -> stored vector
     identities: dict[int, FileIdentity] = field(default_factory=dict)  # index -> identity to (re)store
@@ -153,11 +97,12 @@ class SkipFile(Exception):
 
 def load_image(
     path: str,
-    preprocess: Callable[[Image.Image], torch.Tensor],
+    preprocess: Callable[[Image.Image], np.ndarray],
     draft: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-) -> torch.Tensor:
-    """Decode one file to the model's input tensor, or raise SkipFile with the reason.
+) -> np.ndarray:
+    """Decode one file to the model's input pixels (what `preprocess` makes of the upright RGB image: in the
+    pipeline, Preprocess.geometry's uint8 array), or raise SkipFile with the reason.
 
     With `draft`, a JPEG much larger than the model input is decoded at a reduced DCT scale (1/2, 1/4, 1/8) that
     still leaves both sides >= `draft` pixels; the model's own resize then does the rest. Several times faster
@@ -179,10 +124,10 @@ def load_image(
 def decode_image(
     source: str | IO[bytes],
     path: str,
-    preprocess: Callable[[Image.Image], torch.Tensor],
+    preprocess: Callable[[Image.Image], np.ndarray],
     draft: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-) -> torch.Tensor:
+) -> np.ndarray:
     """load_image's decoding, from a file name or bytes already read (the Ray engine reads object storage);
     `path` names the file in skip reasons."""
     try:
@@ -258,51 +203,57 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 # -- streaming ---------------------------------------------------------------------------------------------
-@dataclass
-class BatchLoader:
-    """Turns one chunk of walk entries into a Batch; runs in worker processes, so it must pickle."""
+# Files decoded in this process before worker processes start: a handful costs less than starting workers.
+IN_PROCESS = 10
 
-    preprocess: Callable
+
+@dataclass
+class Looked:
+    """One chunk of the walk after the store lookups (in this process): per image, its path, stored vector (None:
+    to decode) and identity; the files that are not images to read, with the reason."""
+
+    entries: list[tuple[str, np.ndarray | None, FileIdentity | None]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def todo(self) -> list[tuple[int, str]]:
+        """(index into entries, path) of every file to decode."""
+        return [(k, path) for k, (path, vector, _) in enumerate(self.entries) if vector is None]
+
+
+@dataclass
+class Decoded:
+    """What a decoder made of a list of (index, path): pixels [m, height, width, 3] for the indices in `rows`, in
+    order, and (index, path, reason) for the files it could not read."""
+
+    pixels: np.ndarray | None = None
+    rows: list[int] = field(default_factory=list)
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Lookup:
+    """The part of reading a chunk that needs no decoding, in this process: which entries are images, and the
+    store's vector for those it holds (a fully stored folder starts no worker)."""
+
     store: ImageStore | None = None
-    draft: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     file_timeout: float | None = DEFAULT_FILE_TIMEOUT
 
-    def __call__(self, chunk: list[tuple[str, bool]], failed: list = (), mark: Callable[[int], None] = id) -> Batch:
-        batch = Batch()
-        batch.skipped.extend((path, reason) for (path, _), reason in failed)
-        limit = None if in_worker_process() else self.file_timeout  # in a worker, the supervisor times files
-        tensors = []
-        for n, (path, explicit) in enumerate(chunk):
-            mark(n)
+    def __call__(self, chunk: list[tuple[str, bool]]) -> Looked:
+        looked = Looked()
+        for path, explicit in chunk:
             try:
-                with time_limit(limit):
+                with time_limit(self.file_timeout):
                     if not (explicit or has_image_extension(path) or looks_like_image(path)):
                         continue
                     vector, identity = self._lookup(path)
                     if vector is not None and self.max_pixels and self.max_pixels < DEFAULT_MAX_PIXELS:
                         self._check_stored_pixels(path)  # stored under another limit: this run's still holds
-                if vector is None:
-                    if not getattr(self.preprocess, "ready", True):
-                        mark(None)  # building the transform (importing open_clip) is not this file's time
-                        self.preprocess.prepare()
-                        mark(n)
-                    with time_limit(limit):
-                        tensors.append(load_image(path, self.preprocess, self.draft, self.max_pixels))
             except SkipFile as exc:
-                batch.skipped.append((path, str(exc)))
+                looked.skipped.append((path, str(exc)))
                 continue
-            index = len(batch.paths)
-            if vector is None:
-                batch.decoded.append(index)
-            else:
-                batch.stored[index] = vector
-            batch.paths.append(path)
-            if identity is not None:
-                batch.identities[index] = identity
-        if tensors:
-            batch.pixels = stack(tensors)
-        return batch
+            looked.entries.append((path, vector, identity))
+        return looked
 
     def _check_stored_pixels(self, path: str) -> None:
         member = is_member(path)
@@ -319,6 +270,57 @@ class BatchLoader:
             return self.store.lookup(path)
         except sqlite3.Error:  # an unreadable store costs a re-encode, never the run
             return None, None
+
+
+@dataclass
+class Decoder:
+    """Decodes (index, path) items to pixels; runs in worker processes, so it must pickle. `preprocess` makes a
+    decoded image the batch's pixels (Preprocess.geometry)."""
+
+    preprocess: Callable[[Image.Image], np.ndarray]
+    draft: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    file_timeout: float | None = DEFAULT_FILE_TIMEOUT
+
+    def __call__(self, items: list[tuple[int, str]], failed: list = (), mark: Callable[[int], None] = id) -> Decoded:
+        decoded = Decoded(skipped=[(k, path, reason) for (k, path), reason in failed])
+        limit = None if in_worker_process() else self.file_timeout  # in a worker, the supervisor times files
+        pixels = []
+        for n, (k, path) in enumerate(items):
+            mark(n)
+            try:
+                with time_limit(limit):
+                    pixels.append(load_image(path, self.preprocess, self.draft, self.max_pixels))
+            except SkipFile as exc:
+                decoded.skipped.append((k, path, str(exc)))
+                continue
+            decoded.rows.append(k)
+        if pixels:
+            decoded.pixels = np.stack(pixels)
+        return decoded
+
+
+def assemble(looked: Looked, decoded: Decoded) -> Batch:
+    """The batch of a chunk, its entries in walk order: stored vectors, decoded pixels, skip records."""
+    batch = Batch(skipped=list(looked.skipped))
+    failed = {k: (path, reason) for k, path, reason in decoded.skipped}
+    rows = set(decoded.rows)
+    for k, (path, vector, identity) in enumerate(looked.entries):
+        if k in failed:
+            batch.skipped.append(failed[k])
+            continue
+        index = len(batch.paths)
+        if vector is not None:
+            batch.stored[index] = vector
+        elif k in rows:
+            batch.decoded.append(index)
+        else:  # a decoder must account for every item it was given
+            raise RuntimeError(f"{path}: neither decoded nor skipped")
+        batch.paths.append(path)
+        if identity is not None:
+            batch.identities[index] = identity
+    batch.pixels = decoded.pixels
+    return batch
 
 
 @contextlib.contextmanager
@@ -355,7 +357,7 @@ def chunks(
     """The walk cut into batches, leaving out `exclude` (paths a resumed run already has) and, with `shard`,
     the files of other shards (zsclip.sources.in_shard)."""
     entries = walk(sources, recursive, shard, exclude)
-    while chunk := list(islice(entries, batch_size)):
+    while chunk := list(itertools.islice(entries, batch_size)):
         yield chunk
 
 
@@ -374,14 +376,45 @@ def iter_batches(
     shard: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
     """Stream decoded batches in walk order; memory stays bounded by a few batches per worker whatever the
-    folder size. With workers, a file that crashes its decoder or takes longer than `file_timeout` seconds
-    becomes a skip record (zsclip.workers); with workers=0 only blocking reads are interrupted."""
+    folder size. Store lookups run here. Files to decode go to worker processes, where a file that crashes its
+    decoder or takes longer than `file_timeout` seconds becomes a skip record (zsclip.workers); by default
+    (`workers` None) the first IN_PROCESS of them are decoded here, and workers start only when more come.
+    workers=0 decodes everything here (only blocking reads are interrupted)."""
     check_limits(batch_size, workers, max_pixels, file_timeout)
-    workers = default_workers() if workers is None else workers
     seen: deque[list] = deque()
-    parts = remembered(chunks(sources, batch_size, recursive, exclude, shard), seen)
-    loader = BatchLoader(preprocess, store, draft, max_pixels, file_timeout)
-    batches = (
-        map(loader, parts) if workers == 0 else run_tasks(parts, loader, workers=workers, item_timeout=file_timeout)
-    )
-    yield from (in_walk_order(batch, seen.popleft()) for batch in batches)
+    lookup = Lookup(store, max_pixels, file_timeout)
+    looked = map(lookup, remembered(chunks(sources, batch_size, recursive, exclude, shard), seen))
+    decoder = Decoder(preprocess, draft, max_pixels, file_timeout)
+    for part, decoded in _decode(looked, decoder, workers, file_timeout):
+        yield in_walk_order(assemble(part, decoded), seen.popleft())
+
+
+def _decode(
+    looked: Iterator[Looked], decoder: Decoder, workers: int | None, file_timeout: float | None
+) -> Iterator[tuple[Looked, Decoded]]:
+    """Each chunk with its decoded pixels, in order: here while that is cheaper (see iter_batches), then from
+    here on by worker processes."""
+    here = 0
+    for part in looked:
+        todo = part.todo()
+        if workers == 0 or (workers is None and here + len(todo) <= IN_PROCESS):
+            here += len(todo)
+            yield part, decoder(todo)
+            continue
+        n = default_workers() if workers is None else workers
+        yield from _in_workers(itertools.chain([part], looked), decoder, n, file_timeout)
+        return
+
+
+def _in_workers(
+    looked: Iterator[Looked], decoder: Decoder, workers: int, file_timeout: float | None
+) -> Iterator[tuple[Looked, Decoded]]:
+    pending: deque[Looked] = deque()
+
+    def tasks() -> Iterator[list[tuple[int, str]]]:
+        for part in looked:
+            pending.append(part)
+            yield part.todo()
+
+    for decoded in run_tasks(tasks(), decoder, workers=workers, item_timeout=file_timeout):
+        yield pending.popleft(), decoded

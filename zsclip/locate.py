@@ -298,7 +298,7 @@ def text_embeddings(model, texts: Sequence[str], templates=None, cache=None) -> 
     """Unit-norm embeddings [texts, dim]; each text as given, or ensembled over a template set like a class name."""
     from . import text
 
-    return text.text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0].float().cpu().numpy()
+    return text.text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0]
 
 
 def locate(

@@ -58,11 +58,8 @@ class Preprocess:
 
     # -- what is cached and keyed ------------------------------------------------------------------------------
     def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> Preprocess:
-        return cls(**{**data, "size": tuple(data["size"]), "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+        """The config in open_clip's form (what from_cfg reads)."""
+        return {**asdict(self), "size": list(self.size), "mean": list(self.mean), "std": list(self.std)}
 
     @property
     def key(self) -> str:
@@ -139,5 +136,5 @@ def center_crop_or_pad(pixels: np.ndarray, size: Sequence[int], fill: int = 0) -
         h, w = pixels.shape[:2]
         if (h, w) == (crop_h, crop_w):
             return pixels
-    top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
+    top, left = round((h - crop_h) / 2.0), round((w - crop_w) / 2.0)
     return pixels[top : top + crop_h, left : left + crop_w]

@@ -159,7 +159,7 @@ def text_vectors(
     exactly as class names are."""
     from .text import text_embeddings
 
-    return text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0].numpy()
+    return text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0]
 
 
 def image_vector(model: ClipModel, image: str | os.PathLike, *, exact: bool = False) -> np.ndarray:
@@ -173,7 +173,7 @@ def image_vector(model: ClipModel, image: str | os.PathLike, *, exact: bool = Fa
         if batch.skipped:
             raise UsageError(f"--image {image}: cannot read the query image ({batch.skipped[0][1]})")
         if batch.features is not None:
-            return batch.features[0].cpu().numpy()
+            return batch.features[0]
     raise UsageError(f"--image {image}: cannot read the query image")
 
 

@@ -116,14 +116,14 @@ def evaluate_retrieval(
     if not isinstance(data, CaptionData):
         data = load_captions(data)
     cache = cache or Cache()
-    feats: dict[str, torch.Tensor] = {}
+    feats: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
     reused = 0
     for batch in embed_stream(model, [(p, True) for p in data.images], cache=cache, **options):
         skipped += batch.skipped
         reused += batch.reused
         if batch.features is not None:
-            feats.update(zip(batch.paths, batch.features.cpu(), strict=True))
+            feats.update(zip(batch.paths, batch.features, strict=True))
         if on_batch:
             on_batch(len(batch.paths), len(batch.skipped))
     images = [p for p in data.images if p in feats]
@@ -133,7 +133,7 @@ def evaluate_retrieval(
     keep = [j for j, i in enumerate(data.caption_image) if i in new_index]
     captions = [data.captions[j] for j in keep]
     owner = np.array([new_index[data.caption_image[j]] for j in keep], dtype=np.int64)
-    images_emb = torch.stack([feats[p] for p in images]).float()
+    images_emb = torch.from_numpy(np.stack([feats[p] for p in images])).float()
     texts_emb = torch.from_numpy(text_vectors(model, captions, None, cache)).float()
     metrics = recall_metrics(images_emb, texts_emb, owner, ks)
     t_rank, t_top, i_rank, i_top = first_ranks(images_emb, texts_emb, owner)

@@ -12,7 +12,6 @@ Decoding workers look files up before decoding them; only the main process write
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import threading
@@ -31,11 +30,10 @@ __all__ = ["DECODE_VERSION", "FileIdentity", "ImageStore", "content_hash", "vari
 DECODE_VERSION = "decode-1"  # bump when decoding or colour handling changes pixels
 
 
-def variant_key(precision: str, preprocess, draft: int | None = None) -> str:
+def variant_key(precision: str, preprocess_key: str, draft: int | None = None) -> str:
     """What besides the weights changes an image vector: precision, JPEG draft decoding and the preprocessing
-    (the transform, or its key as ClipModel.preprocess_key gives it)."""
-    key = preprocess if isinstance(preprocess, str) else hashlib.sha256(repr(preprocess).encode()).hexdigest()[:16]
-    return f"{precision}|{DECODE_VERSION}|draft={draft or 0}|{key}"
+    (its key, ClipModel.preprocess_key)."""
+    return f"{precision}|{DECODE_VERSION}|draft={draft or 0}|{preprocess_key}"
 
 
 def _utf8(text: str) -> bool:

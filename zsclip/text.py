@@ -17,6 +17,7 @@ from .cache import Cache
 from .errors import UsageError
 from .models import ClipModel, vector_key
 from .prompts import DEFAULT_TEMPLATES, TemplateSet, check_classnames, load_templates, parse_classes
+from .similarity import ensemble
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +30,7 @@ class Classifier:
     """Class names and their unit-norm text embeddings (rows), ready to score image embeddings."""
 
     classnames: list[str]
-    weights: torch.Tensor  # [num_classes, dim], float32, rows L2-normalised
+    weights: np.ndarray  # [num_classes, dim], float32, rows L2-normalised
     templates: TemplateSet
     logit_scale: float
     fingerprint: str
@@ -101,7 +102,7 @@ def text_embeddings(
     cache: Cache | None = None,
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[torch.Tensor, int]:
+) -> tuple[np.ndarray, int]:
     """Unit-norm embeddings [len(texts), dim] of texts put into templates and ensembled (normalise, mean,
     normalise), cached per prompt; with how many prompts had to be encoded. No checks on the texts: retrieval
     captions and video narrations may repeat or tie, class lists may not (build_classifier)."""
@@ -122,7 +123,7 @@ def text_embeddings(
 _SAME = 1 - 1e-5  # cosine above which two classifier rows are the same vector up to float rounding
 
 
-def check_distinct(model: ClipModel, classnames: list[str], weights: torch.Tensor, templates: TemplateSet) -> list[str]:
+def check_distinct(model: ClipModel, classnames: list[str], weights: np.ndarray, templates: TemplateSet) -> list[str]:
     """Notes on repeated names; a UsageError when different names get the same text embedding, so they would
     always tie (a silent coin flip, or 1/N for every class): names differing only in letter case for a tokenizer
     that ignores it, or templates so long that the text context cuts the class name off."""
@@ -142,22 +143,20 @@ def check_distinct(model: ClipModel, classnames: list[str], weights: torch.Tenso
     w = weights[rows]
     for start in range(0, len(rows), 1024):
         sims = w[start : start + 1024] @ w.T
-        for a, b in (sims > _SAME).nonzero().tolist():
+        for a, b in np.argwhere(sims > _SAME).tolist():
             a += start
             if a < b:
                 raise UsageError(_tie_message(model, classnames[rows[a]], classnames[rows[b]], len(rows), w, templates))
     return notes
 
 
-def _tie_message(model: ClipModel, a: str, b: str, n: int, w: torch.Tensor, templates: TemplateSet) -> str:
+def _tie_message(model: ClipModel, a: str, b: str, n: int, w: np.ndarray, templates: TemplateSet) -> str:
     every = bool(((w @ w[0]) > _SAME).all())
     if every:
         head = f"all {n} classes get the same text embedding with template set {templates.name!r}"
     else:
         head = f"classes {a!r} and {b!r} get the same text embedding, so they would always tie"
-    import torch
-
-    names_differ = not torch.equal(model.tokenizer([a]), model.tokenizer([b]))
+    names_differ = not np.array_equal(model.tokenizer([a]), model.tokenizer([b]))
     if names_differ:
         context = getattr(model.tokenizer, "context_length", None) or model.tokenizer([a]).shape[-1]
         why = (
@@ -171,39 +170,34 @@ def _tie_message(model: ClipModel, a: str, b: str, n: int, w: torch.Tensor, temp
     return f"{head}: {why}"
 
 
-def ensemble(per_class: Sequence[np.ndarray]) -> torch.Tensor:
-    """normalise each prompt embedding -> mean per class -> normalise: the CLIP prompt ensemble."""
-    import torch
-
-    if len({len(v) for v in per_class}) == 1:  # the usual case: every class has every template, one tensor op
-        v = torch.from_numpy(np.asarray(per_class, dtype=np.float32))
-        return torch.nn.functional.normalize(torch.nn.functional.normalize(v, dim=-1).mean(dim=1), dim=-1)
-    rows = []
-    for vectors in per_class:
-        v = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
-        rows.append(torch.nn.functional.normalize(v, dim=-1).mean(dim=0))
-    return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+def pool_positions(model: torch.nn.Module, tokens: np.ndarray) -> np.ndarray | None:
+    """Per prompt, the position the text tower pools at, when running only up to it gives the same vector."""
+    return pooled_at(pool_of(model), tokens)
 
 
-def pool_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Per prompt, the position the text tower pools at, when running only up to it gives the same vector.
-
-    That holds for open_clip's CLIP text tower with a causal mask (no position attends to a later one) and pooling
-    at the end-of-text token (argmax/eos) or the first token. SigLIP-style towers (no causal mask, 'last'
-    pooling over padding) and HF or custom text towers return None and take the plain `encode_text` path.
-    """
+def pool_of(model: torch.nn.Module) -> dict | None:
+    """How the text tower pools, as pooled_at reads it (recorded with an export), when running a prompt only up
+    to that position gives the same vector: open_clip's CLIP text tower with a causal mask (no position attends to
+    a later one) pooling at the end-of-text token (argmax/eos) or the first token. SigLIP-style towers (no causal
+    mask, 'last' pooling over padding) and HF or custom text towers: None, and the plain `encode_text` path."""
     import open_clip
-    import torch
 
     if type(model) is not open_clip.CLIP or getattr(model, "attn_mask", None) is None:
         return None
-    pool = getattr(model, "text_pool_type", "argmax")
-    if pool == "argmax":
-        return tokens.argmax(dim=-1)
-    if pool == "eos" and getattr(model, "text_eos_id", None) is not None:
-        return (tokens == model.text_eos_id).int().argmax(dim=-1)
-    if pool == "first":
-        return torch.zeros(len(tokens), dtype=torch.long)
+    pool = {"kind": getattr(model, "text_pool_type", "argmax"), "eos_id": getattr(model, "text_eos_id", None)}
+    return pool if pooled_at(pool, np.zeros((1, 2), dtype=np.int64)) is not None else None
+
+
+def pooled_at(pool: dict | None, tokens: np.ndarray) -> np.ndarray | None:
+    """Per prompt, the position a text tower pooling as `pool` says reads its output at; None: all of them."""
+    if pool is None:
+        return None
+    if pool["kind"] == "argmax":  # CLIP's end-of-text id is the largest id
+        return tokens.argmax(axis=-1)
+    if pool["kind"] == "eos" and pool.get("eos_id") is not None:
+        return (tokens == pool["eos_id"]).argmax(axis=-1)
+    if pool["kind"] == "first":
+        return np.zeros(len(tokens), dtype=np.int64)
     return None
 
 
@@ -240,38 +234,36 @@ def encode_prompts(
 
     CLIP text towers see 77 positions although prompts are short; sorted by length and batched, each batch runs
     only to its longest prompt (several times faster, same vectors to ~1e-6). Other towers run `encode_text`.
+    With an exported text tower (zsclip.backends) this needs no torch.
     """
-    import torch
-
-    with torch.inference_mode():
-        return _encode_prompts(model, prompts, progress)
-
-
-def _encode_prompts(
-    model: ClipModel, prompts: Sequence[str], progress: Callable[[int, int], None] | None
-) -> list[np.ndarray]:
-    import torch
-
     if progress:
         progress(0, len(prompts))
     tokens = model.tokenizer(list(prompts))
     encoder = model.encoder  # ONNX Runtime towers (zsclip.backends), or None: the torch module
-    positions = encoder.pool_positions(tokens) if encoder is not None else pool_positions(model.model, tokens)
-    order = torch.argsort(positions, stable=True) if positions is not None else torch.arange(len(prompts))
+    positions = pooled_at(encoder.pool, tokens) if encoder is not None else pool_positions(model.model, tokens)
+    order = np.argsort(positions, kind="stable") if positions is not None else np.arange(len(prompts))
     out: list[np.ndarray | None] = [None] * len(prompts)
     for start in range(0, len(prompts), TEXT_BATCH):
         idx = order[start : start + TEXT_BATCH]
-        batch = tokens[idx].to(model.device)
+        at = None if positions is None else positions[idx]
         if encoder is not None:
-            features = encoder.encode_text(batch, None if positions is None else positions[idx])
+            features = encoder.encode_text(tokens[idx], at)
         else:
-            with model.autocast():
-                if positions is None:
-                    features = model.model.encode_text(batch)
-                else:
-                    features = _encode_trimmed(model.model, batch, positions[idx].to(model.device))
-        for i, vector in zip(idx.tolist(), features.float().cpu().numpy(), strict=True):
+            features = _encode_text_torch(model, tokens[idx], at)
+        for i, vector in zip(idx.tolist(), features, strict=True):
             out[i] = vector
         if progress:
             progress(min(start + TEXT_BATCH, len(prompts)), len(prompts))
     return out
+
+
+def _encode_text_torch(model: ClipModel, tokens: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode(), model.autocast():
+        batch = torch.from_numpy(tokens).to(model.device)
+        if positions is None:
+            features = model.model.encode_text(batch)
+        else:
+            features = _encode_trimmed(model.model, batch, torch.from_numpy(positions).to(model.device))
+    return features.float().cpu().numpy()

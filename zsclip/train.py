@@ -32,9 +32,10 @@ import torch.nn.functional as F
 
 from . import atomic
 from .errors import UsageError, plural
-from .images import DEFAULT_FILE_TIMEOUT, CrossProcess, SkipFile, load_image, stack, time_limit
+from .images import DEFAULT_FILE_TIMEOUT, SkipFile, load_image, time_limit
 from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
 from .paths import check_output_dir, writing
+from .preprocess import Preprocess
 from .progress import bar
 from .textfiles import csv_rows, read_text
 from .workers import in_worker_process, run_tasks
@@ -100,9 +101,9 @@ def _cell(row: list[str], col: int) -> str:
 
 
 @dataclass
-class PairBatch(CrossProcess):
-    images: torch.Tensor | None  # [n, 3, H, W], or None when no image of the batch could be read
-    tokens: torch.Tensor | None  # [n, context]
+class PairBatch:
+    images: np.ndarray | None  # uint8 [n, H, W, 3] (Preprocess.geometry), or None when none could be read
+    tokens: np.ndarray | None  # [n, context]
     skipped: list[tuple[str, str]]  # (path, reason)
 
 
@@ -113,7 +114,7 @@ class PairDataset:
 
     def __init__(self, pairs: list[tuple[str, str]], preprocess: Callable, tokenizer: Callable):
         self.paths = [p for p, _ in pairs]
-        self.tokens = torch.cat([tokenizer(chunk) for chunk in _chunks([c for _, c in pairs], 4096)])
+        self.tokens = torch.cat([tokenizer(chunk) for chunk in _chunks([c for _, c in pairs], 4096)]).numpy()
         self.preprocess = preprocess
 
     def __len__(self) -> int:
@@ -127,14 +128,14 @@ class PairDataset:
             mark(n)
             try:
                 with time_limit(limit):
-                    images.append(load_image(self.paths[i], self.preprocess))
+                    images.append(load_image(self.paths[i], self.preprocess.geometry))
             except SkipFile as exc:
                 skipped.append((self.paths[i], str(exc)))
                 continue
             tokens.append(self.tokens[i])
         if not images:
             return PairBatch(None, None, skipped)
-        return PairBatch(stack(images), torch.stack(tokens), skipped)
+        return PairBatch(np.stack(images), np.stack(tokens), skipped)
 
 
 def _chunks(items: list, n: int) -> list[list]:
@@ -230,7 +231,7 @@ def train(
     if missing:
         print(f"warning: skipped {missing} captions whose image file is missing", file=sys.stderr)
     model = random_init_model(model_cfg, cfg.seed).to(device)
-    preprocess = open_clip.image_transform(model.visual.image_size, is_train=False, **PREPROCESS_CFG)
+    preprocess = Preprocess.from_cfg({"size": model.visual.image_size, **PREPROCESS_CFG})
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=model_cfg["text_cfg"].get("context_length", 77))
     dataset = PairDataset(pairs, preprocess, tokenizer)
     steps_per_epoch = len(dataset) // cfg.batch_size
@@ -281,7 +282,8 @@ def train(
                 step += 1
                 if images is None:
                     continue
-                images, tokens = images.to(device), tokens.to(device)
+                images = torch.from_numpy(preprocess.normalize(images)).to(device)
+                tokens = torch.from_numpy(tokens).to(device)
                 with clip.autocast():
                     image_features = F.normalize(model.encode_image(images), dim=-1)
                     text_features = F.normalize(model.encode_text(tokens), dim=-1)

@@ -98,12 +98,9 @@ def _process_main(fn: TaskFn, slot: int, state, tasks, results, parent: int) -> 
     _IN_WORKER = True
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # forked from a process that uses it; never imported here (seconds)
+    if torch is not None:
         torch.set_num_threads(1)  # as in DataLoader workers: no intra-op thread pool in a forked child
-    except ImportError:
-        pass
 
     def read(n: int) -> bytes | None:
         data = bytearray()

@@ -14,7 +14,7 @@ from ..errors import UsageError
 from ..limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
 
     from ..cache import Cache
     from ..models import ClipModel
@@ -25,7 +25,7 @@ ENGINES = ("local", "ray")
 @dataclass
 class EmbeddedBatch:
     paths: list[str]
-    features: torch.Tensor | None  # [len(paths), dim], unit-norm float32
+    features: np.ndarray | None  # [len(paths), dim], unit-norm float32
     skipped: list[tuple[str, str]] = field(default_factory=list)
     reused: int = 0  # how many vectors came from the image-embedding store
     skipped_at: list[int] = field(default_factory=list)  # per skip record: how many of `paths` precede it

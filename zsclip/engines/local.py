@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .. import encode
 from ..cache import Cache
 from ..errors import UsageError
@@ -57,26 +59,23 @@ def _batches(model: ClipModel, sources: list[tuple[str, bool]], read: ReadOption
     if on_device:
         from ..gpu import TensorPreprocess, iter_device_batches  # torchvision's decoders: only on this path
 
-        if TensorPreprocess.from_transform(model.preprocess) is not None:
+        if TensorPreprocess.from_preprocess(model.preprocess) is not None:
             return iter_device_batches(sources, model.preprocess, model.device, **options)
-    return iter_batches(sources, model.preprocess, workers=read.workers, **options)
+    return iter_batches(sources, model.preprocess.geometry, workers=read.workers, **options)
 
 
 def _embed(model: ClipModel, batches, store: ImageStore | None) -> Iterator[EmbeddedBatch]:
-    import torch
-
     for batch in batches:
         if not batch.paths:
             yield EmbeddedBatch([], None, batch.skipped, skipped_at=batch.skipped_at)
             continue
-        rows: dict[int, torch.Tensor] = {i: torch.from_numpy(v.copy()) for i, v in batch.stored.items()}
+        rows: dict[int, np.ndarray] = dict(batch.stored)
         if batch.pixels is not None:
-            encoded = encode.encode_images(model, batch.pixels).cpu()
-            rows.update(zip(batch.decoded, encoded, strict=True))
+            rows.update(zip(batch.decoded, encode.encode_images(model, batch.pixels), strict=True))
         if store is not None:
-            fresh = [(identity, rows[i].numpy()) for i, identity in batch.identities.items()]
+            fresh = [(identity, rows[i]) for i, identity in batch.identities.items()]
             store = store if store.try_put(fresh) else None
-        features = torch.stack([rows[i] for i in range(len(batch.paths))]).to(model.device)
+        features = np.stack([rows[i] for i in range(len(batch.paths))]).astype(np.float32, copy=False)
         hashes = [batch.identities[i].content_hash if i in batch.identities else None for i in range(len(batch.paths))]
         yield EmbeddedBatch(
             batch.paths, features, batch.skipped, len(batch.stored), batch.skipped_at, list(batch.decoded), hashes

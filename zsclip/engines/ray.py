@@ -22,7 +22,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -121,9 +121,10 @@ def read_file(path: str) -> tuple[bytes, int, int]:
 
 @dataclass
 class Decode:
-    """Ray Data map_batches function (CPU tasks): paths -> preprocessed pixels, or a skip reason per row."""
+    """Ray Data map_batches function (CPU tasks): paths -> the model's uint8 pixels (Preprocess.geometry), or a
+    skip reason per row."""
 
-    preprocess: object
+    preprocess: Callable
     shape: tuple[int, ...]
     draft: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -135,14 +136,13 @@ class Decode:
         from ..images import SkipFile, decode_image, time_limit
 
         n = len(batch["path"])
-        pixels = np.zeros((n, *self.shape), dtype=np.float32)  # a skipped row keeps zeros; it is never encoded
+        pixels = np.zeros((n, *self.shape), dtype=np.uint8)  # a skipped row keeps zeros; it is never encoded
         reasons, hashes, sizes, mtimes = [""] * n, [""] * n, np.zeros(n, np.int64), np.zeros(n, np.int64)
         for j, path in enumerate(map(os.fsdecode, batch["path"])):
             try:
                 with time_limit(self.file_timeout):
                     data, sizes[j], mtimes[j] = read_file(path)
-                    tensor = decode_image(io.BytesIO(data), path, self.preprocess, self.draft, self.max_pixels)
-                pixels[j] = tensor.numpy()
+                    pixels[j] = decode_image(io.BytesIO(data), path, self.preprocess, self.draft, self.max_pixels)
                 hashes[j] = hashlib.blake2b(data, digest_size=16).hexdigest()  # as zsclip.store.content_hash
             except SkipFile as exc:
                 reasons[j] = str(exc)
@@ -161,7 +161,7 @@ class Embedder:
     unit-norm float32 embeddings."""
 
     def __init__(self, spec: str, fingerprint: str, device: str, precision: str, shape: tuple[int, ...]) -> None:
-        import torch
+        import numpy as np
 
         from ..encode import encode_images
         from ..errors import ZsclipError
@@ -173,19 +173,17 @@ class Embedder:
                 f"--model {spec}: a Ray worker loaded other weights than the driver (fingerprint "
                 f"{self.model.fingerprint} != {fingerprint}); give a path every node sees the same"
             )
-        self.dim = int(encode_images(self.model, torch.zeros((1, *shape))).shape[-1])
+        self.dim = int(encode_images(self.model, np.zeros((1, *shape), dtype=np.uint8)).shape[-1])
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
-        import torch
 
         from ..encode import encode_images
 
         ok = np.array([not r for r in batch["reason"]], dtype=bool)
         vectors = np.zeros((len(ok), self.dim), dtype=np.float32)
         if ok.any():
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
-            vectors[ok] = encode_images(self.model, pixels).cpu().numpy()
+            vectors[ok] = encode_images(self.model, np.ascontiguousarray(batch["pixels"][ok]))
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out["vector"] = vectors
         return out
@@ -239,7 +237,9 @@ def _open_store(model, read: ReadOptions, precision: str, draft: int | None):
     from ..cache import Cache
     from ..store import ImageStore, variant_key
 
-    return ImageStore.open(read.cache or Cache(), model.fingerprint, variant_key(precision, model.preprocess, draft))
+    return ImageStore.open(
+        read.cache or Cache(), model.fingerprint, variant_key(precision, model.preprocess_key, draft)
+    )
 
 
 def _walk(sources, read: ReadOptions, store):
@@ -268,7 +268,6 @@ def _walk(sources, read: ReadOptions, store):
 def _batch(model, entries, indices, stored, storable, rows) -> tuple[EmbeddedBatch, list]:
     """One EmbeddedBatch of the walk's `indices`, and the (identity, vector) rows to store."""
     import numpy as np
-    import torch
 
     from ..identity import FileIdentity
 
@@ -296,7 +295,7 @@ def _batch(model, entries, indices, stored, storable, rows) -> tuple[EmbeddedBat
         if key is not None and (key[1], key[2]) == (int(row["size"]), int(row["mtime_ns"])):
             path_key, size, mtime, ctime, inode = key
             fresh.append((FileIdentity(path_key, size, mtime, row["content_hash"], ctime, inode), row["vector"]))
-    features = torch.from_numpy(np.stack(vectors)).to(model.device) if vectors else None
+    features = np.stack(vectors).astype(np.float32, copy=False) if vectors else None
     reused = sum(1 for i in indices if i in stored)
     batch = EmbeddedBatch(paths, features, skipped, reused, skipped_at, encoded, content_hashes=hashes)
     return batch, fresh
@@ -370,19 +369,19 @@ def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in walk order, so the driver never buffers far
     context.enable_progress_bars = False  # zsclip's own progress bar counts records
-    shape = tuple(model.preprocess(Image.new("RGB", (8, 8))).shape)
+    shape = tuple(model.preprocess.geometry(Image.new("RGB", (8, 8))).shape)
     dataset = (
         ray.data.from_items(todo, override_num_blocks=max(1, -(-len(todo) // batch_size)))
         .map_batches(
-            Decode(model.preprocess, shape, draft, max_pixels, file_timeout),
+            Decode(model.preprocess.geometry, shape, draft, max_pixels, file_timeout),
             batch_size=batch_size,
             batch_format="numpy",
             num_cpus=1,
-            # What a decode task holds: its process (DECODE_TASK_MEMORY) and its batch of float32 pixels,
+            # What a decode task holds: its process (DECODE_TASK_MEMORY) and its batch of uint8 pixels,
             # twice. Declaring it also keeps Ray Data from fusing decoding into the model actors (it fuses a task
             # map into an actor map with equal resources, as on a CPU-only cluster): decoding stays in tasks
             # that scale with the CPUs and overlap the actors' encoding.
-            memory=DECODE_TASK_MEMORY + 2 * 4 * batch_size * math.prod(shape),
+            memory=DECODE_TASK_MEMORY + 2 * batch_size * math.prod(shape),
         )
         .map_batches(
             Embedder,

@@ -5,7 +5,7 @@ ClipModel), `loading` (load_model), `fingerprint` (what identifies weights), `fi
 configs, the list of models). open_clip and torch are imported where they are used: a run whose prompts and
 images are all cached needs neither the module nor open_clip (importing it costs seconds), see ClipModel."""
 
-from .clip import ClipModel, LazyPreprocess
+from .clip import ClipModel
 from .files import list_models, model_config, models_dir, random_init_model, save_model_dir
 from .fingerprint import fingerprint_spec, vector_key
 from .hub import cached_weights
@@ -16,7 +16,6 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHT_SUFFIXES",
     "ClipModel",
-    "LazyPreprocess",
     "ModelSpec",
     "cached_weights",
     "fingerprint_spec",

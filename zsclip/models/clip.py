@@ -1,15 +1,18 @@
 """The loaded model: ClipModel (module, preprocessing, tokenizer, logit scale, fingerprint; built lazily when the
-cache knows what a run needs of it) and LazyPreprocess (open_clip's eval transform, built on first call)."""
+cache knows what a run needs of it)."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..tokenizer import description_of, for_model, from_description
+
 if TYPE_CHECKING:
     import torch
+
+    from ..preprocess import Preprocess
 
 
 class ClipModel:
@@ -26,7 +29,7 @@ class ClipModel:
         spec: str,
         arch: str,
         model: torch.nn.Module | None,
-        preprocess: Callable,
+        preprocess: Preprocess,
         tokenizer: Callable | None,
         fingerprint: str,
         device: torch.device | None = None,
@@ -43,7 +46,7 @@ class ClipModel:
         self.arch = arch
         self._model = model
         self.preprocess = preprocess
-        self._tokenizer = tokenizer
+        self._tokenizer = for_model(tokenizer) if tokenizer is not None else None
         self.fingerprint = fingerprint
         if device is None:
             import torch
@@ -73,13 +76,20 @@ class ClipModel:
     def model(self) -> torch.nn.Module:
         """The nn.Module, built (and placed on the device) on first use."""
         if self._model is None:
-            self._model, _, self._tokenizer, _ = self._loader()
+            self._model, _, tokenizer, _ = self._loader()
+            self._tokenizer = self._tokenizer or for_model(tokenizer)
         return self._model
 
     @property
     def tokenizer(self) -> Callable:
+        """Texts -> int64 token ids [n, context] (NumPy). Without torch where the cache recorded a tokenizer that
+        runs without it (zsclip.tokenizer)."""
         if self._tokenizer is None:
-            _ = self.model  # builds both
+            described = self._info.get("tokenizer")
+            if described and self._model is None:
+                self._tokenizer = from_description(described)
+            else:
+                _ = self.model  # builds both
         return self._tokenizer
 
     @property
@@ -99,16 +109,13 @@ class ClipModel:
 
     @property
     def image_size(self) -> int | tuple[int, int]:
-        size = self._info.get("image_size") if self._model is None else None
-        size = size or getattr(self.model.visual, "image_size", 224)
-        return tuple(size) if isinstance(size, list | tuple) else int(size)
+        """The model input's side (or (height, width)), as its preprocessing makes it."""
+        return self.preprocess.image_size
 
     @property
     def preprocess_key(self) -> str:
-        """Identifies the preprocessing in cache keys (a digest of the eval transform)."""
-        if "preprocess_key" in self._info:
-            return self._info["preprocess_key"]
-        return hashlib.sha256(repr(self.preprocess).encode()).hexdigest()[:16]
+        """Identifies the preprocessing in cache keys."""
+        return self.preprocess.key
 
     @property
     def recommended_templates(self) -> str | None:
@@ -116,15 +123,11 @@ class ClipModel:
 
     def describe(self) -> dict:
         """What a later run needs from this model besides encoding: kept in the cache by load_model."""
-        import open_clip
-
-        cfg = open_clip.get_model_preprocess_cfg(self.model)
         return {
             "logit_scale": self.logit_scale,
             "image_size": self.image_size,
-            "preprocess_cfg": cfg,
-            "preprocess_tuples": sorted(k for k, v in cfg.items() if isinstance(v, tuple)),  # JSON has lists only
-            "preprocess_key": self.preprocess_key,
+            "preprocess_cfg": self.preprocess.to_json(),
+            "tokenizer": description_of(self.tokenizer),
             "metadata": self.metadata,
         }
 
@@ -137,52 +140,7 @@ class ClipModel:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
 
-class LazyPreprocess:
-    """open_clip's eval transform, built from its preprocessing config on first call. Pickles as the config, so
-    decoding workers import open_clip only if they decode a file (not when every file is in the store)."""
-
-    def __init__(self, cfg: dict, tuples: list[str] = ()):
-        # Values open_clip had as tuples become tuples again, so the transform (and its repr) is the same.
-        self.cfg = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in cfg.items()}
-        self._transform: Callable | None = None
-
-    @property
-    def transform(self) -> Callable:
-        if self._transform is None:
-            from open_clip.transform import PreprocessCfg, image_transform_v2
-
-            # The same call open_clip.create_model_and_transforms makes for its eval transform.
-            self._transform = image_transform_v2(PreprocessCfg(**self.cfg), is_train=False)
-        return self._transform
-
-    @property
-    def ready(self) -> bool:
-        return self._transform is not None
-
-    def prepare(self) -> None:
-        """Build the transform now (it imports open_clip: seconds). Decoding calls this outside a file's time,
-        so the import never counts against --file-timeout."""
-        _ = self.transform
-
-    @property
-    def transforms(self) -> list:  # what zsclip.gpu.TensorPreprocess reads off a Compose
-        return self.transform.transforms
-
-    def __call__(self, image: Any) -> Any:
-        return self.transform(image)
-
-    def __repr__(self) -> str:
-        return repr(self.transform)
-
-    def __getstate__(self) -> dict:
-        return {"cfg": self.cfg}
-
-    def __setstate__(self, state: dict) -> None:
-        self.cfg = state["cfg"]
-        self._transform = None
-
-
-INFO_KEYS = ("logit_scale", "image_size", "preprocess_cfg", "preprocess_key")
+INFO_KEYS = ("logit_scale", "image_size", "preprocess_cfg", "tokenizer")
 
 
 def convolutional(visual: torch.nn.Module) -> bool:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from ..cache import Cache
 from ..defaults import DEFAULT_MODEL, PRECISIONS
 from ..errors import UsageError, ZsclipError
-from .clip import INFO_KEYS, ClipModel, LazyPreprocess, convolutional
+from ..preprocess import Preprocess
+from .clip import INFO_KEYS, ClipModel, convolutional
 from .files import local_weights
 from .fingerprint import fingerprint_spec
 from .hub import cached_weights, checkpoint_arch, hub_config_file, hub_offline, hub_reachable, quickgelu_name
@@ -79,7 +80,7 @@ def load_model(
     info = cache.model_info(fingerprint) if lazy else None
     if info is not None and all(k in info for k in INFO_KEYS):
         cache.remember_model(fingerprint, spec)
-        preprocess = LazyPreprocess(info["preprocess_cfg"], info.get("preprocess_tuples", []))
+        preprocess = Preprocess.from_cfg(info["preprocess_cfg"])
         return ClipModel(
             spec,
             parsed.arch,
@@ -119,10 +120,12 @@ def _check_files(parsed: ModelSpec) -> None:
 
 def _build(parsed: ModelSpec, dev: torch.device) -> tuple:
     """(module on `dev` in eval mode, preprocess, tokenizer, metadata); every failure is one ZsclipError line."""
+    import open_clip
     import torch
 
     try:
-        model, preprocess, tokenizer, metadata = _LOADERS[parsed.kind](parsed)
+        model, _, tokenizer, metadata = _LOADERS[parsed.kind](parsed)
+        preprocess = Preprocess.from_cfg(open_clip.get_model_preprocess_cfg(model))
     except ZsclipError:
         raise
     except Exception as exc:  # open_clip and torch raise many kinds for a bad file; the user needs one line

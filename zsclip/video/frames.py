@@ -118,7 +118,6 @@ def embed_video(
 
 
 def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, progress) -> VideoFrames:
-    import torch
     from PIL import Image
 
     from ..encode import encode_images
@@ -136,7 +135,7 @@ def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, 
             for k, rgb in reader:
                 if stop.is_set():
                     return
-                done.put((k, model.preprocess(Image.fromarray(rgb))))
+                done.put((k, model.preprocess.geometry(Image.fromarray(rgb))))
             done.put(None)
         except BaseException as exc:  # handed to the encoding side, which raises it there
             done.put(exc)
@@ -144,7 +143,7 @@ def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, 
     thread = threading.Thread(target=decode, name="zsclip-video-decode", daemon=True)
     thread.start()
     vectors: dict[int, np.ndarray] = {}
-    batch: list[tuple[int, torch.Tensor]] = []
+    batch: list[tuple[int, np.ndarray]] = []
     finished = False
     try:
         while not finished:
@@ -156,7 +155,7 @@ def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, 
             else:
                 batch.append(item)
             if batch and (finished or len(batch) >= batch_size):
-                features = encode_images(model, torch.stack([p for _, p in batch])).cpu().numpy()
+                features = encode_images(model, np.stack([p for _, p in batch]))
                 fresh = {k: v for (k, _), v in zip(batch, features, strict=True)}
                 vectors.update(fresh)
                 if frame_store is not None:
