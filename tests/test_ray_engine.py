@@ -169,12 +169,17 @@ def test_eval_metrics_are_the_same(ray_cluster, clip, tmp_path):
 
 
 class KillOnce:
-    """A preprocess that SIGKILLs the Ray worker process running it, once per test (marker file), mid-run."""
+    """A preprocessing that SIGKILLs the Ray worker process running it, once per test (marker file), mid-run."""
 
     def __init__(self, preprocess, marker: str, after: int = 2) -> None:
         self.preprocess, self.marker, self.after, self.calls = preprocess, marker, after, 0
 
-    def __call__(self, image):
+    def __getattr__(self, name: str):  # everything else (sizes, the cache key) is the wrapped preprocessing's
+        if name == "preprocess":
+            raise AttributeError(name)
+        return getattr(self.preprocess, name)
+
+    def geometry(self, image):
         self.calls += 1
         if self.calls > self.after:
             try:
@@ -183,10 +188,7 @@ class KillOnce:
                 pass
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
-        return self.preprocess(image)
-
-    def __repr__(self) -> str:  # the store's variant key: the same preprocessing as the wrapped one
-        return repr(self.preprocess)
+        return self.preprocess.geometry(image)
 
 
 @pytest.mark.slow
