@@ -70,6 +70,9 @@ def private_cache(tmp_path, monkeypatch) -> Path:
     ]:
         if var != "ZSCLIP_MODELS_DIR":
             monkeypatch.delenv(var)
+    # The default backend (auto, with the onnx extra installed) exports and measures every model once per cache,
+    # and every test has its own cache: tests run on torch unless they are about backends (test_backends.py).
+    monkeypatch.setenv("ZSCLIP_BACKEND", "torch")
     return cache
 
 

@@ -13,6 +13,7 @@ from .engines import embed_stream
 from .errors import UsageError
 from .limits import check_ranking
 from .models import ClipModel
+from .recheck import Recheck
 from .sources import expand_sources
 from .text import Classifier
 
@@ -85,6 +86,7 @@ def classify(
     top_k: int | None = None,
     threshold: float | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    recheck: Recheck | None = None,
     **options,
 ) -> Iterator[Prediction | Skipped]:
     """Stream a Prediction per image and a Skipped per file that could not be read, in walk order.
@@ -95,15 +97,19 @@ def classify(
     batch_size, workers, recursive, store (keep image embeddings and reuse them, so another run with other
     classes encodes no image), exact (no JPEG draft decoding), max_pixels, file_timeout, and exclude (paths to
     leave out, e.g. those a resumed run already has). `on_batch(classified, skipped)` reports progress.
+    With an int8 image tower, the labels it could have changed are settled by the fp32 tower (zsclip.recheck;
+    pass `recheck` to read its count afterwards).
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     k = check_options(classifier, top_k, threshold)
     sources = paths if _expanded(paths) else expand_sources(paths)
+    recheck = recheck or Recheck(model, classifier, **options)
     for batch in embed_stream(model, sources, **options):
         preds = []
         if batch.features is not None:
-            preds = predict(batch.paths, probabilities(batch.features, classifier), classifier, k, threshold)
+            features = recheck(batch.paths, batch.features)
+            preds = predict(batch.paths, probabilities(features, classifier), classifier, k, threshold)
         yield from _in_walk_order(preds, batch.skipped, batch.skipped_at)
         if on_batch:
             on_batch(len(batch.paths), len(batch.skipped))

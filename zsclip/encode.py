@@ -28,12 +28,12 @@ def _encode_torch(model: ClipModel, pixels: Any) -> np.ndarray:
     import torch
 
     if isinstance(pixels, np.ndarray):
-        if model.device.type == "cpu":
+        if model.device_type == "cpu":
             pixels = torch.from_numpy(model.preprocess.normalize(pixels))
         else:  # a quarter of the bytes cross to the device; normalised there with the same float32 operations
             pixels = _normalize_on(model, torch.from_numpy(pixels).pin_memory().to(model.device, non_blocking=True))
     elif pixels.device != model.device:
-        pixels = (pixels.pin_memory() if model.device.type == "cuda" else pixels).to(model.device, non_blocking=True)
+        pixels = (pixels.pin_memory() if model.device_type == "cuda" else pixels).to(model.device, non_blocking=True)
     if model.channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
     with model.autocast():

@@ -16,6 +16,7 @@ from .engines.ray import RayOptions
 from .errors import UsageError, ZsclipError
 from .models import ClipModel
 from .prompts import list_template_sets, load_templates
+from .recheck import Recheck
 from .similarity import ensemble, top_k
 from .text import Classifier, build_classifier
 
@@ -71,8 +72,11 @@ def embed_dataset(
     return Embedded(dataset, paths, labels, np.concatenate(feats), skipped, reused)
 
 
-def score(embedded: Embedded, classifier: Classifier, k: int = 5) -> EvalResult:
-    probs = probabilities(embedded.features, classifier)
+def score(embedded: Embedded, classifier: Classifier, k: int = 5, recheck: Recheck | None = None) -> EvalResult:
+    """Top-k predictions and metrics; with an int8 image tower and `recheck` (zsclip.recheck), the labels near a
+    tie are settled by the fp32 tower first."""
+    features = recheck(embedded.paths, embedded.features) if recheck else embedded.features
+    probs = probabilities(features, classifier)
     values, topk = top_k(probs, k)
     summary = metrics.summary(embedded.labels, topk)
     return EvalResult(
@@ -142,7 +146,7 @@ def evaluate(
         engine=engine,
         ray=ray,
     )
-    return score(embedded, classifier)
+    return score(embedded, classifier, recheck=Recheck(model, classifier, store=store, exact=exact))
 
 
 # -- comparing template sets -------------------------------------------------------------------------------
@@ -154,16 +158,18 @@ class Comparison:
 
 
 def compare_templates(
-    model: ClipModel, embedded: Embedded, sets: Sequence[str] | None = None, per_template: bool = False
+    model: ClipModel, embedded: Embedded, sets: Sequence[str] | None = None, per_template: bool = False, **read
 ) -> Comparison:
-    """Score every template set on the same image embeddings; text comes from the cache."""
+    """Score every template set on the same image embeddings; text comes from the cache. `read`: the reading
+    options of an int8 label re-check (zsclip.recheck)."""
     names = list(sets) if sets else [s.name for s in list_template_sets()]
     classnames = embedded.dataset.classnames
     default = resolve_dataset_templates("default", embedded.dataset, model)  # what 'default' is, as in eval
     rows = []
     for name in names:
         template_set = load_templates(name, default=default)
-        result = score(embedded, build_classifier(model, classnames, template_set))
+        classifier = build_classifier(model, classnames, template_set)
+        result = score(embedded, classifier, recheck=Recheck(model, classifier, **read))
         shown = f"default ({template_set.name})" if name == "default" else template_set.name
         rows.append({"set": shown, "templates": len(template_set.templates), **result.metrics})
     rows.sort(key=lambda r: (-r["acc1"], -r.get("acc5", 0), r["set"]))

@@ -197,6 +197,7 @@ def pair_result(clip, name: str, options: GridOptions, cache, read: dict):
         return evaluate_retrieval(clip, data, ks, **{**read, "exact": options.exact})
     from .datasets import load_dataset
     from .evaluate import embed_dataset, resolve_dataset_templates, score
+    from .recheck import Recheck
     from .text import build_classifier
 
     data = load_dataset(
@@ -205,7 +206,8 @@ def pair_result(clip, name: str, options: GridOptions, cache, read: dict):
     if not data.items:
         raise ZsclipError(f"{name}: no images found")
     clf = build_classifier(clip, data.classnames, resolve_dataset_templates(options.templates, data, clip), cache=cache)
-    return score(embed_dataset(clip, data, **{**read, "exact": options.exact}), clf)
+    read = {**read, "exact": options.exact}
+    return score(embed_dataset(clip, data, **read), clf, recheck=Recheck(clip, clf, **read))
 
 
 def score_pair(clip, name: str, options: GridOptions, folder: Path | None, cache, read: dict) -> dict:

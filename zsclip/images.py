@@ -418,3 +418,23 @@ def _in_workers(
 
     for decoded in run_tasks(tasks(), decoder, workers=workers, item_timeout=file_timeout):
         yield pending.popleft(), decoded
+
+
+def sample_pixels(
+    sources: list[tuple[str, bool]],
+    preprocess: Callable[[Image.Image], np.ndarray],
+    n: int,
+    recursive: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray | None:
+    """The first `n` readable images of the walk as pixels, decoded here (unreadable files are passed over, and at
+    most 4n files are tried); None when there is none. What the int8 label check is calibrated on."""
+    out = []
+    for path, explicit in itertools.islice(walk(sources, recursive), 4 * n):
+        if not (explicit or has_image_extension(path) or looks_like_image(path)):
+            continue
+        with contextlib.suppress(SkipFile), time_limit(DEFAULT_FILE_TIMEOUT):
+            out.append(load_image(path, preprocess, None, max_pixels))
+        if len(out) >= n:
+            break
+    return np.stack(out) if out else None

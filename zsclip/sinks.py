@@ -18,6 +18,7 @@ class Counts:
     done: int = 0
     skipped: int = 0
     resumed: int = 0  # records an interrupted run had already written
+    rechecked: int = 0  # int8 labels settled by the fp32 tower (zsclip.recheck)
 
 
 def output_settings(clip, clf, fmt: str, top_k: int, threshold: float | None, exact: bool) -> dict:
@@ -61,6 +62,7 @@ def classify_into(
     output file (default sys.stdout)."""
     from .classify import Skipped, classify
     from .output import RESUMABLE, FailuresLog, OutputFile, make_writer
+    from .recheck import Recheck
     from .sources import count_candidates
 
     counts = Counts()
@@ -87,6 +89,7 @@ def classify_into(
                 return count_candidates(sources, recursive, read.get("shard"), exclude)
 
             threading.Thread(target=lambda: bar.update(0, total=total()), daemon=True).start()
+        recheck = Recheck(clip, clf, **read)
         records: Iterable = classify(
             clip,
             clf,
@@ -95,6 +98,7 @@ def classify_into(
             threshold=threshold,
             recursive=recursive,
             exclude=exclude,
+            recheck=recheck,
             **read,
         )
         try:
@@ -144,6 +148,7 @@ def classify_into(
             raise
         if out_file:
             out_file.finish()
+    counts.rechecked = recheck.rechecked
     return counts
 
 

@@ -192,7 +192,8 @@ def _classify(
 
     show = progress.enabled(quiet)
     cache = Cache()
-    clip = backend.apply(load_model(model, device=device.device, precision=device.precision, cache=cache), cache, quiet)
+    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
+    clip = backend.apply(clip, cache, quiet, sources)
     clf = build_with_progress(clip, names, templates, cache, show, quiet)
     k = check_options(clf, records.top_k, records.threshold)
     if records.top_k is not None and records.top_k > k:
@@ -225,6 +226,9 @@ def _classify(
         skipped = f", skipped {plural(counts.skipped, 'bad file')}{listed}" if counts.skipped else ""
         where = f"; results in {plan.output}" if plan.output else ""
         progress.log(f"classified {plural(counts.done, 'image')}{resumed}{skipped}{where}")
+        if counts.rechecked:
+            near = plural(counts.rechecked, "image")
+            progress.log(f"onnx-int8: {near} near a tie re-encoded by the fp32 tower, so every label is fp32's")
 
 
 def _sources(paths, recursive: bool, resume: bool, sorting: Sorting, settings: dict):

@@ -187,6 +187,7 @@ def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, 
 
 def _classification(clip, cache, data, templates, out: Report, quiet: bool, read: dict) -> None:
     from ..evaluate import resolve_dataset_templates, score, summary
+    from ..recheck import Recheck
     from ..report import write_report
 
     show = progress.enabled(quiet)
@@ -195,7 +196,7 @@ def _classification(clip, cache, data, templates, out: Report, quiet: bool, read
     clf = build_with_progress(
         clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show, quiet
     )
-    result = score(embed_with_progress(clip, data, show, quiet, **read), clf)
+    result = score(embed_with_progress(clip, data, show, quiet, **read), clf, recheck=Recheck(clip, clf, **read))
     if out.report:
         summary_ = write_report(result, out.report, clip.spec, clip.fingerprint)
     else:

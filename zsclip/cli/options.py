@@ -126,8 +126,9 @@ class Backend(Options):
             env_name="backend",
             show_default=False,
             help="Where vectors are computed: torch, onnx, onnx-int8 (ONNX Runtime on the CPU; pip install "
-            "'zsclip[onnx]') or auto (the fastest that agrees with torch on a built-in check; torch on a GPU). "
-            "Default: torch.",
+            "'zsclip[onnx]'; int8 labels near a tie are settled by the fp32 tower) or auto (the fastest that keeps "
+            "torch's labels on a built-in probe, measured once per model; torch on a GPU). Default: auto with the "
+            "onnx extra installed, else torch.",
         ),
     ] = None
 
@@ -136,11 +137,18 @@ class Backend(Options):
             raise UsageError(f"--backend {self.backend}: use one of {', '.join(BACKENDS)}")
         return self
 
-    def apply(self, clip, cache=None, quiet: bool = False):
-        """The loaded model switched to --backend (exported to ONNX on first use, with progress unless quiet)."""
+    def apply(self, clip, cache=None, quiet: bool = False, sources=None):
+        """The loaded model switched to --backend (exported to ONNX on first use, with progress unless quiet); the
+        int8 label check is calibrated on the run's own images (`sources`) where it has to be made."""
         from ..backends import use_backend
 
-        return use_backend(clip, self.backend, cache=cache, show=not quiet)
+        def calibration():
+            from ..backends.int8 import USER_IMAGES
+            from ..images import sample_pixels
+
+            return sample_pixels(sources, clip.preprocess.geometry, USER_IMAGES) if sources else None
+
+        return use_backend(clip, self.backend, cache=cache, show=not quiet, calibration=calibration)
 
 
 @dataclass

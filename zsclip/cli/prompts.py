@@ -88,7 +88,7 @@ def _compare(model, data, names, per_template, report, device, backend, read, qu
     show = progress.enabled(quiet)
     clip = backend.apply(load_model(model, device=device.device, precision=device.precision), quiet=quiet)
     embedded = embed_with_progress(clip, data, show, quiet, **read)
-    comparison = compare_templates(clip, embedded, names, per_template)
+    comparison = compare_templates(clip, embedded, names, per_template, **read)
     print_table(
         f"{data.name} · {clip.spec} · {plural(len(embedded.paths), 'image')}",
         ["template set", "templates", "acc1", "acc5", "mean per-class recall"],

@@ -28,7 +28,7 @@ class LocalEngine:
         uri = next((p for p, _ in sources if is_uri(p)), None)
         if uri is not None:
             raise UsageError(f"{uri}: object-store URIs are read by --engine ray only ({INSTALL_RAY})")
-        batch_size = read.batch_size or (256 if model.device.type == "cuda" else 32)
+        batch_size = read.batch_size or (256 if model.device_type == "cuda" else 32)
         draft = None if read.exact else encode.draft_size(model)
         store = (
             ImageStore.open(read.cache or Cache(), model.fingerprint, encode.store_variant(model, read.exact))
@@ -55,7 +55,7 @@ class LocalEngine:
 def _batches(model: ClipModel, sources: list[tuple[str, bool]], read: ReadOptions, options: dict):
     """Decoded batches: on the GPU where the model runs on CUDA and its preprocessing has a tensor form, else by
     PIL in worker processes."""
-    on_device = read.decode_on == "device" or (read.decode_on == "auto" and model.device.type == "cuda")
+    on_device = read.decode_on == "device" or (read.decode_on == "auto" and model.device_type == "cuda")
     if on_device:
         from ..gpu import TensorPreprocess, iter_device_batches  # torchvision's decoders: only on this path
 

@@ -350,7 +350,7 @@ def _plan(model, options: RayOptions) -> dict:
     # CUDA); the store keys vectors by it, so a CPU driver never files bf16 vectors as fp32.
     import torch
 
-    same = model.device.type == device
+    same = model.device_type == device
     precision = model.precision if same else resolve_precision(None, torch.device(device))
     return {
         "actors": actors,

@@ -32,7 +32,7 @@ class ClipModel:
         preprocess: Preprocess,
         tokenizer: Callable | None,
         fingerprint: str,
-        device: torch.device | None = None,
+        device: str | torch.device = "cpu",
         precision: str = "fp32",
         metadata: dict | None = None,
         channels_last: bool | None = None,
@@ -48,11 +48,7 @@ class ClipModel:
         self.preprocess = preprocess
         self._tokenizer = for_model(tokenizer) if tokenizer is not None else None
         self.fingerprint = fingerprint
-        if device is None:
-            import torch
-
-            device = torch.device("cpu")
-        self.device = device
+        self.device_name = str(device)  # "cpu", "cuda:1": known without importing torch
         self.precision = precision
         self.metadata = metadata or {}
         self._channels_last = channels_last
@@ -66,7 +62,18 @@ class ClipModel:
 
     def __repr__(self) -> str:
         state = "loaded" if self.loaded else "not built yet"
-        return f"ClipModel({self.spec!r}, {self.fingerprint}, {self.device}, {self.precision}, {state})"
+        return f"ClipModel({self.spec!r}, {self.fingerprint}, {self.device_name}, {self.precision}, {state})"
+
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device_name)
+
+    @property
+    def device_type(self) -> str:
+        """ "cpu", "cuda" or "mps" (no torch needed)."""
+        return self.device_name.split(":")[0]
 
     @property
     def loaded(self) -> bool:
@@ -137,7 +144,7 @@ class ClipModel:
         import torch
 
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device_type, dtype=dtype)
 
 
 INFO_KEYS = ("logit_scale", "image_size", "preprocess_cfg", "tokenizer")

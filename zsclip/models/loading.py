@@ -7,6 +7,8 @@ import contextlib
 import json
 import logging
 import os
+import platform
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,28 +28,54 @@ if TYPE_CHECKING:
     import torch
 
 
+def gpu_possible() -> bool:
+    """False where this machine certainly has no GPU torch could use, known without importing torch (seconds):
+    Linux without an NVIDIA, ROCm or WSL GPU device, a Mac that is not Apple silicon."""
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in _GPU_DEVICES)
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"
+    return True  # elsewhere only torch can tell
+
+
+_GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
+    """The device to run on, as torch names it; "auto" on a machine with no GPU is "cpu" without importing torch
+    (see gpu_possible): resolve_device_name gives the name alone."""
+    import torch
+
+    return torch.device(resolve_device_name(device))
+
+
+def resolve_device_name(device: str = "auto") -> str:
+    if device == "auto" and not gpu_possible():
+        return "cpu"
+    if device == "cpu":
+        return "cpu"
     import torch
 
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return "cuda"
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+            return "mps"
+        return "cpu"
     if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
         raise UsageError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("--device mps: MPS is not available on this machine; use --device cpu")
-    return torch.device(device)
+    return device
 
 
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """fp32 on CPU (bf16 autocast is several times slower there), bf16 autocast on CUDA by default."""
+def resolve_precision(precision: str | None, device: str) -> str:
+    """fp32 on CPU (bf16 autocast is several times slower there), bf16 autocast on CUDA by default. `device` is a
+    device name ("cuda:1") or a torch.device."""
     if precision is None or precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if str(device).startswith("cuda") else "fp32"
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
     return precision
@@ -68,7 +96,7 @@ def load_model(
     spec = spec or os.environ.get("ZSCLIP_MODEL") or DEFAULT_MODEL
     cache = cache or Cache()
     parsed = parse_spec(spec, cache)
-    dev = resolve_device(device)
+    dev = resolve_device_name(device)
     prec = resolve_precision(precision, dev)
     _check_files(parsed)
     try:
@@ -118,7 +146,7 @@ def _check_files(parsed: ModelSpec) -> None:
             )
 
 
-def _build(parsed: ModelSpec, dev: torch.device) -> tuple:
+def _build(parsed: ModelSpec, dev: str) -> tuple:
     """(module on `dev` in eval mode, preprocess, tokenizer, metadata); every failure is one ZsclipError line."""
     import open_clip
     import torch

@@ -122,7 +122,7 @@ def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, 
 
     from ..encode import encode_images
 
-    batch_size = batch_size or (256 if model.device.type == "cuda" else 32)
+    batch_size = batch_size or (256 if model.device_type == "cuda" else 32)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     path, fps = reader.path, reader.fps

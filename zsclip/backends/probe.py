@@ -1,0 +1,132 @@
+"""`--backend auto`: each backend measured once per model and machine on a fixed probe (speed, and top-1 agreement
+with torch), the fastest that keeps the labels chosen and remembered beside the export (`auto.json`, read without
+torch); `zsclip models --backends MODEL` prints the table.
+
+The probe: 96 built-in pictures, half shapes-world scenes, half blurred noise, against the 36 shapes-world class
+prompts. Noise is out of every model's domain, so its probabilities are flat and near-ties common: the case where a
+backend's rounding flips labels. onnx-int8 runs with its label check (zsclip.backends.int8), its time including
+the images the check re-encodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import atomic
+from ..progress import log
+from ..similarity import probabilities, unit
+from .int8 import builtin_images
+from .sessions import threads
+
+if TYPE_CHECKING:
+    from .exports import Exports
+
+CANDIDATES = ("torch", "onnx", "onnx-int8")
+# Top-1 agreement with torch that `auto` requires.
+BARS = {"torch": 0.0, "onnx": 0.999, "onnx-int8": 0.995}
+PROBE_IMAGES = 96
+TIMED_IMAGES = 32
+
+
+def machine() -> str:
+    """What the speed ranking depends on: the CPU, the threads and the library versions (read without importing)."""
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = []
+    for package in ("torch", "onnxruntime"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+    return "|".join([cpu, f"{os.cpu_count()} cpus", f"{threads()} threads", *versions])
+
+
+def remembered(exports: Exports) -> dict | None:
+    """auto.json for this machine, or None."""
+    try:
+        data = json.loads((exports.directory / "auto.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("machine") != machine() or data.get("choice") not in CANDIDATES:
+        return None
+    return data
+
+
+def choose(exports: Exports, show: bool = True) -> dict:
+    """The remembered measurement for this machine, else measure every backend once and remember."""
+    data = remembered(exports)
+    if data is not None:
+        return data
+    results = measure(exports)
+    ok = [name for name, r in results.items() if r["agreement"] >= BARS[name]]
+    choice = max(ok, key=lambda name: results[name]["images_per_s"])
+    data = {"machine": machine(), "choice": choice, "results": results}
+    exports.directory.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(exports.directory / "auto.json", json.dumps(data, indent=2) + "\n")
+    if show:
+        log(f"--backend auto for {exports.model.spec} on this machine: {choice} ({summary(results)})")
+    return data
+
+
+def summary(results: dict) -> str:
+    return ", ".join(
+        f"{name} {r['images_per_s']:.1f} img/s, agreement {r['agreement']:.1%}"
+        + ("" if r["agreement"] >= BARS[name] else f" (below {BARS[name]:.1%})")
+        for name, r in results.items()
+    )
+
+
+def measure(exports: Exports) -> dict[str, dict]:
+    """Per backend: image throughput and top-1 agreement with torch on the probe."""
+    from .. import shapes
+    from ..encode import encode_images
+    from ..text import encode_prompts
+    from .int8 import threshold, uncertain
+    from .runtime import OnnxEncoder
+
+    model = exports.model
+    pixels = builtin_images(model, PROBE_IMAGES)
+    prompts = [f"a photo of a {shapes.classname(c, s)}." for c, s in shapes.COMPOSITIONS]
+    backend, encoder = model.backend, model.encoder
+    vectors, seconds, texts = {}, {}, {}
+    try:
+        for name in CANDIDATES:
+            model.backend = name
+            model.encoder = None if name == "torch" else OnnxEncoder(exports, "int8" if name == "onnx-int8" else "fp32")
+            vectors[name] = encode_images(model, pixels)  # also the warm-up: sessions, kernels, allocator
+            seconds[name] = min(_timed(encode_images, model, pixels[:TIMED_IMAGES]) for _ in range(2))
+            texts[name] = unit(np.stack(encode_prompts(model, prompts)))
+    finally:
+        model.backend, model.encoder = backend, encoder
+    rechecked = uncertain(vectors["onnx-int8"], texts["onnx"], threshold(exports.ensure_check(), texts["onnx"]))
+    vectors["onnx-int8"][rechecked] = vectors["onnx"][rechecked]
+    seconds["onnx-int8"] += seconds["onnx"] * rechecked[:TIMED_IMAGES].mean()
+    reference = probabilities(vectors["torch"], texts["torch"], model.logit_scale)
+    results = {}
+    for name in CANDIDATES:
+        probs = probabilities(vectors[name], texts["onnx" if name == "onnx-int8" else name], model.logit_scale)
+        results[name] = {
+            "images_per_s": TIMED_IMAGES / seconds[name],
+            "agreement": float((probs.argmax(-1) == reference.argmax(-1)).mean()),
+            "max_prob_diff": float(np.abs(probs - reference).max()),
+            "min_cosine": float((vectors[name] * vectors["torch"]).sum(-1).min()),
+        }
+    results["onnx-int8"]["rechecked"] = float(rechecked.mean())
+    return results
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
