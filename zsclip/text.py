@@ -110,13 +110,13 @@ def text_embeddings(
     prompts_per_text = [template_set.expand(t) for t in texts]
     unique = list(dict.fromkeys(p for ps in prompts_per_text for p in ps))
     cache = (cache or Cache()) if use_cache else None
-    found = cache.get_text(model.fingerprint, vector_key(model), unique) if cache else {}
+    found = cache.get_text(model.fingerprint, vector_key(model, "text"), unique) if cache else {}
     missing = [p for p in unique if p not in found]
     if missing:
         new = encode_prompts(model, missing, progress=progress)
         found.update(zip(missing, new, strict=True))
         if cache:
-            cache.put_text(model.fingerprint, vector_key(model), zip(missing, new, strict=True))
+            cache.put_text(model.fingerprint, vector_key(model, "text"), zip(missing, new, strict=True))
     return ensemble([np.stack([found[p] for p in ps]) for ps in prompts_per_text]), len(missing)
 
 

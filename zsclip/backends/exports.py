@@ -95,6 +95,8 @@ class Exports:
         tower = meta["files"].get(self.path("image", "int8").name)
         if not want or not tower or made != tower["sha256"] or not self.check_path.is_file():
             return False
+        if not self.intact("image", "int8"):  # a damaged tower is rebuilt, and its check measured again
+            return False
         return (
             self.check_path.stat().st_size == want["size"] and self.cache.file_sha256(self.check_path) == want["sha256"]
         )

@@ -23,9 +23,24 @@ def models_cmd(
         str | None,
         option("--format", "-f", panel=OUTPUT, help="table or jsonl (default: table on a terminal, else jsonl)."),
     ] = None,
+    backends: Annotated[
+        str | None,
+        option(
+            "--backends",
+            panel=OUTPUT,
+            show_default=False,
+            help="MODEL: each CPU backend's speed and top-1 agreement with torch on auto's probe, and the one auto "
+            "takes (measured once per model and machine, exporting the model first if needed).",
+        ),
+    ] = None,
+    quiet: Annotated[bool, option("--quiet", "-q", panel=OUTPUT, help="No progress bar.")] = False,
 ) -> None:
-    """List open_clip pretrained models (and whether they are downloaded), shipped and local models."""
+    """List open_clip pretrained models (and whether they are downloaded), shipped and local models; or, with
+    --backends MODEL, how fast each backend runs that model here and whether it keeps torch's labels."""
     choice("--format", fmt, ("table", "jsonl"))
+    if backends is not None:
+        _backends(backends, fmt, quiet)
+        return
     from ..models import list_models
 
     rows = [r for r in list_models() if r["available"] or not downloaded]
@@ -38,6 +53,45 @@ def models_cmd(
         ["spec", "source", "available"],
         [[r["spec"], r["source"], "yes" if r["available"] else ""] for r in rows],
         right=False,
+    )
+
+
+def _backends(spec: str, fmt: str | None, quiet: bool) -> None:
+    from ..backends import Exports, require_onnxruntime, use_backend
+    from ..backends.probe import BARS, remembered
+    from ..cache import Cache
+    from ..models import load_model
+
+    require_onnxruntime("auto")
+    cache = Cache()
+    model = use_backend(
+        load_model(spec, device="cpu", precision="fp32", cache=cache), "auto", cache=cache, show=not quiet
+    )
+    data = remembered(Exports(model, cache))
+    rows = [
+        {"backend": name, **r, "bar": BARS[name], "chosen": name == data["choice"]}
+        for name, r in data["results"].items()
+    ]
+    if (fmt or ("table" if sys.stdout.isatty() else "jsonl")) == "jsonl":
+        for r in rows:
+            typer.echo(json.dumps({"model": spec, **r}))
+        return
+    print_table(
+        f"{spec} on this CPU ({data['machine'].split('|')[0]}): auto's probe, 96 images x 36 classes",
+        ["backend", "img/s", "agreement", "bar", "max prob diff", "min cosine", "re-checked", "auto"],
+        [
+            [
+                r["backend"],
+                f"{r['images_per_s']:.1f}",
+                f"{r['agreement']:.1%}",
+                f"{r['bar']:.1%}",
+                f"{r['max_prob_diff']:.4f}",
+                f"{r['min_cosine']:.5f}",
+                f"{r['rechecked']:.1%}" if "rechecked" in r else "",
+                "chosen" if r["chosen"] else "",
+            ]
+            for r in rows
+        ],
     )
 
 

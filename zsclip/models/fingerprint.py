@@ -41,8 +41,11 @@ def fingerprint_spec(spec: str | ModelSpec, cache: Cache | None = None) -> str:
     return f"local-dir@sha256:{digest[:20]}"
 
 
-def vector_key(model: ClipModel) -> str:
+def vector_key(model: ClipModel, tower: str = "image") -> str:
     """What, besides the weights, a cached vector depends on: the precision and, off torch, the backend. Torch keeps
-    the bare precision so caches written before backends existed stay valid."""
+    the bare precision so caches written before backends existed stay valid. onnx-int8's text tower is onnx's
+    fp32 one, so their text vectors are the same."""
     backend = getattr(model, "backend", "torch")
+    if tower == "text" and backend == "onnx-int8":
+        backend = "onnx"
     return model.precision if backend == "torch" else f"{model.precision}+{backend}"
