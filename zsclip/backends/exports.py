@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import atomic
 from ..identity import StateError, read_state, write_state
 from ..progress import log
-from .sessions import open_session
+from .sessions import machine, open_session
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,7 +74,9 @@ class Exports:
     def intact(self, tower: str, variant: str = "fp32") -> bool:
         """The file is there and has the sha256 recorded when it was written (memoised by size and mtime)."""
         path = self.path(tower, variant)
-        want = self.meta()["files"].get(path.name)
+        return self._same(path, self.meta()["files"].get(path.name))
+
+    def _same(self, path: Path, want: dict | None) -> bool:
         if not want or not path.is_file() or path.stat().st_size != want["size"]:
             return False
         return self.cache.file_sha256(path) == want["sha256"]
@@ -89,17 +92,13 @@ class Exports:
         return self.directory / "image-int8-check.npy"
 
     def check_intact(self) -> bool:
-        """The check's errors are there, undamaged, and were measured on the int8 tower now on disk."""
+        """The check's errors are there, undamaged, and were measured on the int8 tower now on disk (a damaged tower
+        is rebuilt, and its check measured again)."""
         meta = self.meta()
-        want, made = meta["files"].get(self.check_path.name), meta.get("check", {}).get("int8_sha256")
         tower = meta["files"].get(self.path("image", "int8").name)
-        if not want or not tower or made != tower["sha256"] or not self.check_path.is_file():
+        if not tower or meta.get("check", {}).get("int8_sha256") != tower["sha256"]:
             return False
-        if not self.intact("image", "int8"):  # a damaged tower is rebuilt, and its check measured again
-            return False
-        return (
-            self.check_path.stat().st_size == want["size"] and self.cache.file_sha256(self.check_path) == want["sha256"]
-        )
+        return self.intact("image", "int8") and self._same(self.check_path, meta["files"].get(self.check_path.name))
 
     def ensure_check(self) -> np.ndarray:
         """The int8 tower's errors on the calibration images, measured if missing or made from another tower."""
@@ -164,15 +163,42 @@ class Exports:
         write_state(self.meta_path, KIND, self.made_from(), meta)
 
     def session(self, tower: str, variant: str = "fp32"):
-        """An ONNX Runtime session for the file; one that fails to load is rebuilt once."""
+        """An ONNX Runtime session for the file, from its optimized graph for this machine where one was kept; a
+        file that fails to load is rebuilt once."""
         path = self.ensure(tower, variant)
         try:
-            return open_session(path)
+            return self._open(path)
         except Exception as exc:  # ORT raises its own types for an unreadable or invalid model
             log(f"warning: ONNX export {path} cannot be loaded ({' '.join(str(exc).split())[:200]}); rebuilding it")
             path.unlink(missing_ok=True)
             self.meta()["files"].pop(path.name, None)
-            return open_session(self.ensure(tower, variant))
+            return self._open(self.ensure(tower, variant))
+
+    def _open(self, path: Path):
+        """The session; its optimized graph, made from this very file on this machine, opens without optimizing
+        again, and is made (atomically) where it is missing, damaged or made from another file."""
+        source = self.meta()["files"][path.name]["sha256"]
+        machine_id = hashlib.sha256(machine().encode()).hexdigest()[:12]
+        optimized = path.with_name(f"{path.stem}.{machine_id}.optimized.onnx")
+        kept = self.meta().get("optimized", {}).get(optimized.name)
+        if kept and kept.get("made_from") == source and self._same(optimized, kept):
+            with contextlib.suppress(Exception):  # a graph this ONNX Runtime cannot read: made again below
+                return open_session(optimized, optimized=True)
+        tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
+        try:
+            session = open_session(path, save_optimized=tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, optimized)
+            atomic.fsync_dir(optimized.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._meta = None  # re-read: another process may have recorded its own files meanwhile
+        meta = self.meta()
+        entry = {"made_from": source, "size": optimized.stat().st_size, "sha256": self.cache.file_sha256(optimized)}
+        meta.setdefault("optimized", {})[optimized.name] = entry
+        write_state(self.meta_path, KIND, self.made_from(), meta)
+        return session
 
 
 def _unit_run(session, x: np.ndarray, batch: int = 32) -> np.ndarray:

@@ -10,13 +10,8 @@ the images the check re-encodes.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import json
-import os
-import platform
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +20,7 @@ from .. import atomic
 from ..progress import log
 from ..similarity import probabilities, unit
 from .int8 import builtin_images
-from .sessions import threads
+from .sessions import machine
 
 if TYPE_CHECKING:
     from .exports import Exports
@@ -35,21 +30,6 @@ CANDIDATES = ("torch", "onnx", "onnx-int8")
 BARS = {"torch": 0.0, "onnx": 0.999, "onnx-int8": 0.995}
 PROBE_IMAGES = 96
 TIMED_IMAGES = 32
-
-
-def machine() -> str:
-    """What the speed ranking depends on: the CPU, the threads and the library versions (read without importing)."""
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = []
-    for package in ("torch", "onnxruntime"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-    return "|".join([cpu, f"{os.cpu_count()} cpus", f"{threads()} threads", *versions])
 
 
 def remembered(exports: Exports) -> dict | None:
