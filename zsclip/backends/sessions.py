@@ -52,4 +52,3 @@ def machine() -> str:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions.append(f"{package} {importlib.metadata.version(package)}")
     return "|".join([cpu, f"{os.cpu_count()} cpus", f"{threads()} threads", *versions])
-
