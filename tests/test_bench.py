@@ -23,6 +23,7 @@ SCRIPTS = {
     "gallery_scale.py": (["--n", "20", "--labels", "3", "--out", "{tmp}/gallery"], "| 20 |", ()),
     "load_model.py": (["--repeat", "1"], "load_model", ()),
     "memory_flat.py": (["--images", "60"], "growth", ()),
+    "serve.py": (["--images", "300", "--queries", "5"], "targets", ("starlette",)),
     "search.py": (["--sizes", "2000", "--queries", "3"], "| 2,000 |", ()),
     "locate_found.py": (["--videos", "1", "--work", "{tmp}/videos"], "zsclip's rule", ("av",)),
     "locate.py": (

@@ -162,14 +162,15 @@ def text_vectors(
     return text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0]
 
 
-def image_vector(model: ClipModel, image: str | os.PathLike, *, exact: bool = False) -> np.ndarray:
-    """The unit-norm embedding of one image file, or a UsageError saying why it cannot be read."""
+def image_vector(model: ClipModel, image: str | os.PathLike, *, exact: bool = False, **read) -> np.ndarray:
+    """The unit-norm embedding of one image file, or a UsageError saying why it cannot be read; `read` are
+    embed_stream's reading options (decoded here by default; `workers=1` for --file-timeout off the main thread)."""
     from .engines import embed_stream
 
     image = str(image)
     if not os.path.isfile(image):
         raise UsageError(f"--image {image}: no such file")
-    for batch in embed_stream(model, [(image, True)], store=False, exact=exact, workers=0):
+    for batch in embed_stream(model, [(image, True)], **{"store": False, "exact": exact, "workers": 0, **read}):
         if batch.skipped:
             raise UsageError(f"--image {image}: cannot read the query image ({batch.skipped[0][1]})")
         if batch.features is not None:

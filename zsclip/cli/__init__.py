@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import admin, classify, evaluate, locate, prompts, retrieval, train
+from . import admin, classify, evaluate, locate, prompts, retrieval, serve, train
 from .common import Group
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.command("train")(train.train_cmd)
 app.command("locate")(locate.locate_cmd)
 app.command("index")(retrieval.index_cmd)
 app.command("search")(retrieval.search_cmd)
+app.command("serve")(serve.serve_cmd)
 app.command("models")(admin.models_cmd)
 app.add_typer(admin.cache_app, name="cache")
 

@@ -1,0 +1,284 @@
+"""`zsclip serve`'s JSON API with Starlette's test client: the answers equal the CLI's and the Python API's, and the
+guard turns away every path outside the served folders, requests without the token where one is needed, and bad
+parameters with a 4xx and one line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+
+from starlette.testclient import TestClient
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "shapes"
+CLASSES = "red circle,blue cross,green square"
+
+
+@pytest.fixture(scope="module")
+def model():
+    from zsclip.models import load_model
+
+    return load_model("shapes", device="cpu")
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    target = tmp_path / "photos"
+    shutil.copytree(EXAMPLES, target)
+    return target
+
+
+def served(model, photos: Path, host: str = "127.0.0.1", **site):
+    from zsclip.serve.app import make_app
+    from zsclip.serve.guard import Guard
+    from zsclip.serve.library import Library
+
+    library = Library(model, [str(photos)], os.environ["ZSCLIP_CACHE_DIR"])
+    library.scan()
+    guard = Guard(host, "secret-token")
+    base = f"http://{host}:8765" if ":" not in host else f"http://[{host}]:8765"
+    return library, TestClient(make_app(library, guard, **site), base_url=base)
+
+
+@pytest.fixture
+def client(model, photos):
+    return served(model, photos)[1]
+
+
+def test_search_is_the_python_api_search(model, photos, client):
+    import zsclip
+
+    got = client.get("/api/search", params={"q": "a red circle", "top": 5}).json()["results"]
+    want = zsclip.search(model, "a red circle", [str(photos)], top=5)
+    assert [r["path"] for r in got] == [h.path for h in want]
+    assert [r["score"] for r in got] == pytest.approx([h.score for h in want], abs=1e-5)
+    assert got[0]["path"].endswith("red_circle.png")
+
+
+def test_pages_follow_each_other_and_plus_minus_terms_are_query_arithmetic(model, photos, client):
+    import zsclip
+
+    first = client.get("/api/search", params={"q": "circle", "top": 4}).json()["results"]
+    second = client.get("/api/search", params={"q": "circle", "top": 4, "offset": 4}).json()["results"]
+    both = client.get("/api/search", params={"q": "circle", "top": 8}).json()["results"]
+    assert first + second == both
+    got = client.get("/api/search", params={"q": "circle +red -blue", "top": 3}).json()["results"]
+    want = zsclip.search(model, "circle", [str(photos)], top=3, add=["red"], subtract=["blue"])
+    assert [r["path"] for r in got] == [h.path for h in want]
+
+
+def test_more_like_this_and_an_upload_find_the_image_itself_first(photos, client):
+    path = str(photos / "blue_cross.png")
+    like = client.get("/api/search", params={"like": path, "top": 2}).json()["results"]
+    assert like[0] == {"path": path, "score": pytest.approx(1.0, abs=1e-5)}
+    upload = client.post("/api/search/image", params={"top": 2}, content=(photos / "blue_cross.png").read_bytes())
+    assert upload.status_code == 200
+    assert upload.json()["results"][0]["path"] == path
+
+
+def test_classify_and_its_records_are_the_cli_records(model, photos, client, tmp_path):
+    from typer.testing import CliRunner
+
+    from zsclip.cli import app
+
+    got = client.get("/api/classify", params={"classes": CLASSES, "templates": "shapes"}).json()
+    assert got["labels"] == CLASSES.split(",")
+    labels = {p: got["labels"][i] for p, i in zip(got["paths"], got["label"], strict=True)}
+    assert labels[str(photos / "red_circle.png")] == "red circle"
+    for fmt in ("csv", "jsonl"):
+        params = {"classes": CLASSES, "templates": "shapes", "threshold": "0.9", "format": fmt}
+        download = client.get("/api/classify/records", params=params)
+        assert download.status_code == 200
+        assert "attachment" in download.headers["content-disposition"]
+        cli = CliRunner().invoke(
+            app,
+            [
+                "classify",
+                str(photos),
+                "-m",
+                "shapes",
+                "-c",
+                CLASSES,
+                "-t",
+                "shapes",
+                "--threshold",
+                "0.9",
+                "-f",
+                fmt,
+                "-q",
+                "--backend",
+                "torch",
+            ],
+        )
+        assert cli.exit_code == 0, cli.output
+        assert download.text == cli.stdout_bytes.decode()  # stdout, not CliRunner's \r\n-normalised text
+    rows = list(csv.DictReader(io.StringIO(download.text if fmt == "csv" else "")))
+    assert rows == [] or rows[0]["path"].startswith(str(photos))
+
+
+OUTSIDE = [
+    "/etc/passwd",
+    "{photos}/../secret.txt",
+    "{photos}/%2e%2e/secret.txt",
+    "{photos}/%252e%252e/secret.txt",
+    "{photos}/blue_cross.png\0.txt",
+    "{photos}\\..\\secret.txt",
+    "..\\secret.txt",
+    "secret.txt",
+    "{photos}/link-out/secret.txt",
+    "{photos}/escape.png",
+    "",
+    "C:\\Windows\\win.ini",
+]
+
+
+@pytest.mark.parametrize("where", ["/api/thumb", "/api/image", "/api/search?like="])
+def test_no_file_outside_the_served_folders_is_ever_served(model, photos, where):
+    secret = photos.parent / "secret.txt"
+    secret.write_text("the secret")
+    shutil.copyfile(EXAMPLES / "blue_cross.png", photos.parent / "outside.png")
+    (photos / "link-out").symlink_to(photos.parent)
+    (photos / "escape.png").symlink_to(photos.parent / "outside.png")
+    _, client = served(model, photos)
+    for raw in OUTSIDE:
+        path = raw.replace("{photos}", str(photos))
+        url, params = (where, {"path": path}) if "like" not in where else ("/api/search", {"like": path})
+        answer = client.get(url, params=params)
+        assert 400 <= answer.status_code < 500, (path, answer.status_code)
+        assert "the secret" not in answer.text
+        assert set(answer.json()) == {"error"}
+    ok = client.get("/api/image", params={"path": str(photos / "blue_cross.png")})
+    assert ok.status_code == 200
+    assert ok.content == (photos / "blue_cross.png").read_bytes()
+
+
+def test_another_host_needs_the_token_on_every_request(model, photos):
+    _, client = served(model, photos, host="0.0.0.0")
+    for url in ("/", "/api/status", "/api/search?q=red", f"/api/thumb?path={photos}/blue_cross.png"):
+        assert client.get(url).status_code == 403, url
+        assert client.get(url, params={"token": "wrong"}).status_code == 403, url
+    assert client.get("/api/search", params={"q": "red", "token": "secret-token"}).status_code == 200
+    assert client.get("/api/status", headers={"X-Zsclip-Token": "secret-token"}).status_code == 200
+    page = client.get("/", params={"token": "secret-token"})  # the printed URL: it sets the cookie the page uses
+    assert page.status_code == 200 and "zsclip_token" in page.headers["set-cookie"]
+    assert client.get(f"/api/thumb?path={photos}/blue_cross.png").status_code == 200  # the cookie
+
+
+def test_loopback_refuses_another_host_header(client):
+    assert client.get("/api/status").status_code == 200
+    assert client.get("/api/status", headers={"Host": "evil.example:8765"}).status_code == 403
+
+
+def test_sorting_needs_allow_write_and_the_token_and_uses_the_sorter(model, photos, tmp_path):
+    into = tmp_path / "sorted"
+    params = {"classes": CLASSES, "templates": "shapes"}
+    _, reader = served(model, photos, sort_into=into)
+    plan = reader.get("/api/sort/plan", params=params).json()
+    assert len(plan["rows"]) == 12 and not into.exists()  # a preview writes nothing
+    assert reader.post("/api/sort", params=params, headers={"X-Zsclip-Token": "secret-token"}).status_code == 403
+    _, writer = served(model, photos, sort_into=into, allow_write=True)
+    assert writer.post("/api/sort", params=params).status_code == 403  # no token, even on loopback
+    done = writer.post("/api/sort", params=params, headers={"X-Zsclip-Token": "secret-token"})
+    assert done.status_code == 200, done.text
+    assert sorted(p.name for p in (into / "red circle").iterdir()) == sorted(
+        Path(r["path"]).name for r in plan["rows"] if r["label"] == "red circle"
+    )
+    assert (photos / "red_circle.png").exists()  # copy is the default
+
+
+@pytest.mark.parametrize(
+    ("url", "params", "status", "says"),
+    [
+        ("/api/search", {"q": ""}, 400, "q:"),
+        ("/api/search", {"q": "red", "top": "ten"}, 400, "top=ten"),
+        ("/api/search", {"q": "red", "top": "0"}, 400, "top=0"),
+        ("/api/search", {"q": "red", "offset": "-1"}, 400, "offset=-1"),
+        ("/api/search", {"q": "-blue"}, 400, "no text"),
+        ("/api/classify", {"classes": "cat"}, 400, "at least two"),
+        ("/api/classify", {"classes": "cat,dog", "templates": "nope"}, 400, "nope"),
+        ("/api/classify/records", {"classes": "cat,dog", "format": "xml"}, 400, "format=xml"),
+        ("/api/classify/records", {"classes": "cat,dog", "threshold": "2"}, 400, "threshold=2"),
+        ("/api/sort/plan", {"classes": "cat,dog"}, 400, "--sort-into"),
+        ("/api/nothing", {}, 404, ""),
+    ],
+)
+def test_a_bad_request_is_a_4xx_with_one_line(client, url, params, status, says):
+    answer = client.get(url, params=params)
+    assert answer.status_code == status
+    if says:
+        message = answer.json()["error"]
+        assert says in message and "\n" not in message and "Traceback" not in message
+
+
+def test_uploads_are_size_limited_and_checked_like_files(model, photos, tmp_path):
+    from PIL import Image
+
+    _, client = served(model, photos, max_upload=1000)
+    big = client.post("/api/search/image", content=b"x" * 2000)
+    assert big.status_code == 413 and "limit" in big.json()["error"]
+    assert client.post("/api/search/image", content=b"not an image").status_code == 400
+    Image.new("RGB", (400, 400)).save(tmp_path / "wide.png")
+    from zsclip.serve.app import make_app
+    from zsclip.serve.guard import Guard
+    from zsclip.serve.library import Library
+
+    strict = Library(model, [str(photos)], os.environ["ZSCLIP_CACHE_DIR"], max_pixels=10_000)
+    strict.scan()
+    answer = TestClient(make_app(strict, Guard("127.0.0.1", "t")), base_url="http://127.0.0.1").post(
+        "/api/search/image", content=(tmp_path / "wide.png").read_bytes()
+    )
+    assert answer.status_code == 400 and "--max-pixels" in answer.json()["error"]
+
+
+def test_a_deleted_or_changed_file_is_not_served_and_a_rescan_finds_new_ones(model, photos):
+    library, client = served(model, photos)
+    (photos / "red_circle.png").unlink()
+    paths = [r["path"] for r in client.get("/api/search", params={"q": "red circle", "top": 12}).json()["results"]]
+    assert str(photos / "red_circle.png") not in paths and len(paths) == 11
+    shutil.copyfile(EXAMPLES / "red_circle.png", photos / "new_red.png")
+    library.scan()
+    assert client.get("/api/status").json()["images"] == 12
+    top = client.get("/api/search", params={"q": "red circle", "top": 1}).json()["results"][0]
+    assert top["path"] == str(photos / "new_red.png")
+
+
+def test_thumbnails_are_webp_made_once_and_upright(model, photos, tmp_path):
+    from PIL import Image
+
+    image = Image.new("RGB", (80, 40), "red")
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    image.save(photos / "turned.jpg", exif=exif)
+    _, client = served(model, photos)
+    answer = client.get("/api/thumb", params={"path": str(photos / "turned.jpg")})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(answer.content)).size == (40, 80)
+    thumbs = list((Path(os.environ["ZSCLIP_CACHE_DIR"]) / "thumbs").iterdir())
+    assert len(thumbs) == 1
+    client.get("/api/thumb", params={"path": str(photos / "turned.jpg")})
+    assert list((Path(os.environ["ZSCLIP_CACHE_DIR"]) / "thumbs").iterdir()) == thumbs
+
+
+def test_reports_are_served_as_they_are(model, photos, tmp_path):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "index.html").write_text("<h1>leaderboard</h1>")
+    _, client = served(model, photos, reports=reports)
+    assert "leaderboard" in client.get("/reports/").text
+    assert client.get("/reports/../secret.txt").status_code == 404
+
+
+def test_every_route_is_described_in_the_openapi_page(client):
+    from starlette.routing import Route
+
+    described = set(client.get("/api/openapi.json").json()["paths"])
+    routes = {r.path for r in client.app.routes if isinstance(r, Route) and r.path.startswith("/api/")}
+    assert described == routes

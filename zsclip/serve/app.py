@@ -1,0 +1,300 @@
+"""The web app of `zsclip serve`: the page, and the JSON API under /api/ that the page itself uses.
+
+Starlette (with uvicorn), not FastAPI: measured here, `import starlette.applications` takes 0.28 s and `import
+fastapi` 0.77 s, and FastAPI's interactive /docs page loads Swagger UI from a CDN, which an offline laptop cannot
+reach; the API is small enough to describe by hand (/api/openapi.json, docs/serve.md).
+
+Every handler's errors become a 4xx with a one-line message (`{"error": ...}`); an unexpected one a 500 with one
+line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..errors import UsageError, ZsclipError
+from ..images import SkipFile
+from .guard import Guard, Refused, contained
+from .openapi import OPENAPI
+from .thumbs import thumbnail
+
+if TYPE_CHECKING:
+    from .library import Library
+
+MAX_TOP = 500
+TOKEN_COOKIE = "zsclip_token"
+
+
+def make_app(
+    library: Library,
+    guard: Guard,
+    *,
+    reports: Path | None = None,
+    sort_into: Path | None = None,
+    allow_write: bool = False,
+    max_upload: int = 20 * 2**20,
+    thumbs: Path | None = None,
+) -> Starlette:
+    thumbs = thumbs or Path(library.cache.directory) / "thumbs"
+    page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+    async def index(request: Request) -> Response:
+        settings = {"token": guard.token, "sortInto": str(sort_into) if sort_into else None, "write": allow_write}
+        html = page.replace("/*SETTINGS*/{}", _json(settings))
+        response = HTMLResponse(html, headers={"Cache-Control": "no-store"})
+        if request.query_params.get("token") == guard.token:
+            response.set_cookie(TOKEN_COOKIE, guard.token, httponly=True, samesite="strict")
+        return response
+
+    @api
+    def status(request: Request) -> Response:
+        return JSONResponse({**library.status(), "reports": reports is not None, "write": allow_write})
+
+    @api
+    def search(request: Request) -> Response:
+        top, offset = _ints(request, top=24, offset=0)
+        like = request.query_params.get("like")
+        if like is not None:
+            contained(like, library.roots)
+            q = library.query(like=like)
+        else:
+            text = request.query_params.get("q", "")
+            if not text.strip():
+                raise UsageError("q: give a text to search for (or like=PATH for images like one)")
+            q = library.query(text)
+        return JSONResponse({"results": library.search(q, top, offset), "images": len(library.rows)})
+
+    async def search_image(request: Request) -> Response:
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > max_upload:
+                return _error(f"the uploaded image is over the limit of {max_upload // 2**20} MB", 413)
+        if not data:
+            return _error("no image in the request body (POST the file's bytes)", 400)
+        return await _search_upload(request, bytes(data))
+
+    @api
+    def _search_upload(request: Request, data: bytes) -> Response:
+        top, offset = _ints(request, top=24, offset=0)
+        with tempfile.TemporaryDirectory(prefix="zsclip-upload-") as tmp:
+            path = os.path.join(tmp, "upload")
+            with open(path, "wb") as f:
+                f.write(data)
+            q = library.query(image_file=path)
+        return JSONResponse({"results": library.search(q, top, offset), "images": len(library.rows)})
+
+    @api
+    def classify(request: Request) -> Response:
+        clf, paths, probs = _classified(request)
+        top = probs.argmax(-1) if len(paths) else []
+        return JSONResponse({
+            "labels": clf.labels,
+            "paths": paths,
+            "label": [int(i) for i in top],
+            "prob": [round(float(probs[i, j]), 6) for i, j in enumerate(top)],
+        })  # fmt: skip
+
+    @api
+    def records(request: Request) -> Response:
+        from ..classify import check_options, predict
+        from ..output.render import make_writer
+
+        fmt = request.query_params.get("format", "csv")
+        if fmt not in ("csv", "jsonl"):
+            raise UsageError(f"format={fmt}: use csv or jsonl")
+        clf, paths, probs = _classified(request)
+        threshold = _threshold(request)
+        k = check_options(clf, None, threshold)
+        out = io.StringIO()
+        writer = make_writer(fmt, out, k)
+        for pred in predict(paths, probs, clf, k, threshold):
+            writer.write(pred)
+        writer.close()
+        kind = "text/csv" if fmt == "csv" else "application/jsonl"
+        disposition = f'attachment; filename="zsclip-classify.{fmt}"'
+        return Response(out.getvalue(), media_type=kind, headers={"Content-Disposition": disposition})
+
+    @api
+    def sort_plan(request: Request) -> Response:
+        return JSONResponse(_sort(request, dry_run=True))
+
+    @api
+    def sort_run(request: Request) -> Response:
+        if not allow_write:
+            raise Refused("sorting from the page needs zsclip serve --allow-write", 403)
+        return JSONResponse(_sort(request, dry_run=False))
+
+    def _sort(request: Request, dry_run: bool) -> dict:
+        from ..classify import check_options, predict
+        from ..sort import Sorter
+
+        if sort_into is None:
+            raise UsageError("no sort folder: start zsclip serve with --sort-into DIR")
+        clf, paths, probs = _classified(request)
+        threshold = _threshold(request)
+        mode = request.query_params.get("mode", "copy")
+        if mode not in ("copy", "move", "link"):
+            raise UsageError(f"mode={mode}: use copy, move or link")
+        plan = io.StringIO()
+        settings = {"labels": clf.labels, "threshold": threshold}
+        rows = []
+        with Sorter(sort_into, mode, dry_run=dry_run, labels=clf.labels, settings=settings, plan=plan) as sorter:
+            for pred in predict(paths, probs, clf, check_options(clf, None, threshold), threshold):
+                rows.append({"path": pred.path, "label": pred.label, "to": str(sorter.add(pred) or "")})
+            summary = sorter.summary()
+        return {"dry_run": dry_run, "mode": mode, "into": str(sort_into), "rows": rows, "summary": summary}
+
+    def _classified(request: Request):
+        names = [c.strip() for c in request.query_params.get("classes", "").split(",") if c.strip()]
+        if len(names) < 2:
+            raise UsageError("classes: give at least two class names, separated by commas")
+        clf = library.classifier(names, request.query_params.get("templates", "default"))
+        paths, probs = library.classify(clf)
+        return clf, paths, probs
+
+    @api
+    def rescan(request: Request) -> Response:
+        library.request_scan()
+        return JSONResponse({"scanning": True})
+
+    @api
+    def thumb(request: Request) -> Response:
+        real = contained(request.query_params.get("path", ""), library.roots)
+        try:
+            data = thumbnail(real, thumbs, library.read.get("max_pixels"))
+        except SkipFile as e:
+            raise Refused(f"{request.query_params['path']}: {e}", 422) from None
+        return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
+
+    @api
+    def image(request: Request) -> Response:
+        path = request.query_params.get("path", "")
+        real = contained(path, library.roots)
+        if library.row_of(path) is None and library.row_of(real) is None:
+            raise Refused(f"{path}: not an indexed image", 404)
+        from starlette.responses import FileResponse
+
+        return FileResponse(real)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    routes = [
+        Route("/", index),
+        Route("/api/status", status),
+        Route("/api/search", search),
+        Route("/api/search/image", search_image, methods=["POST"]),
+        Route("/api/classify", classify),
+        Route("/api/classify/records", records),
+        Route("/api/sort/plan", sort_plan),
+        Route("/api/sort", sort_run, methods=["POST"]),
+        Route("/api/rescan", rescan, methods=["POST"]),
+        Route("/api/thumb", thumb),
+        Route("/api/image", image),
+        Route("/api/openapi.json", openapi),
+    ]
+    if reports is not None:
+        routes.append(Mount("/reports", StaticFiles(directory=str(reports), html=True)))
+    app = Starlette(routes=routes)
+    app.add_middleware(GuardMiddleware, guard=guard)
+    return app
+
+
+class GuardMiddleware:
+    """Every HTTP request passes zsclip.serve.guard first; sorting (POST /api/sort) always needs the token."""
+
+    def __init__(self, app, guard: Guard):
+        self.app, self.guard = app, guard
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        token = (
+            request.headers.get("x-zsclip-token")
+            or request.query_params.get("token")
+            or request.cookies.get(TOKEN_COOKIE)
+        )
+        write = scope["method"] == "POST" and scope["path"] == "/api/sort"
+        try:
+            self.guard.check(request.headers.get("host", ""), token, write)
+        except Refused as e:
+            return await _error(str(e), e.status)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def api(handler):
+    """Run a sync handler in a thread; its errors become one-line JSON answers."""
+    import anyio
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request, *args) -> Response:
+        return await anyio.to_thread.run_sync(functools.partial(_answer, handler, request, *args))
+
+    endpoint.sync = handler
+    return endpoint
+
+
+def _answer(handler, request: Request, *args) -> Response:
+    try:
+        return handler(request, *args)
+    except Refused as e:
+        return _error(str(e), e.status)
+    except (UsageError, ZsclipError, ValueError) as e:
+        return _error(str(e), 400)
+    except LookupError as e:
+        return _error(str(e).strip("'\""), 404)
+    except Exception as e:
+        print(f"zsclip serve: {request.url.path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return _error(f"internal error: {type(e).__name__}: {e}", 500)
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _ints(request: Request, **defaults: int) -> tuple[int, ...]:
+    out = []
+    for name, default in defaults.items():
+        raw = request.query_params.get(name)
+        try:
+            value = default if raw is None else int(raw)
+        except ValueError:
+            raise UsageError(f"{name}={raw}: must be a whole number") from None
+        if value < 0 or (name == "top" and not 1 <= value <= MAX_TOP):
+            raise UsageError(f"{name}={raw}: must be {'1 to ' + str(MAX_TOP) if name == 'top' else '0 or more'}")
+        out.append(value)
+    return tuple(out)
+
+
+def _threshold(request: Request) -> float | None:
+    raw = request.query_params.get("threshold")
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"threshold={raw}: must be a probability between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"threshold={raw}: must be a probability between 0 and 1")
+    return value
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value).replace("</", "<\\/")
