@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "zsclip"
 
 ENDS = ["classify", "retrieval", "vectors", "locate", "evaluate", "retrieval_eval", "grid", "metrics", "train", "video"]
-ENDS += ["fit", "recheck"]
+ENDS += ["fewshot", "recheck"]
 WRITERS = ["output", "sinks", "sort", "gallery", "report", "retrieval_report", "leaderboard", "embeddings_io"]
 WRITERS += ["locate_report"]
 SOURCES = ["sources", "shards", "prompts", "models", "preprocess", "tokenizer", "store", "shapes"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -282,3 +283,30 @@ def test_every_route_is_described_in_the_openapi_page(client):
     described = set(client.get("/api/openapi.json").json()["paths"])
     routes = {r.path for r in client.app.routes if isinstance(r, Route) and r.path.startswith("/api/")}
     assert described == routes
+
+
+def test_a_fitted_classifier_answers_classify_without_class_names(model, photos, tmp_path):
+    from typer.testing import CliRunner
+
+    from zsclip.cli import app
+    from zsclip.fewshot import load_classifier
+
+    data = tmp_path / "data"
+    for name in ("red circle", "blue cross"):
+        (data / name).mkdir(parents=True)
+        for i in range(3):
+            shutil.copyfile(EXAMPLES / f"{name.replace(' ', '_')}.png", data / name / f"{i}.png")
+    out = tmp_path / "clf.safetensors"
+    fitted = CliRunner().invoke(
+        app, ["fit", str(data), "-m", "shapes", "--shots", "2", "-o", str(out), "-q", "--backend", "torch"]
+    )
+    assert fitted.exit_code == 0, fitted.output
+    _, client = served(model, photos, classifier=load_classifier(out, model))
+    assert client.get("/api/status").json()["classifier"] == ["blue cross", "red circle"]  # folder order
+    got = client.get("/api/classify").json()
+    cli = CliRunner().invoke(
+        app,
+        ["classify", str(photos), "-m", "shapes", "--classifier", str(out), "-f", "jsonl", "-q", "--backend", "torch"],
+    )
+    want = {r["path"]: r["label"] for r in map(json.loads, cli.stdout.splitlines())}
+    assert {p: got["labels"][i] for p, i in zip(got["paths"], got["label"], strict=True)} == want

@@ -48,7 +48,10 @@ class Skipped:
 
 
 def probabilities(image_features: np.ndarray, classifier: Classifier) -> np.ndarray:
-    """Softmax over classes of logit_scale * cosine similarity; features must be unit-norm."""
+    """Softmax over classes of logit_scale * cosine similarity (or of a few-shot head's logits); features must be
+    unit-norm."""
+    if classifier.head is not None:
+        return similarity.softmax(classifier.head.logits(image_features))
     return similarity.probabilities(image_features, classifier.weights, classifier.logit_scale)
 
 

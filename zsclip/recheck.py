@@ -34,16 +34,19 @@ class Recheck:
         self.rechecked = 0
         if not self.active:
             return
-        self.weights = classifier.weights
-        self.margin = threshold(encoder.errors(), classifier.weights)
-        self.fp32 = copy.copy(model)
-        self.fp32.backend, self.fp32.encoder = "onnx", encoder.with_image("fp32")
+        # A few-shot head: its linear weights, or (tip-adapter, not linear) every image re-checked.
+        linear = classifier.head.linear() if classifier.head is not None else (classifier.weights, None)
+        self.every = linear is None
+        self.weights, self.bias = linear or (None, None)
+        self.margin = 0.0 if self.every else threshold(encoder.errors(), self.weights)
+        self.fp32 = fp32_of(model)
         self.read = {k: v for k, v in read.items() if k in SHARED and v is not None}
 
     def __call__(self, paths: list[str], features: np.ndarray) -> np.ndarray:
         if not self.active or features is None or not len(features):
             return features
-        rows = np.flatnonzero(uncertain(features, self.weights, self.margin))
+        near = np.ones(len(features), bool) if self.every else uncertain(features, self.weights, self.margin, self.bias)
+        rows = np.flatnonzero(near)
         if not len(rows):
             return features
         fresh: dict[str, np.ndarray] = {}
@@ -57,3 +60,13 @@ class Recheck:
                 out[i] = fresh[paths[i]]
                 self.rechecked += 1
         return out
+
+
+def fp32_of(model: ClipModel) -> ClipModel:
+    """`model` with an int8 image tower swapped for the fp32 one (the same sessions); any other model as it is."""
+    encoder = model.encoder
+    if encoder is None or getattr(encoder, "image", "fp32") != "int8":
+        return model
+    out = copy.copy(model)
+    out.backend, out.encoder = "onnx", encoder.with_image("fp32")
+    return out

@@ -287,3 +287,48 @@ def search(
         if len(hits) == top or done or not len(rows) or (threshold is not None and scores[-1] < threshold):
             return hits
         want *= 4
+
+
+def class_search(
+    model: ClipModel,
+    classifier,
+    label: str,
+    paths: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
+    top: int = 10,
+    *,
+    threshold: float | None = None,
+    exact: bool = False,
+    cache: Cache | None = None,
+    chunk: int = 20_000,
+) -> list[Hit]:
+    """The `top` stored images (under `paths`, already indexed) most likely to be of class `label` of a classifier
+    (a few-shot one from zsclip fit, or any Classifier), best first; the score is that class's probability."""
+    from .classify import probabilities
+    from .encode import store_variant
+
+    check_search_options(top, None)
+    if label not in classifier.labels:
+        shown = ", ".join(classifier.labels[:8]) + (", ..." if len(classifier) > 8 else "")
+        raise UsageError(f"{label!r} is not a class of the classifier: use one of {shown}")
+    c = classifier.labels.index(label)
+    cache = cache or Cache()
+    sources = _sources(paths) if paths is not None else None
+    snapshot = vectors.load(cache, model.fingerprint, store_variant(model, exact))
+    ranges = snapshot.ranges(_roots(sources) if sources is not None else None)
+    rows, scores = np.empty(0, np.int64), np.empty(0, np.float32)
+    for lo, hi in ranges:
+        for start in range(lo, hi, chunk):
+            end = min(hi, start + chunk)
+            p = probabilities(np.asarray(snapshot.vectors[start:end]), classifier)[:, c]
+            rows, scores = np.concatenate([rows, np.arange(start, end)]), np.concatenate([scores, p])
+            keep = np.argsort(-scores, kind="stable")[: 4 * top + 8]
+            rows, scores = rows[keep], scores[keep]
+    hits = []
+    for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+        if threshold is not None and score < threshold:
+            break
+        if snapshot.current(row):
+            hits.append(Hit(len(hits) + 1, snapshot.paths[row], float(score)))
+        if len(hits) == top:
+            break
+    return hits

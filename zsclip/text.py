@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class Classifier:
     fingerprint: str
     encoded_prompts: int = 0  # prompts that missed the cache and went through the text encoder
     notes: list[str] = field(default_factory=list)  # for stderr: repeated names and how they are labelled
+    head: Any = None  # a fitted few-shot head (zsclip.fewshot) that gives the logits instead of the text weights
 
     def __len__(self) -> int:
         return len(self.classnames)

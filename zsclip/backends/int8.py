@@ -82,16 +82,18 @@ def threshold(errors: np.ndarray, weights: np.ndarray, seed: int = 0) -> float:
     return SHARE * float(np.abs(errors @ directions.T).max())
 
 
-def uncertain(features: np.ndarray, weights: np.ndarray, margin: float) -> np.ndarray:
+def uncertain(features: np.ndarray, weights: np.ndarray, margin: float, bias: np.ndarray | None = None) -> np.ndarray:
     """Per image, whether its top-1 class could differ under the fp32 tower: the smallest normalised margin of its
-    top class over any other is below `margin`."""
+    top class over any other is below `margin`. `weights` (and `bias`) are any linear classifier's: the margin of
+    class i over j is (f . (w_i - w_j) + b_i - b_j) / |w_i - w_j|."""
     if margin <= 0 or len(features) == 0:
         return np.zeros(len(features), dtype=bool)
-    scores = features @ weights.T
+    scores = features @ weights.T + (0.0 if bias is None else bias)
     top = scores.argmax(-1)
     rows = np.arange(len(features))
     gaps = scores[rows, top][:, None] - scores
-    distance = np.sqrt(np.maximum(2.0 - 2.0 * (weights[top] @ weights.T), 1e-12))
+    norms = (weights * weights).sum(-1)
+    distance = np.sqrt(np.maximum(norms[top][:, None] + norms[None, :] - 2.0 * (weights[top] @ weights.T), 1e-12))
     radius = gaps / distance
     radius[rows, top] = np.inf
     return radius.min(-1) < margin

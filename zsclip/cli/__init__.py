@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import admin, classify, evaluate, locate, prompts, retrieval, serve, train
+from . import admin, classify, evaluate, fewshot, locate, prompts, retrieval, serve, train
 from .common import Group
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.command("classify")(classify.classify_cmd)
 app.command("eval")(evaluate.eval_cmd)
+app.command("fit")(fewshot.fit_cmd)
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(train.data_app, name="data")
 app.command("train")(train.train_cmd)

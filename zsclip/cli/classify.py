@@ -12,11 +12,12 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL, FORMATS
 from ..errors import UsageError, plural
-from .common import build_with_progress, engine_options, read_options, results
+from .common import build_with_progress, engine_options, fitted_classifier, read_options, results
 from .options import (
     INPUT,
     OUTPUT,
     Backend,
+    ClassifierOpt,
     Cluster,
     Device,
     Limits,
@@ -102,6 +103,7 @@ def classify_cmd(
     ] = None,
     model: ModelOpt = DEFAULT_MODEL,
     templates: TemplatesOpt = "default",
+    classifier: ClassifierOpt = None,
     *,
     records: Records,
     sorting: Sorting,
@@ -121,9 +123,8 @@ def classify_cmd(
     after a crash or kill, the same command with --resume continues where it stopped (also --sort-into and
     --report)."""
     from ..limits import check_ranking
-    from ..prompts import class_names
 
-    names = class_names(classes, classes_file)
+    names, fitted = _class_names(classes, classes_file, classifier)
     read = {**read_options(speed, limits, store, walk), **engine_options(cluster), "shard": shard.parsed()}
     check_ranking(records.top_k, records.threshold)
     backend.check()
@@ -139,6 +140,7 @@ def classify_cmd(
             "model": fingerprint or fingerprint_spec(model),
             "classes": names,
             "templates": templates,
+            "classifier": fitted,
             "top_k": records.top_k,
             "threshold": records.threshold,
             "exact": speed.exact_preprocess,
@@ -167,7 +169,7 @@ def classify_cmd(
     _classify(
         paths,
         sources,
-        names,
+        (names, classifier),
         model,
         templates,
         plan,
@@ -194,7 +196,11 @@ def _classify(
     cache = Cache()
     clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
     clip = backend.apply(clip, cache, quiet, sources)
-    clf = build_with_progress(clip, names, templates, cache, show, quiet)
+    names, fitted = names
+    if fitted:
+        clf = fitted_classifier(fitted, clip, quiet)
+    else:
+        clf = build_with_progress(clip, names, templates, cache, show, quiet)
     k = check_options(clf, records.top_k, records.threshold)
     if records.top_k is not None and records.top_k > k:
         progress.log(f"note: --top-k {records.top_k} is more than the {k} classes; listing {k}")
@@ -229,6 +235,20 @@ def _classify(
         if counts.rechecked:
             near = plural(counts.rechecked, "image")
             progress.log(f"onnx-int8: {near} near a tie re-encoded by the fp32 tower, so every label is fp32's")
+
+
+def _class_names(classes, classes_file, classifier):
+    """(class names, the classifier file's checksum or None): from --classes/--classes-file, or a --classifier."""
+    from ..prompts import class_names
+
+    if classifier is None:
+        return class_names(classes, classes_file), None
+    if classes is not None or classes_file is not None:
+        raise UsageError("--classifier FILE brings its own classes: leave out --classes and --classes-file")
+    from ..fewshot.files import load
+
+    _, meta = load(classifier)
+    return list(meta["classnames"]), meta["sha256"]
 
 
 def _sources(paths, recursive: bool, resume: bool, sorting: Sorting, settings: dict):

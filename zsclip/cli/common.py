@@ -174,3 +174,14 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
     for row in rows:
         table.add_row(*row)
     Console(file=results(), highlight=False).print(table)
+
+
+def fitted_classifier(path, clip, quiet: bool):
+    """--classifier FILE as the run's Classifier (refused with one line if made for other weights)."""
+    from ..fewshot import load_classifier
+
+    clf = load_classifier(path, clip)
+    if not quiet:
+        for note in clf.notes:
+            progress.log(note)
+    return clf

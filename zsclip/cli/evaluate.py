@@ -13,20 +13,19 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError, plural
-from .common import build_with_progress, choice, echo, engine_options, print_table, read_options
+from .common import build_with_progress, choice, echo, engine_options, fitted_classifier, print_table, read_options
+from .data import Data, embed_with_progress, eval_data
 from .options import (
     INPUT,
     MODEL,
     OUTPUT,
     Backend,
-    ClassnamesOpt,
+    ClassifierOpt,
     Cluster,
     Device,
-    LimitOpt,
     Limits,
     Options,
     Quiet,
-    RootOpt,
     Speed,
     Store,
     grouped,
@@ -46,21 +45,6 @@ DatasetArg = Annotated[
 
 
 @dataclass
-class Data(Options):
-    """Which data set, and how it is read."""
-
-    root: RootOpt = None
-    classnames: ClassnamesOpt = None
-    limit: LimitOpt = None
-    split: Annotated[str, option(panel=INPUT, help="The split of a wds data set (its folder: test, train, ...).")] = (
-        "test"
-    )
-
-    def root_dir(self) -> str | None:
-        return str(self.root) if self.root else None
-
-
-@dataclass
 class Report(Options):
     report: Annotated[Path | None, option(panel=OUTPUT, help="Write the full report (JSON, CSV, PNG, HTML) here.")] = (
         None
@@ -68,6 +52,40 @@ class Report(Options):
     fmt: Annotated[str, option("--format", "-f", panel=OUTPUT, help="table or json (the metrics.json content).")] = (
         "table"
     )
+
+
+@dataclass
+class FewShot(Options):
+    """`--shots`: the few-shot curve (zsclip.fewshot) instead of zero-shot alone."""
+
+    shots: Annotated[
+        str | None,
+        option(
+            panel=MODEL,
+            show_default=False,
+            help="Few-shot curve: images per class to fit on, e.g. 1,2,4,8,16 (zero-shot is the first point; "
+            "each K scored on the images not drawn).",
+        ),
+    ] = None
+    method: Annotated[str, option(panel=MODEL, help="With --shots: linear-probe, tip-adapter or prototype.")] = (
+        "linear-probe"
+    )
+    seeds: Annotated[int, option(panel=MODEL, help="With --shots: draws per K (their spread is shown).")] = 3
+
+    def check(self, classifier, grid: bool, task) -> None:
+        from ..fewshot import METHODS
+
+        if not (self.shots or classifier):
+            return
+        choice("--method", self.method, METHODS)
+        if self.shots and classifier:
+            raise UsageError("--shots fits classifiers of its own: leave out --classifier")
+        if grid:
+            raise UsageError("--shots and --classifier score one model on one data set (not a grid)")
+        if task == "retrieval":
+            raise UsageError("--shots and --classifier are for classification, not --task retrieval")
+        if self.seeds < 1:
+            raise UsageError(f"--seeds {self.seeds}: must be at least 1")
 
 
 @grouped
@@ -111,7 +129,9 @@ def eval_cmd(
     recall_k: Annotated[
         str, option("--recall-k", panel=INPUT, help="With --task retrieval: the K of recall@K.")
     ] = "1,5,10",
+    classifier: ClassifierOpt = None,
     *,
+    fewshot: FewShot,
     data: Data,
     out: Report,
     limits: Limits,
@@ -142,21 +162,33 @@ def eval_cmd(
         check_output_dir(out.report, "--report")
     if data.limit is not None and data.limit < 1:
         raise UsageError(f"--limit {data.limit}: must be at least 1")
-    if len(models) * len(datasets) > 1 or models_file or datasets_file:
+    grid = len(models) * len(datasets) > 1 or models_file or datasets_file
+    fewshot.check(classifier, bool(grid), task)
+    if grid:
         options = _grid_options(templates, task, recall_k, data, speed)
         return _grid(models, datasets, options, out, device, backend, read, quiet.quiet)
+    if fewshot.shots or classifier:
+        return _fitted(models[0], datasets[0], templates, classifier, fewshot, data, out, device, backend, read, quiet)
     _single(models[0], datasets[0], templates, task, recall_k, data, out, device, backend, read, quiet.quiet)
 
 
-def eval_data(dataset: str, data: Data, task: str | None = None):
-    """The data set an eval-like command scores, checked before any model is loaded."""
-    from ..datasets import load_dataset
+def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, device, backend, read, quiet) -> None:
+    """eval --shots (the curve) or eval --classifier FILE (a fitted classifier scored like zero-shot)."""
+    from .fewshot import parse_shots, shot_curve_cmd
 
-    loaded = load_dataset(dataset, root=data.root_dir(), classnames=data.classnames, split=data.split, task=task)
-    loaded = loaded.limit(data.limit)
-    if not loaded.items:
-        raise UsageError(f"{dataset}: no images found")
-    return loaded
+    shots = parse_shots(fewshot.shots) if fewshot.shots else None
+    loaded = eval_data(dataset, data, "classification")
+    clip, cache = _load(model, device, backend, quiet.quiet)
+    if shots:
+        curve = (shots, fewshot.method, fewshot.seeds)
+        return shot_curve_cmd(clip, cache, loaded, templates, curve, out, quiet.quiet, read)
+    clf = fitted_classifier(classifier, clip, quiet.quiet)
+    if list(clf.classnames) != list(loaded.classnames):
+        raise UsageError(
+            f"--classifier {classifier}: its classes ({', '.join(clf.classnames[:4])}, ...) are not {loaded.name}'s "
+            f"({', '.join(loaded.classnames[:4])}, ...) in the same order"
+        )
+    _classification(clip, cache, loaded, templates, out, quiet.quiet, read, clf=clf)
 
 
 def _load(model: str, device: Device, backend: Backend, quiet: bool):
@@ -185,7 +217,7 @@ def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, 
     _classification(clip, cache, loaded, templates, out, quiet, read)
 
 
-def _classification(clip, cache, data, templates, out: Report, quiet: bool, read: dict) -> None:
+def _classification(clip, cache, data, templates, out: Report, quiet: bool, read: dict, clf=None) -> None:
     from ..evaluate import resolve_dataset_templates, score, summary
     from ..recheck import Recheck
     from ..report import write_report
@@ -193,7 +225,7 @@ def _classification(clip, cache, data, templates, out: Report, quiet: bool, read
     show = progress.enabled(quiet)
     for note in data.notes if not quiet else []:
         progress.log(f"note: {note}")
-    clf = build_with_progress(
+    clf = clf or build_with_progress(
         clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show, quiet
     )
     result = score(embed_with_progress(clip, data, show, quiet, **read), clf, recheck=Recheck(clip, clf, **read))
@@ -220,25 +252,6 @@ def _classification(clip, cache, data, templates, out: Report, quiet: bool, read
         progress.log(f"skipped {plural(len(result.skipped), 'unreadable file')} (not counted)")
     if not quiet and out.report:
         progress.log(f"report written to {out.report} (open {out.report / 'report.html'})")
-
-
-def embed_with_progress(clip, dataset, show: bool, quiet: bool, **read):
-    """Image embeddings of a data set (reusing the store), with a progress bar and skip lines on stderr."""
-    from ..evaluate import embed_dataset
-
-    with progress.bar("encoding images", len(dataset.items), "img", show) as bar:
-
-        def tick(done: int, skipped: int) -> None:
-            if bar:
-                bar.update(0, advance=done + skipped, extra=f"{skipped} skipped" if skipped else "")
-
-        embedded = embed_dataset(clip, dataset, on_batch=tick, **read)
-    if not quiet:
-        for path, reason in embedded.skipped:
-            progress.log(f"skipped {path}: {reason}")
-        if embedded.reused:
-            progress.log(f"{embedded.reused} of {len(embedded.paths)} image embeddings came from the image store")
-    return embedded
 
 
 def _grid_options(templates: str, task: str | None, recall_k: str, data: Data, speed: Speed):

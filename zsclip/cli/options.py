@@ -304,6 +304,14 @@ TemplatesOpt = Annotated[
         help="Template set name (zsclip prompts list), a file with one template per line, or 'default'.",
     ),
 ]
+ClassifierOpt = Annotated[
+    Path | None,
+    option(
+        panel=MODEL,
+        show_default=False,
+        help="A few-shot classifier file from zsclip fit, in place of class names (made for this --model).",
+    ),
+]
 RootOpt = Annotated[Path | None, option(panel=INPUT, help="An existing copy of a named data set (no download).")]
 ClassnamesOpt = Annotated[
     str | None,

@@ -11,7 +11,7 @@ from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import plural
 from .common import echo, engine_options, print_table, read_options, typer_app
-from .evaluate import Data, embed_with_progress, eval_data
+from .data import Data, embed_with_progress, eval_data
 from .options import OUTPUT, Backend, Cluster, Device, Limits, ModelOpt, Quiet, Speed, Store, grouped, option
 
 app = typer_app("List, show and compare prompt template sets.")

@@ -220,6 +220,15 @@ def search_cmd(
             help=f"Model spec (default: the model an --embeddings export was made with, else {DEFAULT_MODEL}).",
         ),
     ] = None,
+    classifier: Annotated[
+        Path | None,
+        option(
+            panel=MODEL,
+            show_default=False,
+            help="A classifier from zsclip fit: QUERY is one of its classes, and images are ranked by its "
+            "probability (--threshold is then a probability).",
+        ),
+    ] = None,
     *,
     ask: Query,
     hits: Hits,
@@ -248,6 +257,10 @@ def search_cmd(
 
         model = model or read_export(embeddings).spec  # the vectors' own model, recorded in the export
     sources = expand_sources(paths or ["."]) if embeddings is None else []
+    if classifier is not None:
+        if embeddings is not None or ask.image is not None or ask.add or ask.subtract:
+            raise UsageError("--classifier ranks by a class: leave out --embeddings, --image, --add and --subtract")
+        return _class_search(query, classifier, paths, sources, model or DEFAULT_MODEL, hits, device, read, quiet.quiet)
     _search(
         query, paths, sources, model or DEFAULT_MODEL, embeddings, approximate, ask, hits, device, read, quiet.quiet
     )
@@ -298,6 +311,32 @@ def _search(query, paths, sources, model, embeddings, approximate, ask: Query, h
     if not found and not quiet:
         below = f" at or above --threshold {hits.threshold}" if hits.threshold is not None else ""
         progress.log("no results" + below)
+
+
+def _class_search(label, classifier, paths, sources, model, hits: Hits, device, read, quiet: bool) -> None:
+    from ..cache import Cache
+    from ..models import load_model
+    from ..retrieval import class_search
+    from ..retrieval_report import write_hits
+    from .common import fitted_classifier
+
+    cache = Cache()
+    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
+    clf = fitted_classifier(classifier, clip, quiet)
+    if label not in clf.labels:
+        class_search(clip, clf, label)  # the one-line error naming the classes
+    _index_with_progress(clip, sources, progress.enabled(quiet), True, None, cache=cache, **read)
+    found = class_search(
+        clip, clf, label, sources, hits.top, threshold=hits.threshold, exact=read["exact"], cache=cache
+    )
+    with (
+        atomic.atomic_open(hits.output, "w", encoding="utf-8", newline="")
+        if hits.output
+        else contextlib.nullcontext() as out
+    ):
+        write_hits(found, hits.fmt, out or results())
+    if not found and not quiet:
+        progress.log("no results")
 
 
 def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, **options):

@@ -12,7 +12,7 @@ from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError
 from .common import read_options
-from .options import INPUT, OUTPUT, Backend, Device, Limits, ModelOpt, Speed, Walk, grouped, option
+from .options import INPUT, OUTPUT, Backend, ClassifierOpt, Device, Limits, ModelOpt, Speed, Walk, grouped, option
 
 PIP = "pip install 'zsclip[serve]'"
 
@@ -42,6 +42,7 @@ def serve_cmd(
         float, option(panel=INPUT, help="Seconds between looks for new, changed and deleted files (0: on request).")
     ] = 300.0,
     max_upload_mb: Annotated[int, option(panel=INPUT, help="Largest image accepted as a search upload.")] = 20,
+    classifier: ClassifierOpt = None,
     token: Annotated[
         str | None,
         option(panel=OUTPUT, help="The access token (default: a new random one each start).", show_default=False),
@@ -74,7 +75,13 @@ def serve_cmd(
 
     read = read_options(speed, limits, walk=walk)
     sources = check_sources(paths, walk.recursive)
-    site = {"reports": reports, "sort_into": sort_into, "allow_write": allow_write, "max_upload": max_upload_mb << 20}
+    site = {
+        "classifier": classifier,
+        "reports": reports,
+        "sort_into": sort_into,
+        "allow_write": allow_write,
+        "max_upload": max_upload_mb << 20,
+    }
     _serve(sources, model, host, port, open_browser, rescan, token, device, backend, read, site)
 
 
@@ -92,6 +99,10 @@ def _serve(sources, model, host, port, open_browser, rescan, token, device, back
     cache = Cache()
     clip = load_model(model, device=device.device, precision=device.precision, cache=cache, lazy=False)
     clip = backend.apply(clip, cache, False, sources)
+    if site["classifier"] is not None:
+        from ..fewshot import load_classifier
+
+        site["classifier"] = load_classifier(site["classifier"], clip)
     library = Library(clip, [p for p, _ in sources], str(cache.directory), **read)
     guard = Guard(host, token)
     app = make_app(library, guard, **site)

@@ -32,6 +32,7 @@ from .openapi import OPENAPI
 from .thumbs import thumbnail
 
 if TYPE_CHECKING:
+    from ..text import Classifier
     from .library import Library
 
 MAX_TOP = 500
@@ -47,7 +48,9 @@ def make_app(
     allow_write: bool = False,
     max_upload: int = 20 * 2**20,
     thumbs: Path | None = None,
+    classifier: Classifier | None = None,
 ) -> Starlette:
+    """The app; `classifier` (a few-shot one from zsclip fit) answers a classify request without class names."""
     thumbs = thumbs or Path(library.cache.directory) / "thumbs"
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
@@ -61,7 +64,10 @@ def make_app(
 
     @api
     def status(request: Request) -> Response:
-        return JSONResponse({**library.status(), "reports": reports is not None, "write": allow_write})
+        fitted = classifier.labels if classifier is not None else None
+        return JSONResponse(
+            {**library.status(), "reports": reports is not None, "write": allow_write, "classifier": fitted}
+        )
 
     @api
     def search(request: Request) -> Response:
@@ -160,9 +166,12 @@ def make_app(
 
     def _classified(request: Request):
         names = [c.strip() for c in request.query_params.get("classes", "").split(",") if c.strip()]
-        if len(names) < 2:
+        if not names and classifier is not None:
+            clf = classifier
+        elif len(names) < 2:
             raise UsageError("classes: give at least two class names, separated by commas")
-        clf = library.classifier(names, request.query_params.get("templates", "default"))
+        else:
+            clf = library.classifier(names, request.query_params.get("templates", "default"))
         paths, probs = library.classify(clf)
         return clf, paths, probs
 

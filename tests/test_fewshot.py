@@ -1,0 +1,212 @@
+"""Few-shot classifiers (`zsclip fit`, `--classifier FILE`, `eval --shots`): the linear probe against sklearn's
+logistic regression, the shots drawn as promised, the file refused when damaged or made for other weights, and
+the same labels wherever the file is used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from zsclip.cli import app
+
+COMPOSITIONS = [("red", "circle"), ("blue", "square"), ("green", "star"), ("yellow", "cross"), ("purple", "hexagon")]
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory) -> Path:
+    """A folder data set: 5 classes x 8 shapes-world pictures (class folders named by the class)."""
+    from zsclip import shapes
+
+    root = tmp_path_factory.mktemp("fewshot") / "data"
+    rng = np.random.default_rng(0)
+    for colour, shape in COMPOSITIONS:
+        folder = root / f"{colour} {shape}"
+        folder.mkdir(parents=True)
+        for i in range(8):
+            shapes.render(shapes.sample_scene(rng, colour, shape), 64, rng).save(folder / f"{i}.png")
+    return root
+
+
+def run(*args: str, code: int = 0):
+    result = CliRunner().invoke(app, [*args, "--backend", "torch"] if args[0] != "search" else list(args))
+    assert result.exit_code == code, result.output
+    return result
+
+
+def test_the_linear_probe_is_sklearns_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    from zsclip.fewshot.heads import _split, logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = rng.integers(0, 3, 60)
+    lam = 0.05
+    w, b = _split(logistic(x, y, 3, lam), 3)
+    reference = LogisticRegression(C=1.0 / (lam * len(y)), max_iter=5000, tol=1e-10).fit(x, y)
+    ours = x @ w.T + b
+    theirs = reference.decision_function(x)
+    # Softmax logits are defined up to a constant per row; compare the differences.
+    np.testing.assert_allclose(ours - ours.mean(1, keepdims=True), theirs - theirs.mean(1, keepdims=True), atol=2e-3)
+
+
+def test_shots_are_k_per_class_drawn_by_the_seed_and_short_classes_said():
+    from zsclip.fewshot import draw_shots
+
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    train, held, short = draw_shots(labels, 4, seed=1, classes=3)
+    assert np.bincount(labels[train]).tolist() == [4, 4, 2]  # the short class keeps one back to be scored
+    assert short == {2: 3}
+    assert not set(train) & set(held) and len(train) + len(held) == len(labels)
+    assert draw_shots(labels, 4, seed=1, classes=3)[0].tolist() == train.tolist()
+    assert draw_shots(labels, 4, seed=2, classes=3)[0].tolist() != train.tolist()
+
+
+def test_tip_adapter_and_prototype_heads_follow_their_formulas():
+    from zsclip.fewshot.heads import fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.array([0, 1, 0, 1, 0, 1])
+    text = np.eye(2, 4, dtype=np.float32)
+    tip = fit("tip-adapter", x, y, text, 10.0)
+    q = x[:2]
+    a, beta = tip.params["alpha"], tip.params["beta"]
+    want = 10.0 * q @ text.T + a * np.exp(-beta * (1 - q @ x.T)) @ np.eye(2)[y]
+    np.testing.assert_allclose(tip.logits(q), want, rtol=1e-5)
+    proto = fit("prototype", x, y, text, 10.0)
+    means = np.stack([x[y == c].mean(0) / np.linalg.norm(x[y == c].mean(0)) for c in (0, 1)])
+    blend = proto.params["blend"]
+    np.testing.assert_allclose(proto.logits(q), 10.0 * q @ (blend * text + (1 - blend) * means).T, rtol=1e-5)
+
+
+def test_fit_writes_a_classifier_that_classify_eval_and_search_use_alike(shapes_folder, tmp_path):
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "clf.safetensors"
+    fitted = run("fit", str(shapes_folder), "-m", "shapes", "--shots", "3", "-o", str(out), "-t", "shapes", "-q")
+    record = json.loads(fitted.stdout)
+    assert record["fitted_on"] == 15 and record["held_out"] == 25 and record["classes"] == 5
+    assert 0.0 <= record["held_out_acc1"] <= 1.0
+    arrays = load_file(out)
+    labels = run("classify", str(shapes_folder), "-m", "shapes", "--classifier", str(out), "-f", "jsonl", "-q")
+    got = [json.loads(line) for line in labels.stdout.splitlines()]
+    # The file's own arrays, applied by hand: unit features from the API, then f W^T + b.
+    import zsclip
+
+    model = zsclip.load_model("shapes", device="cpu")
+    from zsclip.engines import embed_stream
+
+    feats = {
+        p: f
+        for b in embed_stream(model, [(r["path"], True) for r in got])
+        for p, f in zip(b.paths, b.features, strict=True)
+    }
+    names = sorted(p.name for p in shapes_folder.iterdir())
+    for r in got:
+        logits = feats[r["path"]] @ arrays["weights"].T + arrays["bias"]
+        assert r["label"] == names[int(logits.argmax())]
+    evaluated = run("eval", str(shapes_folder), "-m", "shapes", "--classifier", str(out), "-f", "json", "-q")
+    acc = json.loads(evaluated.stdout)["metrics"]["acc1"]
+    truth = {r["path"]: Path(r["path"]).parent.name for r in got}
+    assert acc == pytest.approx(np.mean([r["label"] == truth[r["path"]] for r in got]))
+    found = run(
+        "search",
+        "--classifier",
+        str(out),
+        "red circle",
+        str(shapes_folder),
+        "-m",
+        "shapes",
+        "-n",
+        "3",
+        "-f",
+        "jsonl",
+        "-q",
+    )
+    hits = [json.loads(line) for line in found.stdout.splitlines()]
+    ranked = sorted((r for r in got if r["label"] == "red circle"), key=lambda r: -r["prob"])[:3]
+    assert [h["path"] for h in hits][: len(ranked)] == [r["path"] for r in ranked]
+
+
+def test_a_damaged_or_foreign_classifier_is_refused_with_one_line(shapes_folder, tmp_path, tiny_model_dir):
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")
+    foreign = run("classify", str(shapes_folder), "-m", str(tiny_model_dir), "--classifier", str(out), code=2)
+    assert "made for model shapes" in foreign.output and "Traceback" not in foreign.output
+    data = bytearray(out.read_bytes())
+    data[-5] ^= 0xFF
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    flipped = run(
+        "classify", str(shapes_folder), "-m", "shapes", "--classifier", str(tmp_path / "flipped.safetensors"), code=2
+    )
+    assert "damaged" in flipped.output
+    (tmp_path / "cut.safetensors").write_bytes(out.read_bytes()[:100])
+    cut = run("eval", str(shapes_folder), "-m", "shapes", "--classifier", str(tmp_path / "cut.safetensors"), code=2)
+    assert "not a zsclip classifier file, or damaged" in cut.output
+    both = run("classify", str(shapes_folder), "-m", "shapes", "--classifier", str(out), "-c", "a,b", code=2)
+    assert "leave out --classes" in both.output
+
+
+def test_bad_data_for_fit_is_one_line(shapes_folder, tmp_path):
+    one = tmp_path / "one"
+    (one / "red circle").mkdir(parents=True)
+    for p in list((shapes_folder / "red circle").iterdir())[:3]:
+        (one / "red circle" / p.name).write_bytes(p.read_bytes())
+    single = run("fit", str(one), "-m", "shapes", "-o", str(tmp_path / "x.safetensors"), "-q", code=2)
+    assert "at least 2 class names, got 1" in single.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no" in run("fit", str(empty), "-m", "shapes", "-o", str(tmp_path / "y.safetensors"), code=2).output
+    short = run(
+        "fit", str(shapes_folder), "-m", "shapes", "--shots", "8", "-o", str(tmp_path / "z.safetensors"), "-t", "shapes"
+    )
+    assert "had 8 images or fewer" in short.output
+    strict = run(
+        "fit",
+        str(shapes_folder),
+        "-m",
+        "shapes",
+        "--shots",
+        "8",
+        "--strict-shots",
+        "-o",
+        str(tmp_path / "w.safetensors"),
+        code=2,
+    )
+    assert "has 8 images" in strict.output and not (tmp_path / "w.safetensors").exists()
+    assert "--method" in run("fit", str(shapes_folder), "--method", "svm", "-o", str(tmp_path / "v"), code=2).output
+
+
+def test_eval_shots_prints_and_plots_the_curve(shapes_folder, tmp_path):
+    report = tmp_path / "report"
+    result = run(
+        "eval",
+        str(shapes_folder),
+        "-m",
+        "shapes",
+        "--shots",
+        "1,2",
+        "--seeds",
+        "2",
+        "-t",
+        "shapes",
+        "--report",
+        str(report),
+        "-f",
+        "json",
+        "-q",
+    )
+    curve = json.loads(result.stdout)["curve"]
+    assert [r["shots"] for r in curve] == [0, 1, 2] and curve[0]["method"] == "zero-shot"
+    assert all(r["seeds"] == 2 and 0 <= r["acc1"] <= 1 for r in curve)
+    assert (report / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (report / "curve.csv").read_text().splitlines()[0] == "shots,method,acc1,std,seeds"
+    grid = run("eval", str(shapes_folder), str(shapes_folder), "-m", "shapes", "--shots", "1", code=2)
+    assert "not a grid" in grid.output

@@ -1,0 +1,162 @@
+"""`zsclip fit`: a few-shot classifier from K labelled images per class, saved as one file; and `eval --shots`,
+the few-shot curve (zsclip.fewshot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import progress
+from ..defaults import DEFAULT_MODEL
+from ..errors import UsageError, plural
+from .common import build_with_progress, choice, echo, print_table, read_options
+from .data import Data, embed_with_progress, eval_data
+from .options import INPUT, MODEL, OUTPUT, Backend, Device, Limits, ModelOpt, Quiet, Speed, Store, grouped, option
+
+METHOD_HELP = "linear-probe (logistic regression), tip-adapter (training-free cache) or prototype (class means)."
+
+
+@grouped
+def fit_cmd(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="A data set eval reads: a folder of class folders, csv:FILE, wds:DIR, a named set.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path, option("--output", "-o", panel=OUTPUT, help="The classifier file to write (.safetensors).")
+    ],
+    model: ModelOpt = DEFAULT_MODEL,
+    shots: Annotated[int, option(panel=INPUT, help="Labelled images per class to fit on; the rest are held out.")] = 16,
+    method: Annotated[str, option(panel=MODEL, help=METHOD_HELP)] = "linear-probe",
+    seed: Annotated[int, option(panel=INPUT, help="Which images are drawn as shots.")] = 0,
+    strict_shots: Annotated[
+        bool,
+        option(
+            "--strict-shots",
+            panel=INPUT,
+            help="Refuse a class with K images or fewer (default: use what it has, saying which).",
+        ),
+    ] = False,
+    templates: Annotated[
+        str, option("--templates", "-t", panel=MODEL, help="Template set of the zero-shot part (as in eval).")
+    ] = "default",
+    *,
+    data: Data,
+    limits: Limits,
+    device: Device,
+    backend: Backend,
+    speed: Speed,
+    store: Store,
+    quiet: Quiet,
+) -> None:
+    """Fit a few-shot classifier: K images per class of DATA (drawn with --seed), the rest held out and scored.
+
+    Writes one file (the head's arrays and its metadata: model, classes, templates, method, shots, seed,
+    hyper-parameters, held-out accuracy) that classify, eval, search and serve take with --classifier FILE.
+    Prints the fit as JSON."""
+    from ..fewshot import METHODS, fit_embedded, save
+    from ..paths import check_output_file
+    from ..recheck import fp32_of
+
+    choice("--method", method, METHODS)
+    if shots < 1:
+        raise UsageError(f"--shots {shots}: must be at least 1")
+    output = check_output_file(output, "--output")
+    backend.check()
+    read = read_options(speed, limits, store)
+    loaded = eval_data(dataset, data)
+    clip, cache = _load(model, device, backend, quiet.quiet)
+    show = progress.enabled(quiet.quiet)
+    clf = _text_classifier(clip, cache, loaded, templates, show, quiet.quiet)
+    # A head fits fp32 features: an int8 image tower's fp32 twin encodes them.
+    embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet.quiet, **read)
+    result = fit_embedded(embedded, clf, shots, method, seed, strict=strict_shots)
+    save(output, result.head, {**result.meta(clip, loaded.name), "method": method})
+    record = {
+        "classifier": str(output),
+        "method": method,
+        "shots": shots,
+        "seed": seed,
+        "classes": len(clf),
+        "fitted_on": len(result.train),
+        "held_out": len(result.held_out),
+        "held_out_acc1": result.acc1,
+        "zero_shot_acc1": result.zero_shot_acc1,
+        "params": result.head.params,
+        "fit_seconds": round(result.seconds, 3),
+    }
+    echo(json.dumps(record))
+    if not quiet.quiet:
+        if result.short:
+            listed = ", ".join(f"{name} ({n})" for name, n in list(result.short.items())[:5])
+            more = f" and {len(result.short) - 5} more" if len(result.short) > 5 else ""
+            progress.log(
+                f"note: {plural(len(result.short), 'class')} had {shots} images or fewer and gave what they had "
+                f"(one kept back to score where possible): {listed}{more}; --strict-shots refuses them"
+            )
+        acc = "no image left to score" if result.acc1 is None else f"held-out top-1 {result.acc1:.2%}"
+        zero = "" if result.zero_shot_acc1 is None else f" (zero-shot {result.zero_shot_acc1:.2%})"
+        progress.log(f"wrote {output}: {method}, {shots} shots per class, {acc}{zero}")
+
+
+def _load(model: str, device: Device, backend: Backend, quiet: bool):
+    from ..cache import Cache
+    from ..models import load_model
+
+    cache = Cache()
+    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
+    return backend.apply(clip, cache, quiet), cache
+
+
+def _text_classifier(clip, cache, loaded, templates: str, show: bool, quiet: bool):
+    from ..evaluate import resolve_dataset_templates
+
+    chosen = resolve_dataset_templates(templates, loaded, clip)
+    return build_with_progress(clip, loaded.classnames, chosen, cache, show, quiet)
+
+
+def parse_shots(value: str) -> list[int]:
+    try:
+        shots = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--shots {value}: give numbers of images per class, e.g. 1,2,4,8,16") from None
+    if not shots or min(shots) < 1:
+        raise UsageError(f"--shots {value}: give numbers of images per class of at least 1, e.g. 1,2,4,8,16")
+    return sorted(set(shots))
+
+
+def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: bool, read: dict) -> None:
+    """`eval --shots`: the few-shot curve on one data set (`curve`: shots, method, seeds), printed (and with
+    --report written with its plot)."""
+    from ..fewshot import shot_curve
+    from ..recheck import fp32_of
+
+    shots, method, seeds = curve
+    show = progress.enabled(quiet)
+    clf = _text_classifier(clip, cache, loaded, templates, show, quiet)
+    embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet, **read)
+    with progress.bar("fitting", len(shots) * seeds, "fit", show) as bar:
+        rows = shot_curve(embedded, clf, shots, method, seeds, on_fit=lambda k, s: bar and bar.update(0, advance=1))
+    title = f"{loaded.name} · {clip.spec} · {method}, {plural(seeds, 'seed')}"
+    if out.report:
+        from ..fewshot.report import write_curve
+
+        about = {"model": clip.spec, "dataset": loaded.name, "images": len(embedded.paths)}
+        write_curve(rows, out.report, title, about)
+    if out.fmt == "json":
+        echo(json.dumps({"dataset": loaded.name, "model": clip.spec, "curve": rows}, indent=2))
+    else:
+        body = [[str(r["shots"] or "zero-shot"), _pct(r["acc1"]), _pct(r["std"]), str(r["seeds"])] for r in rows]
+        print_table(title, ["shots", "held-out top-1", "std", "seeds"], body)
+    if not quiet and out.report:
+        progress.log(f"few-shot curve written to {out.report} (curve.png, curve.csv, curve.json)")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2%}"

@@ -1,0 +1,70 @@
+"""A fitted few-shot classifier as one file: safetensors (the head's arrays) with JSON metadata in its header (model
+fingerprint, class names, templates, method, shots, seed, hyper-parameters, held-out accuracy) and the sha256 of
+the arrays, so a damaged file is refused, not used; a file made for other weights is refused with one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import atomic
+from ..errors import UsageError
+from .heads import METHODS, Head
+
+FORMAT = "zsclip-fewshot-1"
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return h.hexdigest()
+
+
+def save(path: str | os.PathLike, head: Head, meta: dict) -> None:
+    """Write the classifier file atomically (a killed write leaves the previous file, or none)."""
+    from safetensors.numpy import save
+
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in head.arrays.items()}
+    header = {**meta, "format": FORMAT, "method": head.method, "params": head.params, "sha256": _digest(arrays)}
+    atomic.write_bytes(Path(path), save(arrays, metadata={"zsclip": json.dumps(header)}))
+
+
+def load(path: str | os.PathLike) -> tuple[Head, dict]:
+    """(head, metadata) of a classifier file, or a UsageError naming the file and what is wrong."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as load_bytes
+
+    where = f"--classifier {path}"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"{where}: cannot read it ({e.strerror or e})") from None
+    try:
+        arrays = load_bytes(data)
+        meta = json.loads(_metadata(data)["zsclip"])
+    except (SafetensorError, ValueError, KeyError, TypeError, OverflowError):
+        raise UsageError(f"{where}: not a zsclip classifier file, or damaged (make it again with zsclip fit)") from None
+    if meta.get("format") != FORMAT or meta.get("method") not in METHODS:
+        raise UsageError(f"{where}: not a classifier file this zsclip reads (format {meta.get('format')!r})")
+    if _digest(arrays) != meta.get("sha256"):
+        raise UsageError(f"{where}: damaged (its arrays do not match their checksum); make it again with zsclip fit")
+    return Head(meta["method"], arrays, meta.get("params", {})), meta
+
+
+def _metadata(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n])["__metadata__"]
+
+
+def check_model(meta: dict, fingerprint: str, spec: str, path: str | os.PathLike) -> None:
+    if meta.get("fingerprint") != fingerprint:
+        raise UsageError(
+            f"--classifier {path}: made for model {meta.get('model')} (weights {str(meta.get('fingerprint'))[:19]}), "
+            f"not {spec}; use --model {meta.get('model')} or fit one for this model"
+        )

@@ -1,0 +1,197 @@
+"""Few-shot classifier heads over frozen, unit-norm CLIP image features, and how each is fitted.
+
+- linear-probe: multinomial logistic regression, logits = f W^T + b, fitted by L-BFGS on the mean cross-entropy
+  plus (lam / 2) |W - W0|^2, where the prior W0 is zero (plain L2, what sklearn's LogisticRegression minimises with
+  C = 1 / (lam n)) or the zero-shot classifier (logit_scale x the text weights): with 1-2 shots a probe pulled
+  toward the zero-shot weights keeps what the text knew. lam and the prior are chosen by cross-validation on the
+  shots when every class has at least 2 (the CLIP paper and CLIP_benchmark sweep the regularisation on a
+  validation split); with 1 shot the zero-shot prior and DEFAULT_LAM.
+- tip-adapter (Zhang et al., 2021), training-free: logits = s f T^T + alpha exp(-beta (1 - f K^T)) V, with the
+  shots' features as keys K and their one-hot labels as values V; alpha, beta by cross-validation.
+- prototype: the class means of the shots' features blended with the text weights, logits = s f (a T + (1 - a)
+  P)^T with P the unit class means; a by cross-validation.
+
+A head is arrays and a few numbers: `logits(features)`; `linear()` gives (W, b) where the head is linear (the int8
+label check needs that), else None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+METHODS = ("linear-probe", "tip-adapter", "prototype")
+# From the strongest regularisation down: each fit starts from the previous one's solution (a path), so the sweep
+# costs little more than its last fit.
+LAMS = [10.0**e for e in range(1, -6, -1)]
+DEFAULT_LAM = 0.01
+ALPHAS = [0.25, 0.5, 1.0, 2.0, 4.0]
+BETAS = [1.0, 3.0, 5.5, 8.0]
+BLENDS = [0.0, 0.25, 0.5, 0.75, 0.9]
+FOLDS = 4
+
+
+@dataclass
+class Head:
+    method: str
+    arrays: dict[str, np.ndarray]
+    params: dict = field(default_factory=dict)  # the chosen hyper-parameters
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, dtype=np.float32)
+        a = self.arrays
+        if self.method == "tip-adapter":
+            s, alpha, beta = self.params["logit_scale"], self.params["alpha"], self.params["beta"]
+            affinity = np.exp(-beta * (1.0 - f @ a["keys"].T))
+            return s * (f @ a["text"].T) + alpha * (affinity @ a["values"])
+        return f @ a["weights"].T + a["bias"]
+
+    def linear(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.method == "tip-adapter":
+            return None
+        return self.arrays["weights"], self.arrays["bias"]
+
+
+def fit(method: str, x: np.ndarray, y: np.ndarray, text: np.ndarray, logit_scale: float, seed: int = 0) -> Head:
+    """The head of `method` fitted to unit features `x` [n, d] with labels `y` and the text weights [c, d]."""
+    x = np.asarray(x, dtype=np.float32)
+    if method == "linear-probe":
+        return _linear_probe(x, y, text, logit_scale, seed)
+    if method == "tip-adapter":
+        return _tip_adapter(x, y, text, logit_scale, seed)
+    if method == "prototype":
+        return _prototype(x, y, text, logit_scale, seed)
+    raise ValueError(f"--method {method}: use one of {', '.join(METHODS)}")
+
+
+# -- linear probe ------------------------------------------------------------------------------------------
+def logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: int,
+    lam: float,
+    prior: np.ndarray | None = None,
+    start: np.ndarray | None = None,
+):
+    """(W [classes, d], b [classes]) minimising mean cross-entropy + lam/2 |W - prior|^2 (bias unpenalised);
+    `start` is a (W, b) vector to begin from (default: the prior, no bias)."""
+    from scipy.optimize import minimize
+
+    n, d = x.shape
+    x64 = x.astype(np.float64)
+    onehot = np.zeros((n, classes))
+    onehot[np.arange(n), y] = 1.0
+    w0 = np.zeros((classes, d)) if prior is None else prior.astype(np.float64)
+
+    def loss(theta):
+        w, b = theta[: classes * d].reshape(classes, d), theta[classes * d :]
+        z = x64 @ w.T + b
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        value = -np.sum(onehot * np.log(np.maximum(p, 1e-300))) / n + 0.5 * lam * np.sum((w - w0) ** 2)
+        g = (p - onehot) / n
+        return value, np.concatenate([(g.T @ x64 + lam * (w - w0)).ravel(), g.sum(axis=0)])
+
+    start = np.concatenate([w0.ravel(), np.zeros(classes)]) if start is None else start
+    done = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 300})
+    return done.x
+
+
+def _split(theta: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    d = len(theta) // classes - 1
+    return theta[: classes * d].reshape(classes, d).astype(np.float32), theta[classes * d :].astype(np.float32)
+
+
+def regularisation_path(x, y, classes: int, lams: list[float], prior: np.ndarray | None) -> list[tuple]:
+    """(W, b) for each lam of `lams` (strongest first), each fit starting from the one before."""
+    out, theta = [], None
+    for lam in lams:
+        theta = logistic(x, y, classes, lam, prior, theta)
+        out.append(_split(theta, classes))
+    return out
+
+
+def _linear_probe(x, y, text, logit_scale, seed) -> Head:
+    classes = len(text)
+    priors = {"zero-shot": (logit_scale * text).astype(np.float32), "none": None}
+
+    def accuracies(train, test) -> list[float]:
+        out = []
+        for prior in priors.values():
+            for w, b in regularisation_path(x[train], y[train], classes, LAMS, prior):
+                out.append(float(((x[test] @ w.T + b).argmax(-1) == y[test]).mean()))
+        return out
+
+    candidates = [(lam, name) for name in priors for lam in LAMS]
+    # One validation fold, as CLIP_benchmark sweeps on one validation split: a fit of 100 classes x 16 shots costs
+    # seconds, not minutes (bench/fewshot.py).
+    chosen = _cross_validate_all(y, candidates, accuracies, seed, folds=1) or (DEFAULT_LAM, "zero-shot")
+    lams = [lam for lam in LAMS if lam >= chosen[0]]
+    w, b = regularisation_path(x, y, classes, lams, priors[chosen[1]])[-1]
+    return Head("linear-probe", {"weights": w, "bias": b}, {"lam": chosen[0], "prior": chosen[1]})
+
+
+# -- tip-adapter and prototypes ----------------------------------------------------------------------------
+def _tip_adapter(x, y, text, logit_scale, seed) -> Head:
+    classes = len(text)
+
+    def head(train, alpha, beta):
+        values = np.zeros((len(train), classes), dtype=np.float32)
+        values[np.arange(len(train)), y[train]] = 1.0
+        params = {"logit_scale": float(logit_scale), "alpha": alpha, "beta": beta}
+        return Head("tip-adapter", {"keys": x[train], "values": values, "text": text.astype(np.float32)}, params)
+
+    def accuracy(train, test, alpha, beta):
+        return float((head(train, alpha, beta).logits(x[test]).argmax(-1) == y[test]).mean())
+
+    chosen = _cross_validate(y, [(a, b) for a in ALPHAS for b in BETAS], accuracy, seed) or (1.0, 5.5)
+    return head(np.arange(len(y)), *chosen)
+
+
+def _prototype(x, y, text, logit_scale, seed) -> Head:
+    def head(train, blend):
+        means = np.stack([_unit_mean(x[train][y[train] == c], text[c]) for c in range(len(text))])
+        weights = (logit_scale * (blend * text + (1.0 - blend) * means)).astype(np.float32)
+        return Head("prototype", {"weights": weights, "bias": np.zeros(len(text), np.float32)}, {"blend": blend})
+
+    def accuracy(train, test, blend):
+        return float((head(train, blend).logits(x[test]).argmax(-1) == y[test]).mean())
+
+    chosen = _cross_validate(y, [(b,) for b in BLENDS], accuracy, seed) or (0.5,)
+    return head(np.arange(len(y)), *chosen)
+
+
+def _unit_mean(rows: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    if not len(rows):  # a class without shots keeps its text vector
+        return fallback
+    mean = rows.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+def _cross_validate(y: np.ndarray, candidates: list[tuple], accuracy, seed: int) -> tuple | None:
+    """The candidate with the best mean held-out accuracy over stratified folds of the shots (ties: the first),
+    or None when some class has fewer than 2 shots (no fold could hold one out)."""
+
+    def accuracies(train, test) -> list[float]:
+        return [accuracy(train, test, *c) for c in candidates]
+
+    return _cross_validate_all(y, candidates, accuracies, seed)
+
+
+def _cross_validate_all(
+    y: np.ndarray, candidates: list[tuple], accuracies, seed: int, folds: int | None = None
+) -> tuple | None:
+    """As _cross_validate, with `accuracies(train, test)` scoring every candidate of a fold at once; `folds`: how
+    many of the folds to score (default all)."""
+    counts = np.bincount(y)
+    present = counts[counts > 0]
+    if len(present) < 2 or present.min() < 2:
+        return None
+    from sklearn.model_selection import StratifiedKFold
+
+    splits = StratifiedKFold(n_splits=min(FOLDS, int(present.min())), shuffle=True, random_state=seed)
+    chosen = list(splits.split(np.zeros(len(y)), y))[:folds]
+    scores = np.mean([accuracies(train, test) for train, test in chosen], axis=0)
+    return candidates[int(np.argmax(scores))]
