@@ -31,6 +31,11 @@ def open_session(path, *, optimized: bool = False, save_optimized: Path | None =
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads()
     options.log_severity_level = 3
+    if Path(path).name.startswith("image"):
+        # Idle image-tower threads sleep instead of spinning: on 2 cores a spinning encoder starved the decoding
+        # worker (bench/cpu_speed.py: int8 end to end 38.4 -> 44.4 img/s, 0.78x -> 1.00x its bare encoder). The
+        # text tower, run between decoding batches' worth of small operations, keeps spinning (its latency).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     )
