@@ -23,6 +23,11 @@ SCRIPTS = {
     "gallery_scale.py": (["--n", "20", "--labels", "3", "--out", "{tmp}/gallery"], "| 20 |", ()),
     "load_model.py": (["--repeat", "1"], "load_model", ()),
     "memory_flat.py": (["--images", "60"], "growth", ()),
+    "fewshot.py": (
+        ["--per-class", "4", "--seeds", "1", "--sets", "mnist-test", "--methods", "prototype", "--no-reference"],
+        "end: load average",
+        ("imagenet",),
+    ),
     "serve.py": (["--images", "300", "--queries", "5"], "targets", ("starlette",)),
     "search.py": (["--sizes", "2000", "--queries", "3"], "| 2,000 |", ()),
     "locate_found.py": (["--videos", "1", "--work", "{tmp}/videos"], "zsclip's rule", ("av",)),
