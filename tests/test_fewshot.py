@@ -210,3 +210,26 @@ def test_eval_shots_prints_and_plots_the_curve(shapes_folder, tmp_path):
     assert (report / "curve.csv").read_text().splitlines()[0] == "shots,method,acc1,std,seeds"
     grid = run("eval", str(shapes_folder), str(shapes_folder), "-m", "shapes", "--shots", "1", code=2)
     assert "not a grid" in grid.output
+
+
+def test_an_edited_header_is_refused_and_the_files_model_is_used_without_model(shapes_folder, tmp_path):
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")
+    data = out.read_bytes()
+    edited = data.replace(b"red circle", b"red circlf")
+    assert edited != data
+    (tmp_path / "edited.safetensors").write_bytes(edited)
+    refused = run(
+        "classify", str(shapes_folder), "-m", "shapes", "--classifier", str(tmp_path / "edited.safetensors"), code=2
+    )
+    assert "damaged" in refused.output
+    # No --model: the default would be ViT-B-32:openai (not downloadable here); the file's own model is used.
+    used = run("classify", str(shapes_folder / "red circle"), "--classifier", str(out), "-f", "jsonl")
+    assert "note: --model shapes" in used.stderr and len(used.stdout.splitlines()) == 8
+
+
+def test_eval_on_the_data_a_classifier_was_fitted_on_says_so(shapes_folder, tmp_path):
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")
+    result = run("eval", str(shapes_folder), "-m", "shapes", "--classifier", str(out))
+    assert "was fitted on shots of" in result.stderr and "held-out top-1" in result.stderr

@@ -310,3 +310,59 @@ def test_a_fitted_classifier_answers_classify_without_class_names(model, photos,
     )
     want = {r["path"]: r["label"] for r in map(json.loads, cli.stdout.splitlines())}
     assert {p: got["labels"][i] for p, i in zip(got["paths"], got["label"], strict=True)} == want
+
+
+def test_files_changed_or_deleted_since_the_pass_are_not_classified_sorted_or_served(model, photos, tmp_path):
+    _, client = served(model, photos, sort_into=tmp_path / "sorted")
+    shutil.copyfile(EXAMPLES / "blue_cross.png", photos / "red_circle.png")  # new content, same path
+    (photos / "purple_square.png").unlink()
+    params = {"classes": CLASSES, "templates": "shapes"}
+    paths = client.get("/api/classify", params=params).json()["paths"]
+    assert str(photos / "red_circle.png") not in paths and str(photos / "purple_square.png") not in paths
+    plan = client.get("/api/sort/plan", params=params).json()["rows"]
+    assert {r["path"] for r in plan} == set(paths)
+    assert client.get("/api/image", params={"path": str(photos / "red_circle.png")}).status_code == 404
+    like = client.get("/api/search", params={"like": str(photos / "red_circle.png")})
+    assert like.status_code == 404
+
+
+def test_an_image_swapped_for_a_symlink_or_linking_outside_is_never_served(model, photos, tmp_path):
+    (photos / "secret.txt").write_text("SECRET")
+    (tmp_path / "outside.png").write_bytes((EXAMPLES / "red_star.png").read_bytes())
+    (photos / "link_out.png").symlink_to(tmp_path / "outside.png")
+    _, client = served(model, photos)
+    (photos / "red_star.png").unlink()
+    (photos / "red_star.png").symlink_to(photos / "secret.txt")
+    answer = client.get("/api/image", params={"path": str(photos / "red_star.png")})
+    assert answer.status_code == 404 and "SECRET" not in answer.text
+    found = client.get("/api/search", params={"q": "a red star", "top": 12}).json()["results"]
+    classified = client.get("/api/classify", params={"classes": CLASSES}).json()["paths"]
+    for listed in ([r["path"] for r in found], classified):
+        assert str(photos / "link_out.png") not in listed and str(photos / "red_star.png") not in listed
+
+
+def test_templates_are_set_names_never_files(client):
+    answer = client.get("/api/classify", params={"classes": "a,b", "templates": "/etc/passwd"})
+    assert answer.status_code == 400 and "root" not in answer.text and "template set name" in answer.json()["error"]
+
+
+def test_a_second_sort_continues_the_folder(model, photos, tmp_path):
+    into = tmp_path / "sorted"
+    _, client = served(model, photos, sort_into=into, allow_write=True)
+    params, token = {"classes": CLASSES, "templates": "shapes"}, {"X-Zsclip-Token": "secret-token"}
+    assert client.post("/api/sort", params=params, headers=token).status_code == 200
+    second = client.post("/api/sort", params=params, headers=token)
+    assert second.status_code == 200, second.text
+    assert len(list(into.rglob("*.png"))) == 12
+
+
+def test_host_headers_that_only_start_like_loopback_are_refused(client):
+    for host in ("[::1].evil.com", "[::1]evil.com:80", "127.0.0.1.evil.com", "localhost:80:80"):
+        assert client.get("/api/status", headers={"Host": host}).status_code == 403, host
+    assert client.get("/api/status", headers={"Host": "[::1]:8765"}).status_code == 200
+
+
+def test_an_unreadable_upload_is_said_without_server_paths(client):
+    answer = client.post("/api/search/image", content=b"junkjunk")
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("the uploaded image:") and "/tmp" not in answer.json()["error"]

@@ -12,7 +12,14 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL, FORMATS
 from ..errors import UsageError, plural
-from .common import build_with_progress, engine_options, fitted_classifier, read_options, results
+from .common import (
+    build_with_progress,
+    engine_options,
+    fitted_classifier,
+    model_for_classifier,
+    read_options,
+    results,
+)
 from .options import (
     INPUT,
     OUTPUT,
@@ -125,6 +132,7 @@ def classify_cmd(
     from ..limits import check_ranking
 
     names, fitted = _class_names(classes, classes_file, classifier)
+    model = model_for_classifier(model, classifier)
     read = {**read_options(speed, limits, store, walk), **engine_options(cluster), "shard": shard.parsed()}
     check_ranking(records.top_k, records.threshold)
     backend.check()

@@ -185,3 +185,16 @@ def fitted_classifier(path, clip, quiet: bool):
         for note in clf.notes:
             progress.log(note)
     return clf
+
+
+def model_for_classifier(model: str | None, classifier) -> str:
+    """The model of a run with --classifier FILE and no --model of its own: the one the file was fitted with."""
+    from ..defaults import DEFAULT_MODEL
+    from ..fewshot.files import model_of
+
+    if classifier is None or (model is not None and model != DEFAULT_MODEL):
+        return model or DEFAULT_MODEL
+    fitted = model_of(classifier)
+    if fitted and fitted != model:
+        progress.log(f"note: --model {fitted}, the model {classifier} was fitted with")
+    return fitted or model or DEFAULT_MODEL

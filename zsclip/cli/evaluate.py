@@ -13,7 +13,16 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError, plural
-from .common import build_with_progress, choice, echo, engine_options, fitted_classifier, print_table, read_options
+from .common import (
+    build_with_progress,
+    choice,
+    echo,
+    engine_options,
+    fitted_classifier,
+    model_for_classifier,
+    print_table,
+    read_options,
+)
 from .data import Data, embed_with_progress, eval_data
 from .options import (
     INPUT,
@@ -152,7 +161,8 @@ def eval_cmd(
     backend.check()
     choice("--task", task, ("classification", "retrieval"))
     read = {**read_options(speed, limits, store), **engine_options(cluster)}
-    models = [*(models or []), *(read_lines(models_file, "models") if models_file else [])] or [DEFAULT_MODEL]
+    models_given = [*(models or []), *(read_lines(models_file, "models") if models_file else [])]
+    models = models_given or [DEFAULT_MODEL]
     datasets = [*(datasets or []), *(read_lines(datasets_file, "datasets") if datasets_file else [])]
     if not datasets:
         raise UsageError("no data set given: name one (eval cifar10) or give --datasets FILE")
@@ -168,6 +178,7 @@ def eval_cmd(
         options = _grid_options(templates, task, recall_k, data, speed)
         return _grid(models, datasets, options, out, device, backend, read, quiet.quiet)
     if fewshot.shots or classifier:
+        models = [model_for_classifier(models_given[0] if models_given else None, classifier)]
         return _fitted(models[0], datasets[0], templates, classifier, fewshot, data, out, device, backend, read, quiet)
     _single(models[0], datasets[0], templates, task, recall_k, data, out, device, backend, read, quiet.quiet)
 
@@ -187,6 +198,11 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
         raise UsageError(
             f"--classifier {classifier}: its classes ({', '.join(clf.classnames[:4])}, ...) are not {loaded.name}'s "
             f"({', '.join(loaded.classnames[:4])}, ...) in the same order"
+        )
+    if not quiet.quiet and clf.fitted_on == loaded.name:
+        progress.log(
+            f"note: {classifier} was fitted on shots of {loaded.name}: they are scored here too; its held-out top-1 "
+            f"(the shots left out) was {clf.held_out_acc1:.2%}"
         )
     _classification(clip, cache, loaded, templates, out, quiet.quiet, read, clf=clf)
 

@@ -15,7 +15,7 @@ from .. import atomic, progress
 from ..defaults import DEFAULT_MODEL, FORMATS
 from ..errors import UsageError, ZsclipError, all_skipped, plural
 from ..output import format_for_path
-from .common import choice, echo, engine_options, read_options, results
+from .common import choice, echo, engine_options, model_for_classifier, read_options, results
 from .options import (
     INPUT,
     MODEL,
@@ -260,7 +260,8 @@ def search_cmd(
     if classifier is not None:
         if embeddings is not None or ask.image is not None or ask.add or ask.subtract:
             raise UsageError("--classifier ranks by a class: leave out --embeddings, --image, --add and --subtract")
-        return _class_search(query, classifier, paths, sources, model or DEFAULT_MODEL, hits, device, read, quiet.quiet)
+        model = model_for_classifier(model, classifier)
+        return _class_search(query, classifier, paths, sources, model, hits, device, read, quiet.quiet)
     _search(
         query, paths, sources, model or DEFAULT_MODEL, embeddings, approximate, ask, hits, device, read, quiet.quiet
     )

@@ -11,7 +11,7 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError
-from .common import read_options
+from .common import model_for_classifier, read_options
 from .options import INPUT, OUTPUT, Backend, ClassifierOpt, Device, Limits, ModelOpt, Speed, Walk, grouped, option
 
 PIP = "pip install 'zsclip[serve]'"
@@ -71,6 +71,7 @@ def serve_cmd(
     if reports is not None and not reports.is_dir():
         raise UsageError(f"--reports {reports}: not a folder")
     backend.check()
+    model = model_for_classifier(model, classifier)
     from ..sources import check_sources
 
     read = read_options(speed, limits, walk=walk)

@@ -1,6 +1,7 @@
 """A fitted few-shot classifier as one file: safetensors (the head's arrays) with JSON metadata in its header (model
 fingerprint, class names, templates, method, shots, seed, hyper-parameters, held-out accuracy) and the sha256 of
-the arrays, so a damaged file is refused, not used; a file made for other weights is refused with one line."""
+the arrays and that metadata, so a damaged file is refused, not used; a file made for other weights is refused
+with one line."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from .heads import METHODS, Head
 FORMAT = "zsclip-fewshot-1"
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
+def _digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
+    """The checksum of the arrays and of every metadata field but itself (class names, method, ...)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(arrays):
         h.update(name.encode())
         h.update(np.ascontiguousarray(arrays[name]).tobytes())
@@ -31,7 +33,9 @@ def save(path: str | os.PathLike, head: Head, meta: dict) -> None:
     from safetensors.numpy import save
 
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in head.arrays.items()}
-    header = {**meta, "format": FORMAT, "method": head.method, "params": head.params, "sha256": _digest(arrays)}
+    header = {**meta, "format": FORMAT, "method": head.method, "params": head.params}
+    header = json.loads(json.dumps(header))  # as it will read back (tuples are lists, numbers are JSON's)
+    header["sha256"] = _digest(arrays, header)
     atomic.write_bytes(Path(path), save(arrays, metadata={"zsclip": json.dumps(header)}))
 
 
@@ -52,7 +56,7 @@ def load(path: str | os.PathLike) -> tuple[Head, dict]:
         raise UsageError(f"{where}: not a zsclip classifier file, or damaged (make it again with zsclip fit)") from None
     if meta.get("format") != FORMAT or meta.get("method") not in METHODS:
         raise UsageError(f"{where}: not a classifier file this zsclip reads (format {meta.get('format')!r})")
-    if _digest(arrays) != meta.get("sha256"):
+    if _digest(arrays, meta) != meta.get("sha256"):
         raise UsageError(f"{where}: damaged (its arrays do not match their checksum); make it again with zsclip fit")
     return Head(meta["method"], arrays, meta.get("params", {})), meta
 
@@ -68,3 +72,11 @@ def check_model(meta: dict, fingerprint: str, spec: str, path: str | os.PathLike
             f"--classifier {path}: made for model {meta.get('model')} (weights {str(meta.get('fingerprint'))[:19]}), "
             f"not {spec}; use --model {meta.get('model')} or fit one for this model"
         )
+
+
+def model_of(path: str | os.PathLike) -> str | None:
+    """The model spec a classifier file was fitted with (None if the file cannot be read: load says why)."""
+    try:
+        return load(path)[1].get("model")
+    except UsageError:
+        return None

@@ -158,7 +158,9 @@ def make_app(
         plan = io.StringIO()
         settings = {"labels": clf.labels, "threshold": threshold}
         rows = []
-        with Sorter(sort_into, mode, dry_run=dry_run, labels=clf.labels, settings=settings, plan=plan) as sorter:
+        again = (Path(sort_into) / "manifest.csv").exists()  # a later sort continues the folder's manifest
+        kind = {"dry_run": dry_run, "resume": again, "labels": clf.labels, "settings": settings, "plan": plan}
+        with Sorter(sort_into, mode, **kind) as sorter:
             for pred in predict(paths, probs, clf, check_options(clf, None, threshold), threshold):
                 rows.append({"path": pred.path, "label": pred.label, "to": str(sorter.add(pred) or "")})
             summary = sorter.summary()

@@ -56,6 +56,14 @@ def contained(path: str, roots: list[str]) -> str:
     raise Refused(f"{path}: not a served file", 404)
 
 
+def host_name(header: str) -> str:
+    """The name of a Host header ("name", "name:port", "[v6]" or "[v6]:port"); anything else gives ""."""
+    import re
+
+    found = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(:\d+)?", header)
+    return found.group(1) if found else ""
+
+
 class Guard:
     def __init__(self, host: str, token: str | None = None):
         self.loopback = is_loopback(host)
@@ -65,8 +73,7 @@ class Guard:
         """Raise Refused unless a request with this Host header and token may go on."""
         ok = given is not None and hmac.compare_digest(given.encode(), self.token.encode())
         if self.loopback:
-            name = host_header.rsplit(":", 1)[0] if not host_header.startswith("[") else host_header.split("]")[0] + "]"
-            if not is_loopback(name):
+            if not is_loopback(host_name(host_header)):
                 raise Refused(f"Host {host_header!r}: this server answers to localhost only", 403)
             if write and not ok:
                 raise Refused("this action writes files: it needs the token (the URL zsclip serve printed)", 403)

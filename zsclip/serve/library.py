@@ -117,8 +117,21 @@ class Library:
         """Load the store's snapshot and keep the rows served: under the roots and unchanged since stored."""
         snapshot = vectors.load(self.cache, self.model.fingerprint, self.variant)
         ranges = snapshot.ranges(self.sources, self.read.get("recursive", True))
-        rows = [r for lo, hi in ranges for r in range(lo, hi) if snapshot.current(r)]
+        rows = [r for lo, hi in ranges for r in range(lo, hi) if self._servable(snapshot, r)]
         self.snapshot, self.rows = snapshot, np.asarray(rows, dtype=np.int64)
+
+    def _servable(self, snapshot: vectors.Snapshot, row: int) -> bool:
+        """The row's file is still the one whose vector was stored, and (symbolic links resolved) inside a root."""
+        if not snapshot.current(row):
+            return False
+        real = os.path.realpath(snapshot.paths[row])
+        return any(real == root or real.startswith(root.rstrip("/") + "/") for root in self.roots)
+
+    def live_rows(self) -> np.ndarray:
+        """The served rows whose files are still what was stored, checked now (a file changed or deleted since the
+        last pass is left out until the next pass stores it again)."""
+        snapshot = self._snapshot()
+        return np.asarray([r for r in self.rows.tolist() if self._servable(snapshot, r)], dtype=np.int64)
 
     # -- what the page asks ---------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -146,7 +159,11 @@ class Library:
             return self.vector_of(like)
         if image_file is not None:  # an upload: decoded by a worker process, so --file-timeout holds
             limits = {k: self.read[k] for k in ("max_pixels", "file_timeout", "exact") if k in self.read}
-            return image_vector(self.model, image_file, workers=1, **limits)
+            try:
+                return image_vector(self.model, image_file, workers=1, **limits)
+            except UsageError as e:  # said for --image FILE; here it is the upload
+                reason = str(e).split(": ", 1)[-1]
+                raise UsageError(f"the uploaded image: {reason}") from None
         main, add, subtract = parse_query(text or "")
         if main is None and not add:
             raise UsageError("the query has no text to search for (a '-' term alone subtracts from nothing)")
@@ -170,7 +187,7 @@ class Library:
         if i >= len(snapshot) or snapshot.paths[i] != path:
             return None
         j = int(np.searchsorted(rows, i))
-        return i if j < len(rows) and rows[j] == i else None
+        return i if j < len(rows) and rows[j] == i and self._servable(snapshot, i) else None
 
     def search(self, q: np.ndarray, top: int, offset: int = 0) -> list[dict]:
         """Hits offset..offset+top, best first: path and cosine score; files changed or gone since are left out."""
@@ -180,7 +197,7 @@ class Library:
         want, hits = offset + top, []
         while True:
             rows, scores = _top(snapshot, self.rows, q, min(len(self.rows), want + 8))
-            hits = [(r, s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True) if snapshot.current(r)]
+            hits = [(r, s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True) if self._servable(snapshot, r)]
             if len(hits) >= offset + top or len(rows) >= len(self.rows):
                 break
             want *= 4
@@ -191,15 +208,19 @@ class Library:
         from ..classify import probabilities
         from ..recheck import Recheck
 
-        snapshot = self._snapshot()
-        paths = [snapshot.paths[r] for r in self.rows.tolist()]
-        features = np.asarray(snapshot.vectors[self.rows], dtype=np.float32)
+        snapshot, rows = self._snapshot(), self.live_rows()
+        paths = [snapshot.paths[r] for r in rows.tolist()]
+        features = np.asarray(snapshot.vectors[rows], dtype=np.float32)
         features = Recheck(self.model, classifier, cache=self.cache)(paths, features)
         return paths, probabilities(features, classifier)
 
     def classifier(self, classes: list[str], templates: str) -> Classifier:
+        from ..prompts import list_template_sets
         from ..text import build_classifier
 
+        named = [t.name for t in list_template_sets()]
+        if templates not in ("default", *named):  # never a file path: the server reads no file it does not serve
+            raise UsageError(f"templates={templates}: use a template set name ({', '.join(named)})")
         return build_classifier(self.model, classes, templates, cache=self.cache)
 
     def _snapshot(self) -> vectors.Snapshot:

@@ -69,7 +69,12 @@ OPENAPI = {
         ),
         "/api/sort": {
             "post": {
-                "summary": "sort into --sort-into DIR (needs --allow-write and the token); query as /api/sort/plan",
+                "summary": "sort into --sort-into DIR (needs --allow-write and the token); a later sort continues "
+                "the folder's manifest",
+                "parameters": [
+                    {"name": name, "in": "query", "description": text, "schema": {"type": "string"}}
+                    for name, text in {**_CLASSES, "mode": "copy, move or link"}.items()
+                ],
                 "responses": {"200": {"description": "as /api/sort/plan"}, "403": {"description": "not allowed"}},
             }
         },
