@@ -13,6 +13,8 @@ no-op so it runs on the CPU unchanged otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import time
 from pathlib import Path
@@ -43,6 +45,12 @@ def clip_benchmark_probe(x_train, y_train, x_val, y_val, x_test, y_test, seed: i
     torch.nn.Module.cuda = lambda self, *a, **k: self  # its train() calls .cuda(): the CPU here
     torch.Tensor.cuda = lambda self, *a, **k: self
 
+    def accuracy(output, target, topk=(1,)):  # its own fails on NumPy 2 (float() of a 1-element array)
+        top = output.topk(max(topk), 1)[1].t() == target.view(1, -1)
+        return [float(top[:k].sum()) / len(target) for k in topk]
+
+    lp.accuracy = accuracy
+
     def loader(x, y):
         return DataLoader(lp.FeatureDataset(torch.tensor(x), torch.tensor(y)), batch_size=64, shuffle=True)
 
@@ -51,13 +59,14 @@ def clip_benchmark_probe(x_train, y_train, x_val, y_val, x_test, y_test, seed: i
     wd_list = np.logspace(-6, 2, num=97).tolist()
     start = [i for i, v in enumerate(wd_list) if v in np.logspace(-6, 2, num=7).tolist()]
     args = (train, val, dims, classes, 0.1, 10, False, "cpu", False, seed)
-    peak = lp.find_peak(wd_list, start, *args)
-    span = 8
-    while span > 0:
-        peak = lp.find_peak(wd_list, [max(peak - span, 0), peak, min(peak + span, len(wd_list) - 1)], *args)
-        span //= 2
-    model = lp.train(train, dims, classes, wd_list[peak], 0.1, 10, False, "cpu", seed)
-    logits, target = lp.infer(model, test, False, "cpu")
+    with contextlib.redirect_stdout(io.StringIO()):  # its training log
+        peak = lp.find_peak(wd_list, start, *args)
+        span = 8
+        while span > 0:
+            peak = lp.find_peak(wd_list, [max(peak - span, 0), peak, min(peak + span, len(wd_list) - 1)], *args)
+            span //= 2
+        model = lp.train(train, dims, classes, wd_list[peak], 0.1, 10, False, "cpu", seed)
+        logits, target = lp.infer(model, test, False, "cpu")
     return float((logits.argmax(1) == target).float().mean())
 
 
