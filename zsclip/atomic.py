@@ -42,6 +42,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", keep_on_error: bool = 
     fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def written_at(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` for a tool that writes a file by name (ONNX Runtime, its quantizer): on
+    success the file there is fsynced and renamed over `path`; in any case nothing is left at the temporary path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def file_mode(path: str | os.PathLike) -> int:
     """The permission bits a new version of `path` should have: those of the file there now, else 0666 less
     the process umask (what open() gives a new file)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -184,15 +183,8 @@ class Exports:
         if kept and kept.get("made_from") == source and self._same(optimized, kept):
             with contextlib.suppress(Exception):  # a graph this ONNX Runtime cannot read: made again below
                 return open_session(optimized, optimized=True)
-        tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
-        try:
+        with atomic.written_at(optimized) as tmp:
             session = open_session(path, save_optimized=tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, optimized)
-            atomic.fsync_dir(optimized.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
         self._meta = None  # re-read: another process may have recorded its own files meanwhile
         meta = self.meta()
         entry = {"made_from": source, "size": optimized.stat().st_size, "sha256": self.cache.file_sha256(optimized)}

@@ -19,7 +19,6 @@ ViT; the share re-encoded goes from 0.1% on a model's own domain to ~25% for a t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,20 +43,10 @@ def quantize_image_tower(source: Path, target: Path) -> None:
 
     from .onnx_export import quiet
 
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with quiet():
-            # MatMul and Gemm only: ONNX Runtime's ConvInteger is slower than its fp32 convolution on CPUs and cost
-            # accuracy on the shipped ResNet (min cosine 0.9990 vs 0.99994); a ViT has just one convolution.
-            quantize_dynamic(
-                str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
-            )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        atomic.fsync_dir(target.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic.written_at(target) as tmp, quiet():
+        # MatMul and Gemm only: ONNX Runtime's ConvInteger is slower than its fp32 convolution on CPUs and cost
+        # accuracy on the shipped ResNet (min cosine 0.9990 vs 0.99994); a ViT has just one convolution.
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
 
 
 def errors(fp32: np.ndarray, int8: np.ndarray) -> np.ndarray:

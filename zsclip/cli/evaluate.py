@@ -23,7 +23,7 @@ from .common import (
     print_table,
     read_options,
 )
-from .data import Data, embed_with_progress, eval_data
+from .data import Data, embed_with_progress, eval_data, load_for_eval
 from .options import (
     INPUT,
     MODEL,
@@ -189,7 +189,7 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
 
     shots = parse_shots(fewshot.shots) if fewshot.shots else None
     loaded = eval_data(dataset, data, "classification")
-    clip, cache = _load(model, device, backend, quiet.quiet)
+    clip, cache = load_for_eval(model, device, backend, quiet.quiet)
     if shots:
         curve = (shots, fewshot.method, fewshot.seeds)
         return shot_curve_cmd(clip, cache, loaded, templates, curve, out, quiet.quiet, read)
@@ -199,21 +199,13 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
             f"--classifier {classifier}: its classes ({', '.join(clf.classnames[:4])}, ...) are not {loaded.name}'s "
             f"({', '.join(loaded.classnames[:4])}, ...) in the same order"
         )
-    if not quiet.quiet and clf.fitted_on == loaded.name:
+    fitted = clf.head.meta
+    if not quiet.quiet and fitted.get("dataset") == loaded.name:
         progress.log(
             f"note: {classifier} was fitted on shots of {loaded.name}: they are scored here too; its held-out top-1 "
-            f"(the shots left out) was {clf.held_out_acc1:.2%}"
+            f"(the shots left out) was {fitted.get('held_out_acc1') or 0.0:.2%}"
         )
     _classification(clip, cache, loaded, templates, out, quiet.quiet, read, clf=clf)
-
-
-def _load(model: str, device: Device, backend: Backend, quiet: bool):
-    from ..cache import Cache
-    from ..models import load_model
-
-    cache = Cache()
-    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
-    return backend.apply(clip, cache, quiet), cache
 
 
 def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, device, backend, read, quiet: bool):
@@ -226,10 +218,10 @@ def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, 
                 f"note: {captions.source} holds captions (filepath,caption): scored for retrieval "
                 "(--task classification scores class folders instead)"
             )
-        clip, cache = _load(model, device, backend, quiet)
+        clip, cache = load_for_eval(model, device, backend, quiet)
         return eval_retrieval(captions, ks, clip, out.report, out.fmt, quiet, cache=cache, **read)
     loaded = eval_data(dataset, data, task)
-    clip, cache = _load(model, device, backend, quiet)
+    clip, cache = load_for_eval(model, device, backend, quiet)
     _classification(clip, cache, loaded, templates, out, quiet, read)
 
 

@@ -13,7 +13,7 @@ from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, plural
 from .common import build_with_progress, choice, echo, print_table, read_options
-from .data import Data, embed_with_progress, eval_data
+from .data import Data, embed_with_progress, eval_data, load_for_eval
 from .options import INPUT, MODEL, OUTPUT, Backend, Device, Limits, ModelOpt, Quiet, Speed, Store, grouped, option
 
 METHOD_HELP = "linear-probe (logistic regression), tip-adapter (training-free cache) or prototype (class means)."
@@ -71,7 +71,7 @@ def fit_cmd(
     backend.check()
     read = read_options(speed, limits, store)
     loaded = eval_data(dataset, data)
-    clip, cache = _load(model, device, backend, quiet.quiet)
+    clip, cache = load_for_eval(model, device, backend, quiet.quiet)
     show = progress.enabled(quiet.quiet)
     clf = _text_classifier(clip, cache, loaded, templates, show, quiet.quiet)
     # A head fits fp32 features: an int8 image tower's fp32 twin encodes them.
@@ -103,15 +103,6 @@ def fit_cmd(
         acc = "no image left to score" if result.acc1 is None else f"held-out top-1 {result.acc1:.2%}"
         zero = "" if result.zero_shot_acc1 is None else f" (zero-shot {result.zero_shot_acc1:.2%})"
         progress.log(f"wrote {output}: {method}, {shots} shots per class, {acc}{zero}")
-
-
-def _load(model: str, device: Device, backend: Backend, quiet: bool):
-    from ..cache import Cache
-    from ..models import load_model
-
-    cache = Cache()
-    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
-    return backend.apply(clip, cache, quiet), cache
 
 
 def _text_classifier(clip, cache, loaded, templates: str, show: bool, quiet: bool):

@@ -271,7 +271,7 @@ def _search(query, paths, sources, model, embeddings, approximate, ask: Query, h
     from ..cache import Cache
     from ..models import load_model
     from ..retrieval import query_vector
-    from ..retrieval_report import write_hits, write_search_report
+    from ..retrieval_report import write_search_report
 
     cache = Cache()
     clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
@@ -290,12 +290,7 @@ def _search(query, paths, sources, model, embeddings, approximate, ask: Query, h
         found = _search_parquet(embeddings, q, hits.top, hits.threshold, clip.fingerprint)
     else:
         found = _search_store(clip, q, sources, hits, approximate, quiet, cache=cache, **read)
-    with (
-        atomic.atomic_open(hits.output, "w", encoding="utf-8", newline="")
-        if hits.output
-        else contextlib.nullcontext() as out
-    ):
-        write_hits(found, hits.fmt, out or results())
+    _write_hits(found, hits)
     if hits.report:
         described = {
             "query": query,
@@ -314,11 +309,22 @@ def _search(query, paths, sources, model, embeddings, approximate, ask: Query, h
         progress.log("no results" + below)
 
 
+def _write_hits(found, hits: Hits) -> None:
+    """The hits to --output FILE (whole, or not at all) or stdout, in --format."""
+    from ..retrieval_report import write_hits
+
+    with (
+        atomic.atomic_open(hits.output, "w", encoding="utf-8", newline="")
+        if hits.output
+        else contextlib.nullcontext() as out
+    ):
+        write_hits(found, hits.fmt, out or results())
+
+
 def _class_search(label, classifier, paths, sources, model, hits: Hits, device, read, quiet: bool) -> None:
     from ..cache import Cache
     from ..models import load_model
     from ..retrieval import class_search
-    from ..retrieval_report import write_hits
     from .common import fitted_classifier
 
     cache = Cache()
@@ -330,12 +336,7 @@ def _class_search(label, classifier, paths, sources, model, hits: Hits, device, 
     found = class_search(
         clip, clf, label, sources, hits.top, threshold=hits.threshold, exact=read["exact"], cache=cache
     )
-    with (
-        atomic.atomic_open(hits.output, "w", encoding="utf-8", newline="")
-        if hits.output
-        else contextlib.nullcontext() as out
-    ):
-        write_hits(found, hits.fmt, out or results())
+    _write_hits(found, hits)
     if not found and not quiet:
         progress.log("no results")
 

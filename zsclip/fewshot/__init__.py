@@ -113,11 +113,9 @@ def fit_embedded(
 
 
 def _with_head(classifier: Classifier, head: Head) -> Classifier:
-    import copy
+    import dataclasses
 
-    out = copy.copy(classifier)
-    out.head = head
-    return out
+    return dataclasses.replace(classifier, head=head)
 
 
 def load_classifier(path, model: ClipModel) -> Classifier:
@@ -132,9 +130,7 @@ def load_classifier(path, model: ClipModel) -> Classifier:
     templates = TemplateSet(name, f"the templates {path} was fitted with", tuple(meta.get("templates") or ("{}",)))
     notes = [f"--classifier {path}: {meta['method']}, {meta['shots']} shots per class of {meta.get('dataset')}"]
     names = list(meta["classnames"])
-    clf = Classifier(names, text, templates, float(meta["logit_scale"]), model.fingerprint, notes=notes, head=head)
-    clf.fitted_on, clf.held_out_acc1 = meta.get("dataset"), meta.get("held_out_acc1") or 0.0
-    return clf
+    return Classifier(names, text, templates, float(meta["logit_scale"]), model.fingerprint, notes=notes, head=head)
 
 
 def shot_curve(

@@ -58,7 +58,7 @@ def load(path: str | os.PathLike) -> tuple[Head, dict]:
         raise UsageError(f"{where}: not a classifier file this zsclip reads (format {meta.get('format')!r})")
     if _digest(arrays, meta) != meta.get("sha256"):
         raise UsageError(f"{where}: damaged (its arrays do not match their checksum); make it again with zsclip fit")
-    return Head(meta["method"], arrays, meta.get("params", {})), meta
+    return Head(meta["method"], arrays, meta.get("params", {}), meta), meta
 
 
 def _metadata(data: bytes) -> dict:

@@ -37,6 +37,7 @@ class Head:
     method: str
     arrays: dict[str, np.ndarray]
     params: dict = field(default_factory=dict)  # the chosen hyper-parameters
+    meta: dict = field(default_factory=dict)  # what its file says of it (zsclip.fewshot.files), once saved
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         f = np.asarray(features, dtype=np.float32)
