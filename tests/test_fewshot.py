@@ -212,6 +212,26 @@ def test_eval_shots_prints_and_plots_the_curve(shapes_folder, tmp_path):
     assert "not a grid" in grid.output
 
 
+def test_eval_shots_draws_one_curve_per_method_and_each_is_the_methods_own(shapes_folder, tmp_path):
+    def curve(method: str, report=None) -> list[dict]:
+        args = ["eval", str(shapes_folder), "-m", "shapes", "--shots", "1,2", "--seeds", "2", "-t", "shapes"]
+        args += ["--method", method, "-f", "json", "-q"] + (["--report", str(report)] if report else [])
+        return json.loads(run(*args).stdout)["curve"]
+
+    both = curve("linear-probe,prototype", tmp_path / "both")
+    assert [(r["method"], r["shots"]) for r in both] == [
+        ("zero-shot", 0),
+        ("linear-probe", 1),
+        ("linear-probe", 2),
+        ("prototype", 1),
+        ("prototype", 2),
+    ]
+    assert both[:1] + both[3:] == curve("prototype")  # the same draws as the method on its own
+    assert (tmp_path / "both" / "curve.csv").read_text().count("prototype") == 2
+    bad = run("eval", str(shapes_folder), "-m", "shapes", "--shots", "1", "--method", "prototype,bogus", code=2)
+    assert "--method bogus: use one of linear-probe, tip-adapter, prototype" in bad.output
+
+
 def test_an_edited_header_is_refused_and_the_files_model_is_used_without_model(shapes_folder, tmp_path):
     out = tmp_path / "clf.safetensors"
     run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")

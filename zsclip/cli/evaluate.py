@@ -76,17 +76,20 @@ class FewShot(Options):
             "each K scored on the images not drawn).",
         ),
     ] = None
-    method: Annotated[str, option(panel=MODEL, help="With --shots: linear-probe, tip-adapter or prototype.")] = (
-        "linear-probe"
-    )
+    method: Annotated[
+        str,
+        option(
+            panel=MODEL,
+            help="With --shots: linear-probe, tip-adapter or prototype, or several (comma-separated, or all): one "
+            "curve each.",
+        ),
+    ] = "linear-probe"
     seeds: Annotated[int, option(panel=MODEL, help="With --shots: draws per K (their spread is shown).")] = 3
 
     def check(self, classifier, grid: bool, task) -> None:
-        from ..fewshot import METHODS
-
         if not (self.shots or classifier):
             return
-        choice("--method", self.method, METHODS)
+        self.methods()
         if self.shots and classifier:
             raise UsageError("--shots fits classifiers of its own: leave out --classifier")
         if grid:
@@ -95,6 +98,16 @@ class FewShot(Options):
             raise UsageError("--shots and --classifier are for classification, not --task retrieval")
         if self.seeds < 1:
             raise UsageError(f"--seeds {self.seeds}: must be at least 1")
+
+    def methods(self) -> list[str]:
+        from ..fewshot import METHODS
+
+        if self.method.strip() == "all":
+            return list(METHODS)
+        names = [m.strip() for m in self.method.split(",") if m.strip()]
+        for name in names or [self.method]:
+            choice("--method", name, METHODS)
+        return list(dict.fromkeys(names))
 
 
 @grouped
@@ -191,7 +204,7 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
     loaded = eval_data(dataset, data, "classification")
     clip, cache = load_for_eval(model, device, backend, quiet.quiet)
     if shots:
-        curve = (shots, fewshot.method, fewshot.seeds)
+        curve = (shots, fewshot.methods(), fewshot.seeds)
         return shot_curve_cmd(clip, cache, loaded, templates, curve, out, quiet.quiet, read)
     clf = fitted_classifier(classifier, clip, quiet.quiet)
     if list(clf.classnames) != list(loaded.classnames):

@@ -123,18 +123,21 @@ def parse_shots(value: str) -> list[int]:
 
 
 def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: bool, read: dict) -> None:
-    """`eval --shots`: the few-shot curve on one data set (`curve`: shots, method, seeds), printed (and with
-    --report written with its plot)."""
+    """`eval --shots`: the few-shot curve on one data set (`curve`: shots, methods, seeds), one per method, printed
+    (and with --report written with its plot)."""
     from ..fewshot import shot_curve
     from ..recheck import fp32_of
 
-    shots, method, seeds = curve
+    shots, methods, seeds = curve
     show = progress.enabled(quiet)
     clf = _text_classifier(clip, cache, loaded, templates, show, quiet)
     embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet, **read)
-    with progress.bar("fitting", len(shots) * seeds, "fit", show) as bar:
-        rows = shot_curve(embedded, clf, shots, method, seeds, on_fit=lambda k, s: bar and bar.update(0, advance=1))
-    title = f"{loaded.name} · {clip.spec} · {method}, {plural(seeds, 'seed')}"
+    rows = []
+    with progress.bar("fitting", len(methods) * len(shots) * seeds, "fit", show) as bar:
+        for method in methods:
+            points = shot_curve(embedded, clf, shots, method, seeds, lambda k, s: bar and bar.update(0, advance=1))
+            rows += points if not rows else points[1:]  # zero-shot once: every method draws the same shots
+    title = f"{loaded.name} · {clip.spec} · {', '.join(methods)}; {plural(seeds, 'seed')}"
     if out.report:
         from ..fewshot.report import write_curve
 
@@ -143,8 +146,11 @@ def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: boo
     if out.fmt == "json":
         echo(json.dumps({"dataset": loaded.name, "model": clip.spec, "curve": rows}, indent=2))
     else:
-        body = [[str(r["shots"] or "zero-shot"), _pct(r["acc1"]), _pct(r["std"]), str(r["seeds"])] for r in rows]
-        print_table(title, ["shots", "held-out top-1", "std", "seeds"], body)
+        body = [
+            [r["method"], str(r["shots"] or "zero-shot"), _pct(r["acc1"]), _pct(r["std"]), str(r["seeds"])]
+            for r in rows
+        ]
+        print_table(title, ["method", "shots", "held-out top-1", "std", "seeds"], body)
     if not quiet and out.report:
         progress.log(f"few-shot curve written to {out.report} (curve.png, curve.csv, curve.json)")
 

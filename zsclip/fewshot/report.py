@@ -1,5 +1,6 @@
 """The few-shot curve as files: curve.png (the CLIP paper's Figure 6 for one data set: held-out top-1 against shots
-per class, zero-shot as the first point, the spread over seeds as error bars), curve.csv and curve.json."""
+per class, one curve per method from zero-shot as the first point, the spread over seeds as error bars), curve.csv
+and curve.json."""
 
 from __future__ import annotations
 
@@ -27,16 +28,20 @@ def write_curve(rows: list[dict], folder: Path, title: str, about: dict) -> None
 def plot(rows: list[dict], title: str) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    points = [r for r in rows if r["shots"] > 0 and r["acc1"] is not None]
     zero = next((r for r in rows if r["shots"] == 0 and r["acc1"] is not None), None)
-    x, y = [r["shots"] for r in points], [100 * r["acc1"] for r in points]
-    label = points[0]["method"] if points else ""
-    ax.errorbar(x, y, yerr=[100 * r["std"] for r in points], marker="o", capsize=3, label=label)
+    points = [r for r in rows if r["shots"] > 0 and r["acc1"] is not None]
+    for method in dict.fromkeys(r["method"] for r in points):
+        mine = [r for r in points if r["method"] == method]
+        start = [] if zero is None else [zero]  # each curve starts at zero-shot
+        x = [r["shots"] for r in start + mine]
+        y = [100 * r["acc1"] for r in start + mine]
+        err = [100 * r["std"] for r in start + mine]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
     if zero is not None:
         ax.axhline(100 * zero["acc1"], color="grey", linestyle="--", label=f"zero-shot {100 * zero['acc1']:.1f}%")
         ax.plot([0], [100 * zero["acc1"]], marker="*", color="black", markersize=10)
     ax.set_xscale("symlog", linthresh=1)
-    ticks = [0, *(r["shots"] for r in points)]
+    ticks = [0, *sorted({r["shots"] for r in points})]
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("labelled images per class")
     ax.set_ylabel("held-out top-1 (%)")
