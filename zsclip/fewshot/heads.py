@@ -132,14 +132,16 @@ def _linear_probe(x, y, text, logit_scale, seed) -> Head:
         out = []
         for prior in priors.values():
             theta, best, past_peak = None, -1.0, False
+            # Once the validation accuracy has clearly fallen (by more than the noise of the strong-lam end, where
+            # the fit barely moves from the prior), a weaker lam only fits the training fold harder, and those fits
+            # are the slowest of the path: the rest of this prior's path is not a candidate.
+            margin = max(0.01, 2.0 / len(test))
             for lam in LAMS:
-                # Once the validation accuracy has fallen, a weaker lam only fits the training fold harder (and each
-                # of those fits is the slowest of the path): the rest of this prior's path is not a candidate.
                 if not past_peak:
                     theta = logistic(x[train], y[train], classes, lam, prior, theta)
                     w, b = _split(theta, classes)
                     accuracy = float(((x[test] @ w.T + b).argmax(-1) == y[test]).mean())
-                    past_peak, best = accuracy < best, max(best, accuracy)
+                    past_peak, best = accuracy < best - margin, max(best, accuracy)
                 out.append(accuracy if not past_peak else -1.0)
                 solutions.append(theta)
         return out
