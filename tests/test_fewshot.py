@@ -47,7 +47,7 @@ def test_the_linear_probe_is_sklearns_logistic_regression():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     y = rng.integers(0, 3, 60)
     lam = 0.05
-    w, b = _split(logistic(x, y, 3, lam), 3)
+    w, b = _split(logistic(x, y, 3, lam).x, 3)
     reference = LogisticRegression(C=1.0 / (lam * len(y)), max_iter=5000, tol=1e-10).fit(x, y)
     ours = x @ w.T + b
     theirs = reference.decision_function(x)
@@ -81,6 +81,29 @@ def test_the_probes_regularisation_is_the_best_of_the_sweep_not_the_first_that_w
             for c in (0.1, 1.0, 10.0, 100.0, 1000.0)
         )
         assert ours >= best - 0.04, (data_seed, ours, best, head.params)
+
+
+def test_the_probes_params_say_whether_it_is_the_minimiser_at_its_lam(monkeypatch):
+    """Where the iteration budget, not lam, bounds the weights (the weakest strengths on real features), the params
+    must say so; where they say converged, the weights are sklearn's at C = 1 / (lam n)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from zsclip.fewshot import heads
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(6), 12)
+    x = (rng.normal(size=(6, 8))[y] + 1.5 * rng.normal(size=(len(y), 8))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    text = np.eye(6, 8, dtype=np.float32)
+    head = heads.fit("linear-probe", x, y, text, 30.0, 0)
+    assert head.params["converged"] and head.params["prior"] == "none", head.params
+    ref = LogisticRegression(C=1.0 / (head.params["lam"] * len(y)), max_iter=10000, tol=1e-10).fit(x, y)
+    ours = np.exp(head.logits(x) - head.logits(x).max(1, keepdims=True))
+    np.testing.assert_allclose(ours / ours.sum(1, keepdims=True), ref.predict_proba(x), atol=2e-3)
+
+    monkeypatch.setattr(heads, "MAXITER", 2)
+    params = heads.fit("linear-probe", x, y, text, 30.0, 0).params
+    assert params["iterations"] == 2 and params["converged"] is False, params
 
 
 def test_shots_are_k_per_class_drawn_by_the_seed_and_short_classes_said():
@@ -276,8 +299,80 @@ def test_an_edited_header_is_refused_and_the_files_model_is_used_without_model(s
     assert "note: --model shapes" in used.stderr and len(used.stdout.splitlines()) == 8
 
 
-def test_eval_on_the_data_a_classifier_was_fitted_on_says_so(shapes_folder, tmp_path):
+def test_eval_on_the_data_a_classifier_was_fitted_on_counts_its_shots_by_file(shapes_folder, tmp_path, monkeypatch):
+    """The note counts the scored images that were shots, by file: the same folder by another path is noticed, a
+    different folder with the same relative name is not."""
+    import shutil
+
     out = tmp_path / "clf.safetensors"
-    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")
-    result = run("eval", str(shapes_folder), "-m", "shapes", "--classifier", str(out))
-    assert "was fitted on shots of" in result.stderr and "held-out top-1" in result.stderr
+    monkeypatch.chdir(shapes_folder.parent)
+    run("fit", shapes_folder.name, "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")
+    result = run("eval", str(shapes_folder.resolve()), "-m", "shapes", "--classifier", str(out))
+    assert "note: 10 images scored here are among the shots" in result.stderr, result.stderr
+    other = tmp_path / "elsewhere"
+    shutil.copytree(shapes_folder, other / shapes_folder.name)
+    monkeypatch.chdir(other)
+    result = run("eval", shapes_folder.name, "-m", "shapes", "--classifier", str(out))
+    assert "among the shots" not in result.stderr, result.stderr
+
+
+def test_two_fits_or_two_curves_into_one_output_refuse_the_second(shapes_folder, tmp_path):
+    from zsclip.cli.fewshot import CURVE_LOCK
+    from zsclip.locks import Lock
+    from zsclip.output import lock_path
+
+    out = tmp_path / "clf.safetensors"
+    with Lock(lock_path(out), "a first fit"):
+        refused = run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), code=2)
+    assert "is in use by another zsclip process" in refused.output and not out.exists()
+    report = tmp_path / "curve"
+    report.mkdir()
+    with Lock(report / CURVE_LOCK, "a first curve"):
+        args = ["eval", str(shapes_folder), "-m", "shapes", "--shots", "2", "--seeds", "1", "--report", str(report)]
+        refused = run(*args, code=2)
+    assert "is in use by another zsclip process" in refused.output and not (report / "curve.json").exists()
+
+
+def test_fit_refuses_a_bad_seed_and_an_output_that_is_not_a_classifier(shapes_folder, tmp_path):
+    out = tmp_path / "clf.safetensors"
+    for seed in ("-1", str(2**32)):
+        refused = run("fit", str(shapes_folder), "-m", "shapes", "--seed", seed, "-o", str(out), code=2)
+        assert f"--seed {seed}" in refused.output and "Traceback" not in refused.output
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    refused = run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(notes), code=2)
+    assert "is not a zsclip classifier file" in refused.output and notes.read_text() == "precious"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-q")
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "3", "-o", str(out), "-q")  # a classifier: replaced
+    assert json.loads(out.read_bytes()[8 : 8 + int.from_bytes(out.read_bytes()[:8], "little")])
+
+
+def test_a_reshaped_header_or_a_missing_file_without_model_is_one_line(shapes_folder, tmp_path):
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-q")
+    data = out.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    rows, cols = header["weights"]["shape"]
+    header["weights"]["shape"] = [cols, rows]  # the same bytes read as another shape
+    text = json.dumps(header).encode().ljust(n)
+    (tmp_path / "reshaped.safetensors").write_bytes(data[:8] + text + data[8 + n :])
+    for command in ("classify", "eval"):
+        refused = run(command, str(shapes_folder), "--classifier", str(tmp_path / "reshaped.safetensors"), code=2)
+        assert "damaged" in refused.output and "Traceback" not in refused.output
+    for command in (["eval", str(shapes_folder)], ["search", "red", str(shapes_folder)]):
+        refused = run(*command, "--classifier", str(tmp_path / "missing.safetensors"), code=2)
+        assert "missing.safetensors: cannot read it" in refused.output, refused.output
+
+
+def test_options_that_would_be_ignored_and_short_classes_in_the_curve_are_said(shapes_folder, tmp_path):
+    refused = run("eval", str(shapes_folder), "-m", "shapes", "--method", "prototype", code=2)
+    assert "--method prototype: a few-shot method is for --shots" in refused.output
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-q")
+    refused = run("classify", str(shapes_folder / "red circle"), "--classifier", str(out), "-t", "photo", code=2)
+    assert "--templates: a --classifier file brings its own templates" in refused.output
+    refused = run("fit", str(tmp_path / "nowhere"), "-m", "shapes", "-o", str(out), code=2)
+    assert "nowhere: no such folder" in refused.output
+    curve = run("eval", str(shapes_folder), "-m", "shapes", "--shots", "2,8", "--seeds", "1")
+    assert "note: 5 classes had 8 images or fewer" in curve.stderr, curve.stderr

@@ -414,3 +414,33 @@ def test_a_json_output_file_of_a_failed_run_is_valid_json_and_says_how_to_go_on(
     assert "cannot be resumed" in failed.stderr and "(--resume)" not in failed.stderr
     again = run(*args, "-o", out)
     assert again.exit_code == 2 and "move or delete it" in again.stderr
+
+
+def test_a_killed_writers_temporary_file_is_swept_by_the_next_write_and_a_live_ones_kept(tmp_path):
+    """kill -9 runs no cleanup: the temporary file of a dead writer stays until the next write of the same file."""
+    import subprocess
+
+    from zsclip.atomic import atomic_open
+
+    target = tmp_path / "clf.safetensors"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "from zsclip.atomic import atomic_open\n"
+            "with atomic_open(sys.argv[1], 'wb') as f:\n"
+            "    f.write(b'half'); f.flush(); os.kill(os.getpid(), 9)\n",
+            str(target),
+        ]
+    )
+    assert killed.returncode == -9
+    assert len(list(tmp_path.glob(".clf.safetensors.pid*.tmp"))) == 1 and not target.exists()
+    live = tmp_path / f".clf.safetensors.pid{os.getpid()}.keepme.tmp"  # this process: alive
+    live.write_bytes(b"in use")
+    other = tmp_path / ".clf.safetensors.v2.pid1.x.tmp"  # not this file's temporary
+    other.write_bytes(b"x")
+    with atomic_open(target, "wb") as f:
+        f.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clf.safetensors", live.name, other.name])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", keep_on_error: bool = 
     open() would give (0666 less the umask): mkstemp's private 0600 would hide reports and models from others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_orphans(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp")
     with contextlib.suppress(OSError):  # a file system without modes (some mounts) keeps mkstemp's
         os.fchmod(fd, file_mode(path))
     f = os.fdopen(fd, mode, **kw)
@@ -47,7 +49,8 @@ def written_at(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` for a tool that writes a file by name (ONNX Runtime, its quantizer): on
     success the file there is fsynced and renamed over `path`; in any case nothing is left at the temporary path."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    sweep_orphans(path)
+    tmp = path.with_name(f".{path.name}.pid{os.getpid()}.tmp")
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -56,6 +59,28 @@ def written_at(path: str | os.PathLike) -> Iterator[Path]:
         fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sweep_orphans(path: Path) -> None:
+    """Delete the temporary files beside `path` left by writers that died (kill -9 never runs their cleanup); the
+    writer's pid is in each name, and a live writer's file is left alone."""
+    orphan = re.compile(rf"\.{re.escape(path.name)}\.pid(\d+)(\.[A-Za-z0-9_]+)?\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            found = orphan.fullmatch(entry.name)
+            if found and not _alive(int(found.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def file_mode(path: str | os.PathLike) -> int:

@@ -86,7 +86,7 @@ class Sorting(Options):
     """--sort-into and the gallery."""
 
     sort_into: Annotated[
-        Path | None, option(panel=OUTPUT, help="Put every classified image into DIR/<label>/ (manifest.csv).")
+        Path | None, option(panel=OUTPUT, help="Put every classified image into DIR/LABEL/ (manifest.csv).")
     ] = None
     mode: Annotated[
         str | None, option(panel=OUTPUT, help="With --sort-into: copy (default), link or move.", show_default=False)
@@ -132,6 +132,8 @@ def classify_cmd(
     from ..limits import check_ranking
 
     names, fitted = _class_names(classes, classes_file, classifier)
+    if classifier is not None and templates != "default":
+        raise UsageError("--templates: a --classifier file brings its own templates; leave out -t")
     model = model_for_classifier(model, classifier)
     read = {**read_options(speed, limits, store, walk), **engine_options(cluster), "shard": shard.parsed()}
     check_ranking(records.top_k, records.threshold)

@@ -88,6 +88,8 @@ class FewShot(Options):
 
     def check(self, classifier, grid: bool, task) -> None:
         if not (self.shots or classifier):
+            if self.method != "linear-probe":
+                raise UsageError(f"--method {self.method}: a few-shot method is for --shots (the curve)")
             return
         self.methods()
         if self.shots and classifier:
@@ -212,11 +214,14 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
             f"--classifier {classifier}: its classes ({', '.join(clf.classnames[:4])}, ...) are not {loaded.name}'s "
             f"({', '.join(loaded.classnames[:4])}, ...) in the same order"
         )
+    from ..fewshot import shots_among
+
     fitted = clf.head.meta
-    if not quiet.quiet and fitted.get("dataset") == loaded.name:
+    among = shots_among(fitted, (path for path, _ in loaded.items))
+    if not quiet.quiet and among:
         progress.log(
-            f"note: {classifier} was fitted on shots of {loaded.name}: they are scored here too; its held-out top-1 "
-            f"(the shots left out) was {fitted.get('held_out_acc1') or 0.0:.2%}"
+            f"note: {plural(among, 'image')} scored here {'is' if among == 1 else 'are'} among the shots {classifier} "
+            f"was fitted on; its held-out top-1 (the images not drawn) was {fitted.get('held_out_acc1') or 0.0:.2%}"
         )
     _classification(clip, cache, loaded, templates, out, quiet.quiet, read, clf=clf)
 

@@ -3,10 +3,12 @@ the few-shot curve (zsclip.fewshot)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from .. import progress
@@ -16,6 +18,7 @@ from .common import build_with_progress, choice, echo, print_table, read_options
 from .data import Data, embed_with_progress, eval_data, load_for_eval
 from .options import INPUT, MODEL, OUTPUT, Backend, Device, Limits, ModelOpt, Quiet, Speed, Store, grouped, option
 
+CURVE_LOCK = ".zsclip-curve.lock"  # one eval --shots at a time writes a --report folder (zsclip.locks)
 METHOD_HELP = "linear-probe (logistic regression), tip-adapter (training-free cache) or prototype (class means)."
 
 
@@ -61,48 +64,62 @@ def fit_cmd(
     hyper-parameters, held-out accuracy) that classify, eval, search and serve take with --classifier FILE.
     Prints the fit as JSON."""
     from ..fewshot import METHODS, fit_embedded, save
+    from ..fewshot.files import check_replaceable
+    from ..locks import Lock
+    from ..output import lock_path
     from ..paths import check_output_file
     from ..recheck import fp32_of
 
     choice("--method", method, METHODS)
     if shots < 1:
         raise UsageError(f"--shots {shots}: must be at least 1")
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed {seed}: use a number from 0 to {2**32 - 1}")
+    if data.limit is not None and data.limit < 1:
+        raise UsageError(f"--limit {data.limit}: must be at least 1")
     output = check_output_file(output, "--output")
-    backend.check()
-    read = read_options(speed, limits, store)
-    loaded = eval_data(dataset, data)
-    clip, cache = load_for_eval(model, device, backend, quiet.quiet)
-    show = progress.enabled(quiet.quiet)
-    clf = _text_classifier(clip, cache, loaded, templates, show, quiet.quiet)
-    # A head fits fp32 features: an int8 image tower's fp32 twin encodes them.
-    embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet.quiet, **read)
-    result = fit_embedded(embedded, clf, shots, method, seed, strict=strict_shots)
-    save(output, result.head, {**result.meta(clip, loaded.name), "method": method})
-    record = {
-        "classifier": str(output),
-        "method": method,
-        "shots": shots,
-        "seed": seed,
-        "classes": len(clf),
-        "fitted_on": len(result.train),
-        "held_out": len(result.held_out),
-        "held_out_acc1": result.acc1,
-        "zero_shot_acc1": result.zero_shot_acc1,
-        "params": result.head.params,
-        "fit_seconds": round(result.seconds, 3),
-    }
-    echo(json.dumps(record))
-    if not quiet.quiet:
-        if result.short:
-            listed = ", ".join(f"{name} ({n})" for name, n in list(result.short.items())[:5])
-            more = f" and {len(result.short) - 5} more" if len(result.short) > 5 else ""
-            progress.log(
-                f"note: {plural(len(result.short), 'class')} had {shots} images or fewer and gave what they had "
-                f"(one kept back to score where possible): {listed}{more}; --strict-shots refuses them"
-            )
-        acc = "no image left to score" if result.acc1 is None else f"held-out top-1 {result.acc1:.2%}"
-        zero = "" if result.zero_shot_acc1 is None else f" (zero-shot {result.zero_shot_acc1:.2%})"
-        progress.log(f"wrote {output}: {method}, {shots} shots per class, {acc}{zero}")
+    check_replaceable(output)
+    # Two fits writing one file: the second is refused at once (each would say it wrote FILE; one would be wrong).
+    with Lock(lock_path(output), f"--output {output}"):
+        backend.check()
+        read = read_options(speed, limits, store)
+        loaded = eval_data(dataset, data)
+        clip, cache = load_for_eval(model, device, backend, quiet.quiet)
+        show = progress.enabled(quiet.quiet)
+        clf = _text_classifier(clip, cache, loaded, templates, show, quiet.quiet)
+        # A head fits fp32 features: an int8 image tower's fp32 twin encodes them.
+        embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet.quiet, **read)
+        result = fit_embedded(embedded, clf, shots, method, seed, strict=strict_shots)
+        save(output, result.head, {**result.meta(clip, loaded.name), "method": method})
+        record = {
+            "classifier": str(output),
+            "method": method,
+            "shots": shots,
+            "seed": seed,
+            "classes": len(clf),
+            "fitted_on": len(result.train),
+            "held_out": len(result.held_out),
+            "held_out_acc1": result.acc1,
+            "zero_shot_acc1": result.zero_shot_acc1,
+            "params": result.head.params,
+            "fit_seconds": round(result.seconds, 3),
+            "short_classes": result.short,
+            "skipped": len(embedded.skipped),
+        }
+        echo(json.dumps(record))
+        if not quiet.quiet:
+            if result.short:
+                listed = ", ".join(f"{name} ({n})" for name, n in list(result.short.items())[:5])
+                more = f" and {len(result.short) - 5} more" if len(result.short) > 5 else ""
+                progress.log(
+                    f"note: {plural(len(result.short), 'class', 'classes')} had {shots} images or fewer and gave what "
+                    f"they had (one kept back to score where possible): {listed}{more}; --strict-shots refuses them"
+                )
+            acc = "no image left to score" if result.acc1 is None else f"held-out top-1 {result.acc1:.2%}"
+            zero = "" if result.zero_shot_acc1 is None else f" (zero-shot {result.zero_shot_acc1:.2%})"
+            progress.log(f"wrote {output}: {method}, {shots} shots per class, {acc}{zero}")
+            if embedded.skipped:
+                progress.log(f"skipped {plural(len(embedded.skipped), 'unreadable file')} (not used)")
 
 
 def _text_classifier(clip, cache, loaded, templates: str, show: bool, quiet: bool):
@@ -126,33 +143,48 @@ def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: boo
     """`eval --shots`: the few-shot curve on one data set (`curve`: shots, methods, seeds), one per method, printed
     (and with --report written with its plot)."""
     from ..fewshot import shot_curve
+    from ..locks import Lock
     from ..recheck import fp32_of
 
-    shots, methods, seeds = curve
-    show = progress.enabled(quiet)
-    clf = _text_classifier(clip, cache, loaded, templates, show, quiet)
-    embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet, **read)
-    rows = []
-    with progress.bar("fitting", len(methods) * len(shots) * seeds, "fit", show) as bar:
-        for method in methods:
-            points = shot_curve(embedded, clf, shots, method, seeds, lambda k, s: bar and bar.update(0, advance=1))
-            rows += points if not rows else points[1:]  # zero-shot once: every method draws the same shots
-    title = f"{loaded.name} · {clip.spec} · {', '.join(methods)}; {plural(seeds, 'seed')}"
-    if out.report:
-        from ..fewshot.report import write_curve
+    if out.report:  # two curves writing one folder would leave one's plot beside the other's table
+        Path(out.report).mkdir(parents=True, exist_ok=True)
+    lock = Lock(Path(out.report) / CURVE_LOCK, f"--report {out.report}") if out.report else contextlib.nullcontext()
+    with lock:
+        shots, methods, seeds = curve
+        show = progress.enabled(quiet)
+        clf = _text_classifier(clip, cache, loaded, templates, show, quiet)
+        embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet, **read)
+        rows = []
+        with progress.bar("fitting", len(methods) * len(shots) * seeds, "fit", show) as bar:
+            for method in methods:
+                points = shot_curve(embedded, clf, shots, method, seeds, lambda k, s: bar and bar.update(0, advance=1))
+                rows += points if not rows else points[1:]  # zero-shot once: every method draws the same shots
+        title = f"{loaded.name} · {clip.spec} · {', '.join(methods)}; {plural(seeds, 'seed')}"
+        if out.report:
+            from ..fewshot.report import write_curve
 
-        about = {"model": clip.spec, "dataset": loaded.name, "images": len(embedded.paths)}
-        write_curve(rows, out.report, title, about)
-    if out.fmt == "json":
-        echo(json.dumps({"dataset": loaded.name, "model": clip.spec, "curve": rows}, indent=2))
-    else:
-        body = [
-            [r["method"], str(r["shots"] or "zero-shot"), _pct(r["acc1"]), _pct(r["std"]), str(r["seeds"])]
-            for r in rows
-        ]
-        print_table(title, ["method", "shots", "held-out top-1", "std", "seeds"], body)
-    if not quiet and out.report:
-        progress.log(f"few-shot curve written to {out.report} (curve.png, curve.csv, curve.json)")
+            about = {"model": clip.spec, "dataset": loaded.name, "images": len(embedded.paths)}
+            write_curve(rows, out.report, title, about)
+        if out.fmt == "json":
+            echo(json.dumps({"dataset": loaded.name, "model": clip.spec, "curve": rows}, indent=2))
+        else:
+            body = [
+                [r["method"], str(r["shots"] or "zero-shot"), _pct(r["acc1"]), _pct(r["std"]), str(r["seeds"])]
+                for r in rows
+            ]
+            print_table(title, ["method", "shots", "held-out top-1", "std", "seeds"], body)
+        if not quiet and out.report:
+            progress.log(f"few-shot curve written to {out.report} (curve.png, curve.csv, curve.json)")
+        if not quiet and embedded.skipped:
+            progress.log(f"skipped {plural(len(embedded.skipped), 'unreadable file')} (not used)")
+        counts = np.bincount(embedded.labels, minlength=len(clf))
+        short = [(clf.classnames[c], int(n)) for c, n in enumerate(counts) if n <= max(shots)]
+        if not quiet and short:
+            listed = ", ".join(f"{name} ({n})" for name, n in short[:5]) + (" and more" if len(short) > 5 else "")
+            progress.log(
+                f"note: {plural(len(short), 'class', 'classes')} had {max(shots)} images or fewer and gave what they "
+                f"had at the larger K (one kept back to score where possible): {listed}"
+            )
 
 
 def _pct(value) -> str:

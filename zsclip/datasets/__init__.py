@@ -59,6 +59,8 @@ def load_dataset(
     path = Path(name).expanduser()
     if path.is_dir():
         return image_folder(path, classnames)
+    if not path.exists() and ("/" in name or name.startswith((".", "~"))):
+        raise UsageError(f"{name}: no such folder")
     known = ", ".join([*NAMED, "imagenet-v2"])
     raise UsageError(
         f"unknown data set {name!r}: use one of {known}, a folder (DIR/<class>/<image>), csv:FILE, "

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, plural
 from .files import check_model, load, save
 from .heads import METHODS, Head, fit
 
@@ -40,10 +41,11 @@ class FitResult:
     zero_shot_acc1: float | None
     seconds: float  # fitting alone (features already there)
     short: dict[str, int] = field(default_factory=dict)  # class -> images it had, where fewer than K
+    shot_paths: list[str] = field(default_factory=list)
 
     def meta(self, model: ClipModel, dataset: str) -> dict:
         return {
-            "model": model.spec,
+            "model": portable_spec(model.spec),
             "fingerprint": model.fingerprint,
             "classnames": self.classifier.classnames,
             "templates": list(self.classifier.templates.templates),
@@ -56,6 +58,8 @@ class FitResult:
             "held_out_acc1": self.acc1,
             "zero_shot_acc1": self.zero_shot_acc1,
             "short_classes": self.short,
+            # which images were shots, so eval --classifier can say how many of them it scores
+            "shot_files": [file_identity(p) for p in self.shot_paths],
         }
 
 
@@ -93,8 +97,8 @@ def fit_embedded(
     if strict and short:
         c, n = next(iter(short.items()))
         raise UsageError(
-            f"--shots {shots}: class {names[c]!r} has {n} images ({len(short)} classes have fewer than {shots}); "
-            "drop --strict-shots to use what there is"
+            f"--shots {shots}: class {names[c]!r} has {n} images, not more than {shots} (one must stay out to be "
+            f"scored; {plural(len(short), 'class', 'classes')} like it); drop --strict-shots to use what there is"
         )
     start = time.perf_counter()
     head = fit(
@@ -109,7 +113,32 @@ def fit_embedded(
         acc = float((probabilities(embedded.features[held], fitted).argmax(-1) == truth).mean())
         zero = float((probabilities(embedded.features[held], classifier).argmax(-1) == truth).mean())
     short_names = {names[c]: n for c, n in short.items()}
-    return FitResult(head, fitted, shots, seed, train, held, acc, zero, seconds, short_names)
+    shot_paths = [embedded.paths[i] for i in train]
+    return FitResult(head, fitted, shots, seed, train, held, acc, zero, seconds, short_names, shot_paths)
+
+
+def file_identity(path: str) -> str:
+    """An image's name that holds from any working directory: the resolved path of a file (a shard member's
+    name as it is)."""
+    p = Path(path)
+    return str(p.resolve()) if p.is_file() else str(path)
+
+
+def shots_among(meta: dict, paths) -> int:
+    """How many of `paths` were the shots of the classifier whose metadata is `meta`."""
+    shots = set(meta.get("shot_files") or ())
+    return sum(file_identity(p) in shots for p in paths) if shots else 0
+
+
+def portable_spec(spec: str) -> str:
+    """A model spec that names the same weights from any working directory: a local model folder or weights file
+    (alone or after ARCH:) made absolute. Names (shapes, ViT-B-32:openai, hf-hub:org/repo) stay as they are."""
+    arch, sep, rest = spec.partition(":")
+    prefix, local = (f"{arch}:", rest) if sep and arch != "hf-hub" else ("", spec)
+    if (sep and arch == "hf-hub") or (not local.startswith(("/", ".", "~")) and "/" not in local):
+        return spec
+    path = Path(local).expanduser()
+    return f"{prefix}{path.resolve()}" if path.exists() else spec
 
 
 def _with_head(classifier: Classifier, head: Head) -> Classifier:

@@ -24,6 +24,7 @@ def _digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
     h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(arrays):
         h.update(name.encode())
+        h.update(str(np.shape(arrays[name])).encode())  # a header that reshapes the same bytes is damage too
         h.update(np.ascontiguousarray(arrays[name]).tobytes())
     return h.hexdigest()
 
@@ -54,8 +55,10 @@ def load(path: str | os.PathLike) -> tuple[Head, dict]:
         meta = json.loads(_metadata(data)["zsclip"])
     except (SafetensorError, ValueError, KeyError, TypeError, OverflowError):
         raise UsageError(f"{where}: not a zsclip classifier file, or damaged (make it again with zsclip fit)") from None
-    if meta.get("format") != FORMAT or meta.get("method") not in METHODS:
+    if meta.get("format") != FORMAT:
         raise UsageError(f"{where}: not a classifier file this zsclip reads (format {meta.get('format')!r})")
+    if meta.get("method") not in METHODS:
+        raise UsageError(f"{where}: damaged or from another zsclip (method {meta.get('method')!r} is none of ours)")
     if _digest(arrays, meta) != meta.get("sha256"):
         raise UsageError(f"{where}: damaged (its arrays do not match their checksum); make it again with zsclip fit")
     return Head(meta["method"], arrays, meta.get("params", {}), meta), meta
@@ -75,8 +78,22 @@ def check_model(meta: dict, fingerprint: str, spec: str, path: str | os.PathLike
 
 
 def model_of(path: str | os.PathLike) -> str | None:
-    """The model spec a classifier file was fitted with (None if the file cannot be read: load says why)."""
+    """The model spec a classifier file was fitted with; a file that cannot be used is refused here, before any
+    model loads (else the default model's download would speak first)."""
+    return load(path)[1].get("model")
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse an --output that is some other file: fit replaces only a classifier file (or nothing)."""
+    if not path.is_file():
+        return
     try:
-        return load(path)[1].get("model")
-    except UsageError:
-        return None
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            ours = n < 100_000_000 and FORMAT in json.loads(f.read(n))["__metadata__"]["zsclip"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise UsageError(
+            f"--output {path}: exists and is not a zsclip classifier file; remove it or choose another name"
+        )

@@ -18,14 +18,21 @@ label check needs that), else None.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from scipy.optimize import OptimizeResult
 
 METHODS = ("linear-probe", "tip-adapter", "prototype")
 # From the strongest regularisation down: each fit starts from the previous one's solution (a path), so the sweep
 # costs little more than its last fit.
 LAMS = [10.0**e for e in range(1, -9, -1)]
 DEFAULT_LAM = 0.01
+# The L-BFGS budget of each fit. At the weakest strengths (1e-7, 1e-8) the budget, not lam, bounds the weights, as
+# CLIP_benchmark's epochs bound its SGD; the head's params say how many iterations ran and whether it converged.
+MAXITER = 300
 # Tip-Adapter's alpha weighs the cache against the zero-shot logits: the large values let the cache decide where the
 # text knows little (the shipped model on MNIST chooses 32-256; a grid ending at 4 lost 10-17 points there).
 ALPHAS = [2.0**e for e in range(-2, 11)]
@@ -77,9 +84,10 @@ def logistic(
     lam: float,
     prior: np.ndarray | None = None,
     start: np.ndarray | None = None,
-) -> np.ndarray:
-    """(W [classes, d], b [classes]) as one vector, minimising mean cross-entropy + lam/2 |W - prior|^2 (bias
-    unpenalised); `start` is such a vector to begin from (default: the prior, no bias)."""
+) -> OptimizeResult:
+    """scipy's result whose .x is (W [classes, d], b [classes]) as one vector, minimising mean cross-entropy +
+    lam/2 |W - prior|^2 (bias unpenalised); `start` is such a vector to begin from (default: the prior, no bias);
+    .nit and .status (1: the MAXITER budget ran out) say whether it converged."""
     from scipy.optimize import minimize
 
     n, d = x.shape
@@ -105,7 +113,7 @@ def logistic(
         return value, grad.astype(np.float64)
 
     start = np.concatenate([w0.ravel(), np.zeros(classes)]).astype(np.float64) if start is None else start
-    return minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 300}).x
+    return minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": MAXITER})
 
 
 def _split(theta: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,12 +121,12 @@ def _split(theta: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
     return theta[: classes * d].reshape(classes, d).astype(np.float32), theta[classes * d :].astype(np.float32)
 
 
-def regularisation_path(x, y, classes: int, lams: list[float], prior: np.ndarray | None) -> list[np.ndarray]:
-    """The solution vector for each lam of `lams` (strongest first), each fit starting from the one before."""
+def regularisation_path(x, y, classes: int, lams: list[float], prior: np.ndarray | None) -> list[OptimizeResult]:
+    """The fit (logistic) for each lam of `lams` (strongest first), each starting from the one before."""
     out, theta = [], None
     for lam in lams:
-        theta = logistic(x, y, classes, lam, prior, theta)
-        out.append(theta)
+        out.append(logistic(x, y, classes, lam, prior, theta))
+        theta = out[-1].x
     return out
 
 
@@ -138,7 +146,7 @@ def _linear_probe(x, y, text, logit_scale, seed) -> Head:
             margin = max(0.01, 2.0 / len(test))
             for lam in LAMS:
                 if not past_peak:
-                    theta = logistic(x[train], y[train], classes, lam, prior, theta)
+                    theta = logistic(x[train], y[train], classes, lam, prior, theta).x
                     w, b = _split(theta, classes)
                     accuracy = float(((x[test] @ w.T + b).argmax(-1) == y[test]).mean())
                     past_peak, best = accuracy < best - margin, max(best, accuracy)
@@ -151,12 +159,13 @@ def _linear_probe(x, y, text, logit_scale, seed) -> Head:
     chosen = _cross_validate_all(y, candidates, accuracies, seed, folds=1)
     if chosen is None:  # 1 shot: nothing to validate on
         lam, prior = DEFAULT_LAM, "zero-shot"
-        theta = regularisation_path(x, y, classes, [v for v in LAMS if v >= lam], priors[prior])[-1]
+        solved = regularisation_path(x, y, classes, [v for v in LAMS if v >= lam], priors[prior])[-1]
     else:
         lam, prior = chosen
-        theta = logistic(x, y, classes, lam, priors[prior], solutions[candidates.index(chosen)])
-    w, b = _split(theta, classes)
-    return Head("linear-probe", {"weights": w, "bias": b}, {"lam": lam, "prior": prior})
+        solved = logistic(x, y, classes, lam, priors[prior], solutions[candidates.index(chosen)])
+    w, b = _split(solved.x, classes)
+    params = {"lam": lam, "prior": prior, "iterations": int(solved.nit), "converged": bool(solved.status != 1)}
+    return Head("linear-probe", {"weights": w, "bias": b}, params)
 
 
 # -- tip-adapter and prototypes ----------------------------------------------------------------------------
