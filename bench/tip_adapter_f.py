@@ -71,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--sets", default="mnist-test,cifar10-test,cifar100-test")
+    parser.add_argument("--shots", default="4,16")
     args = parser.parse_args()
     from zsclip.fewshot import draw_shots, heads
     from zsclip.models import load_model
@@ -80,11 +82,11 @@ def main() -> None:
     print(f"# bench/tip_adapter_f.py, shipped shapes model, {args.per_class} images per class, load average {load}\n")
     print("| data set | shots | linear-probe | tip-adapter | Tip-Adapter-F | fit s (lp / tip / tip-F) |")
     print("|---|---:|---:|---:|---:|---|")
-    for name in ("mnist-test", "cifar10-test", "cifar100-test"):
+    for name in args.sets.split(","):
         emb, clf = embedded(model, name, args.per_class)
         x, y = emb.features.astype(np.float32), emb.labels
         text, scale = clf.weights.astype(np.float32), float(clf.logit_scale)
-        for shots in (4, 16):
+        for shots in (int(k) for k in args.shots.split(",")):
             acc = {"lp": [], "tip": [], "tipf": []}
             took = {key: 0.0 for key in acc}
             for seed in range(args.seeds):

@@ -28,6 +28,11 @@ SCRIPTS = {
         "end: load average",
         ("imagenet",),
     ),
+    "tip_adapter_f.py": (
+        ["--per-class", "6", "--seeds", "1", "--sets", "mnist-test", "--shots", "4"],
+        "end: load average",
+        ("imagenet",),
+    ),
     "serve.py": (["--images", "300", "--queries", "5"], "targets", ("starlette",)),
     "search.py": (["--sizes", "2000", "--queries", "3"], "| 2,000 |", ()),
     "locate_found.py": (["--videos", "1", "--work", "{tmp}/videos"], "zsclip's rule", ("av",)),

@@ -376,3 +376,25 @@ def test_options_that_would_be_ignored_and_short_classes_in_the_curve_are_said(s
     assert "nowhere: no such folder" in refused.output
     curve = run("eval", str(shapes_folder), "-m", "shapes", "--shots", "2,8", "--seeds", "1")
     assert "note: 5 classes had 8 images or fewer" in curve.stderr, curve.stderr
+
+
+def test_an_eval_with_a_classifier_says_so_in_its_report(shapes_folder, tmp_path):
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "3", "--method", "prototype", "-o", str(out), "-q")
+    run("eval", str(shapes_folder), "-m", "shapes", "--classifier", str(out), "--report", str(tmp_path / "r"))
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["classifier"]["method"] == "prototype" and metrics["classifier"]["shots"] == 3
+    assert "Few-shot (prototype, 3 shots per class) evaluation" in (tmp_path / "r" / "report.html").read_text()
+    plain = run("eval", str(shapes_folder), "-m", "shapes", "-f", "json")
+    assert "classifier" not in json.loads(plain.stdout)
+
+
+def test_a_classifier_fitted_with_a_relative_model_path_works_from_elsewhere(
+    shapes_folder, tmp_path, tiny_model_dir, monkeypatch
+):
+    out = tmp_path / "clf.safetensors"
+    monkeypatch.chdir(tiny_model_dir.parent)
+    run("fit", str(shapes_folder), "-m", f"./{tiny_model_dir.name}", "--shots", "2", "-o", str(out), "-q")
+    monkeypatch.chdir(tmp_path)
+    used = run("classify", str(shapes_folder / "red circle"), "--classifier", str(out), "-f", "jsonl")
+    assert f"note: --model {tiny_model_dir.resolve()}" in used.stderr and len(used.stdout.splitlines()) == 8

@@ -229,4 +229,14 @@ def summary(result: EvalResult, model_spec: str, fingerprint: str) -> dict:
         "skipped": len(result.skipped),
         "notes": result.dataset.notes,
         "metrics": result.metrics,
+        **_fitted(result.classifier),
     }
+
+
+def _fitted(classifier) -> dict:
+    """A few-shot classifier's own account (method, shots, seed, what it was fitted on), where it is one."""
+    head = getattr(classifier, "head", None)
+    if head is None or not head.meta:
+        return {}
+    keys = ("method", "shots", "seed", "dataset", "held_out_acc1", "sha256")
+    return {"classifier": {key: head.meta.get(key) for key in keys}}

@@ -230,7 +230,7 @@ td{{font-variant-numeric:tabular-nums}} .cols{{display:flex;gap:3em;flex-wrap:wr
 figure img{{width:112px;height:112px;object-fit:contain;background:#f4f4f4;display:block}}
 img.cm{{max-width:100%;height:auto}} small{{color:#777;word-break:break-all}}
 </style></head><body>
-<h1>Zero-shot evaluation: {e(summary["dataset"])}</h1>
+<h1>{e(_kind(summary))} evaluation: {e(summary["dataset"])}</h1>
 <div class="cols"><table>{info_rows}</table><table>{metric_rows}</table></div>
 {f"<ul>{notes}</ul>" if notes else ""}
 <h2>Confusion</h2>
@@ -244,3 +244,8 @@ img.cm{{max-width:100%;height:auto}} small{{color:#777;word-break:break-all}}
 <h2>Skipped files</h2>{f"<table>{skipped_rows}</table>" if skipped_rows else "<p>none</p>"}
 </body></html>
 """
+
+
+def _kind(summary: dict) -> str:
+    fitted = summary.get("classifier")
+    return f"Few-shot ({fitted['method']}, {fitted['shots']} shots per class)" if fitted else "Zero-shot"
