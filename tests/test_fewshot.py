@@ -384,6 +384,7 @@ def test_an_eval_with_a_classifier_says_so_in_its_report(shapes_folder, tmp_path
     run("eval", str(shapes_folder), "-m", "shapes", "--classifier", str(out), "--report", str(tmp_path / "r"))
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["classifier"]["method"] == "prototype" and metrics["classifier"]["shots"] == 3
+    assert "15 of the scored images are shots the classifier was fitted on" in metrics["notes"]
     assert "Few-shot (prototype, 3 shots per class) evaluation" in (tmp_path / "r" / "report.html").read_text()
     plain = run("eval", str(shapes_folder), "-m", "shapes", "-f", "json")
     assert "classifier" not in json.loads(plain.stdout)

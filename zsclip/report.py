@@ -219,8 +219,9 @@ def _html(summary: dict, result: EvalResult, stats: dict, pairs, png: bytes) -> 
             )
     skipped_rows = "".join(f"<tr><td>{e(p)}</td><td>{e(r)}</td></tr>" for p, r in result.skipped[:200])
     notes = "".join(f"<li>{e(n)}</li>" for n in summary["notes"])
+    title = f"zsclip eval: {summary['dataset']} ({_kind(summary).lower()})"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>zsclip eval: {e(summary["dataset"])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}}
 h1{{font-size:1.4em}} h2{{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}}

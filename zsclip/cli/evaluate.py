@@ -218,6 +218,8 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
 
     fitted = clf.head.meta
     among = shots_among(fitted, (path for path, _ in loaded.items))
+    if among:  # the report and metrics.json say it too: an accuracy partly on the fitting images
+        loaded.notes.append(f"{among} of the scored images are shots the classifier was fitted on")
     if not quiet.quiet and among:
         progress.log(
             f"note: {plural(among, 'image')} scored here {'is' if among == 1 else 'are'} among the shots {classifier} "
