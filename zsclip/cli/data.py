@@ -25,11 +25,16 @@ class Data(Options):
     def root_dir(self) -> str | None:
         return str(self.root) if self.root else None
 
+    def check(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit {self.limit}: must be at least 1")
+
 
 def eval_data(dataset: str, data: Data, task: str | None = None):
     """The data set an eval-like command scores, checked before any model is loaded."""
     from ..datasets import load_dataset
 
+    data.check()
     loaded = load_dataset(dataset, root=data.root_dir(), classnames=data.classnames, split=data.split, task=task)
     loaded = loaded.limit(data.limit)
     if not loaded.items:

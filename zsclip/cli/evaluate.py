@@ -185,8 +185,7 @@ def eval_cmd(
         from ..paths import check_output_dir
 
         check_output_dir(out.report, "--report")
-    if data.limit is not None and data.limit < 1:
-        raise UsageError(f"--limit {data.limit}: must be at least 1")
+    data.check()  # a grid reads its data sets later, past eval_data
     grid = len(models) * len(datasets) > 1 or models_file or datasets_file
     fewshot.check(classifier, bool(grid), task)
     if grid:
