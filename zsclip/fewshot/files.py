@@ -89,8 +89,9 @@ def check_replaceable(path: Path) -> None:
         return
     try:
         with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            ours = n < 100_000_000 and FORMAT in json.loads(f.read(n))["__metadata__"]["zsclip"]
+            head = f.read(8)
+            n = int.from_bytes(head, "little")
+            ours = n < 100_000_000 and FORMAT in _metadata(head + f.read(n))["zsclip"]
     except (OSError, ValueError, KeyError, TypeError):
         ours = False
     if not ours:
