@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from .. import progress
@@ -75,8 +74,6 @@ def fit_cmd(
         raise UsageError(f"--shots {shots}: must be at least 1")
     if not 0 <= seed < 2**32:
         raise UsageError(f"--seed {seed}: use a number from 0 to {2**32 - 1}")
-    if data.limit is not None and data.limit < 1:
-        raise UsageError(f"--limit {data.limit}: must be at least 1")
     output = check_output_file(output, "--output")
     check_replaceable(output)
     # Two fits writing one file: the second is refused at once (each would say it wrote FILE; one would be wrong).
@@ -109,12 +106,7 @@ def fit_cmd(
         echo(json.dumps(record))
         if not quiet.quiet:
             if result.short:
-                listed = ", ".join(f"{name} ({n})" for name, n in list(result.short.items())[:5])
-                more = f" and {len(result.short) - 5} more" if len(result.short) > 5 else ""
-                progress.log(
-                    f"note: {plural(len(result.short), 'class', 'classes')} had {shots} images or fewer and gave what "
-                    f"they had (one kept back to score where possible): {listed}{more}; --strict-shots refuses them"
-                )
+                progress.log(f"{_short_note(result.short, shots)}; --strict-shots refuses them")
             acc = "no image left to score" if result.acc1 is None else f"held-out top-1 {result.acc1:.2%}"
             zero = "" if result.zero_shot_acc1 is None else f" (zero-shot {result.zero_shot_acc1:.2%})"
             progress.log(f"wrote {output}: {method}, {shots} shots per class, {acc}{zero}")
@@ -142,7 +134,7 @@ def parse_shots(value: str) -> list[int]:
 def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: bool, read: dict) -> None:
     """`eval --shots`: the few-shot curve on one data set (`curve`: shots, methods, seeds), one per method, printed
     (and with --report written with its plot)."""
-    from ..fewshot import shot_curve
+    from ..fewshot import draw_shots, shot_curve
     from ..locks import Lock
     from ..recheck import fp32_of
 
@@ -177,14 +169,19 @@ def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: boo
             progress.log(f"few-shot curve written to {out.report} (curve.png, curve.csv, curve.json)")
         if not quiet and embedded.skipped:
             progress.log(f"skipped {plural(len(embedded.skipped), 'unreadable file')} (not used)")
-        counts = np.bincount(embedded.labels, minlength=len(clf))
-        short = [(clf.classnames[c], int(n)) for c, n in enumerate(counts) if n <= max(shots)]
+        short = draw_shots(embedded.labels, max(shots), 0, len(clf))[2]  # short at the largest K is short anywhere
         if not quiet and short:
-            listed = ", ".join(f"{name} ({n})" for name, n in short[:5]) + (" and more" if len(short) > 5 else "")
-            progress.log(
-                f"note: {plural(len(short), 'class', 'classes')} had {max(shots)} images or fewer and gave what they "
-                f"had at the larger K (one kept back to score where possible): {listed}"
-            )
+            progress.log(_short_note({clf.classnames[c]: n for c, n in short.items()}, max(shots), " at the larger K"))
+
+
+def _short_note(short: dict[str, int], shots: int, where: str = "") -> str:
+    """The stderr note naming the classes ({name: images}) that had `shots` images or fewer."""
+    listed = ", ".join(f"{name} ({n})" for name, n in list(short.items())[:5])
+    more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+    return (
+        f"note: {plural(len(short), 'class', 'classes')} had {shots} images or fewer and gave what they had{where} "
+        f"(one kept back to score where possible): {listed}{more}"
+    )
 
 
 def _pct(value) -> str:
