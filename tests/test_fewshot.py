@@ -5,6 +5,7 @@ the same labels wherever the file is used."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -374,6 +375,8 @@ def test_options_that_would_be_ignored_and_short_classes_in_the_curve_are_said(s
     assert "--templates: a --classifier file brings its own templates" in refused.output
     refused = run("fit", str(tmp_path / "nowhere"), "-m", "shapes", "-o", str(out), code=2)
     assert "nowhere: no such folder" in refused.output
+    refused = run("fit", str(shapes_folder), "-m", "shapes", "--limit", "-5", "-o", str(out), code=2)
+    assert "--limit -5: must be at least 1" in refused.output
     curve = run("eval", str(shapes_folder), "-m", "shapes", "--shots", "2,8", "--seeds", "1")
     assert "note: 5 classes had 8 images or fewer" in curve.stderr, curve.stderr
 
@@ -399,3 +402,29 @@ def test_a_classifier_fitted_with_a_relative_model_path_works_from_elsewhere(
     monkeypatch.chdir(tmp_path)
     used = run("classify", str(shapes_folder / "red circle"), "--classifier", str(out), "-f", "jsonl")
     assert f"note: --model {tiny_model_dir.resolve()}" in used.stderr and len(used.stdout.splitlines()) == 8
+
+
+def test_a_shot_replaced_by_other_content_of_the_same_size_and_mtime_is_not_counted_as_a_shot(shapes_folder, tmp_path):
+    """The note checks each shot against what it was when fitted (zsclip.identity), not its path alone."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(data), "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")
+    result = run("eval", str(data), "-m", "shapes", "--classifier", str(out))
+    assert "note: 10 images scored here are among the shots" in result.stderr, result.stderr
+    n = int.from_bytes(out.read_bytes()[:8], "little")
+    shots = [
+        s["path"] for s in json.loads(json.loads(out.read_bytes()[8 : 8 + n])["__metadata__"]["zsclip"])["shot_files"]
+    ]
+    shot = Path(shots[0])
+    others = [p for p in shot.parent.iterdir() if str(p) not in shots]
+    other = next(p for p in others if p.stat().st_size <= shot.stat().st_size)
+    before = shot.stat()
+    # Another picture in the same bytes: PNG readers stop at IEND, so the zero padding keeps it readable.
+    shot.write_bytes(other.read_bytes().ljust(before.st_size, b"\0"))
+    os.utime(shot, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert shot.stat().st_size == before.st_size and shot.stat().st_mtime_ns == before.st_mtime_ns
+    result = run("eval", str(data), "-m", "shapes", "--classifier", str(out))
+    assert "note: 9 images scored here are among the shots" in result.stderr, result.stderr

@@ -8,6 +8,7 @@ method; with an int8 image tower they are computed by the fp32 tower (a head is 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,8 +59,9 @@ class FitResult:
             "held_out_acc1": self.acc1,
             "zero_shot_acc1": self.zero_shot_acc1,
             "short_classes": self.short,
-            # which images were shots, so eval --classifier can say how many of them it scores
-            "shot_files": [file_identity(p) for p in self.shot_paths],
+            # which images were shots, as they were (zsclip.identity), so eval --classifier can say how many of
+            # them it scores
+            "shot_files": [shot_identity(p) for p in self.shot_paths],
         }
 
 
@@ -117,17 +119,28 @@ def fit_embedded(
     return FitResult(head, fitted, shots, seed, train, held, acc, zero, seconds, short_names, shot_paths)
 
 
-def file_identity(path: str) -> str:
-    """An image's name that holds from any working directory: the resolved path of a file (a shard member's
-    name as it is)."""
-    p = Path(path)
-    return str(p.resolve()) if p.is_file() else str(path)
+def shot_identity(path: str) -> dict:
+    """A shot as it was when fitted: a file's FileIdentity (path, stat, content hash); a shard member's name."""
+    from ..identity import FileIdentity
+
+    found = FileIdentity.of(path)
+    return {"path": path} if found is None else dataclasses.asdict(found)
 
 
 def shots_among(meta: dict, paths) -> int:
-    """How many of `paths` were the shots of the classifier whose metadata is `meta`."""
-    shots = set(meta.get("shot_files") or ())
-    return sum(file_identity(p) in shots for p in paths) if shots else 0
+    """How many of `paths` are shots of the classifier whose metadata is `meta`: the same file (by resolved path,
+    from any working directory) still holding the content it had when fitted, or the same shard member."""
+    from ..identity import FileIdentity, unchanged
+    from ..paths import resolved
+
+    recorded = {}
+    for shot in meta.get("shot_files") or ():
+        recorded[resolved(shot["path"]) if "content_hash" in shot else shot["path"]] = shot
+    count = 0
+    for path in paths if recorded else ():
+        shot = recorded.get(resolved(path)) or recorded.get(path)
+        count += shot is not None and ("content_hash" not in shot or unchanged(FileIdentity(**shot), path))
+    return count
 
 
 def portable_spec(spec: str) -> str:
@@ -137,13 +150,13 @@ def portable_spec(spec: str) -> str:
     prefix, local = (f"{arch}:", rest) if sep and arch != "hf-hub" else ("", spec)
     if (sep and arch == "hf-hub") or (not local.startswith(("/", ".", "~")) and "/" not in local):
         return spec
+    from ..paths import resolved
+
     path = Path(local).expanduser()
-    return f"{prefix}{path.resolve()}" if path.exists() else spec
+    return f"{prefix}{resolved(str(path))}" if path.exists() else spec
 
 
 def _with_head(classifier: Classifier, head: Head) -> Classifier:
-    import dataclasses
-
     return dataclasses.replace(classifier, head=head)
 
 
