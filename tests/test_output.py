@@ -438,7 +438,7 @@ def test_a_killed_writers_temporary_file_is_swept_by_the_next_write_and_a_live_o
     assert len(list(tmp_path.glob(".clf.safetensors.pid*.tmp"))) == 1 and not target.exists()
     live = tmp_path / f".clf.safetensors.pid{os.getpid()}.keepme.tmp"  # this process: alive
     live.write_bytes(b"in use")
-    other = tmp_path / ".clf.safetensors.v2.pid1.x.tmp"  # not this file's temporary
+    other = tmp_path / ".clf.safetensors.v2.pid1.x.tmp"  # another file's, by a live writer (pid 1)
     other.write_bytes(b"x")
     with atomic_open(target, "wb") as f:
         f.write(b"whole")

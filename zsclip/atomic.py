@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -61,13 +62,24 @@ def written_at(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+# A temporary file of atomic_open or written_at: ".NAME.pid<PID>[.RANDOM].tmp".
+_TEMPORARY = re.compile(r"\..+\.pid(\d+)(\.[A-Za-z0-9_]+)?\.tmp")
+_swept: set[str] = set()
+_swept_lock = threading.Lock()
+
+
 def sweep_orphans(path: Path) -> None:
-    """Delete the temporary files beside `path` left by writers that died (kill -9 never runs their cleanup); the
-    writer's pid is in each name, and a live writer's file is left alone."""
-    orphan = re.compile(rf"\.{re.escape(path.name)}\.pid(\d+)(\.[A-Za-z0-9_]+)?\.tmp")
+    """Delete the temporary files in `path`'s folder left by writers that died (kill -9 never runs their cleanup);
+    the writer's pid is in each name, and a live writer's file is left alone. Once per folder per process: a folder
+    of 100,000 thumbnails is listed once, not at every write."""
+    folder = os.path.abspath(path.parent)
+    with _swept_lock:
+        if folder in _swept:
+            return
+        _swept.add(folder)
     with contextlib.suppress(OSError):
-        for entry in os.scandir(path.parent):
-            found = orphan.fullmatch(entry.name)
+        for entry in os.scandir(folder):
+            found = _TEMPORARY.fullmatch(entry.name)
             if found and not _alive(int(found.group(1))):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
