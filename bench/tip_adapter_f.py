@@ -44,8 +44,12 @@ def fine_tuned_keys(x, y, text, scale, alpha, beta, epochs=20, lr=1e-3, batch=25
 
 
 def tip_logits(keys, y_keys, text, scale, alpha, beta, x):
+    """Tip-Adapter's logits with these keys: zsclip's own tip-adapter head, its keys swapped for the tuned ones."""
+    from zsclip.fewshot.heads import Head
+
     values = np.eye(len(text), dtype=np.float32)[y_keys]
-    return scale * x @ text.T + alpha * np.exp(-beta * (1 - x @ keys.T)) @ values
+    params = {"logit_scale": scale, "alpha": alpha, "beta": beta}
+    return Head("tip-adapter", {"keys": keys, "values": values, "text": text}, params).logits(x)
 
 
 def tip_adapter_f(x, y, text, scale, seed):
