@@ -417,30 +417,32 @@ def test_a_json_output_file_of_a_failed_run_is_valid_json_and_says_how_to_go_on(
 
 
 def test_a_killed_writers_temporary_file_is_swept_by_the_next_write_and_a_live_ones_kept(tmp_path):
-    """kill -9 runs no cleanup: the temporary file of a dead writer stays until the next write of the same file."""
+    """kill -9 runs no cleanup: the temporary file of a dead writer stays until a later process writes into its
+    folder. A live writer's temporary (it holds the file's lock) and files that are not zsclip's are kept."""
     import subprocess
+    import time
 
     from zsclip.atomic import atomic_open
 
     target = tmp_path / "clf.safetensors"
+    writer = "import os, sys, time\nfrom zsclip.atomic import atomic_open\nwith atomic_open(sys.argv[1], 'wb') as f:\n"
     killed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import os, sys\n"
-            "from zsclip.atomic import atomic_open\n"
-            "with atomic_open(sys.argv[1], 'wb') as f:\n"
-            "    f.write(b'half'); f.flush(); os.kill(os.getpid(), 9)\n",
-            str(target),
-        ]
+        [sys.executable, "-c", writer + "    f.write(b'half'); f.flush(); os.kill(os.getpid(), 9)\n", str(target)]
     )
     assert killed.returncode == -9
-    assert len(list(tmp_path.glob(".clf.safetensors.pid*.tmp"))) == 1 and not target.exists()
-    live = tmp_path / f".clf.safetensors.pid{os.getpid()}.keepme.tmp"  # this process: alive
-    live.write_bytes(b"in use")
-    other = tmp_path / ".clf.safetensors.v2.pid1.x.tmp"  # another file's, by a live writer (pid 1)
-    other.write_bytes(b"x")
+    assert len(list(tmp_path.glob(".clf.safetensors.zsclip-tmp.*"))) == 1 and not target.exists()
+    live = subprocess.Popen(
+        [sys.executable, "-c", writer + "    f.write(b'slow'); time.sleep(3)\n", str(tmp_path / "other.bin")]
+    )
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".other.bin.zsclip-tmp.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    live_tmp = list(tmp_path.glob(".other.bin.zsclip-tmp.*"))
+    assert len(live_tmp) == 1
+    users = tmp_path / ".notes.pid1234.tmp"  # someone else's file, named like a temporary
+    users.write_bytes(b"x")
     with atomic_open(target, "wb") as f:
         f.write(b"whole")
     assert target.read_bytes() == b"whole"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clf.safetensors", live.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clf.safetensors", live_tmp[0].name, users.name])
+    assert live.wait(timeout=60) == 0 and (tmp_path / "other.bin").read_bytes() == b"slow"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
+import shutil
 import stat
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from .locks import same_file
 
 
 @contextlib.contextmanager
@@ -23,25 +27,29 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", keep_on_error: bool = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_orphans(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp")
-    with contextlib.suppress(OSError):  # a file system without modes (some mounts) keeps mkstemp's
-        os.fchmod(fd, file_mode(path))
-    f = os.fdopen(fd, mode, **kw)
+    held, tmp = _held_temporary(path, _new_file)
     try:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a full disk fails the flush in close() again
+        fd = os.open(tmp, os.O_WRONLY)
+        with contextlib.suppress(OSError):  # a file system without modes (some mounts) keeps mkstemp's
+            os.fchmod(fd, file_mode(path))
+        f = os.fdopen(fd, mode, **kw)
+        try:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
             f.close()
-        if keep_on_error:
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full disk fails the flush in close() again
+                f.close()
+            if keep_on_error:
+                with contextlib.suppress(OSError):
+                    os.replace(tmp, path)
             with contextlib.suppress(OSError):
-                os.replace(tmp, path)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+                os.unlink(tmp)
+            raise
+    finally:
+        os.close(held)  # only now may a sweep take it: the rename is done or the file is gone
     fsync_dir(path.parent)
 
 
@@ -51,7 +59,9 @@ def written_at(path: str | os.PathLike) -> Iterator[Path]:
     success the file there is fsynced and renamed over `path`; in any case nothing is left at the temporary path."""
     path = Path(path)
     sweep_orphans(path)
-    tmp = path.with_name(f".{path.name}.pid{os.getpid()}.tmp")
+    # The tool may delete and create its file: the held temporary is a folder around it.
+    held, folder = _held_temporary(path, lambda prefix: tempfile.mkdtemp(dir=prefix.parent, prefix=prefix.name))
+    tmp = Path(folder) / path.name
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -59,19 +69,41 @@ def written_at(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(held)
 
 
-# A temporary file of atomic_open or written_at: ".NAME.pid<PID>[.RANDOM].tmp".
-_TEMPORARY = re.compile(r"\..+\.pid(\d+)(\.[A-Za-z0-9_]+)?\.tmp")
+# A temporary file (atomic_open) or folder (written_at): ".NAME.zsclip-tmp.RANDOM". Its writer holds flock(2) on it
+# until it is renamed or gone; the kernel drops the lock when the writer dies, however it dies (kill -9 included),
+# and the lock holds across PID namespaces, where a pid would not (zsclip.locks works the same way).
+_TEMPORARY = re.compile(r"\..+\.zsclip-tmp\.[a-z0-9_]{8}")
 _swept: set[str] = set()
 _swept_lock = threading.Lock()
 
 
+def _held_temporary(path: Path, make) -> tuple[int, str]:
+    """(a descriptor holding the lock, the temporary's path) of a new temporary beside `path`, made by `make`."""
+    while True:
+        tmp = make(path.with_name(f".{path.name}.zsclip-tmp."))
+        held = os.open(tmp, os.O_RDONLY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if same_file(held, tmp):  # a sweep may have taken it between its making and the lock
+                return held, tmp
+        except OSError:
+            pass
+        os.close(held)
+
+
+def _new_file(prefix_path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(dir=prefix_path.parent, prefix=prefix_path.name)
+    os.close(fd)
+    return tmp
+
+
 def sweep_orphans(path: Path) -> None:
-    """Delete the temporary files in `path`'s folder left by writers that died (kill -9 never runs their cleanup);
-    the writer's pid is in each name, and a live writer's file is left alone. Once per folder per process: a folder
-    of 100,000 thumbnails is listed once, not at every write."""
+    """Delete the temporaries in `path`'s folder whose writers died: no live writer holds their lock. Once per folder
+    per process: a folder of 100,000 thumbnails is listed once, not at every write."""
     folder = os.path.abspath(path.parent)
     with _swept_lock:
         if folder in _swept:
@@ -79,20 +111,26 @@ def sweep_orphans(path: Path) -> None:
         _swept.add(folder)
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
-            found = _TEMPORARY.fullmatch(entry.name)
-            if found and not _alive(int(found.group(1))):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+            if _TEMPORARY.fullmatch(entry.name):
+                _remove_if_orphaned(entry.path)
 
 
-def _alive(pid: int) -> bool:
+def _remove_if_orphaned(tmp: str) -> None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
+        held = os.open(tmp, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: a live writer holds it
+        if same_file(held, tmp):
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.unlink(tmp)
+    except OSError:
+        pass
+    finally:
+        os.close(held)
 
 
 def file_mode(path: str | os.PathLike) -> int:

@@ -43,7 +43,7 @@ class Lock:
                     f"{self.what} is in use by another zsclip process{who}; wait for it to finish, or use another "
                     "folder or file"
                 ) from None
-            if _same_file(fd, self.path):
+            if same_file(fd, self.path):
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
                 self._fd = fd
@@ -85,7 +85,8 @@ class Lock:
         self.release()
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def same_file(fd: int, path: str | os.PathLike) -> bool:
+    """Whether the open descriptor `fd` is the file now at `path` (not one removed or replaced since)."""
     try:
         a, b = os.fstat(fd), os.stat(path)
     except OSError:
