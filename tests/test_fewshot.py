@@ -404,6 +404,34 @@ def test_a_classifier_fitted_with_a_relative_model_path_works_from_elsewhere(
     assert f"note: --model {tiny_model_dir.resolve()}" in used.stderr and len(used.stdout.splitlines()) == 8
 
 
+def test_shots_fitted_through_a_link_count_by_the_files_they_were(shapes_folder, tmp_path):
+    """The shots are recorded under their resolved paths: the link used to fit may go away."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(link), "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")
+    link.unlink()
+    result = run("eval", str(data), "-m", "shapes", "--classifier", str(out))
+    assert "note: 10 images scored here are among the shots" in result.stderr, result.stderr
+
+
+def test_a_shot_gone_before_it_was_recorded_is_not_matched_by_a_file_later_at_its_name(tmp_path, monkeypatch):
+    from zsclip.fewshot import shot_identity, shots_among
+
+    monkeypatch.chdir(tmp_path)
+    recorded = shot_identity("data/0/gone.png")  # read, then removed before the file was saved
+    assert recorded == {"member": "data/0/gone.png"}
+    (tmp_path / "data" / "0").mkdir(parents=True)
+    (tmp_path / "data" / "0" / "gone.png").write_bytes(b"another picture")
+    assert shots_among({"shot_files": [recorded]}, ["data/0/gone.png"]) == 0
+    member = {"member": "shard-000.tar::data/0/gone.png"}  # a shard member is matched by its name
+    assert shots_among({"shot_files": [member]}, ["shard-000.tar::data/0/gone.png"]) == 1
+
+
 def test_a_shot_replaced_by_other_content_of_the_same_size_and_mtime_is_not_counted_as_a_shot(shapes_folder, tmp_path):
     """The note checks each shot against what it was when fitted (zsclip.identity), not its path alone."""
     import shutil

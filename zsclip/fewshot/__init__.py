@@ -120,26 +120,34 @@ def fit_embedded(
 
 
 def shot_identity(path: str) -> dict:
-    """A shot as it was when fitted: a file's FileIdentity (path, stat, content hash); a shard member's name."""
+    """A shot as it was when fitted: a file's FileIdentity (zsclip.identity) under its resolved path; else a shard
+    member's name (or that of a file gone since it was read: no file can match it later)."""
     from ..identity import FileIdentity
+    from ..paths import resolved
 
     found = FileIdentity.of(path)
-    return {"path": path} if found is None else dataclasses.asdict(found)
+    return {"member": path} if found is None else {**dataclasses.asdict(found), "path": resolved(path)}
 
 
 def shots_among(meta: dict, paths) -> int:
     """How many of `paths` are shots of the classifier whose metadata is `meta`: the same file (by resolved path,
     from any working directory) still holding the content it had when fitted, or the same shard member."""
-    from ..identity import FileIdentity, unchanged
+    from ..identity import FileIdentity, stat_of, unchanged
     from ..paths import resolved
 
-    recorded = {}
+    files, members = {}, set()
     for shot in meta.get("shot_files") or ():
-        recorded[resolved(shot["path"]) if "content_hash" in shot else shot["path"]] = shot
+        if "member" in shot:
+            members.add(shot["member"])
+        else:
+            files[resolved(shot["path"])] = shot
     count = 0
-    for path in paths if recorded else ():
-        shot = recorded.get(resolved(path)) or recorded.get(path)
-        count += shot is not None and ("content_hash" not in shot or unchanged(FileIdentity(**shot), path))
+    for path in paths if files or members else ():
+        shot = files.get(resolved(path))
+        if shot is not None:
+            count += unchanged(FileIdentity(**shot), path)
+        elif path in members:
+            count += stat_of(path) is None  # a member, not a file that has since appeared at that name
     return count
 
 
