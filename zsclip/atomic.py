@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .locks import same_file
-
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", keep_on_error: bool = False, **kw) -> Iterator[IO]:
@@ -131,6 +129,15 @@ def _remove_if_orphaned(tmp: str) -> None:
         pass
     finally:
         os.close(held)
+
+
+def same_file(fd: int, path: str | os.PathLike) -> bool:
+    """Whether the open descriptor `fd` is the file now at `path` (not one removed or replaced since)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def file_mode(path: str | os.PathLike) -> int:

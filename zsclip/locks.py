@@ -13,6 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from .atomic import same_file
 from .errors import UsageError
 
 
@@ -83,15 +84,6 @@ class Lock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def same_file(fd: int, path: str | os.PathLike) -> bool:
-    """Whether the open descriptor `fd` is the file now at `path` (not one removed or replaced since)."""
-    try:
-        a, b = os.fstat(fd), os.stat(path)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _holder(path: Path) -> int | None:
