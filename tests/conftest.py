@@ -70,9 +70,9 @@ def private_cache(tmp_path, monkeypatch) -> Path:
     ]:
         if var != "ZSCLIP_MODELS_DIR":
             monkeypatch.delenv(var)
-    # The default backend (auto, with the onnx extra installed) exports and measures every model once per cache,
-    # and every test has its own cache: tests run on torch unless they are about backends (test_backends.py).
-    monkeypatch.setenv("ZSCLIP_BACKEND", "torch")
+    # No ZSCLIP_BACKEND: every test runs the default backend users get (auto with the onnx extra installed), on a
+    # model not prepared for ONNX Runtime in this fresh cache (torch, as a first run); tests/test_matrix.py runs
+    # every command on each backend and on auto with the model prepared.
     return cache
 
 

@@ -33,7 +33,7 @@ def shapes_folder(tmp_path_factory) -> Path:
 
 
 def run(*args: str, code: int = 0):
-    result = CliRunner().invoke(app, [*args, "--backend", "torch"] if args[0] != "search" else list(args))
+    result = CliRunner().invoke(app, list(args))
     assert result.exit_code == code, result.output
     return result
 
@@ -56,16 +56,18 @@ def test_the_linear_probe_is_sklearns_logistic_regression():
     np.testing.assert_allclose(ours - ours.mean(1, keepdims=True), theirs - theirs.mean(1, keepdims=True), atol=2e-3)
 
 
-def test_the_probes_regularisation_is_the_best_of_the_sweep_not_the_first_that_wobbles():
-    """The sweep from strong to weak regularisation may stop once validation accuracy has fallen, but not in the
-    flat strong end, where accuracy only wobbles: it once stopped there and kept a probe 10 points worse than
-    sklearn's best on these draws (found by search; 30 classes x 8 shots, a text classifier that knows nothing)."""
+def test_the_probes_regularisation_is_near_the_best_of_the_sweep_and_the_same_on_every_float_path():
+    """The sweep's choice, over 8 draws (30 classes x 8 shots, a text classifier that knows nothing), against the
+    best sklearn LogisticRegression on the held-out images (an oracle: it sees the test set), and again with the
+    features changed by 1e-6, as another CPU's kernels change them. With one validation fold in float32 the worst
+    draw was 15 points below the oracle and a 1e-6 change moved a draw by 7 points (it failed on an AMD machine)."""
     from sklearn.linear_model import LogisticRegression
 
     from zsclip.fewshot import draw_shots
     from zsclip.fewshot.heads import fit
 
-    for data_seed, shot_seed in ((2, 3), (3, 1)):
+    gaps = []
+    for data_seed, shot_seed in [(d, s) for d in range(4) for s in (1, 3)]:
         rng = np.random.default_rng(data_seed)
         classes, dims = 30, 16
         centres = rng.normal(size=(classes, dims))
@@ -77,11 +79,15 @@ def test_the_probes_regularisation_is_the_best_of_the_sweep_not_the_first_that_w
         train, held, _ = draw_shots(y, 8, shot_seed, classes)
         head = fit("linear-probe", x[train], y[train], text, 30.0, shot_seed)
         ours = float((head.logits(x[held]).argmax(1) == y[held]).mean())
+        nudged = (x * (1 + 1e-6 * rng.standard_normal(x.shape))).astype(np.float32)
+        again = fit("linear-probe", nudged[train], y[train], text, 30.0, shot_seed)
+        assert (again.params["lam"], again.params["prior"]) == (head.params["lam"], head.params["prior"])
         best = max(
             LogisticRegression(C=c, max_iter=2000).fit(x[train], y[train]).score(x[held], y[held])
             for c in (0.1, 1.0, 10.0, 100.0, 1000.0)
         )
-        assert ours >= best - 0.04, (data_seed, ours, best, head.params)
+        gaps.append(best - ours)
+    assert max(gaps) <= 0.06 and np.mean(gaps) <= 0.03, gaps
 
 
 def test_the_probes_params_say_whether_it_is_the_minimiser_at_its_lam(monkeypatch):

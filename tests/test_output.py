@@ -279,7 +279,7 @@ def test_report_into_a_file_is_a_usage_error(tmp_path):
 
     (tmp_path / "report").write_text("")
     with pytest.raises(UsageError, match="--report .*report: is a file"):
-        write_report(None, tmp_path / "report", "m", "f")
+        write_report(None, tmp_path / "report", None)
     with pytest.raises(UsageError, match="--report .*report: is a file"):
         write_comparison(None, tmp_path / "report", {})
 

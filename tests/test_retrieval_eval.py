@@ -133,7 +133,7 @@ def test_report_files(tiny_model_dir, tmp_path):
     folder = _captions_folder(tmp_path / "data")
     model = zsclip.load_model(str(tiny_model_dir))
     result = zsclip.evaluate(model, str(folder), task="retrieval", workers=0)
-    summary = write_retrieval_report(result, tmp_path / "report", model.spec, model.fingerprint)
+    summary = write_retrieval_report(result, tmp_path / "report", model)
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert saved == summary and saved["captions"] == 12 and saved["images"] == 6 and saved["skipped"] == 1
     assert set(saved["metrics"]) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}

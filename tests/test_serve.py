@@ -24,10 +24,15 @@ CLASSES = "red circle,blue cross,green square"
 
 
 @pytest.fixture(scope="module")
-def model():
-    from zsclip.models import load_model
+def model(tmp_path_factory):
+    """The shipped model on the default backend, prepared for ONNX Runtime as `zsclip models --prepare` leaves it
+    (auto then runs it on onnx where that measured no slower: tests/test_matrix.py covers every backend)."""
+    from zsclip.backends import load_model, prepare
+    from zsclip.cache import Cache
 
-    return load_model("shapes", device="cpu")
+    cache = Cache(tmp_path_factory.mktemp("prepared"))
+    prepare(load_model("shapes", device="cpu", backend="torch", cache=cache, show=False), cache=cache, show=False)
+    return load_model("shapes", device="cpu", cache=cache, show=False)
 
 
 @pytest.fixture
@@ -115,8 +120,6 @@ def test_classify_and_its_records_are_the_cli_records(model, photos, client, tmp
                 "-f",
                 fmt,
                 "-q",
-                "--backend",
-                "torch",
             ],
         )
         assert cli.exit_code == 0, cli.output
@@ -298,7 +301,7 @@ def test_a_fitted_classifier_answers_classify_without_class_names(model, photos,
             shutil.copyfile(EXAMPLES / f"{name.replace(' ', '_')}.png", data / name / f"{i}.png")
     out = tmp_path / "clf.safetensors"
     fitted = CliRunner().invoke(
-        app, ["fit", str(data), "-m", "shapes", "--shots", "2", "-o", str(out), "-q", "--backend", "torch"]
+        app, ["fit", str(data), "-m", "shapes", "--shots", "2", "-o", str(out), "-q"]
     )
     assert fitted.exit_code == 0, fitted.output
     _, client = served(model, photos, classifier=load_classifier(out, model))
@@ -306,7 +309,7 @@ def test_a_fitted_classifier_answers_classify_without_class_names(model, photos,
     got = client.get("/api/classify").json()
     cli = CliRunner().invoke(
         app,
-        ["classify", str(photos), "-m", "shapes", "--classifier", str(out), "-f", "jsonl", "-q", "--backend", "torch"],
+        ["classify", str(photos), "-m", "shapes", "--classifier", str(out), "-f", "jsonl", "-q"],
     )
     want = {r["path"]: r["label"] for r in map(json.loads, cli.stdout.splitlines())}
     assert {p: got["labels"][i] for p, i in zip(got["paths"], got["label"], strict=True)} == want

@@ -32,7 +32,7 @@ _EXPORTS = {
     "ZsclipError": "errors",
     "ClipModel": "models",
     "list_models": "models",
-    "load_model": "models",
+    "load_model": "backends",  # the model switched to its backend: the one decision (zsclip.backends)
     "parse_spec": "models",
     "TemplateSet": "prompts",
     "list_template_sets": "prompts",
@@ -89,13 +89,14 @@ sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:
     from . import report
+    from .backends import load_model
     from .cache import Cache, cache_dir
     from .classify import Prediction, Skipped, classify, probabilities
     from .datasets import EvalDataset, load_dataset
     from .errors import UsageError, ZsclipError
     from .evaluate import EvalResult, compare_templates, evaluate
     from .locate import LocateResult, Segment, locate
-    from .models import ClipModel, list_models, load_model, parse_spec
+    from .models import ClipModel, list_models, parse_spec
     from .prompts import TemplateSet, list_template_sets, load_templates, parse_classes, read_classes_file
     from .retrieval import Hit, IndexResult, index, search
     from .text import Classifier, build_classifier

@@ -7,12 +7,14 @@ rebuilt, so a damaged cache costs a re-encode, never a failed run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,14 @@ DB_NAME = "zsclip.sqlite"
 _CHUNK = 900
 _SCAN_ABOVE = 5000
 _WARNED: set[str] = set()  # cache directories warned about in this process
+# The cache directory's other parts, each kept by its own module, and what `cache info` calls them.
+PARTS = {
+    "onnx": "ONNX exports",  # zsclip.backends.exports
+    "search": "search snapshots",  # zsclip.vectors
+    "thumbs": "serve thumbnails",  # zsclip.serve.thumbs
+    "datasets": "downloaded data sets",  # zsclip.datasets.named
+}
+DERIVED = ("onnx", "search", "thumbs")  # what `cache clear` removes with the vectors; data sets are inputs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS text_embeddings (
@@ -99,8 +109,27 @@ class Cache:
     def __init__(self, directory: Path | str | None = None):
         self.directory = Path(directory) if directory is not None else cache_dir()
         self.path = self.directory / DB_NAME
-        self._conn: sqlite3.Connection | None = None
+        # One connection per thread and process: an sqlite3 connection may only be used by the thread that made it
+        # (serve answers in threads; the ONNX exports a request uses hash their files through this cache).
+        self._local = threading.local()
         self._in_memory = ""  # why the cache lives in memory, when it does
+
+    @property
+    def _conn(self) -> sqlite3.Connection | None:
+        if getattr(self._local, "pid", None) != os.getpid():  # never use a connection inherited through fork
+            return None
+        return getattr(self._local, "conn", None)
+
+    @_conn.setter
+    def _conn(self, conn: sqlite3.Connection | None) -> None:
+        self._local.conn, self._local.pid = conn, os.getpid()
+
+    def __getstate__(self) -> dict:
+        return {"directory": self.directory, "path": self.path, "_in_memory": self._in_memory}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     # -- connection ---------------------------------------------------------------------------------------
     @property
@@ -330,11 +359,30 @@ class Cache:
                 self.conn.execute("DELETE FROM models WHERE fingerprint = ?", (fingerprint,))
         if fingerprint is None:
             self.conn.execute("VACUUM")
-            shutil.rmtree(self.directory / "search", ignore_errors=True)  # search snapshots (zsclip.vectors)
+            for part in DERIVED:  # made from the vectors or the weights: remade on demand
+                shutil.rmtree(self.directory / part, ignore_errors=True)
+        else:
+            for folder in self.exports_of(fingerprint):
+                shutil.rmtree(folder, ignore_errors=True)
         return n, m
 
     def size_bytes(self) -> int:
+        """The SQLite file's bytes (text and image vectors, file hashes)."""
         return sum(p.stat().st_size for p in self.directory.glob(DB_NAME + "*") if p.is_file())
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk of each part of the cache directory: "embeddings" (the SQLite file) and each of PARTS."""
+        return {"embeddings": self.size_bytes(), **{part: _tree_bytes(self.directory / part) for part in PARTS}}
+
+    def exports_of(self, fingerprint: str) -> list[Path]:
+        """The ONNX export folders of a model (zsclip.backends.exports), of any export version."""
+        from .identity import made_from_of
+
+        return [
+            meta.parent
+            for meta in sorted((self.directory / "onnx").glob("*/export.json"))
+            if (made_from_of(meta, "onnx export") or {}).get("fingerprint") == fingerprint
+        ]
 
     # -- file hashes --------------------------------------------------------------------------------------
     def file_sha256(self, path: Path | str) -> str:
@@ -364,6 +412,15 @@ class Cache:
             quiet=True,
         )
         return sha
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def _reason(exc: BaseException) -> str:

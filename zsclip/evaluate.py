@@ -215,11 +215,11 @@ def greedy_subset(embedded: Embedded, single: dict[str, np.ndarray]) -> list[dic
     return steps
 
 
-def summary(result: EvalResult, model_spec: str, fingerprint: str) -> dict:
-    """What metrics.json holds: the model, the data set, its templates and counts, and the metrics."""
+def summary(result: EvalResult, model: ClipModel) -> dict:
+    """What metrics.json holds: the model (and the backend and precision that computed it), the data set, its
+    templates and counts, and the metrics."""
     return {
-        "model": model_spec,
-        "fingerprint": fingerprint,
+        **model.computed_by(),
         "dataset": result.dataset.name,
         "dataset_source": result.dataset.source,
         "templates": result.classifier.templates.name,

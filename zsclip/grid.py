@@ -35,7 +35,7 @@ class GridOptions:
     exact: bool = False
     recall_k: str = "1,5,10"
     precision: str | None = None  # as asked (None: the device's default)
-    backend: str | None = None  # --backend (None: torch, or $ZSCLIP_BACKEND)
+    backend: str | None = None  # --backend as asked (None: the default); each row names the one that computed it
     read: dict | None = None  # the reading options that change vectors (max_pixels)
     split: str = "test"
 
@@ -132,7 +132,8 @@ def run_grid(
 
 
 def _run(models, datasets, options, report, device, precision, backend, read, evaluate_pair, on_row, cache):
-    from .models import fingerprint_spec, load_model
+    from .backends import load_model
+    from .models import fingerprint_spec
 
     done = done_pairs(report, options)
     rows: list[dict] = []
@@ -152,11 +153,7 @@ def _run(models, datasets, options, report, device, precision, backend, read, ev
         if not todo:
             continue
         try:
-            clip = load_model(spec, device=device, precision=precision, cache=cache)
-            if backend is not None:
-                from .backends import use_backend
-
-                clip = use_backend(clip, backend, cache=cache, show=False)
+            clip = load_model(spec, device=device, precision=precision, backend=backend, cache=cache, show=False)
         except ZsclipError as exc:
             rows += [_emit(report, _failed(spec, fingerprint, d, options, exc), on_row) for d in todo]
             continue
@@ -169,8 +166,8 @@ def _run(models, datasets, options, report, device, precision, backend, read, ev
                 rows.append(_emit(report, _failed(spec, fingerprint, name, options, exc), on_row))
                 continue
             row = {
+                **clip.computed_by(),
                 "model": spec,
-                "fingerprint": clip.fingerprint,
                 "dataset": name,
                 "task": summary.get("task", "classification"),
                 "templates": summary.get("templates"),
@@ -217,8 +214,8 @@ def score_pair(clip, name: str, options: GridOptions, folder: Path | None, cache
 
     result = pair_result(clip, name, options, cache, read)
     if isinstance(result, RetrievalResult):
-        return summary_dict(result, clip.spec, clip.fingerprint)
-    return summary(result, clip.spec, clip.fingerprint)
+        return summary_dict(result, clip)
+    return summary(result, clip)
 
 
 def task_of(name: str, task: str | None, root: str | None = None, split: str = "test") -> str:

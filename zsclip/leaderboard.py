@@ -191,8 +191,8 @@ def report_pair(clip, name: str, options, folder: Path | None, cache, read: dict
         return score_pair(clip, name, options, folder, cache, read)
     result = pair_result(clip, name, options, cache, read)
     if isinstance(result, RetrievalResult):
-        return write_retrieval_report(result, folder, clip.spec, clip.fingerprint)
-    return write_report(result, folder, clip.spec, clip.fingerprint)
+        return write_retrieval_report(result, folder, clip)
+    return write_report(result, folder, clip)
 
 
 def run_grid_report(models: list[str], datasets: list[str], options, *, report: Path | None = None, **kwargs):

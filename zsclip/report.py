@@ -16,6 +16,7 @@ from . import atomic
 from . import metrics as M
 from .evaluate import Comparison, EvalResult
 from .evaluate import summary as summary_dict
+from .models import ClipModel
 from .output import escape_surrogates, readable
 from .paths import check_output_dir, writing
 from .plots import figure_png, pyplot
@@ -23,20 +24,20 @@ from .plots import figure_png, pyplot
 FULL_GRID_MAX = 40  # above this many classes the confusion picture shows the most-confused classes only
 
 
-def write_report(result: EvalResult, out: Path, model_spec: str, fingerprint: str) -> dict:
+def write_report(result: EvalResult, out: Path, model: ClipModel) -> dict:
     """Write metrics.json, predictions.csv, per_class.csv, confusion_matrix.csv/.png, most_confused.csv,
     skipped.csv and report.html into `out` (created if missing); returns the summary."""
     out = check_output_dir(out, "--report")
     with writing(out, "--report"):
-        return _write_report(result, out, model_spec, fingerprint)
+        return _write_report(result, out, model)
 
 
-def _write_report(result: EvalResult, out: Path, model_spec: str, fingerprint: str) -> dict:
+def _write_report(result: EvalResult, out: Path, model: ClipModel) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     names = result.classifier.labels
     n = len(names)
     y_true, y_pred = result.labels, result.topk[:, 0]
-    summary = summary_dict(result, model_spec, fingerprint)
+    summary = summary_dict(result, model)
     write_json(out / "metrics.json", summary)
 
     k = result.topk.shape[1]
@@ -191,6 +192,7 @@ def _html(summary: dict, result: EvalResult, stats: dict, pairs, png: bytes) -> 
     info = [
         ("model", summary["model"]),
         ("fingerprint", summary["fingerprint"]),
+        ("computed with", f"{summary['backend']}, {summary['precision']}"),
         ("data set", summary["dataset"]),
         ("templates", f"{summary['templates']} ({summary['num_templates']})"),
         ("classes", summary["num_classes"]),

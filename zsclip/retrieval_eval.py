@@ -140,10 +140,9 @@ def evaluate_retrieval(
     return RetrievalResult(data, images, captions, owner, metrics, t_rank, t_top, i_rank, i_top, ks, skipped, reused)
 
 
-def summary_dict(result: RetrievalResult, model_spec: str, fingerprint: str) -> dict:
+def summary_dict(result: RetrievalResult, model: ClipModel) -> dict:
     return {
-        "model": model_spec,
-        "fingerprint": fingerprint,
+        **model.computed_by(),
         "task": "retrieval",
         "dataset": result.data.name,
         "dataset_source": result.data.source,

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import atomic
 from .errors import UsageError
+from .models import ClipModel
 from .report import thumbnail, write_csv, write_json
 from .retrieval import Hit
 from .retrieval_eval import RetrievalResult, summary_dict
@@ -59,14 +60,12 @@ def write_search_report(hits: Sequence[Hit], out: Path, query: dict) -> Path:
     return path
 
 
-def write_retrieval_report(
-    result: RetrievalResult, out: Path, model_spec: str, fingerprint: str, worst: int = 20
-) -> dict:
+def write_retrieval_report(result: RetrievalResult, out: Path, model: ClipModel, worst: int = 20) -> dict:
     """metrics.json (the summary), ranks.csv (per query: the rank of the first correct item and the best
     retrieved one), skipped.csv and report.html (metrics, the worst queries both ways, with thumbnails)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summary_dict(result, model_spec, fingerprint)
+    summary = summary_dict(result, model)
     write_json(out / "metrics.json", summary)
     rows = [
         ["text_to_image", c, result.images[o], int(r), result.images[t]]
@@ -89,6 +88,7 @@ def _html(summary: dict, result: RetrievalResult, worst: int) -> str:
     e = html.escape
     info = [
         ("model", summary["model"]),
+        ("computed with", f"{summary['backend']}, {summary['precision']}"),
         ("data set", summary["dataset_source"]),
         ("images", summary["images"]),
         ("captions", summary["captions"]),

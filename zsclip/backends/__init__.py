@@ -1,17 +1,19 @@
 """Where vectors are computed: the PyTorch module itself, or its towers exported to ONNX Runtime on the CPU (fp32,
-or an int8 image tower whose labels are checked against fp32), chosen per model by `auto`.
+or an int8 image tower whose labels are checked against fp32), and the one place that decides which.
 
-Only the encoder changes: decoding, skip rules, streaming, the store, resume and output are the same whoever
-encodes. `use_backend(model, "onnx")` fills `ClipModel.backend` and `ClipModel.encoder`, which zsclip.encode and
-zsclip.text call. The exports live in the cache (zsclip.backends.exports), made once per model with a progress bar
-(minutes on a laptop for ViT-B-32), and after that a run needs no torch: with its prompts cached too, a classify
-run on ONNX imports neither torch nor open_clip.
+`load_model(spec, backend=...)` loads a model and switches it to its backend: every command, both engines, serve
+and the Python API take their model from it, so one store holds one truth for a model. Only the encoder changes:
+decoding, skip rules, streaming, the store, resume and output are the same whoever encodes.
 
-- `onnx`: fp32 towers, the same vectors as torch to ~1e-6.
+- `torch`: the module.
+- `onnx`: fp32 towers, the same vectors as torch to ~1e-6 (they share stored vectors, see vector_key_for).
 - `onnx-int8`: an int8 image tower (zsclip.backends.int8) and the fp32 text tower; images whose label the int8
-  rounding could change are re-encoded by the fp32 tower (zsclip.recheck), so the labels are fp32's.
-- `auto` (the default where the onnx extra is installed): the fastest of torch, onnx and onnx-int8 that keeps the
-  labels on a fixed probe, measured once per model and machine (zsclip.backends.probe); torch on a GPU.
+  rounding could change are re-encoded by the fp32 tower (zsclip.recheck), so the labels are fp32's. Asked for by
+  name only: its vectors are not torch's, so a search ranking or an eval number would differ.
+- `auto` (the default where the onnx extra is installed): torch, or onnx where the model has been prepared for
+  this CPU (`zsclip models --prepare SPEC`: export, then measure both on a fixed probe, zsclip.backends.probe) and
+  onnx was measured no slower. auto never exports or measures inside a run, so a first run costs what torch
+  costs, and the choice is the same in every run on this machine.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..errors import UsageError, ZsclipError
 from ..progress import bar, log
 from .exports import Exports
 from .int8 import builtin_images
-from .probe import choose, remembered
+from .probe import auto_choice, choose
 from .runtime import OnnxEncoder
 
 if TYPE_CHECKING:
@@ -43,7 +45,9 @@ __all__ = [
     "OnnxEncoder",
     "builtin_images",
     "default_backend",
+    "load_model",
     "onnx_installed",
+    "prepare",
     "require_onnxruntime",
     "resolve_backend",
     "use_backend",
@@ -78,40 +82,104 @@ def require_onnxruntime(backend: str = "onnx") -> None:
             raise ZsclipError(f"--backend {backend} needs {name}, which is not installed: {PIP}")
 
 
+def load_model(
+    spec: str | None = None,
+    *,
+    device: str = "auto",
+    precision: str | None = None,
+    backend: str | None = None,
+    cache: Cache | None = None,
+    lazy: bool = True,
+    show: bool = True,
+    calibration: Callable[[ClipModel], np.ndarray] | None = None,
+) -> ClipModel:
+    """Load a model (zsclip.models.load_model) and switch it to the backend that computes its vectors.
+
+    Args:
+        spec: "ViT-B-32:openai", "ARCH:/path/weights.pt", "hf-hub:org/repo", a model directory or a shipped name
+            (default $ZSCLIP_MODEL, else ViT-B-32:openai).
+        device: auto, cpu, cuda, cuda:N or mps.
+        precision: fp32, bf16 or fp16 (default: bf16 autocast on CUDA, else fp32).
+        backend: torch, onnx, onnx-int8 or auto (default $ZSCLIP_BACKEND, else auto with the onnx extra, else
+            torch).
+        cache: the cache to use (default: the user's, $ZSCLIP_CACHE_DIR).
+        lazy: build the module only when a run needs it (a fully cached run never does).
+        show: progress and notes on stderr.
+        calibration: uint8 pixels of the user's own images, for an int8 tower's label check when one is made.
+
+    Returns:
+        A ClipModel in eval mode; `model.backend` names what computes its vectors.
+
+    Examples:
+        >>> model = zsclip.load_model("shapes")
+        >>> model.backend
+        'torch'
+    """
+    from ..cache import Cache
+    from ..models import load_model as load_module
+
+    cache = cache or Cache()
+    model = load_module(spec, device=device, precision=precision, cache=cache, lazy=lazy)
+    return use_backend(model, backend, cache=cache, show=show, calibration=calibration)
+
+
 def use_backend(
     model: ClipModel,
     backend: str | None = None,
     *,
     cache: Cache | None = None,
     show: bool = True,
-    calibration: Callable[[], np.ndarray] | None = None,
+    calibration: Callable[[ClipModel], np.ndarray] | None = None,
 ) -> ClipModel:
     """Switch `model` (in place, and returned) to compute vectors with `backend`: torch, onnx, onnx-int8 or auto.
 
-    The first use for a model exports its towers (and makes the int8 tower, its label check and auto's
-    measurement), with a progress bar on stderr when `show`; `calibration()` gives uint8 pixels of the user's own
-    images for the int8 check (zsclip.backends.int8). Raises UsageError for an ONNX backend on a GPU device or with
-    non-fp32 precision."""
+    onnx and onnx-int8 export what they need on first use (with a progress bar on stderr when `show`);
+    `calibration(model)` gives uint8 pixels of the user's own images for the int8 check (zsclip.backends.int8). auto
+    makes nothing: it takes what `prepare` measured, else torch. Raises UsageError for an ONNX backend on a GPU
+    device or with non-fp32 precision."""
     from ..cache import Cache
 
     backend = resolve_backend(backend)
-    if backend == "torch" or (backend == "auto" and model.device_type != "cpu"):
+    if backend == "auto":
+        if model.device_type != "cpu" or model.precision != "fp32" or not onnx_installed():
+            return _torch(model)
+        backend = auto_choice(Exports(model, cache or Cache(), show=False), show)
+        if backend == "torch":
+            return _torch(model)
+    if backend == "torch":
         return _torch(model)
     if model.device_type != "cpu":
         raise UsageError(f"--backend {backend} runs on the CPU: add --device cpu, or use --backend torch")
     if model.precision != "fp32":
-        if backend == "auto":
-            return _torch(model)
         raise UsageError(f"--backend {backend} computes in fp32: drop --precision {model.precision}")
     require_onnxruntime(backend)
     exports = Exports(model, cache or Cache(), show=False, calibration=calibration)
     _prepare(exports, backend, show)
-    if backend == "auto":
-        backend = choose(exports, show)["choice"]
-        if backend == "torch":
-            return _torch(model)
     model.backend, model.encoder = backend, OnnxEncoder(exports, "int8" if backend == "onnx-int8" else "fp32")
     return model
+
+
+def prepare(
+    model: ClipModel,
+    *,
+    cache: Cache | None = None,
+    show: bool = True,
+    calibration: Callable[[ClipModel], np.ndarray] | None = None,
+) -> dict:
+    """Make every backend's files for `model` on this CPU (ONNX towers, their optimized graphs, the int8 tower and
+    its check) and measure them on auto's probe; returns what auto will take from now on (probe.choose's record:
+    `choice` and per-backend `results`). Minutes for ViT-B-32 on a laptop, once per model and machine."""
+    from ..cache import Cache
+
+    if model.device_type != "cpu" or model.precision != "fp32":
+        raise UsageError("the ONNX backends run in fp32 on the CPU: prepare a model loaded with --device cpu and fp32")
+    require_onnxruntime("auto")
+    exports = Exports(model, cache or Cache(), show=False, calibration=calibration)
+    _prepare(exports, "onnx-int8", show)
+    for tower in ("image", "text"):  # kept for this machine: a later run opens the optimized graph
+        exports.session(tower)
+    exports.session("image", "int8")
+    return choose(exports, show, again=True)
 
 
 def _torch(model: ClipModel) -> ClipModel:
@@ -126,13 +194,11 @@ def _prepare(exports: Exports, backend: str, show: bool) -> None:
         steps.append(("exporting the image tower", lambda: exports.ensure("image")))
     if not exports.intact("text"):
         steps.append(("exporting the text tower", lambda: exports.ensure("text")))
-    if backend in ("onnx-int8", "auto"):
+    if backend == "onnx-int8":
         if not exports.intact("image", "int8"):
             steps.append(("making the int8 image tower", lambda: exports.ensure("image", "int8")))
         steps.append(("calibrating its label check", exports.ensure_check))  # quick when already made
-    if backend == "auto" and remembered(exports) is None:
-        steps.append(("measuring torch, onnx and onnx-int8", lambda: choose(exports, show)))
-    if len(steps) <= (1 if backend in ("onnx-int8", "auto") else 0):
+    if len(steps) <= (1 if backend == "onnx-int8" else 0):
         for _, step in steps:
             step()
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,15 +36,15 @@ VARIANTS = ("fp32", "int8")
 
 
 class Exports:
-    """The ONNX files of one model, made on demand and verified before use. `calibration()` gives the images an
-    int8 image tower is calibrated on (zsclip.backends.int8), when one has to be made."""
+    """The ONNX files of one model, made on demand and verified before use. `calibration(model)` gives the images
+    an int8 image tower is calibrated on (zsclip.backends.int8), when one has to be made."""
 
     def __init__(
         self,
         model: ClipModel,
         cache: Cache,
         show: bool = True,
-        calibration: Callable[[], np.ndarray] | None = None,
+        calibration: Callable[[ClipModel], np.ndarray] | None = None,
     ):
         self.model, self.cache, self.show, self.calibration = model, cache, show, calibration
         digest = hashlib.sha256(f"{model.fingerprint}|export-{EXPORT_VERSION}|opset-{OPSET}".encode()).hexdigest()
@@ -76,6 +77,8 @@ class Exports:
         return self._same(path, self.meta()["files"].get(path.name))
 
     def _same(self, path: Path, want: dict | None) -> bool:
+        """The file at `path` is the one `want` records (size, sha256), or the one recorded under its name there."""
+        want = want.get(path.name, want) if want else want
         if not want or not path.is_file() or path.stat().st_size != want["size"]:
             return False
         return self.cache.file_sha256(path) == want["sha256"]
@@ -106,7 +109,7 @@ class Exports:
         if not self.check_intact():
             from .int8 import USER_IMAGES, builtin_images, errors
 
-            own = self.calibration() if self.calibration else None
+            own = self.calibration(self.model) if self.calibration else None
             own = own[:USER_IMAGES] if own is not None and len(own) else None
             pixels = builtin_images(self.model) if own is None else np.concatenate([own, builtin_images(self.model)])
             with self._step(f"calibrating the int8 label check of {self.model.spec} on {len(pixels)} images"):
@@ -174,20 +177,32 @@ class Exports:
             return self._open(self.ensure(tower, variant))
 
     def _open(self, path: Path):
-        """The session; its optimized graph, made from this very file on this machine, opens without optimizing
-        again, and is made (atomically) where it is missing, damaged or made from another file."""
+        """The session; its optimized graph (and the weights file beside it), made from this very file on this
+        machine, opens without optimizing again, and is made (atomically) where it is missing, damaged or made from
+        another file."""
         source = self.meta()["files"][path.name]["sha256"]
         machine_id = hashlib.sha256(machine().encode()).hexdigest()[:12]
         optimized = path.with_name(f"{path.stem}.{machine_id}.optimized.onnx")
+        weights = optimized.with_suffix(".weights")
         kept = self.meta().get("optimized", {}).get(optimized.name)
-        if kept and kept.get("made_from") == source and self._same(optimized, kept):
+        if kept and kept.get("made_from") == source and self._same(optimized, kept) and self._same(weights, kept):
             with contextlib.suppress(Exception):  # a graph this ONNX Runtime cannot read: made again below
                 return open_session(optimized, optimized=True)
         with atomic.written_at(optimized) as tmp:
-            session = open_session(path, save_optimized=tmp)
+            session = open_session(path, save_optimized=tmp, weights=weights.name)
+            # The graph names its weights file by this name, beside it: in place before the graph is.
+            staged = tmp.with_name(weights.name)
+            with open(staged, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(staged, weights)
         self._meta = None  # re-read: another process may have recorded its own files meanwhile
         meta = self.meta()
-        entry = {"made_from": source, "size": optimized.stat().st_size, "sha256": self.cache.file_sha256(optimized)}
+        entry = {
+            "made_from": source,
+            "size": optimized.stat().st_size,
+            "sha256": self.cache.file_sha256(optimized),
+            weights.name: {"size": weights.stat().st_size, "sha256": self.cache.file_sha256(weights)},
+        }
         meta.setdefault("optimized", {})[optimized.name] = entry
         write_state(self.meta_path, KIND, self.made_from(), meta)
         return session

@@ -1,6 +1,8 @@
-"""`--backend auto`: each backend measured once per model and machine on a fixed probe (speed, and top-1 agreement
-with torch), the fastest that keeps the labels chosen and remembered beside the export (`auto.json`, read without
-torch); `zsclip models --backends MODEL` prints the table.
+"""`--backend auto`: torch and onnx measured once per model and machine on a fixed probe (speed, and top-1
+agreement with torch) by `zsclip models --prepare`, the choice remembered beside the export (`auto.json`, read
+without torch); `zsclip models --backends MODEL` prints the table. auto chooses between the two fp32 backends only:
+they compute the same vectors, so every command's numbers (eval's against its reference, search rankings, the
+store shared by all) are torch's whichever runs. onnx-int8 is measured and shown, and taken only by name.
 
 The probe: 96 built-in pictures, half shapes-world scenes, half blurred noise, against the 36 shapes-world class
 prompts. Noise is out of every model's domain, so its probabilities are flat and near-ties common: the case where a
@@ -25,9 +27,15 @@ from .sessions import machine
 if TYPE_CHECKING:
     from .exports import Exports
 
-CANDIDATES = ("torch", "onnx", "onnx-int8")
-# Top-1 agreement with torch that `auto` requires.
+CANDIDATES = ("torch", "onnx", "onnx-int8")  # measured
+AUTO = ("torch", "onnx")  # chosen among
+# Top-1 agreement with torch that a backend needs to be chosen.
 BARS = {"torch": 0.0, "onnx": 0.999, "onnx-int8": 0.995}
+# onnx is taken unless torch is this much faster: ONNX Runtime's run needs no torch import (seconds of a short
+# run), and a margin keeps a re-measurement on a noisy machine from flipping the choice.
+ONNX_MARGIN = 0.9
+VERSION = 2  # auto.json's: version 1 could choose onnx-int8
+_TOLD: set[str] = set()  # models told about `zsclip models --prepare` in this process
 PROBE_IMAGES = 96
 TIMED_IMAGES = 32
 
@@ -38,20 +46,38 @@ def remembered(exports: Exports) -> dict | None:
         data = json.loads((exports.directory / "auto.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("machine") != machine() or data.get("choice") not in CANDIDATES:
+    if not isinstance(data, dict) or data.get("machine") != machine() or data.get("version") != VERSION:
         return None
-    return data
+    return data if data.get("choice") in AUTO else None
 
 
-def choose(exports: Exports, show: bool = True) -> dict:
-    """The remembered measurement for this machine, else measure every backend once and remember."""
+def auto_choice(exports: Exports, show: bool = True) -> str:
+    """What auto runs `exports.model` with: the remembered choice where the files it needs are intact, else torch
+    (said once per model and process, with the command that prepares it). Never exports or measures."""
     data = remembered(exports)
+    if data is not None and (data["choice"] == "torch" or exports.ready("fp32")):
+        return data["choice"]
+    spec = exports.model.spec
+    if show and spec not in _TOLD:
+        _TOLD.add(spec)
+        log(
+            f"note: --backend auto runs {spec} on torch: it is not prepared for ONNX Runtime on this CPU "
+            f"(`zsclip models --prepare {spec}` exports and measures it once; --backend torch silences this)"
+        )
+    return "torch"
+
+
+def choose(exports: Exports, show: bool = True, again: bool = False) -> dict:
+    """The remembered measurement for this machine (unless `again`), else measure every backend once and
+    remember: onnx where it keeps torch's labels and runs at least ONNX_MARGIN of torch's speed, else torch."""
+    data = None if again else remembered(exports)
     if data is not None:
         return data
     results = measure(exports)
-    ok = [name for name, r in results.items() if r["agreement"] >= BARS[name]]
-    choice = max(ok, key=lambda name: results[name]["images_per_s"])
-    data = {"machine": machine(), "choice": choice, "results": results}
+    onnx = results["onnx"]
+    fast = onnx["images_per_s"] >= ONNX_MARGIN * results["torch"]["images_per_s"]
+    choice = "onnx" if onnx["agreement"] >= BARS["onnx"] and fast else "torch"
+    data = {"version": VERSION, "machine": machine(), "choice": choice, "results": results}
     exports.directory.mkdir(parents=True, exist_ok=True)
     atomic.write_text(exports.directory / "auto.json", json.dumps(data, indent=2) + "\n")
     if show:

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from .. import progress
+from ..errors import UsageError
 from .common import choice, print_table, typer_app
 from .options import OUTPUT, grouped, option
 
@@ -30,16 +32,30 @@ def models_cmd(
             panel=OUTPUT,
             show_default=False,
             help="MODEL: each CPU backend's speed and top-1 agreement with torch on auto's probe, and the one auto "
-            "takes (measured once per model and machine, exporting the model first if needed).",
+            "takes (measured once per model and machine by --prepare).",
+        ),
+    ] = None,
+    prepare: Annotated[
+        str | None,
+        option(
+            "--prepare",
+            panel=OUTPUT,
+            show_default=False,
+            help="MODEL: export it to ONNX Runtime on this CPU and measure torch, onnx and onnx-int8 on auto's probe "
+            "(once per model and machine; minutes for ViT-B-32), then print the table of --backends. Until then "
+            "--backend auto runs the model on torch; after it, on the faster of torch and onnx.",
         ),
     ] = None,
     quiet: Annotated[bool, option("--quiet", "-q", panel=OUTPUT, help="No progress bar.")] = False,
 ) -> None:
-    """List open_clip pretrained models (and whether they are downloaded), shipped and local models; or, with
-    --backends MODEL, how fast each backend runs that model here and whether it keeps torch's labels."""
+    """List open_clip pretrained models (and whether they are downloaded), shipped and local models; with
+    --prepare MODEL, make the ONNX backends of MODEL on this CPU and measure them; with --backends MODEL, show that
+    measurement: how fast each backend runs that model here and whether it keeps torch's labels."""
     choice("--format", fmt, ("table", "jsonl"))
-    if backends is not None:
-        _backends(backends, fmt, quiet)
+    if backends is not None and prepare is not None:
+        raise UsageError("give --prepare MODEL or --backends MODEL, not both (--prepare prints the table too)")
+    if backends is not None or prepare is not None:
+        _backends(prepare or backends, fmt, quiet, again=prepare is not None)
         return
     from ..models import list_models
 
@@ -56,18 +72,21 @@ def models_cmd(
     )
 
 
-def _backends(spec: str, fmt: str | None, quiet: bool) -> None:
-    from ..backends import Exports, require_onnxruntime, use_backend
+def _backends(spec: str, fmt: str | None, quiet: bool, again: bool) -> None:
+    """The probe's measurement of `spec`: made now (`again`, --prepare), else the remembered one."""
+    from ..backends import Exports, prepare, require_onnxruntime
     from ..backends.probe import BARS, remembered
     from ..cache import Cache
     from ..models import load_model
 
     require_onnxruntime("auto")
     cache = Cache()
-    model = use_backend(
-        load_model(spec, device="cpu", precision="fp32", cache=cache), "auto", cache=cache, show=not quiet
-    )
-    data = remembered(Exports(model, cache))
+    model = load_model(spec, device="cpu", precision="fp32", cache=cache)
+    data = None if again else remembered(Exports(model, cache))
+    if data is None:
+        if not again and not quiet:
+            progress.log(f"{spec} is not measured on this CPU yet: preparing it now (zsclip models --prepare)")
+        data = prepare(model, cache=cache, show=not quiet)
     rows = [
         {"backend": name, **r, "bar": BARS[name], "chosen": name == data["choice"]}
         for name, r in data["results"].items()
@@ -105,16 +124,21 @@ def cache_path() -> None:
 
 @cache_app.command("info")
 def cache_info() -> None:
-    """Cached text and image embeddings per model, and the cache's size on disk."""
-    from ..cache import Cache
+    """The cache's size on disk, part by part (embeddings, ONNX exports, search snapshots, thumbnails, data sets),
+    and the cached text and image embeddings and ONNX exports of each model."""
+    from ..cache import PARTS, Cache
 
     cache = Cache()
     entries = cache.info()
-    typer.echo(f"cache: {cache.directory} ({_size(cache.size_bytes())} on disk)")
+    usage = cache.disk_usage()
+    typer.echo(f"cache: {cache.directory} ({_size(sum(usage.values()))} on disk)")
+    for part, what in {"embeddings": "embeddings and file hashes (SQLite)", **PARTS}.items():
+        typer.echo(f"  {what}\t{_size(usage[part])}")
     for e in entries:
+        exports = sum(_tree(folder) for folder in cache.exports_of(e.fingerprint))
         typer.echo(
             f"{e.spec or '?'}\t{e.fingerprint}\t{e.text_vectors} text vectors\t{e.image_vectors} image vectors"
-            f"\t{_size(e.bytes)}"
+            f"\t{_size(e.bytes)}" + (f"\tONNX exports {_size(exports)}" if exports else "")
         )
     if not entries:
         typer.echo("no embeddings cached")
@@ -125,13 +149,24 @@ def cache_info() -> None:
 def cache_clear(
     model: Annotated[str | None, option("--model", "-m", panel="Model", help="Only this model's entries.")] = None,
 ):
-    """Delete cached embeddings: all, or one model's."""
+    """Delete cached embeddings, ONNX exports, search snapshots and thumbnails: all, or one model's embeddings and
+    exports. Downloaded data sets are kept (remove the cache's datasets folder by hand)."""
     from ..cache import Cache
     from ..models import fingerprint_spec
 
     cache = Cache()
+    before = cache.disk_usage()
     texts, images = cache.clear(fingerprint_spec(model, cache) if model else None)
-    typer.echo(f"removed {texts} text vectors and {images} image vectors" + (f" of {model}" if model else ""))
+    freed = sum(before.values()) - sum(cache.disk_usage().values())
+    typer.echo(
+        f"removed {texts} text vectors and {images} image vectors"
+        + (f" of {model} and its ONNX exports" if model else ", the ONNX exports, search snapshots and thumbnails")
+        + f" ({_size(max(freed, 0))} freed)"
+    )
+
+
+def _tree(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _size(n: float) -> str:

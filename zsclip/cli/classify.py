@@ -199,13 +199,11 @@ def _classify(
 ):
     from ..cache import Cache
     from ..classify import check_options
-    from ..models import load_model
     from ..sinks import classify_into
 
     show = progress.enabled(quiet)
     cache = Cache()
-    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
-    clip = backend.apply(clip, cache, quiet, sources)
+    clip = backend.load(model, device, cache, quiet, sources)
     names, fitted = names
     if fitted:
         clf = fitted_classifier(fitted, clip, quiet)

@@ -64,8 +64,6 @@ def embed_with_progress(clip, dataset, show: bool, quiet: bool, **read):
 def load_for_eval(model: str, device, backend, quiet: bool):
     """The model (switched to --backend) and the cache, for eval and fit."""
     from ..cache import Cache
-    from ..models import load_model
 
     cache = Cache()
-    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
-    return backend.apply(clip, cache, quiet), cache
+    return backend.load(model, device, cache, quiet), cache

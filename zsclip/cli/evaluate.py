@@ -256,10 +256,7 @@ def _classification(clip, cache, data, templates, out: Report, quiet: bool, read
         clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show, quiet
     )
     result = score(embed_with_progress(clip, data, show, quiet, **read), clf, recheck=Recheck(clip, clf, **read))
-    if out.report:
-        summary_ = write_report(result, out.report, clip.spec, clip.fingerprint)
-    else:
-        summary_ = summary(result, clip.spec, clip.fingerprint)
+    summary_ = write_report(result, out.report, clip) if out.report else summary(result, clip)
     if out.fmt == "json":
         echo(json.dumps(summary_, indent=2))
     else:
@@ -345,10 +342,7 @@ def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, qui
         result = evaluate_retrieval(
             clip, data, ks, on_batch=lambda d, s: bar and bar.update(0, advance=d + s), **options
         )
-    if report:
-        summary = write_retrieval_report(result, report, clip.spec, clip.fingerprint)
-    else:
-        summary = summary_dict(result, clip.spec, clip.fingerprint)
+    summary = write_retrieval_report(result, report, clip) if report else summary_dict(result, clip)
     if fmt == "json":
         echo(json.dumps(summary, indent=2))
     else:

@@ -12,7 +12,7 @@ from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError, plural
 from .common import results
-from .options import INPUT, MODEL, OUTPUT, SPEED, Device, ModelOpt, Options, Quiet, Store, grouped, option
+from .options import INPUT, MODEL, OUTPUT, SPEED, Backend, Device, ModelOpt, Options, Quiet, Store, grouped, option
 
 
 @dataclass
@@ -65,6 +65,7 @@ def locate_cmd(
     find: Segments,
     out: Written,
     device: Device,
+    backend: Backend,
     store: Store,
     quiet: Quiet,
 ) -> None:
@@ -84,20 +85,21 @@ def locate_cmd(
         check_output_file(out.plot, "--plot")
     if out.report is not None:
         check_output_dir(out.report, "--report")
-    found = _locate(videos, texts, model, templates, batch_size, find, device, store.store, quiet.quiet)
+    backend.check()
+    found = _locate(videos, texts, model, templates, batch_size, find, (device, backend), store.store, quiet.quiet)
     _write(found, out, find.min_score, quiet.quiet)
 
 
-def _locate(videos, texts, model, templates, batch_size, find: Segments, device: Device, store: bool, quiet: bool):
+def _locate(videos, texts, model, templates, batch_size, find: Segments, runtime, store: bool, quiet: bool):
     """One LocateResult per video that can be read (a single video that cannot is the run's error)."""
     from ..cache import Cache
     from ..locate import locate
-    from ..models import load_model
     from ..video import check_available
 
     check_available()
     cache = Cache()
-    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
+    device, backend = runtime
+    clip = backend.load(model, device, cache, quiet)
     found = []
     for video in videos:
         with progress.bar(f"sampling {Path(video).name}", None, "frame", progress.enabled(quiet)) as bar:

@@ -137,18 +137,27 @@ class Backend(Options):
             raise UsageError(f"--backend {self.backend}: use one of {', '.join(BACKENDS)}")
         return self
 
-    def apply(self, clip, cache=None, quiet: bool = False, sources=None):
-        """The loaded model switched to --backend (exported to ONNX on first use, with progress unless quiet); the
-        int8 label check is calibrated on the run's own images (`sources`) where it has to be made."""
-        from ..backends import use_backend
+    def load(self, spec: str, device: Device, cache=None, quiet: bool = False, sources=None, lazy: bool = True):
+        """The model on --device, switched to --backend (zsclip.backends.load_model, the one place that decides);
+        an int8 tower's label check is calibrated on the run's own images (`sources`) where it has to be made."""
+        from ..backends import load_model
 
-        def calibration():
+        def calibration(clip):
             from ..backends.int8 import USER_IMAGES
             from ..images import sample_pixels
 
-            return sample_pixels(sources, clip.preprocess.geometry, USER_IMAGES) if sources else None
+            return sample_pixels(sources, clip.preprocess.geometry, USER_IMAGES)
 
-        return use_backend(clip, self.backend, cache=cache, show=not quiet, calibration=calibration)
+        return load_model(
+            spec,
+            device=device.device,
+            precision=device.precision,
+            backend=self.backend,
+            cache=cache,
+            lazy=lazy,
+            show=not quiet,
+            calibration=calibration if sources else None,
+        )
 
 
 @dataclass

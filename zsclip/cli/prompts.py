@@ -82,11 +82,10 @@ def prompts_compare(
 
 def _compare(model, data, names, per_template, report, device, backend, read, quiet: bool) -> None:
     from ..evaluate import compare_templates
-    from ..models import load_model
     from ..report import write_comparison
 
     show = progress.enabled(quiet)
-    clip = backend.apply(load_model(model, device=device.device, precision=device.precision), quiet=quiet)
+    clip = backend.load(model, device, quiet=quiet)
     embedded = embed_with_progress(clip, data, show, quiet, **read)
     comparison = compare_templates(clip, embedded, names, per_template, **read)
     print_table(

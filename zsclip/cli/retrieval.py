@@ -21,6 +21,7 @@ from .options import (
     MODEL,
     OUTPUT,
     SPEED,
+    Backend,
     Cluster,
     Device,
     Limits,
@@ -90,6 +91,7 @@ def index_cmd(
     walk: Walk,
     limits: Limits,
     device: Device,
+    backend: Backend,
     speed: Speed,
     quiet: Quiet,
     shard: Shard,
@@ -111,10 +113,10 @@ def index_cmd(
         check_export_dir(embeddings_out)
     sources = check_sources(paths, walk.recursive)
     from ..cache import Cache
-    from ..models import load_model
 
+    backend.check()
     cache = Cache()
-    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
+    clip = backend.load(model, device, cache, quiet.quiet)
     quiet = quiet.quiet
     if embeddings_out is not None:
         from ..embeddings_io import export_embeddings
@@ -235,6 +237,7 @@ def search_cmd(
     walk: Walk,
     limits: Limits,
     device: Device,
+    backend: Backend,
     speed: Speed,
     quiet: Quiet,
 ) -> None:
@@ -250,6 +253,7 @@ def search_cmd(
         raise UsageError("give a QUERY text or --image FILE")
     read = read_options(speed, limits, walk=walk)
     hits.check()
+    backend.check()
     if embeddings is not None and paths:
         raise UsageError("--embeddings searches the whole export; a PATH does not apply (leave it out)")
     if embeddings is not None:
@@ -261,20 +265,19 @@ def search_cmd(
         if embeddings is not None or ask.image is not None or ask.add or ask.subtract:
             raise UsageError("--classifier ranks by a class: leave out --embeddings, --image, --add and --subtract")
         model = model_for_classifier(model, classifier)
-        return _class_search(query, classifier, paths, sources, model, hits, device, read, quiet.quiet)
-    _search(
-        query, paths, sources, model or DEFAULT_MODEL, embeddings, approximate, ask, hits, device, read, quiet.quiet
-    )
+        return _class_search(query, classifier, paths, sources, model, hits, (device, backend), read, quiet.quiet)
+    model = model or DEFAULT_MODEL
+    _search(query, paths, sources, model, embeddings, approximate, ask, hits, (device, backend), read, quiet.quiet)
 
 
-def _search(query, paths, sources, model, embeddings, approximate, ask: Query, hits: Hits, device, read, quiet):
+def _search(query, paths, sources, model, embeddings, approximate, ask: Query, hits: Hits, runtime, read, quiet):
     from ..cache import Cache
-    from ..models import load_model
     from ..retrieval import query_vector
     from ..retrieval_report import write_search_report
 
     cache = Cache()
-    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
+    device, backend = runtime
+    clip = backend.load(model, device, cache, quiet)
     # The query first, so a bad --image fails before any indexing.
     q = query_vector(
         clip,
@@ -321,14 +324,14 @@ def _write_hits(found, hits: Hits) -> None:
         write_hits(found, hits.fmt, out or results())
 
 
-def _class_search(label, classifier, paths, sources, model, hits: Hits, device, read, quiet: bool) -> None:
+def _class_search(label, classifier, paths, sources, model, hits: Hits, runtime, read, quiet: bool) -> None:
     from ..cache import Cache
-    from ..models import load_model
     from ..retrieval import class_search
     from .common import fitted_classifier
 
     cache = Cache()
-    clip = load_model(model, device=device.device, precision=device.precision, cache=cache)
+    device, backend = runtime
+    clip = backend.load(model, device, cache, quiet)
     clf = fitted_classifier(classifier, clip, quiet)
     if label not in clf.labels:
         class_search(clip, clf, label)  # the one-line error naming the classes

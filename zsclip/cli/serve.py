@@ -92,14 +92,12 @@ def _serve(sources, model, host, port, open_browser, rescan, token, device, back
     import uvicorn
 
     from ..cache import Cache
-    from ..models import load_model
     from ..serve.app import make_app
     from ..serve.guard import Guard
     from ..serve.library import Library
 
     cache = Cache()
-    clip = load_model(model, device=device.device, precision=device.precision, cache=cache, lazy=False)
-    clip = backend.apply(clip, cache, False, sources)
+    clip = backend.load(model, device, cache, False, sources, lazy=False)
     if site["classifier"] is not None:
         from ..fewshot import load_classifier
 

@@ -157,17 +157,19 @@ class Decode:
 
 
 class Embedder:
-    """Ray Data actor: one model per actor (loaded from the driver's spec, checked by fingerprint); pixels ->
-    unit-norm float32 embeddings."""
+    """Ray Data actor: one model per actor (loaded from the driver's spec, checked by fingerprint, on the driver's
+    backend where it runs on the driver's kind of device); pixels -> unit-norm float32 embeddings."""
 
-    def __init__(self, spec: str, fingerprint: str, device: str, precision: str, shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, spec: str, fingerprint: str, device: str, precision: str, backend: str, shape: tuple[int, ...]
+    ) -> None:
         import numpy as np
 
+        from ..backends import load_model
         from ..encode import encode_images
         from ..errors import ZsclipError
-        from ..models import load_model
 
-        self.model = load_model(spec, device=device, precision=precision)
+        self.model = load_model(spec, device=device, precision=precision, backend=backend, show=False)
         if self.model.fingerprint != fingerprint:
             raise ZsclipError(
                 f"--model {spec}: a Ray worker loaded other weights than the driver (fingerprint "
@@ -203,7 +205,7 @@ class RayEngine:
             plan = _plan(model, self.options)
             batch_size = read.batch_size or (256 if plan["device"] == "cuda" else 32)
             draft = None if read.exact else _draft_size(model)
-            store = _open_store(model, read, plan["precision"], draft)
+            store = _open_store(model, read, plan, draft)
             entries, stored, storable = _walk(sources, read, store)
             # Paths travel as bytes: Arrow strings must be UTF-8, file names need not be.
             todo = [{"index": i, "path": os.fsencode(p)} for i, p in enumerate(entries) if i not in stored]
@@ -230,16 +232,17 @@ def _draft_size(model) -> int:
     return draft_size(model)
 
 
-def _open_store(model, read: ReadOptions, precision: str, draft: int | None):
-    """The image store under the variant the actors' vectors have (their device's precision), or None."""
+def _open_store(model, read: ReadOptions, plan: dict, draft: int | None):
+    """The image store under the variant the actors' vectors have (their device's precision and backend), or
+    None."""
     if not read.store:
         return None
     from ..cache import Cache
+    from ..models import vector_key_for
     from ..store import ImageStore, variant_key
 
-    return ImageStore.open(
-        read.cache or Cache(), model.fingerprint, variant_key(precision, model.preprocess_key, draft)
-    )
+    key = vector_key_for(plan["precision"], plan["backend"])
+    return ImageStore.open(read.cache or Cache(), model.fingerprint, variant_key(key, model.preprocess_key, draft))
 
 
 def _walk(sources, read: ReadOptions, store):
@@ -353,6 +356,9 @@ def _plan(model, options: RayOptions) -> dict:
     same = model.device_type == device
     precision = model.precision if same else resolve_precision(None, torch.device(device))
     return {
+        # The driver's backend, resolved (never "auto" again on a worker, which could choose otherwise): the
+        # records are then the local engine's.
+        "backend": model.backend if same else "torch",
         "actors": actors,
         "gpus": gpus,
         "cpus": options.cpus_per_actor or 1.0,
@@ -390,6 +396,7 @@ def _run(model, todo: list[dict], plan: dict, batch_size: int, draft, max_pixels
                 "fingerprint": model.fingerprint,
                 "device": plan["device"],
                 "precision": plan["precision"],
+                "backend": plan["backend"],
                 "shape": shape,
             },
             compute=ray.data.ActorPoolStrategy(size=plan["actors"]),

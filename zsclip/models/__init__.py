@@ -7,7 +7,7 @@ images are all cached needs neither the module nor open_clip (importing it costs
 
 from .clip import ClipModel
 from .files import list_models, model_config, models_dir, random_init_model, save_model_dir
-from .fingerprint import fingerprint_spec, vector_key
+from .fingerprint import fingerprint_spec, vector_key, vector_key_for
 from .hub import cached_weights
 from .loading import load_model, resolve_device, resolve_precision
 from .spec import CONFIG_NAME, WEIGHT_SUFFIXES, ModelSpec, parse_spec, shipped_models
@@ -30,4 +30,5 @@ __all__ = [
     "save_model_dir",
     "shipped_models",
     "vector_key",
+    "vector_key_for",
 ]

@@ -138,6 +138,15 @@ class ClipModel:
             "metadata": self.metadata,
         }
 
+    def computed_by(self) -> dict:
+        """What a reported number was computed with: model, weights, backend and precision (metrics.json, grids)."""
+        return {
+            "model": self.spec,
+            "fingerprint": self.fingerprint,
+            "backend": self.backend,
+            "precision": self.precision,
+        }
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()

@@ -42,10 +42,13 @@ def fingerprint_spec(spec: str | ModelSpec, cache: Cache | None = None) -> str:
 
 
 def vector_key(model: ClipModel, tower: str = "image") -> str:
-    """What, besides the weights, a cached vector depends on: the precision and, off torch, the backend. Torch keeps
-    the bare precision so caches written before backends existed stay valid. onnx-int8's text tower is onnx's
-    fp32 one, so their text vectors are the same."""
-    backend = getattr(model, "backend", "torch")
-    if tower == "text" and backend == "onnx-int8":
-        backend = "onnx"
-    return model.precision if backend == "torch" else f"{model.precision}+{backend}"
+    """What, besides the weights, a cached vector depends on (see vector_key_for)."""
+    return vector_key_for(model.precision, getattr(model, "backend", "torch"), tower)
+
+
+def vector_key_for(precision: str, backend: str, tower: str = "image") -> str:
+    """The precision, and for onnx-int8's image tower the backend. torch and onnx compute the same fp32 function
+    (vectors equal to ~1e-6, as torch's own kernels differ between CPUs), so they share vectors: a model prepared
+    for ONNX Runtime later reuses what torch stored, and every command finds the others' vectors. int8 rounds: its
+    image vectors are kept apart (its text tower is onnx's fp32 one)."""
+    return f"{precision}+onnx-int8" if backend == "onnx-int8" and tower == "image" else precision
