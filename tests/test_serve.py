@@ -300,9 +300,7 @@ def test_a_fitted_classifier_answers_classify_without_class_names(model, photos,
         for i in range(3):
             shutil.copyfile(EXAMPLES / f"{name.replace(' ', '_')}.png", data / name / f"{i}.png")
     out = tmp_path / "clf.safetensors"
-    fitted = CliRunner().invoke(
-        app, ["fit", str(data), "-m", "shapes", "--shots", "2", "-o", str(out), "-q"]
-    )
+    fitted = CliRunner().invoke(app, ["fit", str(data), "-m", "shapes", "--shots", "2", "-o", str(out), "-q"])
     assert fitted.exit_code == 0, fitted.output
     _, client = served(model, photos, classifier=load_classifier(out, model))
     assert client.get("/api/status").json()["classifier"] == ["blue cross", "red circle"]  # folder order
