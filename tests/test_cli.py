@@ -203,7 +203,7 @@ def test_second_run_reuses_the_cache(tiny_model_dir, folder):
     assert "5 image vectors" in info.stdout
     cleared = run("cache", "clear", "--model", tiny_model_dir)
     assert "removed 70 text vectors and 5 image vectors" in cleared.stdout
-    assert "no embeddings cached" in run("cache", "info").stdout
+    assert "nothing cached" in run("cache", "info").stdout
 
 
 def test_cache_path_follows_env(private_cache):

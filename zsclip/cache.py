@@ -374,15 +374,25 @@ class Cache:
         """Bytes on disk of each part of the cache directory: "embeddings" (the SQLite file) and each of PARTS."""
         return {"embeddings": self.size_bytes(), **{part: _tree_bytes(self.directory / part) for part in PARTS}}
 
-    def exports_of(self, fingerprint: str) -> list[Path]:
-        """The ONNX export folders of a model (zsclip.backends.exports), of any export version."""
+    def exports(self) -> list[tuple[str, str, Path]]:
+        """(fingerprint, spec, folder) of every ONNX export folder (zsclip.backends.exports), of any export version."""
+        import json
+
         from .identity import made_from_of
 
-        return [
-            meta.parent
-            for meta in sorted((self.directory / "onnx").glob("*/export.json"))
-            if (made_from_of(meta, "onnx export") or {}).get("fingerprint") == fingerprint
-        ]
+        found = []
+        for meta in sorted((self.directory / "onnx").glob("*/export.json")):
+            fingerprint = (made_from_of(meta, "onnx export") or {}).get("fingerprint")
+            if fingerprint:
+                with contextlib.suppress(OSError, ValueError):
+                    found.append(
+                        (fingerprint, str(json.loads(meta.read_text(encoding="utf-8")).get("spec")), meta.parent)
+                    )
+        return found
+
+    def exports_of(self, fingerprint: str) -> list[Path]:
+        """The ONNX export folders of a model."""
+        return [folder for found, _, folder in self.exports() if found == fingerprint]
 
     # -- file hashes --------------------------------------------------------------------------------------
     def file_sha256(self, path: Path | str) -> str:

@@ -134,14 +134,19 @@ def cache_info() -> None:
     typer.echo(f"cache: {cache.directory} ({_size(sum(usage.values()))} on disk)")
     for part, what in {"embeddings": "embeddings and file hashes (SQLite)", **PARTS}.items():
         typer.echo(f"  {what}\t{_size(usage[part])}")
+    exports: dict[str, list] = {}
+    for fingerprint, spec, folder in cache.exports():
+        exports.setdefault(fingerprint, [spec, 0])[1] += _tree(folder)
     for e in entries:
-        exports = sum(_tree(folder) for folder in cache.exports_of(e.fingerprint))
+        size = exports.pop(e.fingerprint, [None, 0])[1]
         typer.echo(
             f"{e.spec or '?'}\t{e.fingerprint}\t{e.text_vectors} text vectors\t{e.image_vectors} image vectors"
-            f"\t{_size(e.bytes)}" + (f"\tONNX exports {_size(exports)}" if exports else "")
+            f"\t{_size(e.bytes)}" + (f"\tONNX exports {_size(size)}" if size else "")
         )
-    if not entries:
-        typer.echo("no embeddings cached")
+    for fingerprint, (spec, size) in exports.items():  # exported, nothing embedded yet
+        typer.echo(f"{spec}\t{fingerprint}\t0 text vectors\t0 image vectors\t0 B\tONNX exports {_size(size)}")
+    if not entries and not exports:
+        typer.echo("nothing cached")
 
 
 @cache_app.command("clear")
