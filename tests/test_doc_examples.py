@@ -158,8 +158,8 @@ def restore(inputs: Path, home: Path) -> None:
 
 
 def substitute(argv: list[str], tiny_model_dir: Path) -> list[str]:
-    """Offline stand-ins (and `~` expanded as a shell would): the shipped model for pretrained tags, a tiny model for a second one, local paths for
-    remote ones, a smaller size where a command would run for minutes."""
+    """Offline stand-ins, and `~` expanded as a shell would: the shipped model for pretrained tags, a tiny model
+    for a second one, local paths for remote ones, a smaller size where a command would run for minutes."""
     models = {"ViT-B-32:openai": "shapes", "ViT-B-16:openai": str(tiny_model_dir)}
     paths = {"s3://bucket/photos": "photos", "/data/photos": "data/photos", "/tmp/shapes50k": "shapes-data",
              "/tmp/shapes-run1": "shapes-run1"}  # fmt: skip
