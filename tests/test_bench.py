@@ -51,6 +51,11 @@ SCRIPTS = {
     "reclassify.py": (["--arch", "tiny-vit", "--images", "8"], "agreement", ("imagenet",)),
     "startup.py": (["--images", "8", "--repeat", "1"], "end-to-end", ("imagenet",)),
     "ray_local.py": (["--n", "8", "--model", "shapes", "--cpus", "2"], "labels the same", ("imagenet", "ray")),
+    "default_path.py": (
+        ["--arch", "shapes", "--images", "2", "--workdir", "{tmp}/default-path"],
+        "one new image",
+        ("imagenet",),
+    ),
     "cpu_speed.py": (
         [
             "--arch",
