@@ -1,6 +1,6 @@
 """Every command and Python example in README.md and docs/*.md runs, so a doc that lies fails.
 
-Each page's commands run in order in a sandbox that is the user's home and working directory, through the real
+Each page's commands run in order in a sandbox that is the user's `~` and working directory, through the real
 CLI, on what a user's machine would have offline: the shipped model for any pretrained tag (the default model
 too, through ZSCLIP_MODEL), a small random-init model for a second tag, the named data sets already in the cache
 as their download would leave them (tiny copies), shapes-world pictures for photo folders, a rendered video for
@@ -125,9 +125,8 @@ def inputs(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def sandbox(inputs, tmp_path, private_cache, tiny_model_dir, monkeypatch) -> Path:
-    home = tmp_path / "home"
+    home = tmp_path / "home"  # `~` in the commands (HOME itself stays: Ray keeps its auth token under it)
     home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("ZSCLIP_MODEL", "shapes")  # the default model, ViT-B-32:openai, needs a download
     monkeypatch.chdir(home)
     for key in ("cifar10", "cifar100"):
@@ -157,9 +156,10 @@ def restore(inputs: Path, home: Path) -> None:
         shutil.copytree(inputs / "labelled", home / name, dirs_exist_ok=True)
 
 
-def substitute(argv: list[str], tiny_model_dir: Path) -> list[str]:
-    """Offline stand-ins, and `~` expanded as a shell would: the shipped model for pretrained tags, a tiny model
-    for a second one, local paths for remote ones, a smaller size where a command would run for minutes."""
+def substitute(argv: list[str], tiny_model_dir: Path, home: Path) -> list[str]:
+    """Offline stand-ins: `~` is the sandbox (a shell expands it, zsclip expands it in `wds:~/...`), the shipped
+    model stands for pretrained tags, a tiny model for a second one, local paths for remote ones, and a smaller size
+    for a command that would run for minutes."""
     models = {"ViT-B-32:openai": "shapes", "ViT-B-16:openai": str(tiny_model_dir)}
     paths = {"s3://bucket/photos": "photos", "/data/photos": "data/photos", "/tmp/shapes50k": "shapes-data",
              "/tmp/shapes-run1": "shapes-run1"}  # fmt: skip
@@ -168,7 +168,7 @@ def substitute(argv: list[str], tiny_model_dir: Path) -> list[str]:
     for i, arg in enumerate(argv):
         previous = argv[i - 1] if i else ""
         arg = smaller.get(previous, models.get(arg, paths.get(arg, arg)))
-        out.append(os.path.expanduser(arg) if arg.startswith("~/") else arg)  # as the shell expands it
+        out.append(re.sub(r"^(wds:)?~/", lambda m: f"{m.group(1) or ''}{home}/", arg))
     return out
 
 
@@ -198,7 +198,7 @@ def test_every_command_of_the_page_runs(page, sandbox, inputs, tiny_model_dir):
     if page == "README.md":
         assert len(found) >= 10  # the parser still finds the tour
     for line in found:
-        argv = substitute(shlex.split(line, comments=True)[1:], tiny_model_dir)
+        argv = substitute(shlex.split(line, comments=True)[1:], tiny_model_dir, sandbox)
         restore(inputs, sandbox)
         if argv[0] == "serve":
             serve(argv)

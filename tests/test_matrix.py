@@ -210,7 +210,10 @@ def test_every_command_gives_torchs_answers(backend, cache, reference, labelled,
         assert (a["start"], a["end"]) == pytest.approx((b["start"], b["end"]), abs=1e-9 if exact else 0.51)
 
 
-def test_auto_on_a_model_not_prepared_is_torch_and_exports_nothing(tmp_path, private_cache):
+def test_auto_on_a_model_not_prepared_is_torch_and_exports_nothing(tmp_path, private_cache, monkeypatch):
+    from zsclip.backends import probe
+
+    monkeypatch.setattr(probe, "_TOLD", set())  # said once per process: this process is the test session
     photos = tmp_path / "photos"
     shutil.copytree(EXAMPLES, photos)
     result = run("classify", photos, "-m", "shapes", "-c", CLASSES, "-t", "shapes", "-f", "jsonl")
