@@ -462,3 +462,44 @@ def test_a_shot_replaced_by_other_content_of_the_same_size_and_mtime_is_not_coun
     assert shot.stat().st_size == before.st_size and shot.stat().st_mtime_ns == before.st_mtime_ns
     result = run("eval", str(data), "-m", "shapes", "--classifier", str(out))
     assert "note: 9 images scored here are among the shots" in result.stderr, result.stderr
+
+
+def _tampered(source: Path, target: Path, change) -> Path:
+    """A copy of a classifier file changed by `change(arrays, meta)` and saved with its checksum recomputed, as
+    anyone can: the checksum finds damage, not a file someone made."""
+    from zsclip.fewshot.files import load, save
+    from zsclip.fewshot.heads import Head
+
+    head, meta = load(source)
+    arrays = {k: v.copy() for k, v in head.arrays.items()}
+    meta = {k: v for k, v in meta.items() if k not in ("sha256", "format")}
+    method = change(arrays, meta) or head.method
+    save(target, Head(method, arrays, meta.get("params", {})), meta)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "says"),
+    [
+        ("nan", lambda a, m: a["weights"].__setitem__((0, 0), np.nan), "'weights' holds NaN"),
+        ("inf-bias", lambda a, m: a["bias"].__setitem__(0, np.inf), "'bias' holds NaN or infinite"),
+        ("few-rows", lambda a, m: a.update(weights=a["weights"][:2], bias=a["bias"][:2]), "'weights' has shape [2,"),
+        ("narrow", lambda a, m: a.update(weights=a["weights"][:, :64], text=a["text"][:, :64]), "64 wide"),
+        ("relabelled", lambda a, m: "tip-adapter", "tip-adapter parameter logit_scale is None"),
+        ("few-names", lambda a, m: m.update(classnames=m["classnames"][:2]), "but 2 classes named"),
+        ("one-name", lambda a, m: m.update(classnames=m["classnames"][:1]), "two or more names"),
+        ("scale", lambda a, m: m.update(logit_scale=float("nan")), "logit_scale nan"),
+    ],
+)
+def test_a_made_up_classifier_file_is_refused_with_one_line(shapes_folder, tmp_path, name, change, says):
+    """A file whose checksum matches but whose head cannot be used (NaN or infinite values, shapes that disagree
+    with its class names or the model's width, a method without its arrays) is refused on load: one line, exit 2.
+    NaN weights labelled every image one class with "prob": NaN; 10 rows for 36 names left 26 classes unpredictable;
+    the wrong width, the relabelled method and fewer names ended in tracebacks."""
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")
+    bad = _tampered(out, tmp_path / f"{name}.safetensors", change)
+    for command in ("classify", "eval"):
+        result = run(command, str(shapes_folder), "-m", "shapes", "--classifier", str(bad), "-q", code=2)
+        assert says in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1

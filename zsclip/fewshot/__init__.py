@@ -173,9 +173,14 @@ def load_classifier(path, model: ClipModel) -> Classifier:
     from ..prompts import TemplateSet
     from ..text import Classifier
 
+    from ..text import text_embeddings
+
     head, meta = load(path)
     check_model(meta, model.fingerprint, model.spec, path)
     text = head.arrays["text"]
+    width = text_embeddings(model, ["a"])[0].shape[-1]  # the model's embedding width (one prompt, cached)
+    if text.shape[1] != width:
+        raise UsageError(f"--classifier {path}: its arrays are {text.shape[1]} wide, the model's vectors {width}")
     name = meta.get("template_set") or "fitted"
     templates = TemplateSet(name, f"the templates {path} was fitted with", tuple(meta.get("templates") or ("{}",)))
     notes = [f"--classifier {path}: {meta['method']}, {meta['shots']} shots per class of {meta.get('dataset')}"]

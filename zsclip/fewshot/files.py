@@ -61,7 +61,53 @@ def load(path: str | os.PathLike) -> tuple[Head, dict]:
         raise UsageError(f"{where}: damaged or from another zsclip (method {meta.get('method')!r} is none of ours)")
     if _digest(arrays, meta) != meta.get("sha256"):
         raise UsageError(f"{where}: damaged (its arrays do not match their checksum); make it again with zsclip fit")
+    problem = structure_problem(meta, arrays)
+    if problem:  # the checksum only finds damage: anyone can recompute it after changing the file
+        raise UsageError(f"{where}: not a usable classifier ({problem}); make it again with zsclip fit")
     return Head(meta["method"], arrays, meta.get("params", {}), meta), meta
+
+
+# The arrays each method's head needs, as (rows, columns): C classes, D the model's width, K the shots.
+SHAPES = {
+    "linear-probe": {"weights": ("C", "D"), "bias": ("C",), "text": ("C", "D")},
+    "prototype": {"weights": ("C", "D"), "bias": ("C",), "text": ("C", "D")},
+    "tip-adapter": {"keys": ("K", "D"), "values": ("K", "C"), "text": ("C", "D")},
+}
+PARAMS = {"tip-adapter": ("logit_scale", "alpha", "beta")}  # numbers its logits are computed with
+
+
+def structure_problem(meta: dict, arrays: dict[str, np.ndarray]) -> str | None:
+    """What makes a file's head unusable, or None: class names (at least 2, distinct) against the arrays' shapes,
+    the method's arrays and parameters, and only finite values (a NaN weight labelled every image one class and
+    wrote "prob": NaN)."""
+    names = meta.get("classnames")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
+        return "its class names are not a list of two or more names"
+    if len(set(names)) != len(names):
+        return "its class names repeat"
+    scale = meta.get("logit_scale")
+    if not isinstance(scale, int | float) or not np.isfinite(scale) or scale <= 0:
+        return f"logit_scale {scale!r} is not a positive number"
+    params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
+    for name in PARAMS.get(meta["method"], ()):
+        value = params.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            return f"its {meta['method']} parameter {name} is {value!r}, not a number"
+    sizes: dict[str, int] = {"C": len(names)}
+    for name, dims in SHAPES[meta["method"]].items():
+        array = arrays.get(name)
+        if array is None:
+            return f"its {meta['method']} head has no {name!r} array"
+        if array.ndim != len(dims) or not np.issubdtype(array.dtype, np.floating):
+            return f"{name!r} has shape {list(array.shape)} ({array.dtype}), not {len(dims)}-d float"
+        for dim, n in zip(dims, array.shape, strict=True):
+            want = sizes.setdefault(dim, n)
+            if n != want:
+                what = {"C": "classes named", "D": "the width", "K": "shots"}[dim]
+                return f"{name!r} has shape {list(array.shape)}, but {want} {what}"
+        if not np.isfinite(array).all():
+            return f"{name!r} holds NaN or infinite values"
+    return None
 
 
 def _metadata(data: bytes) -> dict:
