@@ -171,9 +171,7 @@ def _with_head(classifier: Classifier, head: Head) -> Classifier:
 def load_classifier(path, model: ClipModel) -> Classifier:
     """A classifier file as a Classifier for `model` (refused, with one line, if made for other weights)."""
     from ..prompts import TemplateSet
-    from ..text import Classifier
-
-    from ..text import text_embeddings
+    from ..text import Classifier, text_embeddings
 
     head, meta = load(path)
     check_model(meta, model.fingerprint, model.spec, path)
