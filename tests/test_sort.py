@@ -627,3 +627,36 @@ def test_a_manifest_from_before_identities_resumes(photos, tmp_path):
         sorter.add(pred(photos / "c.png", "dog"))
     rows = manifest(out)
     assert list(rows[0]) == S.COLUMNS and rows[0]["content_hash"] == "" and len(rows[1]["content_hash"]) == 32
+
+
+@pytest.mark.parametrize("via", ["folder", "list"])
+def test_a_move_never_takes_files_from_a_folder_linked_in_from_outside(tmp_path, via, monkeypatch):
+    """Issue 31: `classify inbox/ --sort-into DIR --mode move` followed inbox/linked -> extra/linked and emptied
+    extra/linked, a folder the user never named (the same through an @list naming inbox with a relative link).
+    The linked files stay, and stderr says so; --follow-links moves them too."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from zsclip.cli import app
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "shapes"
+    inbox, extra = tmp_path / "inbox", tmp_path / "extra" / "linked"
+    inbox.mkdir()
+    extra.parent.mkdir()
+    shutil.copy(examples / "red_circle.png", inbox)
+    shutil.copytree(examples, extra)
+    (inbox / "linked").symlink_to(os.path.relpath(extra, inbox))
+    listing = tmp_path / "list.txt"
+    listing.write_text("inbox\n")
+    monkeypatch.chdir(tmp_path)
+    source = "@list.txt" if via == "list" else str(inbox)
+    args = ["classify", source, "-m", "shapes", "-c", "red circle,blue cross", "--sort-into", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--mode", "move", "-f", "jsonl"])
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in extra.iterdir()) == sorted(p.name for p in examples.iterdir())  # all still there
+    assert not (inbox / "red_circle.png").exists()  # the inbox's own file was moved
+    assert "left 12 files where they are" in result.stderr and "--follow-links" in result.stderr
+    again = CliRunner().invoke(app, [*args, "--mode", "move", "-f", "jsonl", "--follow-links", "--resume"])
+    assert again.exit_code == 0, again.stderr
+    assert not list(extra.iterdir())  # asked for: moved

@@ -97,6 +97,15 @@ class Sorting(Options):
     report: Annotated[Path | None, option(panel=OUTPUT, help="Write a gallery of the results (DIR/gallery.html).")] = (
         None
     )
+    follow_links: Annotated[
+        bool,
+        option(
+            "--follow-links",
+            panel=OUTPUT,
+            help="With --mode move: also move files reached through a symbolic link to a folder outside the PATHs "
+            "(by default they are left where they are, and said).",
+        ),
+    ] = False
 
 
 @grouped
@@ -212,7 +221,7 @@ def _classify(
     k = check_options(clf, records.top_k, records.threshold)
     if records.top_k is not None and records.top_k > k:
         progress.log(f"note: --top-k {records.top_k} is more than the {k} classes; listing {k}")
-    sorter, gallery = _sinks(sorting, records, clf, settings)
+    sorter, gallery = _sinks(sorting, records, clf, settings, sources)
     counts = classify_into(
         clip,
         clf,
@@ -299,7 +308,7 @@ def _check_sinks(sorting: Sorting, resume: bool, sources, recursive: bool, setti
         check_report_dir(sorting.report, resume)
 
 
-def _sinks(sorting: Sorting, records: Records, clf, settings: dict):
+def _sinks(sorting: Sorting, records: Records, clf, settings: dict, sources):
     """The Sorter and the Gallery the records also go to (each None unless asked for)."""
     sorter = gallery = None
     if sorting.sort_into is not None:
@@ -313,6 +322,8 @@ def _sinks(sorting: Sorting, records: Records, clf, settings: dict):
             labels=clf.labels,
             settings=settings,
             plan=results(),
+            sources=sources,
+            follow_links=sorting.follow_links,
         )
     if sorting.report is not None:
         from ..gallery import Gallery

@@ -160,6 +160,7 @@ def make_app(
         rows = []
         again = (Path(sort_into) / "manifest.csv").exists()  # a later sort continues the folder's manifest
         kind = {"dry_run": dry_run, "resume": again, "labels": clf.labels, "settings": settings, "plan": plan}
+        kind["sources"] = library.sources  # a move never takes a file from a folder linked in from outside
         with Sorter(sort_into, mode, **kind) as sorter:
             for pred in predict(paths, probs, clf, check_options(clf, None, threshold), threshold):
                 rows.append({"path": pred.path, "label": pred.label, "to": str(sorter.add(pred) or "")})

@@ -53,6 +53,25 @@ __all__ = [
 ]
 
 
+class Within:
+    """Whether a file lies in the folders the user named: its folder's real path under one of theirs, or the file
+    itself named (a path the user gave, or listed in an @list)."""
+
+    def __init__(self, sources: Iterable[tuple[str, bool]]):
+        self.folders, self.files = [], set()
+        for path, is_file in sources:
+            if is_file:
+                self.files.add(os.path.abspath(path))
+            else:
+                self.folders.append(os.path.join(os.path.realpath(path), ""))
+
+    def __call__(self, source: str) -> bool:
+        if os.path.abspath(source) in self.files:
+            return True
+        folder = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(source))), "")
+        return any(folder.startswith(root) for root in self.folders)
+
+
 class Sorter:
     """A sink for classify records: `add` places each classified image in DIR/<folder of its label>/ and
     writes its manifest row; skipped files stay where they are. `close` when done (or use `with`).
@@ -73,8 +92,14 @@ class Sorter:
         labels: Iterable[str] = (),
         settings: dict | None = None,
         plan: IO[str] | None = None,
+        sources: Iterable[tuple[str, bool]] | None = None,
+        follow_links: bool = False,
     ):
         check_sort_target(directory, mode, dry_run=dry_run, resume=resume, settings=settings)
+        # A move takes only files whose folder really lies under a folder the user named (or that they named
+        # themselves): a symbolic link to a folder inside the inbox would otherwise empty the folder it points to.
+        self.within = None if mode != "move" or follow_links or sources is None else Within(sources)
+        self.outside: list[str] = []  # files left where they are, reached through a link out of the named folders
         self.root = Path(directory)
         self.mode = mode
         self.dry_run = dry_run
@@ -127,6 +152,12 @@ class Sorter:
             lines[0] += f" ({self.resumed:,} sorted before)"
         lines += [f"label {label!r} is in folder {folder}" for label, folder in self.renamed().items()]
         lines += [f"warning: {source} was gone before it could be sorted" for source in self.missing]
+        if self.outside:
+            more = f" and {len(self.outside) - 3:,} more" if len(self.outside) > 3 else ""
+            lines.append(
+                f"warning: left {plural(len(self.outside), 'file')} where they are: reached through a symbolic link to "
+                f"a folder outside the ones you named ({', '.join(self.outside[:3])}{more}); --follow-links moves them"
+            )
         lines += [f"warning: {w}" for w in self.warnings]
         return lines
 
@@ -150,6 +181,9 @@ class Sorter:
             return None
         source = os.path.abspath(record.path)
         if source in self.manifest.done:
+            return None
+        if self.within is not None and not self.within(source):
+            self.outside.append(source)
             return None
         identity = FileIdentity.of(source)
         if identity is None:  # gone (or unreadable) between classification and sorting
