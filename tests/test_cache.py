@@ -180,3 +180,34 @@ def test_the_api_says_read_only_for_maintenance_and_goes_on_for_runs(tmp_path, m
     assert capsys.readouterr().err.count("warning") == 1
     Cache(blocked / "cache").put_text("fp", "fp32", [("b", np.ones(2, np.float32))])
     assert capsys.readouterr().err == ""  # once per directory and process
+
+
+def test_a_long_lived_process_follows_a_cache_file_deleted_and_made_again(tmp_path, monkeypatch):
+    """Issue 31: with serve running, the cache database deleted and made again by another command: every other
+    command waited 60 s on serve's lock and failed, and serve kept writing into the deleted file (its work lost at
+    exit). A connection now checks that its file is still the one it opened, and reopens the new one."""
+    import time as clock
+
+    import numpy as np
+
+    from zsclip import cache as cache_module
+    from zsclip.cache import DB_NAME, Cache
+    from zsclip.store import ImageStore
+
+    monkeypatch.setattr(cache_module, "RECHECK_SECONDS", 0.0)
+    served = Cache(tmp_path)  # the long-lived process (serve)
+    served.put_text("fp", "fp32", [("a", np.ones(4, np.float32))])
+    store = ImageStore.open(served, "fp", "v")
+    assert store.conn.execute("SELECT count(*) FROM image_embeddings").fetchone() == (0,)
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / (DB_NAME + suffix)).unlink(missing_ok=True)
+    start = clock.monotonic()
+    other = Cache(tmp_path)  # another command makes the cache anew
+    other.put_text("fp", "fp32", [("b", np.ones(4, np.float32))])
+    assert clock.monotonic() - start < 5
+    served.put_text("fp", "fp32", [("c", np.full(4, 2, np.float32))])  # serve's work goes into the new file
+    assert set(Cache(tmp_path).get_text("fp", "fp32", ["a", "b", "c"])) == {"b", "c"}
+    assert store.conn.execute("SELECT count(*) FROM image_embeddings").fetchone() == (0,)  # the new file's
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / (DB_NAME + suffix)).unlink(missing_ok=True)
+    assert store.conn.execute("SELECT count(*) FROM image_embeddings").fetchone() == (0,)  # made again, tables too

@@ -118,11 +118,16 @@ class Cache:
     def _conn(self) -> sqlite3.Connection | None:
         if getattr(self._local, "pid", None) != os.getpid():  # never use a connection inherited through fork
             return None
-        return getattr(self._local, "conn", None)
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not self._in_memory and replaced(self._local, self.path):
+            conn.close()  # the file was deleted or replaced: its locks and WAL are let go, the new file opened
+            self._local.conn = conn = None
+        return conn
 
     @_conn.setter
     def _conn(self, conn: sqlite3.Connection | None) -> None:
         self._local.conn, self._local.pid = conn, os.getpid()
+        self._local.file, self._local.checked = file_id(self.path), time.monotonic()
 
     def __getstate__(self) -> dict:
         return {"directory": self.directory, "path": self.path, "_in_memory": self._in_memory}
@@ -219,6 +224,11 @@ class Cache:
             conn.close()
             raise
         return conn
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection to the cache file, its tables made if it is new (the image store's, one per thread)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self._connect()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -422,6 +432,29 @@ class Cache:
             quiet=True,
         )
         return sha
+
+
+# How often a long-lived connection checks that the database file is still the one it opened (a stat).
+RECHECK_SECONDS = 1.0
+
+
+def file_id(path: Path | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def replaced(local, path: Path | str) -> bool:
+    """Whether the database file `local`'s connection opened has been deleted or replaced since (checked at most
+    every RECHECK_SECONDS): a long-running serve kept writing into a deleted file's WAL, losing its work, while
+    every other command waited on its lock and failed."""
+    now = time.monotonic()
+    if now - getattr(local, "checked", 0.0) < RECHECK_SECONDS:
+        return False
+    local.checked = now
+    return file_id(path) != getattr(local, "file", None)
 
 
 def _tree_bytes(folder: Path) -> int:

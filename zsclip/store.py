@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .cache import Cache
+from .cache import Cache, file_id, replaced
 from .errors import is_disk_full
 from .identity import FileIdentity, content_hash, digest, stat_of
 from .progress import log
@@ -94,11 +95,14 @@ class ImageStore:
     @property
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid() and replaced(self._local, self.db_path):
+            conn.close()  # the cache file was deleted or replaced (zsclip.cache.replaced): open the new one
+            conn = None
         if conn is None or self._local.pid != os.getpid():  # never use a connection inherited through fork
             self._local.pid = os.getpid()
-            conn = self._local.conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, atomic always
+            # Through the cache, so a file made anew since (deleted, then recreated) has its tables.
+            conn = self._local.conn = Cache(os.path.dirname(self.db_path)).connect()
+            self._local.file, self._local.checked = file_id(self.db_path), time.monotonic()
         return conn
 
     def close(self) -> None:
