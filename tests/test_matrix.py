@@ -247,7 +247,8 @@ def test_serve_answers_on_every_backend_from_its_threads(cache, tmp_path):
         scan.start()
         scan.join()
         assert library.progress.error is None and library.progress.counts["indexed"] == 12, library.progress
-        client = TestClient(make_app(library, Guard("127.0.0.1", "token")), base_url="http://127.0.0.1:8765")
+        app = make_app(library, Guard("127.0.0.1", "token"))
+        client = TestClient(app, base_url="http://127.0.0.1:8765", headers={"Authorization": "token token"})
         search = client.get("/api/search", params={"q": "a green hexagon", "top": 3})
         assert search.status_code == 200, search.text
         classify = client.get("/api/classify", params={"classes": "red circle,green star", "templates": "shapes"})

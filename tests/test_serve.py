@@ -42,7 +42,10 @@ def photos(tmp_path) -> Path:
     return target
 
 
-def served(model, photos: Path, host: str = "127.0.0.1", **site):
+AUTH = {"Authorization": "token secret-token"}  # an API client's header (Jupyter's form)
+
+
+def served(model, photos: Path, host: str = "127.0.0.1", auth: bool = True, **site):
     from zsclip.serve.app import make_app
     from zsclip.serve.guard import Guard
     from zsclip.serve.library import Library
@@ -51,7 +54,8 @@ def served(model, photos: Path, host: str = "127.0.0.1", **site):
     library.scan()
     guard = Guard(host, "secret-token")
     base = f"http://{host}:8765" if ":" not in host else f"http://[{host}]:8765"
-    return library, TestClient(make_app(library, guard, **site), base_url=base)
+    client = TestClient(make_app(library, guard, **site), base_url=base, headers=AUTH if auth else None)
+    return library, client
 
 
 @pytest.fixture
@@ -164,16 +168,84 @@ def test_no_file_outside_the_served_folders_is_ever_served(model, photos, where)
     assert ok.content == (photos / "blue_cross.png").read_bytes()
 
 
-def test_another_host_needs_the_token_on_every_request(model, photos):
-    _, client = served(model, photos, host="0.0.0.0")
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_every_request_needs_the_token_on_loopback_too(model, photos, host):
+    """Issue 31: on loopback the page needed no token and held the write token, so another user of the machine
+    read it with curl and sorted the owner's photos. Now every request needs the token (the header of an API
+    client, or the cookie the printed URL sets); the token is never in the page, nor in any URL after login."""
+    _, client = served(model, photos, host=host, auth=False)
     for url in ("/", "/api/status", "/api/search?q=red", f"/api/thumb?path={photos}/blue_cross.png"):
         assert client.get(url).status_code == 403, url
-        assert client.get(url, params={"token": "wrong"}).status_code == 403, url
-    assert client.get("/api/search", params={"q": "red", "token": "secret-token"}).status_code == 200
-    assert client.get("/api/status", headers={"X-Zsclip-Token": "secret-token"}).status_code == 200
-    page = client.get("/", params={"token": "secret-token"})  # the printed URL: it sets the cookie the page uses
-    assert page.status_code == 200 and "zsclip_token" in page.headers["set-cookie"]
-    assert client.get(f"/api/thumb?path={photos}/blue_cross.png").status_code == 200  # the cookie
+        assert client.get(url, headers={"Authorization": "token wrong"}).status_code == 403, url
+        if url != "/":  # only / takes it (and redirects it away)
+            assert client.get(url, params={"token": "secret-token"}).status_code == 403, url
+    assert client.get("/api/search", params={"q": "red"}, headers=AUTH).status_code == 200
+    assert client.get("/api/status", headers={"Authorization": "Bearer secret-token"}).status_code == 200
+    login = client.get("/", params={"token": "secret-token", "q": "red circle"}, follow_redirects=False)
+    assert login.status_code == 303 and login.headers["location"] == "/?q=red+circle"  # the deep link kept
+    cookie = login.headers["set-cookie"]
+    assert (
+        "zsclip_token=secret-token" in cookie and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+    )
+    page = client.get("/?q=red+circle")  # the cookie now
+    assert page.status_code == 200 and "secret-token" not in page.text
+    assert "nonce-" in page.headers["content-security-policy"] and page.headers["x-content-type-options"] == "nosniff"
+    assert client.get(f"/api/thumb?path={photos}/blue_cross.png").status_code == 200
+
+
+def test_no_token_opens_loopback_only(model, photos):
+    from zsclip.serve.guard import Guard
+
+    assert Guard("127.0.0.1", open_access=True).open
+    from typer.testing import CliRunner
+
+    from zsclip.cli import app
+
+    refused = CliRunner().invoke(app, ["serve", str(photos), "-m", "shapes", "--host", "0.0.0.0", "--no-token"])
+    assert refused.exit_code == 2 and "--no-token: only on a loopback --host" in refused.stderr
+
+
+def test_a_change_from_another_page_is_refused(model, photos, tmp_path):
+    """Issue 31: after the user opened the printed URL, a page on 127.0.0.1:<another port> (the same site, so the
+    SameSite=Strict cookie went along) POSTed a plain form to /api/sort?mode=move and moved their photos. A POST
+    with the cookie must come from this server's own origin, and no form or text body is taken."""
+    into = tmp_path / "sorted"
+    params = {"classes": CLASSES, "templates": "shapes", "mode": "move"}
+    _, client = served(model, photos, sort_into=into, allow_write=True, auth=False)
+    client.get("/", params={"token": "secret-token"})  # the user opened the printed URL: the cookie is set
+    for origin, site in [("http://127.0.0.1:9999", "same-site"), (None, None), ("null", "cross-site")]:
+        headers = {k: v for k, v in (("Origin", origin), ("Sec-Fetch-Site", site)) if v}
+        form = {"Content-Type": "application/x-www-form-urlencoded", **headers}
+        assert client.post("/api/sort", params=params, headers=form, content=b"a=1").status_code in (403, 415)
+        assert client.post("/api/sort", params=params, headers=headers).status_code == 403
+        assert client.post("/api/rescan", headers=headers).status_code == 403
+    for kind in ("text/plain", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded"):
+        own = {"Origin": "http://127.0.0.1:8765", "Content-Type": kind}
+        assert client.post("/api/sort", params=params, headers=own, content=b"x").status_code == 415
+    assert sorted(p.name for p in photos.iterdir()) == sorted(p.name for p in EXAMPLES.iterdir())  # nothing moved
+    own = {"Origin": "http://127.0.0.1:8765", "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/api/sort", params=params, headers=own).status_code == 200  # the page itself
+    assert not list(photos.iterdir())
+
+
+def test_an_image_is_served_as_the_type_its_decoder_found_never_by_its_name(model, photos):
+    """Issue 31: pic.png -> evil.html, a file that is both a valid PNG and an HTML page, was indexed as an image
+    and served as text/html on this origin, where its script could read the page and sort. Images are served as
+    the type their decoder found, with nosniff and a sandbox policy; a format browsers do not show is sent as PNG."""
+    from PIL import Image
+
+    png = (EXAMPLES / "blue_cross.png").read_bytes()
+    (photos / "evil.html").write_bytes(png + b"<script>fetch('/api/sort?mode=move',{method:'POST'})</script>")
+    (photos / "pic.png").symlink_to("evil.html")
+    Image.open(EXAMPLES / "red_star.png").save(photos / "star.tiff")
+    _, client = served(model, photos)
+    for name, kind in [("pic.png", "image/png"), ("evil.html", "image/png"), ("star.tiff", "image/png")]:
+        answer = client.get("/api/image", params={"path": str(photos / name)})
+        assert answer.status_code == 200, (name, answer.text)
+        assert answer.headers["content-type"] == kind, name
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["content-security-policy"].startswith("sandbox")
+    assert Image.open(io.BytesIO(client.get("/api/image", params={"path": str(photos / "star.tiff")}).content)).size
 
 
 def test_loopback_refuses_another_host_header(client):
@@ -187,10 +259,10 @@ def test_sorting_needs_allow_write_and_the_token_and_uses_the_sorter(model, phot
     _, reader = served(model, photos, sort_into=into)
     plan = reader.get("/api/sort/plan", params=params).json()
     assert len(plan["rows"]) == 12 and not into.exists()  # a preview writes nothing
-    assert reader.post("/api/sort", params=params, headers={"X-Zsclip-Token": "secret-token"}).status_code == 403
-    _, writer = served(model, photos, sort_into=into, allow_write=True)
+    assert reader.post("/api/sort", params=params).status_code == 403  # no --allow-write
+    _, writer = served(model, photos, sort_into=into, allow_write=True, auth=False)
     assert writer.post("/api/sort", params=params).status_code == 403  # no token, even on loopback
-    done = writer.post("/api/sort", params=params, headers={"X-Zsclip-Token": "secret-token"})
+    done = writer.post("/api/sort", params=params, headers=AUTH)
     assert done.status_code == 200, done.text
     assert sorted(p.name for p in (into / "red circle").iterdir()) == sorted(
         Path(r["path"]).name for r in plan["rows"] if r["label"] == "red circle"
@@ -236,9 +308,9 @@ def test_uploads_are_size_limited_and_checked_like_files(model, photos, tmp_path
 
     strict = Library(model, [str(photos)], os.environ["ZSCLIP_CACHE_DIR"], max_pixels=10_000)
     strict.scan()
-    answer = TestClient(make_app(strict, Guard("127.0.0.1", "t")), base_url="http://127.0.0.1").post(
-        "/api/search/image", content=(tmp_path / "wide.png").read_bytes()
-    )
+    answer = TestClient(
+        make_app(strict, Guard("127.0.0.1", "t")), base_url="http://127.0.0.1", headers={"Authorization": "token t"}
+    ).post("/api/search/image", content=(tmp_path / "wide.png").read_bytes())
     assert answer.status_code == 400 and "--max-pixels" in answer.json()["error"]
 
 
@@ -350,7 +422,7 @@ def test_templates_are_set_names_never_files(client):
 def test_a_second_sort_continues_the_folder(model, photos, tmp_path):
     into = tmp_path / "sorted"
     _, client = served(model, photos, sort_into=into, allow_write=True)
-    params, token = {"classes": CLASSES, "templates": "shapes"}, {"X-Zsclip-Token": "secret-token"}
+    params, token = {"classes": CLASSES, "templates": "shapes"}, AUTH
     assert client.post("/api/sort", params=params, headers=token).status_code == 200
     second = client.post("/api/sort", params=params, headers=token)
     assert second.status_code == 200, second.text

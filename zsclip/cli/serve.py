@@ -11,6 +11,7 @@ import typer
 from .. import progress
 from ..defaults import DEFAULT_MODEL
 from ..errors import UsageError, ZsclipError
+from ..serve.guard import is_loopback
 from .common import model_for_classifier, read_options
 from .options import INPUT, OUTPUT, Backend, ClassifierOpt, Device, Limits, ModelOpt, Speed, Walk, grouped, option
 
@@ -47,6 +48,15 @@ def serve_cmd(
         str | None,
         option(panel=OUTPUT, help="The access token (default: a new random one each start).", show_default=False),
     ] = None,
+    no_token: Annotated[
+        bool,
+        option(
+            "--no-token",
+            panel=OUTPUT,
+            help="No token on a single-user machine (loopback only): anyone who can reach the port, any user of "
+            "this machine included, can read the page and, with --allow-write, sort. docs/serve.md.",
+        ),
+    ] = False,
     *,
     walk: Walk,
     limits: Limits,
@@ -66,6 +76,8 @@ def serve_cmd(
         raise UsageError(f"--port {port}: use 0 to 65535")
     if rescan < 0 or max_upload_mb < 1:
         raise UsageError("--rescan must be 0 or more seconds, --max-upload-mb at least 1")
+    if no_token and (token is not None or not is_loopback(host)):
+        raise UsageError("--no-token: only on a loopback --host (127.0.0.1, ::1), and without --token")
     if allow_write and sort_into is None:
         raise UsageError("--allow-write lets the page sort into --sort-into DIR: give --sort-into too")
     if reports is not None and not reports.is_dir():
@@ -83,10 +95,11 @@ def serve_cmd(
         "allow_write": allow_write,
         "max_upload": max_upload_mb << 20,
     }
-    _serve(sources, model, host, port, open_browser, rescan, token, device, backend, read, site)
+    access = (token, no_token)
+    _serve(sources, model, host, port, open_browser, rescan, access, device, backend, read, site)
 
 
-def _serve(sources, model, host, port, open_browser, rescan, token, device, backend, read, site: dict) -> None:
+def _serve(sources, model, host, port, open_browser, rescan, access, device, backend, read, site: dict) -> None:
     import socket
 
     import uvicorn
@@ -103,7 +116,8 @@ def _serve(sources, model, host, port, open_browser, rescan, token, device, back
 
         site["classifier"] = load_classifier(site["classifier"], clip)
     library = Library(clip, [p for p, _ in sources], str(cache.directory), **read)
-    guard = Guard(host, token)
+    token, no_token = access
+    guard = Guard(host, token, open_access=no_token)
     app = make_app(library, guard, **site)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -116,15 +130,22 @@ def _serve(sources, model, host, port, open_browser, rescan, token, device, back
     sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/" + ("" if guard.loopback else f"?token={guard.token}")
+    # Printed once: opening it sets the cookie (the page never holds the token); API clients send
+    # `Authorization: token TOKEN`.
+    url = f"http://{shown}:{port}/" + ("" if guard.open else f"?token={guard.token}")
     progress.log(f"serving {', '.join(library.roots)} with {clip.spec} at {url}")
-    if guard.loopback:
-        progress.log(f"token for sorting from another client: {guard.token}")
+    if guard.open:
+        progress.log("warning: --no-token: any user of this machine can open the page")
     library.start(rescan or None)
     if open_browser:
         import webbrowser
 
-        webbrowser.open(url)
+        try:
+            opened = webbrowser.open(url)
+        except webbrowser.Error:
+            opened = False
+        if not opened:
+            progress.log("--open: no browser could be opened here; open the address above yourself")
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     try:
         uvicorn.Server(config).run(sockets=[sock])

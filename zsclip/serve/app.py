@@ -13,15 +13,17 @@ from __future__ import annotations
 import functools
 import io
 import os
+import secrets
 import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -55,12 +57,10 @@ def make_app(
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
-        settings = {"token": guard.token, "sortInto": str(sort_into) if sort_into else None, "write": allow_write}
-        html = page.replace("/*SETTINGS*/{}", _json(settings))
-        response = HTMLResponse(html, headers={"Cache-Control": "no-store"})
-        if request.query_params.get("token") == guard.token:
-            response.set_cookie(TOKEN_COOKIE, guard.token, httponly=True, samesite="strict")
-        return response
+        settings = {"sortInto": str(sort_into) if sort_into else None, "write": allow_write}  # never the token
+        nonce = secrets.token_urlsafe(16)
+        html = page.replace("/*SETTINGS*/{}", _json(settings)).replace("<script>", f'<script nonce="{nonce}">')
+        return HTMLResponse(html, headers={"Cache-Control": "no-store", "Content-Security-Policy": _page_policy(nonce)})
 
     @api
     def status(request: Request) -> Response:
@@ -198,9 +198,7 @@ def make_app(
         real = contained(path, library.roots)
         if library.row_of(path) is None and library.row_of(real) is None:
             raise Refused(f"{path}: not an indexed image", 404)
-        from starlette.responses import FileResponse
-
-        return FileResponse(real)
+        return _image_response(real, path)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
@@ -227,7 +225,9 @@ def make_app(
 
 
 class GuardMiddleware:
-    """Every HTTP request passes zsclip.serve.guard first; sorting (POST /api/sort) always needs the token."""
+    """Every HTTP request passes zsclip.serve.guard first. `GET /?token=TOKEN` (the URL zsclip serve prints) sets
+    the HttpOnly cookie and redirects to the same address without the token. Every answer says nosniff; the files
+    (images, thumbnails, reports) come with a sandbox policy, so one that is also HTML runs nothing here."""
 
     def __init__(self, app, guard: Guard):
         self.app, self.guard = app, guard
@@ -236,17 +236,80 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        token = (
-            request.headers.get("x-zsclip-token")
-            or request.query_params.get("token")
-            or request.cookies.get(TOKEN_COOKIE)
-        )
-        write = scope["method"] == "POST" and scope["path"] == "/api/sort"
+        headers = request.headers
+        login = scope["path"] == "/" and scope["method"] == "GET" and "token" in request.query_params
+        if login and self.guard.valid(request.query_params.get("token")):
+            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+            target = "/" + ("?" + urlencode(rest) if rest else "")  # a deep link (/?token=T&q=...) kept
+            response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+            response.set_cookie(TOKEN_COOKIE, self.guard.token, httponly=True, samesite="strict", path="/")
+            return await response(scope, receive, send)
         try:
-            self.guard.check(request.headers.get("host", ""), token, write)
+            self.guard.check(
+                scope["method"],
+                headers.get("host", ""),
+                headers.get("authorization"),
+                request.cookies.get(TOKEN_COOKIE),
+                headers.get("origin"),
+                headers.get("sec-fetch-site"),
+                headers.get("content-type"),
+            )
         except Refused as e:
             return await _error(str(e), e.status)(scope, receive, send)
-        return await self.app(scope, receive, send)
+        sandboxed = scope["path"].startswith(("/api/image", "/api/thumb", "/reports"))
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+                if sandboxed:
+                    extra.append((b"content-security-policy", FILE_POLICY.encode()))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
+# The page: its own script (by nonce) and nothing from elsewhere. Files (images, thumbnails, reports, which have no
+# scripts): a sandbox where nothing runs.
+FILE_POLICY = "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'"
+
+
+def _page_policy(nonce: str) -> str:
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src 'self' data: blob:; "
+        "connect-src 'self'; frame-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+# What a browser may show of an image, by the format its decoder found (never by the file's name); any other
+# format (TIFF, HEIC, PPM, ...) is sent as PNG.
+BROWSER_FORMATS = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+}
+
+
+def _image_response(real: str, shown: str) -> Response:
+    """The image file as the type its decoder found: a file that is a PNG and an HTML page, reached through a
+    link named .png or named .html, is served as image/png (it was served as text/html, on this origin)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(real) as im:
+            kind = BROWSER_FORMATS.get(im.format or "")
+            if kind is None:
+                im.load()
+                out = io.BytesIO()
+                im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB").save(out, format="PNG")
+                return Response(out.getvalue(), media_type="image/png")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise Refused(f"{shown}: not an image that can be shown ({' '.join(str(e).split())[:120]})", 422) from None
+    from starlette.responses import FileResponse
+
+    return FileResponse(real, media_type=kind, content_disposition_type="inline")
 
 
 def api(handler):

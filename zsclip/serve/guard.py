@@ -1,10 +1,18 @@
-"""What `zsclip serve` lets through: files under the served folders only, and the token.
+"""What `zsclip serve` lets through: files under the served folders only, and requests that carry the token.
 
 A path from a request is served only if it names a regular file whose real path (every symbolic link resolved)
 lies inside one of the real served roots; NUL bytes, backslashes (a Windows separator), relative paths and `..`
-never get that far. The token: bound to a loopback address, reading needs none but the Host header must be a
-loopback name (a page on another site that rebinds its DNS name to 127.0.0.1 gets nothing); bound to any other
-address, every request needs the token. Actions that write (sorting) need it always.
+never get that far.
+
+The token (Jupyter Server's model): every request needs it, the page included, on loopback too (another user of
+the machine can reach 127.0.0.1). zsclip serve prints it once, in a URL: opening `/?token=TOKEN` sets an HttpOnly
+cookie and redirects to the same address without it, so it never stays in a page, the history, a copied link or a
+Referer. API clients send `Authorization: token TOKEN`. A request that changes something (POST) authenticated by
+the cookie must come from the page itself: its Origin is this server's (another port of the same host is another
+origin, though the same site, so the cookie alone would be sent from it), and a form or text/plain body, what a
+page elsewhere can post without asking, is refused. On loopback the Host header must be a loopback name (a page
+whose DNS name is rebound to 127.0.0.1 gets nothing). `--no-token` opts out of the token on a single-user
+machine, loopback only; the Origin rule still holds.
 """
 
 from __future__ import annotations
@@ -64,19 +72,51 @@ def host_name(header: str) -> str:
     return found.group(1) if found else ""
 
 
+# Bodies a page on any site may POST without a CORS preflight: never accepted by the API.
+SIMPLE_BODIES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+
+
 class Guard:
-    def __init__(self, host: str, token: str | None = None):
+    def __init__(self, host: str, token: str | None = None, open_access: bool = False):
         self.loopback = is_loopback(host)
         self.token = token or new_token()
+        self.open = open_access  # --no-token: a single-user machine, loopback only (checked by the CLI)
 
-    def check(self, host_header: str, given: str | None, write: bool = False) -> None:
-        """Raise Refused unless a request with this Host header and token may go on."""
-        ok = given is not None and hmac.compare_digest(given.encode(), self.token.encode())
-        if self.loopback:
-            if not is_loopback(host_name(host_header)):
-                raise Refused(f"Host {host_header!r}: this server answers to localhost only", 403)
-            if write and not ok:
-                raise Refused("this action writes files: it needs the token (the URL zsclip serve printed)", 403)
+    def valid(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def check(
+        self,
+        method: str,
+        host_header: str,
+        authorization: str | None,
+        cookie: str | None,
+        origin: str | None = None,
+        fetch_site: str | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        """Raise Refused unless a request with these headers may go on (see the module docstring)."""
+        if self.loopback and not is_loopback(host_name(host_header)):
+            raise Refused(f"Host {host_header!r}: this server answers to localhost only", 403)
+        by_header = self.valid(bearer(authorization))
+        if not (by_header or self.valid(cookie) or self.open):
+            raise Refused(
+                "a token is needed: open the URL zsclip serve printed (it ends in ?token=...), or send "
+                "'Authorization: token TOKEN'",
+                403,
+            )
+        if method in ("GET", "HEAD", "OPTIONS"):
             return
-        if not ok:
-            raise Refused("a token is needed: open the URL zsclip serve printed (it ends in ?token=...)", 403)
+        kind = (content_type or "").split(";")[0].strip().lower()
+        if kind in SIMPLE_BODIES:
+            raise Refused(f"Content-Type {kind}: the API takes no form or text bodies", 415)
+        if by_header:  # no page elsewhere can set this header without a CORS preflight, which is never granted
+            return
+        if origin != f"http://{host_header}" or fetch_site not in (None, "same-origin"):
+            raise Refused(f"a change from another page (Origin {origin or 'none'}) is refused", 403)
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: token TOKEN` (Jupyter's form) or `Bearer TOKEN` header."""
+    scheme, _, value = (header or "").strip().partition(" ")
+    return value.strip() if scheme.lower() in ("token", "bearer") and value.strip() else None
