@@ -427,6 +427,10 @@ def test_a_second_sort_continues_the_folder(model, photos, tmp_path):
     second = client.post("/api/sort", params=params, headers=token)
     assert second.status_code == 200, second.text
     assert len(list(into.rglob("*.png"))) == 12
+    other = client.get("/api/sort/plan", params={"classes": "red star,green hexagon", "templates": "shapes"})
+    # Issue 31: the page showed the CLI's "--resume: ... was sorted with other labels" (no --resume in a page)
+    assert other.status_code == 400 and "--resume" not in other.json()["error"]
+    assert "sorted before with other class names" in other.json()["error"] and "--sort-into" in other.json()["error"]
 
 
 def test_host_headers_that_only_start_like_loopback_are_refused(client):

@@ -161,7 +161,17 @@ def make_app(
         again = (Path(sort_into) / "manifest.csv").exists()  # a later sort continues the folder's manifest
         kind = {"dry_run": dry_run, "resume": again, "labels": clf.labels, "settings": settings, "plan": plan}
         kind["sources"] = library.sources  # a move never takes a file from a folder linked in from outside
-        with Sorter(sort_into, mode, **kind) as sorter:
+        try:
+            sorter = Sorter(sort_into, mode, **kind)
+        except UsageError as e:
+            if not str(e).startswith("--resume:"):
+                raise
+            # The CLI's words (--resume) mean nothing in the page: say what the page can change.
+            raise UsageError(
+                f"{sort_into} was sorted before with other class names, threshold or mode: use the same ones, or "
+                "start zsclip serve with another --sort-into folder"
+            ) from None
+        with sorter:
             for pred in predict(paths, probs, clf, check_options(clf, None, threshold), threshold):
                 rows.append({"path": pred.path, "label": pred.label, "to": str(sorter.add(pred) or "")})
             summary = sorter.summary()
