@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -503,3 +504,16 @@ def test_a_made_up_classifier_file_is_refused_with_one_line(shapes_folder, tmp_p
         result = run(command, str(shapes_folder), "-m", "shapes", "--classifier", str(bad), "-q", code=2)
         assert says in result.output and "Traceback" not in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_no_record_ever_holds_nan():
+    """Whatever made the scores NaN (a classifier built in Python, damaged weights), classify stops with one line
+    naming the image instead of writing "prob": NaN, which is not JSON."""
+    from zsclip.classify import predict
+    from zsclip.errors import ZsclipError
+
+    clf = SimpleNamespace(labels=["a", "b"])
+    probs = np.array([[0.2, 0.8], [np.nan, np.nan]], dtype=np.float32)
+    with pytest.raises(ZsclipError, match="b.png: the model gave NaN or infinite scores"):
+        predict(["a.png", "b.png"], probs, clf, 1, None)
+    assert [p.label for p in predict(["a.png"], probs[:1], clf, 1, None)] == ["b"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import similarity
 from .engines import embed_stream
-from .errors import UsageError
+from .errors import UsageError, ZsclipError
 from .limits import check_ranking
 from .models import ClipModel
 from .recheck import Recheck
@@ -71,6 +71,9 @@ def check_options(classifier: Classifier, top_k: int | None, threshold: float | 
 def predict(
     paths: list[str], probs: np.ndarray, classifier: Classifier, top_k: int, threshold: float | None
 ) -> list[Prediction]:
+    if not np.isfinite(probs).all():  # no record ever holds NaN or Infinity (they are not JSON either)
+        bad = paths[int(np.flatnonzero(~np.isfinite(probs).all(-1))[0])]
+        raise ZsclipError(f"{bad}: the model gave NaN or infinite scores (damaged weights or classifier)")
     values, indices = similarity.top_k(probs, top_k)
     labels = classifier.labels
     out = []
