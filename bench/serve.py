@@ -121,9 +121,15 @@ def main() -> None:
                 raise SystemExit(f"zsclip serve exited {server.wait()}")
             found = re.search(r"at (http://\S+)", line)
             url = found.group(1) if found else None
+        url, token = url.split("?token=")
+        auth = {"Authorization": f"token {token}"}  # an API client's header (docs/serve.md)
+
+        def get(address: str) -> bytes:
+            return urllib.request.urlopen(urllib.request.Request(address, headers=auth)).read()
+
         t0 = time.perf_counter()
         while True:
-            status = json.loads(urllib.request.urlopen(url + "api/status").read())
+            status = json.loads(get(url + "api/status"))
             if status["passes"] >= 1:
                 break
             time.sleep(0.5)
@@ -137,7 +143,7 @@ def main() -> None:
             for text in batch:
                 t = time.perf_counter()
                 query = f"{url}api/search?q={urllib.parse.quote(text)}&top=24"
-                answer = json.loads(urllib.request.urlopen(query).read())
+                answer = json.loads(get(query))
                 times.append(time.perf_counter() - t)
                 assert len(answer["results"]) == 24
             timings[name] = times

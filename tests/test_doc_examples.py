@@ -185,7 +185,8 @@ def serve(argv: list[str]) -> None:
             found = re.search(r"at (http://\S+)", line)
             url = found.group(1) if found else None
         assert url is not None, f"{shlex.join(argv)}: never said where it serves"
-        with urllib.request.urlopen(url, timeout=30) as page:
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the login cookie
+        with browser.open(url, timeout=30) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
     finally:
         proc.terminate()
