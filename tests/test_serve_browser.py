@@ -245,3 +245,23 @@ def test_three_ways_a_web_page_moved_the_photos_are_closed(server, tmp_path):
         pytest.fail("GET / without the token answered")
     except urllib.error.HTTPError as e:
         assert e.code == 403 and server.token not in e.read().decode()
+
+
+def test_open_says_so_where_no_browser_can_be_opened(tmp_path):
+    """Issue 31: `--open` did nothing and said nothing where no browser could be opened."""
+    photos = tmp_path / "photos"
+    shutil.copytree(EXAMPLES, photos)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BROWSER": "false"}  # a browser command that fails
+    command = [sys.executable, "-m", "zsclip", "serve", str(photos), "-m", "shapes", "--port", "0", "--open"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines, deadline = [], time.time() + 120
+        while time.time() < deadline and not any("--open" in line for line in lines):
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert any("--open: no browser could be opened here" in line for line in lines), lines
+    finally:
+        proc.terminate()
+        proc.wait(10)
