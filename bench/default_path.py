@@ -124,9 +124,10 @@ def main() -> None:
     print(f"| open_clip script (reference) | {ref_s:.1f} | 1.00x | 100% | {load()} |", flush=True)
     row("zsclip --backend torch, first run", *ours("torch", listing, "--backend", "torch")[:2])
     row("zsclip default (auto), first run", *ours("auto", listing)[:2])
-    prepare_s = timed([python, "-m", "zsclip", "models", "--prepare", spec, "-q", "-f", "jsonl"], cache("auto"))[0]
-    chosen = list((work / "auto").glob("onnx/*/auto.json"))
-    choice = json.loads(chosen[0].read_text())["choice"] if chosen else "?"
+    prepare_s, table, _ = timed(
+        [python, "-m", "zsclip", "models", "--prepare", spec, "-q", "-f", "jsonl"], cache("auto")
+    )
+    choice = next(r["backend"] for r in map(json.loads, table.splitlines()) if r["chosen"])
     print(f"| zsclip models --prepare (once per model and CPU; auto chose {choice}) | {prepare_s:.1f} | | | {load()} |")
     # A later run with other classes and other photos, after the first run (torch) and after --prepare (auto).
     second = work / "second.txt"

@@ -248,7 +248,7 @@ def test_auto_runs_torch_until_prepared_then_what_prepare_measured(tiny_model_di
         again = use_backend(load_model(str(tiny_model_dir), device="cpu"), "auto")
         assert again.backend == "onnx" and len(calls) == 1  # measured once, remembered
     assert "prepare" not in capsys.readouterr().err
-    saved = json.loads((Exports(model, Cache()).directory / "auto.json").read_text())
+    (saved,) = json.loads((Exports(model, Cache()).directory / "auto.json").read_text())["machines"].values()
     assert saved["choice"] == "onnx" and saved["results"]["onnx-int8"]["images_per_s"] == 30.0
 
 

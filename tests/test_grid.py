@@ -53,6 +53,8 @@ def test_grid_scores_every_pair_like_single_evals_and_writes_a_leaderboard(grid_
     with open(report / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 4 and {"model", "fingerprint", "dataset", "acc1", "seconds", "n"} <= set(table[0])
+    assert {(r["backend"], r["precision"]) for r in table} == {("torch", "fp32")}  # what computed every number
+    assert "Computed with torch, fp32" in (report / "leaderboard.html").read_text()
     assert (report / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
     class Cells(HTMLParser):

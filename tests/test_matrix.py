@@ -153,7 +153,8 @@ def reference(tmp_path_factory, labelled, captions, video) -> dict:
 
 def _chosen(cache: Path) -> str:
     (auto,) = cache.glob("onnx/*/auto.json")
-    return json.loads(auto.read_text())["choice"]
+    (measured,) = json.loads(auto.read_text())["machines"].values()
+    return measured["choice"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -300,3 +301,70 @@ def test_cache_info_counts_the_onnx_exports_and_clear_removes_them(cache, tmp_pa
     run("cache", "clear")
     assert not (cache / "onnx").exists() and not (cache / "thumbs").exists()
     assert (cache / "datasets" / "kept.txt").exists()  # inputs, not derived: kept
+
+
+def test_a_taskset_or_thread_count_keeps_what_prepare_measured(cache, tmp_path, monkeypatch):
+    """A run under `taskset -c 0` or OMP_NUM_THREADS=1 is the same machine: it said 'not prepared' and ran torch,
+    and `--backends` there prepared again and overwrote the 2-core measurement."""
+    from zsclip.backends import load_model
+
+    chosen = _chosen(cache)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert load_model("shapes", device="cpu", show=False).backend == chosen
+    shown = run("models", "--backends", "shapes", "-f", "jsonl")
+    assert next(r["backend"] for r in jsonl(shown) if r["chosen"]) == chosen
+    assert _chosen(cache) == chosen
+
+
+def test_backends_shows_a_measurement_and_never_makes_one(tmp_path, private_cache):
+    result = run("models", "--backends", "shapes", code=2)
+    assert "not measured on this CPU yet; zsclip models --prepare shapes" in result.stderr
+    assert not list(private_cache.glob("onnx/*/*.onnx"))
+    assert "--prepare: give a model spec" in run("models", "--prepare", "", code=2).stderr
+    missing = run("models", "--prepare", str(tmp_path / "nothing"), code=2).stderr
+    assert missing.startswith("error: --prepare ")  # the option the user gave (it named --model)
+
+
+def test_two_prepares_at_once_both_finish(tmp_path, private_cache):
+    """ONNX Runtime's quantizer writes temporaries of fixed names beside its input: two first int8 runs (or two
+    prepares) at once crashed one with FileNotFoundError. One makes the files; the other waits and uses them."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "zsclip", "models", "--prepare", "shapes", "-q", "-f", "jsonl"]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err.decode()[-800:] for _, err in outs]
+
+
+def test_a_read_only_cache_is_one_line_never_a_traceback(tmp_path, monkeypatch):
+    """Helper-reported: with a cache that cannot be written, `models --prepare` and `--backend onnx` ended in an
+    OSError traceback (Read-only file system). Made read-only here by a file where the folder must go."""
+    import errno
+
+    from zsclip.backends import exports
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "cache" / "onnx"))
+
+    monkeypatch.setattr(exports.Lock, "acquire", refused)
+    for args in (("models", "--prepare", "shapes"), ("classify", EXAMPLES, "-m", "shapes", "-c", "a,b", "--backend",
+                                                     "onnx")):  # fmt: skip
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 1 and "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]  # after any progress: the error, one line
+        assert "error: cannot write" in last and "ZSCLIP_CACHE_DIR" in last
+
+
+def test_a_cache_folder_that_is_a_file_is_a_usage_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("hi")
+    monkeypatch.setenv("ZSCLIP_CACHE_DIR", str(tmp_path / "file"))
+    result = run("classify", EXAMPLES, "-m", "shapes", "-c", "a,b", code=2)
+    assert "the cache folder" in result.stderr and "is a file" in result.stderr
+
+
+def test_a_bad_backend_from_the_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv("ZSCLIP_BACKEND", "bogus")
+    result = CliRunner().invoke(app, ["classify", str(EXAMPLES), "-m", "shapes", "-c", "a,b"])
+    assert result.exit_code == 2 and "ZSCLIP_BACKEND=bogus: use one of" in result.stderr

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-from .errors import ZsclipError, is_disk_full
+from .errors import UsageError, ZsclipError, is_disk_full
 
 SCHEMA_VERSION = 4  # 2: image_embeddings; 3: content-hash index led by the hash; 4: ctime + inode, model info
 DB_NAME = "zsclip.sqlite"
@@ -154,6 +154,10 @@ class Cache:
         return not self._in_memory
 
     def _open(self, fallback: bool) -> sqlite3.Connection:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UsageError(
+                f"the cache folder {self.directory} is a file: set ZSCLIP_CACHE_DIR to a folder (or remove the file)"
+            )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             return self._connect()

@@ -124,6 +124,11 @@ def heatmap_png(rows: list[dict]) -> bytes:
     return figure_png(fig)
 
 
+def _computed(row: dict) -> str:
+    """The backend and precision a row was computed with (rows from before they were recorded: none)."""
+    return ", ".join(str(row[k]) for k in ("backend", "precision") if row.get(k))
+
+
 def _short(text: str, n: int = 32) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1) :]
 
@@ -150,10 +155,12 @@ def leaderboard_html(rows: list[dict], png: bytes) -> str:
             "</b></td></tr>"
         )
     details = "".join(
-        f"<tr><td>{e(r['model'])}</td><td>{e(r['dataset'])}</td><td>{e(str(r['templates']))}</td><td>{r['n']}</td>"
-        f"<td>{r['seconds']:.1f}</td><td>{e(r['error'] or '')}</td></tr>"
+        f"<tr><td>{e(r['model'])}</td><td>{e(r['dataset'])}</td><td>{e(_computed(r))}</td>"
+        f"<td>{e(str(r['templates']))}</td><td>{r['n']}</td><td>{r['seconds']:.1f}</td>"
+        f"<td>{e(r['error'] or '')}</td></tr>"
         for r in rows
     )
+    computed = sorted({_computed(r) for r in rows if _computed(r)})
     over = ", ".join(b.averaged)
     others = [d for d in b.datasets if d not in b.averaged]
     note = (
@@ -169,11 +176,13 @@ table{{border-collapse:collapse;margin:.5em 0}} th,td{{padding:.3em .8em;border-
 td{{font-variant-numeric:tabular-nums}} td.err{{color:#b00}} img{{max-width:100%}}
 </style></head><body>
 <h1>Leaderboard: {e(short(b.metric))}</h1>
-<p>{plural(len(b.models), "model")} x {plural(len(b.datasets), "data set")}. {note}</p>
+<p>{plural(len(b.models), "model")} x {plural(len(b.datasets), "data set")}. {note}
+Computed with {e("; ".join(computed)) or "an unrecorded backend"}.</p>
 <table><tr><th>#</th><th>model</th>{head}<th>{e(b.mean_label())}</th></tr>{"".join(body)}</table>
 <img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="heatmap of {e(b.metric)}">
 <h2>Pairs</h2>
-<table><tr><th>model</th><th>data set</th><th>templates</th><th>images</th><th>seconds</th><th>error</th></tr>
+<table><tr><th>model</th><th>data set</th><th>computed with</th><th>templates</th><th>images</th><th>seconds</th>
+<th>error</th></tr>
 {details}</table>
 </body></html>
 """
@@ -212,13 +221,16 @@ def write_results(report: Path, rows: list[dict]) -> None:
     metrics = metric_names(rows)
     with atomic.atomic_open(report / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "fingerprint", "dataset", "task", "templates", "n", *metrics, "seconds", "error"])
+        head = ["model", "fingerprint", "backend", "precision", "dataset", "task", "templates", "n"]
+        writer.writerow([*head, *metrics, "seconds", "error"])
         for r in rows:
             values = [r["metrics"].get(m, "") for m in metrics]
             writer.writerow(
                 [
                     r["model"],
                     r["fingerprint"],
+                    r.get("backend", ""),
+                    r.get("precision", ""),
                     r["dataset"],
                     r["task"],
                     r["templates"],

@@ -67,8 +67,13 @@ def default_backend() -> str:
 def resolve_backend(backend: str | None = None) -> str:
     backend = backend or default_backend()
     if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend}: use one of {', '.join(BACKENDS)}")
+        raise UsageError(f"{backend_option(backend)}: use one of {', '.join(BACKENDS)}")
     return backend
+
+
+def backend_option(value: str) -> str:
+    """How the user gave this backend, for a message: the environment variable, or --backend."""
+    return f"ZSCLIP_BACKEND={value}" if os.environ.get("ZSCLIP_BACKEND") == value else f"--backend {value}"
 
 
 def require_onnxruntime(backend: str = "onnx") -> None:
@@ -203,7 +208,8 @@ def _prepare(exports: Exports, backend: str, show: bool) -> None:
             step()
         return
     if show:
-        log(f"preparing {exports.model.spec} for --backend {backend} on this CPU: once per model, minutes on a laptop")
+        what = "ONNX Runtime (onnx and onnx-int8)" if backend == "onnx-int8" else f"--backend {backend}"
+        log(f"preparing {exports.model.spec} for {what} on this CPU: once per model, minutes on a laptop")
     with bar(f"preparing {exports.model.spec}", len(steps), "step", show) as progress:
         for what, step in steps:
             if progress:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import atomic
 from ..identity import StateError, read_state, write_state
+from ..locks import Lock
 from ..progress import log
 from .sessions import machine, open_session
 
@@ -51,6 +52,7 @@ class Exports:
         self.directory = Path(cache.directory) / "onnx" / digest[:24]
         self.meta_path = self.directory / "export.json"
         self._meta: dict | None = None
+        self._lock, self._depth = None, 0
 
     def path(self, tower: str, variant: str = "fp32") -> Path:
         return self.directory / f"{tower}{'' if variant == 'fp32' else '-' + variant}.onnx"
@@ -107,26 +109,56 @@ class Exports:
         import numpy as np
 
         if not self.check_intact():
-            from .int8 import USER_IMAGES, builtin_images, errors
-
-            own = self.calibration(self.model) if self.calibration else None
-            own = own[:USER_IMAGES] if own is not None and len(own) else None
-            pixels = builtin_images(self.model) if own is None else np.concatenate([own, builtin_images(self.model)])
-            with self._step(f"calibrating the int8 label check of {self.model.spec} on {len(pixels)} images"):
-                x = self.model.preprocess.normalize(pixels)
-                fp32 = _unit_run(self.session("image", "fp32"), x)
-                int8 = _unit_run(self.session("image", "int8"), x)
-                atomic.write_bytes(self.check_path, _npy(errors(fp32, int8)))
-            tower = self.meta()["files"][self.path("image", "int8").name]["sha256"]
-            images = {"own": 0 if own is None else len(own), "built-in": len(pixels) - (0 if own is None else len(own))}
-            self._record(self.check_path, check={"int8_sha256": tower, "images": images})
+            with self._making():
+                self._meta = None  # another process may have measured it while this one waited
+                if not self.check_intact():
+                    self._measure_check()
         return np.load(self.check_path)
+
+    def _measure_check(self) -> None:
+        import numpy as np
+
+        from .int8 import USER_IMAGES, builtin_images, errors
+
+        own = self.calibration(self.model) if self.calibration else None
+        own = own[:USER_IMAGES] if own is not None and len(own) else None
+        pixels = builtin_images(self.model) if own is None else np.concatenate([own, builtin_images(self.model)])
+        with self._step(f"calibrating the int8 label check of {self.model.spec} on {len(pixels)} images"):
+            x = self.model.preprocess.normalize(pixels)
+            fp32 = _unit_run(self.session("image", "fp32"), x)
+            int8 = _unit_run(self.session("image", "int8"), x)
+            atomic.write_bytes(self.check_path, _npy(errors(fp32, int8)))
+        tower = self.meta()["files"][self.path("image", "int8").name]["sha256"]
+        images = {"own": 0 if own is None else len(own), "built-in": len(pixels) - (0 if own is None else len(own))}
+        self._record(self.check_path, check={"int8_sha256": tower, "images": images})
 
     def ensure(self, tower: str, variant: str = "fp32") -> Path:
         """The file, made (exported, quantized) if it is missing or damaged."""
         path = self.path(tower, variant)
         if self.intact(tower, variant):
             return path
+        with self._making():
+            self._meta = None  # another process may have made it while this one waited
+            if self.intact(tower, variant):
+                return path
+            return self._make(tower, variant, path)
+
+    @contextlib.contextmanager
+    def _making(self) -> Iterator[None]:
+        """One process at a time makes this model's files (ONNX Runtime's quantizer writes temporary files of fixed
+        names beside its input: two first runs at once crashed one of them); the others wait, then find them made."""
+        if self._depth == 0:
+            what = f"the ONNX export of {self.model.spec}"
+            self._lock = Lock(self.directory / ".making.lock", what).acquire_waiting(timeout=3600)
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._lock.release()
+
+    def _make(self, tower: str, variant: str, path: Path) -> Path:
         if path.exists() or self.meta()["files"].get(path.name):
             log(f"warning: ONNX export {path} is missing or damaged; rebuilding it")
         fields: dict[str, Any] = {}

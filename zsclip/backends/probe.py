@@ -34,21 +34,27 @@ BARS = {"torch": 0.0, "onnx": 0.999, "onnx-int8": 0.995}
 # onnx is taken unless torch is this much faster: ONNX Runtime's run needs no torch import (seconds of a short
 # run), and a margin keeps a re-measurement on a noisy machine from flipping the choice.
 ONNX_MARGIN = 0.9
-VERSION = 2  # auto.json's: version 1 could choose onnx-int8
+VERSION = 3  # auto.json's: version 1 could choose onnx-int8, version 2 held one machine
 _TOLD: set[str] = set()  # models told about `zsclip models --prepare` in this process
 PROBE_IMAGES = 96
 TIMED_IMAGES = 32
 
 
-def remembered(exports: Exports) -> dict | None:
-    """auto.json for this machine, or None."""
+def _saved(exports: Exports) -> dict:
+    """auto.json: the measurement of each machine (CPU and library versions) this cache was prepared on."""
     try:
         data = json.loads((exports.directory / "auto.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("machine") != machine() or data.get("version") != VERSION:
-        return None
-    return data if data.get("choice") in AUTO else None
+        return {}
+    if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("machines"), dict):
+        return {}
+    return data["machines"]
+
+
+def remembered(exports: Exports) -> dict | None:
+    """What `--prepare` measured on this machine, or None."""
+    data = _saved(exports).get(machine())
+    return data if isinstance(data, dict) and data.get("choice") in AUTO else None
 
 
 def auto_choice(exports: Exports, show: bool = True) -> str:
@@ -62,7 +68,8 @@ def auto_choice(exports: Exports, show: bool = True) -> str:
         _TOLD.add(spec)
         log(
             f"note: --backend auto runs {spec} on torch: it is not prepared for ONNX Runtime on this CPU "
-            f"(`zsclip models --prepare {spec}` exports and measures it once; --backend torch silences this)"
+            f"(`zsclip models --prepare {spec}` exports and measures it once; --backend torch, or backend='torch' "
+            "in Python, silences this)"
         )
     return "torch"
 
@@ -77,9 +84,10 @@ def choose(exports: Exports, show: bool = True, again: bool = False) -> dict:
     onnx = results["onnx"]
     fast = onnx["images_per_s"] >= ONNX_MARGIN * results["torch"]["images_per_s"]
     choice = "onnx" if onnx["agreement"] >= BARS["onnx"] and fast else "torch"
-    data = {"version": VERSION, "machine": machine(), "choice": choice, "results": results}
+    data = {"machine": machine(), "choice": choice, "results": results}
     exports.directory.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(exports.directory / "auto.json", json.dumps(data, indent=2) + "\n")
+    machines = {**_saved(exports), machine(): data}  # another machine's measurement (a shared cache) is kept
+    atomic.write_text(exports.directory / "auto.json", json.dumps({"version": VERSION, "machines": machines}, indent=2))
     if show:
         log(f"--backend auto for {exports.model.spec} on this machine: {choice} ({summary(results)})")
     return data

@@ -53,7 +53,9 @@ def open_session(
 
 
 def machine() -> str:
-    """What the speed ranking depends on: the CPU, the threads and the library versions (read without importing)."""
+    """What the speed ranking and an optimized graph depend on: the CPU and the library versions (read without
+    importing). Not the threads: a run under `taskset` or OMP_NUM_THREADS is the same machine (it was another, so
+    auto forgot what `--prepare` measured)."""
     cpu = platform.processor()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -64,4 +66,4 @@ def machine() -> str:
     for package in ("torch", "onnxruntime"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions.append(f"{package} {importlib.metadata.version(package)}")
-    return "|".join([cpu, f"{os.cpu_count()} cpus", f"{threads()} threads", *versions])
+    return "|".join([cpu, *versions])

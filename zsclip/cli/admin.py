@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from .. import progress
 from ..errors import UsageError
 from .common import choice, print_table, typer_app
 from .options import OUTPUT, grouped, option
@@ -32,7 +31,7 @@ def models_cmd(
             panel=OUTPUT,
             show_default=False,
             help="MODEL: each CPU backend's speed and top-1 agreement with torch on auto's probe, and the one auto "
-            "takes (measured once per model and machine by --prepare).",
+            "takes, as --prepare measured them on this CPU (it measures nothing itself).",
         ),
     ] = None,
     prepare: Annotated[
@@ -55,7 +54,7 @@ def models_cmd(
     if backends is not None and prepare is not None:
         raise UsageError("give --prepare MODEL or --backends MODEL, not both (--prepare prints the table too)")
     if backends is not None or prepare is not None:
-        _backends(prepare or backends, fmt, quiet, again=prepare is not None)
+        _backends(prepare if prepare is not None else backends, fmt, quiet, again=prepare is not None)
         return
     from ..models import list_models
 
@@ -79,13 +78,19 @@ def _backends(spec: str, fmt: str | None, quiet: bool, again: bool) -> None:
     from ..cache import Cache
     from ..models import load_model
 
+    option = "--prepare" if again else "--backends"
+    if not spec.strip():
+        raise UsageError(f"{option}: give a model spec (e.g. shapes, ViT-B-32:openai)")
     require_onnxruntime("auto")
     cache = Cache()
-    model = load_model(spec, device="cpu", precision="fp32", cache=cache)
+    try:
+        model = load_model(spec, device="cpu", precision="fp32", cache=cache)
+    except UsageError as e:  # the spec's own checks speak of --model
+        raise UsageError(str(e).replace("--model ", f"{option} ", 1)) from None
     data = None if again else remembered(Exports(model, cache))
+    if data is None and not again:
+        raise UsageError(f"--backends {spec}: not measured on this CPU yet; zsclip models --prepare {spec} measures it")
     if data is None:
-        if not again and not quiet:
-            progress.log(f"{spec} is not measured on this CPU yet: preparing it now (zsclip models --prepare)")
         data = prepare(model, cache=cache, show=not quiet)
     rows = [
         {"backend": name, **r, "bar": BARS[name], "chosen": name == data["choice"]}

@@ -6,6 +6,7 @@ at once. Commands import the API inside their bodies."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 
 import click
@@ -47,6 +48,15 @@ class Group(TyperGroup):
             fail(str(exc), exc.exit_code)
         except MemoryError:
             fail("out of memory: try a smaller --batch-size or fewer --workers (finished output is kept)", 1)
+        except OSError as exc:  # a folder zsclip must write to that cannot take it (read-only, full, no access)
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                raise
+            from ..cache import cache_dir
+
+            where = exc.filename or "a file"
+            cached = str(where).startswith(str(cache_dir()))
+            hint = "; set ZSCLIP_CACHE_DIR to a writable folder" if cached else "; choose another folder"
+            fail(f"cannot write {where}: {exc.strerror}{hint} (finished output is kept)", 1)
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) and CPU allocator failures
             if "out of memory" not in str(exc).lower():
                 raise

@@ -126,15 +126,17 @@ class Backend(Options):
             env_name="backend",
             show_default=False,
             help="Where vectors are computed: torch, onnx, onnx-int8 (ONNX Runtime on the CPU; pip install "
-            "'zsclip[onnx]'; int8 labels near a tie are settled by the fp32 tower) or auto (the fastest that keeps "
-            "torch's labels on a built-in probe, measured once per model; torch on a GPU). Default: auto with the "
-            "onnx extra installed, else torch.",
+            "'zsclip[onnx]'; int8 labels near a tie are settled by the fp32 tower) or auto (torch, until `zsclip "
+            "models --prepare MODEL` measured onnx no slower on this CPU: then onnx, torch's vectors; never int8; "
+            "torch on a GPU). Default: auto with the onnx extra installed, else torch.",
         ),
     ] = None
 
     def check(self) -> Backend:
         if self.backend is not None and self.backend not in BACKENDS:
-            raise UsageError(f"--backend {self.backend}: use one of {', '.join(BACKENDS)}")
+            from ..backends import backend_option
+
+            raise UsageError(f"{backend_option(self.backend)}: use one of {', '.join(BACKENDS)}")
         return self
 
     def load(self, spec: str, device: Device, cache=None, quiet: bool = False, sources=None, lazy: bool = True):
