@@ -140,3 +140,34 @@ def put_in_hf_cache(cache: Path, repo: str, files: dict[str, Path]) -> Path:
         else:
             shutil.copy(src, snapshot / name)
     return snapshot
+
+
+def shapes_folders(root: Path, compositions, per_class: int, seed: int = 0) -> Path:
+    """A labelled folder data set of shapes-world pictures: root/<colour shape>/<i>.png, per_class each."""
+    import numpy as np
+
+    from zsclip import shapes
+
+    rng = np.random.default_rng(seed)
+    for colour, shape in compositions:
+        folder = root / f"{colour} {shape}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shapes.render(shapes.sample_scene(rng, colour, shape), 64, rng).save(folder / f"{i}.png")
+    return root
+
+
+def served_url(proc, timeout: float = 120) -> str:
+    """The URL a `zsclip serve` process prints on stderr once it listens (the test fails if it exits first)."""
+    import re
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            pytest.fail(f"zsclip serve exited {proc.returncode}")
+        found = re.search(r"at (http://\S+)", line)
+        if found:
+            return found.group(1)
+    pytest.fail("zsclip serve never said where it serves")

@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import served_url, shapes_folders
 from zsclip.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,17 +64,6 @@ def python_blocks(page: str) -> list[str]:
 
 
 # -- the sandbox --------------------------------------------------------------------------------------------
-def render(folder: Path, per_class: int, seed: int) -> None:
-    from zsclip import shapes
-
-    rng = np.random.default_rng(seed)
-    for colour, shape in COMPOSITIONS:
-        target = folder / f"{colour} {shape}"
-        target.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            shapes.render(shapes.sample_scene(rng, colour, shape), 64, rng).save(target / f"{i}.png")
-
-
 def cifar_download(cache: Path, key: str, n: int = 20) -> None:
     """What the CIFAR download leaves in the cache (torchvision's pickle), with n images."""
     rng = np.random.default_rng(0)
@@ -115,7 +104,7 @@ def inputs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("inputs")
     photos = root / "photos"
     shutil.copytree(REPO / "examples" / "shapes", photos)
-    render(root / "labelled", per_class=6, seed=0)
+    shapes_folders(root / "labelled", COMPOSITIONS, per_class=6)
     write_dataset(root / "captions", n=40, seed=3, size=64, eval_per_class=1)
     from .videos import shapes_video
 
@@ -177,14 +166,7 @@ def serve(argv: list[str]) -> None:
     command = [sys.executable, "-m", "zsclip", *argv, "--port", "0", "--rescan", "0"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline, url = time.time() + 120, None
-        while url is None and time.time() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                pytest.fail(f"{shlex.join(argv)}: exited {proc.returncode}")
-            found = re.search(r"at (http://\S+)", line)
-            url = found.group(1) if found else None
-        assert url is not None, f"{shlex.join(argv)}: never said where it serves"
+        url = served_url(proc)
         browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the login cookie
         with browser.open(url, timeout=30) as page:
             assert page.status == 200 and b"<html" in page.read().lower()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import shapes_folders
 from zsclip.cli import app
 
 COMPOSITIONS = [("red", "circle"), ("blue", "square"), ("green", "star"), ("yellow", "cross"), ("purple", "hexagon")]
@@ -21,16 +22,7 @@ COMPOSITIONS = [("red", "circle"), ("blue", "square"), ("green", "star"), ("yell
 @pytest.fixture(scope="module")
 def shapes_folder(tmp_path_factory) -> Path:
     """A folder data set: 5 classes x 8 shapes-world pictures (class folders named by the class)."""
-    from zsclip import shapes
-
-    root = tmp_path_factory.mktemp("fewshot") / "data"
-    rng = np.random.default_rng(0)
-    for colour, shape in COMPOSITIONS:
-        folder = root / f"{colour} {shape}"
-        folder.mkdir(parents=True)
-        for i in range(8):
-            shapes.render(shapes.sample_scene(rng, colour, shape), 64, rng).save(folder / f"{i}.png")
-    return root
+    return shapes_folders(tmp_path_factory.mktemp("fewshot") / "data", COMPOSITIONS, 8)
 
 
 def run(*args: str, code: int = 0):

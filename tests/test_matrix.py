@@ -19,10 +19,10 @@ import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import shapes_folders
 from zsclip.cli import app
 
 pytest.importorskip("onnxruntime")
@@ -69,16 +69,7 @@ def cache(prepared, private_cache) -> Path:
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory) -> Path:
     """4 classes x 6 shapes-world pictures, a folder per class."""
-    from zsclip import shapes
-
-    root = tmp_path_factory.mktemp("labelled") / "data"
-    rng = np.random.default_rng(0)
-    for colour, shape in COMPOSITIONS:
-        folder = root / f"{colour} {shape}"
-        folder.mkdir(parents=True)
-        for i in range(6):
-            shapes.render(shapes.sample_scene(rng, colour, shape), 64, rng).save(folder / f"{i}.png")
-    return root
+    return shapes_folders(tmp_path_factory.mktemp("labelled") / "data", COMPOSITIONS, 6)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -22,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import served_url
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -57,18 +58,10 @@ def server(tmp_path):
     ]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        url = None
-        deadline = time.time() + 120
-        while url is None and time.time() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                pytest.fail(f"zsclip serve exited {proc.returncode}")
-            found = re.search(r"at (http://\S+)", line)
-            url = found.group(1) if found else None
-        base, token = url.split("?token=")
+        base, token = served_url(proc).split("?token=")
         while json.loads(_get(base + "api/status", token))["passes"] < 1:
             time.sleep(0.2)
-        yield Served(url, base, token, photos)
+        yield Served(f"{base}?token={token}", base, token, photos)
     finally:
         proc.terminate()
         proc.wait(10)
