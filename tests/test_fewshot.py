@@ -509,3 +509,43 @@ def test_no_record_ever_holds_nan():
     with pytest.raises(ZsclipError, match="b.png: the model gave NaN or infinite scores"):
         predict(["a.png", "b.png"], probs, clf, 1, None)
     assert [p.label for p in predict(["a.png"], probs[:1], clf, 1, None)] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "says"),
+    [
+        ("huge", lambda a, m: a["weights"].fill(3e38), "'weights' holds values beyond"),
+        ("huge-bias", lambda a, m: a["bias"].fill(-3e38), "'bias' holds values beyond"),
+        ("huge-scale", lambda a, m: m.update(logit_scale=1e300), "logit_scale 1e+300 is not a number in"),
+    ],
+)
+def test_values_that_overflow_once_scored_are_refused_on_load(shapes_folder, tmp_path, name, change, says):
+    """Finite but huge values passed the load check and overflowed to NaN in the logits: eval then scored every
+    image as class 0 and exited 0 with wrong metrics."""
+    out = tmp_path / "clf.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-t", "shapes", "-q")
+    bad = _tampered(out, tmp_path / f"{name}.safetensors", change)
+    result = run("eval", str(shapes_folder), "-m", "shapes", "--classifier", str(bad), "-q", code=2)
+    assert says in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_tip_adapter_with_impossible_parameters_is_refused(shapes_folder, tmp_path):
+    out = tmp_path / "tip.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "--method", "tip-adapter", "-o", str(out), "-q")
+    for param, value in (("beta", -1e300), ("alpha", 1e308)):
+        bad = _tampered(
+            out, tmp_path / f"{param}.safetensors", lambda a, m, p=param, v=value: m["params"].update({p: v})
+        )
+        result = run("eval", str(shapes_folder), "-m", "shapes", "--classifier", str(bad), "-q", code=2)
+        assert f"parameter {param}" in result.output and "outside" in result.output, result.output
+
+
+def test_eval_stops_on_nan_scores_like_classify(shapes_folder, monkeypatch):
+    """Whatever gives NaN scores past the load checks, eval stops with one line (it reported acc1 0.1, exit 0)."""
+    from zsclip.fewshot import heads
+
+    out = shapes_folder.parent / "nan-eval.safetensors"
+    run("fit", str(shapes_folder), "-m", "shapes", "--shots", "2", "-o", str(out), "-q")
+    monkeypatch.setattr(heads.Head, "logits", lambda self, f: np.full((len(f), 5), np.nan, np.float32))
+    result = run("eval", str(shapes_folder), "-m", "shapes", "--classifier", str(out), "-q", code=1)
+    assert "NaN or infinite scores" in result.output and "Traceback" not in result.output

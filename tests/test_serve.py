@@ -185,7 +185,9 @@ def test_every_request_needs_the_token_on_loopback_too(model, photos, host):
     assert login.status_code == 303 and login.headers["location"] == "/?q=red+circle"  # the deep link kept
     cookie = login.headers["set-cookie"]
     assert (
-        "zsclip_token=secret-token" in cookie and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+        "zsclip_token_8765=secret-token" in cookie
+        and "httponly" in cookie.lower()
+        and "samesite=strict" in cookie.lower()
     )
     page = client.get("/?q=red+circle")  # the cookie now
     assert page.status_code == 200 and "secret-token" not in page.text

@@ -660,3 +660,30 @@ def test_a_move_never_takes_files_from_a_folder_linked_in_from_outside(tmp_path,
     again = CliRunner().invoke(app, [*args, "--mode", "move", "-f", "jsonl", "--follow-links", "--resume"])
     assert again.exit_code == 0, again.stderr
     assert not list(extra.iterdir())  # asked for: moved
+
+
+@pytest.mark.parametrize("via", ["path", "list"])
+def test_a_dotdot_after_a_symlink_moves_the_file_that_was_classified(tmp_path, via, monkeypatch):
+    """`inbox/linkout/..` is where the OS goes through the link (outside/..), not `inbox`: the image read there
+    was classified, and abspath() made the move take inbox/o3.png instead, under the other image's label."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from zsclip.cli import app
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "shapes"
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "outside").mkdir()
+    shutil.copy(examples / "red_circle.png", tmp_path / "inbox" / "o3.png")
+    shutil.copy(examples / "blue_square.png", tmp_path / "o3.png")
+    (tmp_path / "inbox" / "linkout").symlink_to("../outside")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "list.txt").write_text("inbox/linkout/../o3.png\n")
+    source = ["@list.txt"] if via == "list" else ["inbox/linkout/..", "--no-recursive"]
+    args = [*source, "-m", "shapes", "-c", "red circle,blue square,green star", "-t", "shapes"]
+    result = CliRunner().invoke(app, ["classify", *args, "--sort-into", "sorted", "--mode", "move", "-f", "jsonl"])
+    assert result.exit_code == 0, result.stderr
+    moved = tmp_path / "sorted" / "blue square" / "o3.png"
+    assert moved.read_bytes() == (examples / "blue_square.png").read_bytes()  # the classified image, its label
+    assert (tmp_path / "inbox" / "o3.png").read_bytes() == (examples / "red_circle.png").read_bytes()  # untouched

@@ -51,8 +51,16 @@ def probabilities(image_features: np.ndarray, classifier: Classifier) -> np.ndar
     """Softmax over classes of logit_scale * cosine similarity (or of a few-shot head's logits); features must be
     unit-norm."""
     if classifier.head is not None:
-        return similarity.softmax(classifier.head.logits(image_features))
-    return similarity.probabilities(image_features, classifier.weights, classifier.logit_scale)
+        probs = similarity.softmax(classifier.head.logits(image_features))
+    else:
+        probs = similarity.probabilities(image_features, classifier.weights, classifier.logit_scale)
+    if not np.isfinite(probs).all():  # eval scored such images as class 0 and exited 0; no record holds NaN
+        n = int((~np.isfinite(probs).all(-1)).sum())
+        raise ZsclipError(
+            f"the model and classifier gave NaN or infinite scores for {n} image(s) (damaged weights, or a classifier "
+            "file whose values overflow)"
+        )
+    return probs
 
 
 def check_options(classifier: Classifier, top_k: int | None, threshold: float | None) -> int:

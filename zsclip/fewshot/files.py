@@ -74,6 +74,10 @@ SHAPES = {
     "tip-adapter": {"keys": ("K", "D"), "values": ("K", "C"), "text": ("C", "D")},
 }
 PARAMS = {"tip-adapter": ("logit_scale", "alpha", "beta")}  # numbers its logits are computed with
+# What a fitted head can hold: far above anything zsclip fit makes (weights reach hundreds, alpha 1024, beta 30,
+# logit scales ~100), far below what overflows to NaN once logits are computed (3e38 weights scored an eval).
+LIMITS = {"logit_scale": 1e4, "alpha": 1e6, "beta": 1e4}
+MAX_VALUE = 1e6
 
 
 def structure_problem(meta: dict, arrays: dict[str, np.ndarray]) -> str | None:
@@ -86,13 +90,16 @@ def structure_problem(meta: dict, arrays: dict[str, np.ndarray]) -> str | None:
     if len(set(names)) != len(names):
         return "its class names repeat"
     scale = meta.get("logit_scale")
-    if not isinstance(scale, int | float) or not np.isfinite(scale) or scale <= 0:
-        return f"logit_scale {scale!r} is not a positive number"
+    if not isinstance(scale, int | float) or not np.isfinite(scale) or not 0 < scale <= LIMITS["logit_scale"]:
+        return f"logit_scale {scale!r} is not a number in (0, {LIMITS['logit_scale']:g}]"
     params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
     for name in PARAMS.get(meta["method"], ()):
         value = params.get(name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
             return f"its {meta['method']} parameter {name} is {value!r}, not a number"
+        low = 0 if name != "logit_scale" else 1e-12
+        if not low <= value <= LIMITS[name]:
+            return f"its {meta['method']} parameter {name} is {value!r}, outside [{low:g}, {LIMITS[name]:g}]"
     sizes: dict[str, int] = {"C": len(names)}
     for name, dims in SHAPES[meta["method"]].items():
         array = arrays.get(name)
@@ -107,6 +114,10 @@ def structure_problem(meta: dict, arrays: dict[str, np.ndarray]) -> str | None:
                 return f"{name!r} has shape {list(array.shape)}, but {want} {what}"
         if not np.isfinite(array).all():
             return f"{name!r} holds NaN or infinite values"
+        if array.size and float(np.abs(array).max()) > MAX_VALUE:
+            return f"{name!r} holds values beyond {MAX_VALUE:g}"
+        if array.size == 0:
+            return f"{name!r} is empty"
     return None
 
 

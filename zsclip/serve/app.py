@@ -41,6 +41,13 @@ MAX_TOP = 500
 TOKEN_COOKIE = "zsclip_token"
 
 
+def cookie_name(host_header: str) -> str:
+    """The token cookie of the server at this Host: browsers keep cookies per host, not per port, so two servers on
+    two ports would overwrite each other's cookie under one name."""
+    port = host_header.rsplit(":", 1)[1] if host_header.rsplit(":", 1)[-1].isdigit() and ":" in host_header else "80"
+    return f"{TOKEN_COOKIE}_{port}"
+
+
 def make_app(
     library: Library,
     guard: Guard,
@@ -252,14 +259,15 @@ class GuardMiddleware:
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             target = "/" + ("?" + urlencode(rest) if rest else "")  # a deep link (/?token=T&q=...) kept
             response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
-            response.set_cookie(TOKEN_COOKIE, self.guard.token, httponly=True, samesite="strict", path="/")
+            cookie = cookie_name(headers.get("host", ""))
+            response.set_cookie(cookie, self.guard.token, httponly=True, samesite="strict", path="/")
             return await response(scope, receive, send)
         try:
             self.guard.check(
                 scope["method"],
                 headers.get("host", ""),
                 headers.get("authorization"),
-                request.cookies.get(TOKEN_COOKIE),
+                request.cookies.get(cookie_name(headers.get("host", ""))),
                 headers.get("origin"),
                 headers.get("sec-fetch-site"),
                 headers.get("content-type"),

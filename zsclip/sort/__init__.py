@@ -20,7 +20,7 @@ from ..identity import FileIdentity
 from ..locks import Lock
 from ..sources import Exclude
 from . import placing
-from .manifest import Done, Manifest, identity_columns
+from .manifest import Done, Manifest, identity_columns, physical
 from .plan import (
     COLUMNS,
     LOCK,
@@ -61,14 +61,14 @@ class Within:
         self.folders, self.files = [], set()
         for path, is_file in sources:
             if is_file:
-                self.files.add(os.path.abspath(path))
+                self.files.add(physical(path))
             else:
                 self.folders.append(os.path.join(os.path.realpath(path), ""))
 
     def __call__(self, source: str) -> bool:
-        if os.path.abspath(source) in self.files:
+        if source in self.files:
             return True
-        folder = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(source))), "")
+        folder = os.path.join(os.path.realpath(os.path.dirname(source)), "")
         return any(folder.startswith(root) for root in self.folders)
 
 
@@ -179,7 +179,7 @@ class Sorter:
         if not hasattr(record, "label"):
             self.skipped += 1
             return None
-        source = os.path.abspath(record.path)
+        source = physical(record.path)
         if source in self.manifest.done:
             return None
         if self.within is not None and not self.within(source):

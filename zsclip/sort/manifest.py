@@ -35,6 +35,18 @@ from .placing import clean_temporary, same_file
 from .plan import COLUMNS, MANIFEST, OLD_COLUMNS, STATE, STATE_KIND, check_state
 
 
+def physical(path: str) -> str:
+    """The absolute path of the file the OS opens for `path`. abspath() removes `a/link/..` as text, which names
+    another file when `link` is a symbolic link to a folder elsewhere (a move took that other file, under the
+    classified file's label); `..` is resolved as the OS resolves it, through the folder's real path. The file's
+    own name is kept (a link to an image is moved as the link)."""
+    absolute = os.path.abspath(path)
+    if ".." not in Path(path).parts:
+        return absolute
+    joined = os.path.join(os.getcwd(), path)
+    return os.path.join(os.path.realpath(os.path.dirname(joined)), os.path.basename(joined))
+
+
 class Done:
     """The sources a sort has placed, for classify(exclude=...). A source is left out when this sort has it and it
     is still what was sorted: for a move, the file is gone from its source (a file found there now arrived later,
@@ -50,7 +62,7 @@ class Done:
     def __contains__(self, path: object) -> bool:
         if not isinstance(path, str):
             return False
-        source = os.path.abspath(path)
+        source = physical(path)
         if source not in self.rows:
             return False
         if self.mode == "move":
