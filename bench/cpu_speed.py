@@ -212,6 +212,7 @@ def latency(args, env: dict) -> None:
     )
     say("|---|---:|---:|---:|---:|---|")
     photo = sorted((SHARED / "imagenet-samples").rglob("*.JPEG"))[-1]
+    zsclip(["models", "--prepare", spec, "-q", "-f", "jsonl"], env)  # auto runs what this measured (else torch)
     for backend in ("onnx", "onnx-int8", "auto"):
         common = ["classify", "-m", spec, "-f", "jsonl", "-q", "--backend", backend]
         first = zsclip([*common, "-c", CLASSES, "-t", "photo", f"@{stored}"], env)[0]
