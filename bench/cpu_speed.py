@@ -135,7 +135,7 @@ def agreement(args, cache) -> None:
         for set_name, (paths, truth, classes) in sets.items():
             pixels = decoded(model, paths)
             # What a first run on this folder calibrates the check on.
-            exports.calibration = lambda p=pixels: p[:USER_IMAGES]
+            exports.calibration = lambda _model, p=pixels: p[:USER_IMAGES]
             exports.check_path.unlink(missing_ok=True)
             model.backend, model.encoder = "torch", None
             weights = build_classifier(model, classes, "shapes").weights
