@@ -386,7 +386,7 @@ class Cache:
 
     def disk_usage(self) -> dict[str, int]:
         """Bytes on disk of each part of the cache directory: "embeddings" (the SQLite file) and each of PARTS."""
-        return {"embeddings": self.size_bytes(), **{part: _tree_bytes(self.directory / part) for part in PARTS}}
+        return {"embeddings": self.size_bytes(), **{part: tree_bytes(self.directory / part) for part in PARTS}}
 
     def exports(self) -> list[tuple[str, str, Path]]:
         """(fingerprint, spec, folder) of every ONNX export folder (zsclip.backends.exports), of any export version."""
@@ -461,7 +461,8 @@ def replaced(local, path: Path | str) -> bool:
     return file_id(path) != getattr(local, "file", None)
 
 
-def _tree_bytes(folder: Path) -> int:
+def tree_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder` (0 if it is missing)."""
     total = 0
     for root, _, files in os.walk(folder):
         for name in files:

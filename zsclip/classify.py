@@ -54,11 +54,18 @@ def probabilities(image_features: np.ndarray, classifier: Classifier) -> np.ndar
         probs = similarity.softmax(classifier.head.logits(image_features))
     else:
         probs = similarity.probabilities(image_features, classifier.weights, classifier.logit_scale)
-    if not np.isfinite(probs).all():  # eval scored such images as class 0 and exited 0; no record holds NaN
-        n = int((~np.isfinite(probs).all(-1)).sum())
+    return finite(probs)
+
+
+def finite(probs: np.ndarray, paths: list[str] | None = None) -> np.ndarray:
+    """`probs`, or one line naming the first image (of `paths`, where known) whose scores are NaN or infinite: eval
+    scored such images as class 0 and exited 0, and no record may hold NaN (it is not JSON either)."""
+    bad = ~np.isfinite(probs).all(-1)
+    if bad.any():
+        first = f"{paths[int(np.flatnonzero(bad)[0])]}: " if paths else ""
         raise ZsclipError(
-            f"the model and classifier gave NaN or infinite scores for {n} image(s) (damaged weights, or a classifier "
-            "file whose values overflow)"
+            f"{first}the model gave NaN or infinite scores for {int(bad.sum())} image(s) (damaged "
+            "weights, or a classifier file whose values overflow)"
         )
     return probs
 
@@ -79,9 +86,7 @@ def check_options(classifier: Classifier, top_k: int | None, threshold: float | 
 def predict(
     paths: list[str], probs: np.ndarray, classifier: Classifier, top_k: int, threshold: float | None
 ) -> list[Prediction]:
-    if not np.isfinite(probs).all():  # no record ever holds NaN or Infinity (they are not JSON either)
-        bad = paths[int(np.flatnonzero(~np.isfinite(probs).all(-1))[0])]
-        raise ZsclipError(f"{bad}: the model gave NaN or infinite scores (damaged weights or classifier)")
+    finite(probs, paths)
     values, indices = similarity.top_k(probs, top_k)
     labels = classifier.labels
     out = []

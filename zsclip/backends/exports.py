@@ -79,8 +79,7 @@ class Exports:
         return self._same(path, self.meta()["files"].get(path.name))
 
     def _same(self, path: Path, want: dict | None) -> bool:
-        """The file at `path` is the one `want` records (size, sha256), or the one recorded under its name there."""
-        want = want.get(path.name, want) if want else want
+        """The file at `path` is the one `want` records (size, sha256)."""
         if not want or not path.is_file() or path.stat().st_size != want["size"]:
             return False
         return self.cache.file_sha256(path) == want["sha256"]
@@ -217,7 +216,8 @@ class Exports:
         optimized = path.with_name(f"{path.stem}.{machine_id}.optimized.onnx")
         weights = optimized.with_suffix(".weights")
         kept = self.meta().get("optimized", {}).get(optimized.name)
-        if kept and kept.get("made_from") == source and self._same(optimized, kept) and self._same(weights, kept):
+        intact = kept and self._same(optimized, kept) and self._same(weights, kept.get(weights.name))
+        if intact and kept.get("made_from") == source:
             with contextlib.suppress(Exception):  # a graph this ONNX Runtime cannot read: made again below
                 return open_session(optimized, optimized=True)
         with atomic.written_at(optimized) as tmp:

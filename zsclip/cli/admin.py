@@ -131,7 +131,7 @@ def cache_path() -> None:
 def cache_info() -> None:
     """The cache's size on disk, part by part (embeddings, ONNX exports, search snapshots, thumbnails, data sets),
     and the cached text and image embeddings and ONNX exports of each model."""
-    from ..cache import PARTS, Cache
+    from ..cache import PARTS, Cache, tree_bytes
 
     cache = Cache()
     entries = cache.info()
@@ -141,7 +141,7 @@ def cache_info() -> None:
         typer.echo(f"  {what}\t{_size(usage[part])}")
     exports: dict[str, list] = {}
     for fingerprint, spec, folder in cache.exports():
-        exports.setdefault(fingerprint, [spec, 0])[1] += _tree(folder)
+        exports.setdefault(fingerprint, [spec, 0])[1] += tree_bytes(folder)
     for e in entries:
         size = exports.pop(e.fingerprint, [None, 0])[1]
         typer.echo(
@@ -173,10 +173,6 @@ def cache_clear(
         + (f" of {model} and its ONNX exports" if model else ", the ONNX exports, search snapshots and thumbnails")
         + f" ({_size(max(freed, 0))} freed)"
     )
-
-
-def _tree(folder) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _size(n: float) -> str:

@@ -112,12 +112,12 @@ def structure_problem(meta: dict, arrays: dict[str, np.ndarray]) -> str | None:
             if n != want:
                 what = {"C": "classes named", "D": "the width", "K": "shots"}[dim]
                 return f"{name!r} has shape {list(array.shape)}, but {want} {what}"
-        if not np.isfinite(array).all():
-            return f"{name!r} holds NaN or infinite values"
-        if array.size and float(np.abs(array).max()) > MAX_VALUE:
-            return f"{name!r} holds values beyond {MAX_VALUE:g}"
         if array.size == 0:
             return f"{name!r} is empty"
+        if not np.isfinite(array).all():
+            return f"{name!r} holds NaN or infinite values"
+        if float(np.abs(array).max()) > MAX_VALUE:
+            return f"{name!r} holds values beyond {MAX_VALUE:g}"
     return None
 
 
