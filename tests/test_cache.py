@@ -211,3 +211,23 @@ def test_a_long_lived_process_follows_a_cache_file_deleted_and_made_again(tmp_pa
     for suffix in ("", "-wal", "-shm"):
         (tmp_path / (DB_NAME + suffix)).unlink(missing_ok=True)
     assert store.conn.execute("SELECT count(*) FROM image_embeddings").fetchone() == (0,)  # made again, tables too
+
+
+def test_a_new_cache_opened_by_two_processes_at_once_waits_for_the_other(tmp_path, monkeypatch):
+    """Two first `zsclip models --prepare` at once: one failed with "cannot open the cache (database is locked)",
+    SQLite refusing the WAL switch or the tables of a new file at once rather than after its busy timeout."""
+    import sqlite3
+
+    from zsclip.cache import Cache
+
+    real, calls = Cache._set_up, []
+
+    def busy_twice(self, target):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, target)
+
+    monkeypatch.setattr(Cache, "_set_up", busy_twice)
+    assert Cache(tmp_path).conn.execute("SELECT count(*) FROM models").fetchone() == (0,)
+    assert len(calls) == 3

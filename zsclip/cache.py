@@ -205,6 +205,18 @@ class Cache:
             print(f"warning: cache: {message}", file=sys.stderr)
 
     def _connect(self, target: Path | str | None = None) -> sqlite3.Connection:
+        # Two processes opening a new cache at once: switching it to WAL or making its tables can be refused as
+        # "locked" at once, without the busy timeout (SQLite avoids a deadlock there); the setup is tried again.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return self._set_up(target)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _set_up(self, target: Path | str | None) -> sqlite3.Connection:
         conn = sqlite3.connect(target or self.path, timeout=60, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
