@@ -66,7 +66,7 @@ def labels_of(stdout: str) -> dict[str, str]:
 
 def image_sets(per_set: int, shapes_eval: Path | None) -> dict[str, tuple[list[str], list[int], list[str]]]:
     """name -> (paths, true class indices, class names): per_set images spread over the classes."""
-    from zsclip.shapes import COMPOSITIONS, classname
+    from zsclip.datasets.shapes import COMPOSITIONS, classname
 
     sets = {}
     if shapes_eval is not None:
@@ -94,7 +94,7 @@ def _spread(folders: list[Path], truth: list[int], n: int) -> tuple[list[str], l
 
 
 def decoded(model, paths: list[str]) -> np.ndarray:
-    from zsclip.images import sample_pixels
+    from zsclip.pipeline.images import sample_pixels
 
     return sample_pixels([(p, True) for p in paths], model.preprocess.geometry, len(paths))
 
@@ -104,7 +104,7 @@ ENCODERS: dict = {}  # (exports, backend) -> OnnxEncoder: its sessions open once
 
 def encoded(model, pixels: np.ndarray, backend: str, exports) -> np.ndarray:
     from zsclip.backends import OnnxEncoder
-    from zsclip.encode import encode_images
+    from zsclip.pipeline.encode import encode_images
 
     model.backend = backend
     if backend != "torch" and (exports, backend) not in ENCODERS:
@@ -117,7 +117,7 @@ def agreement(args, cache) -> None:
     from zsclip.backends import Exports
     from zsclip.backends.int8 import USER_IMAGES, threshold, uncertain
     from zsclip.models import load_model
-    from zsclip.text import build_classifier
+    from zsclip.zeroshot.classifier import build_classifier
 
     sets = image_sets(args.per_set, args.shapes_eval)
     models = [("shapes", "shipped shapes ResNet")]
@@ -231,10 +231,10 @@ def latency(args, env: dict) -> None:
 
 def pipeline(args, cache) -> None:
     from zsclip.backends import Exports
-    from zsclip.encode import draft_size
     from zsclip.engines import embed_stream
-    from zsclip.images import open_image
     from zsclip.models import load_model
+    from zsclip.pipeline.encode import draft_size
+    from zsclip.pipeline.images import open_image
 
     model = load_model(str(vitb32(args)), device="cpu")
     exports = Exports(model, cache, show=True)
@@ -283,7 +283,7 @@ def main() -> None:
     parser.add_argument("--pipeline-images", type=int, default=1000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/zsclip-cpu-speed"))
     args = parser.parse_args()
-    from zsclip.cache import Cache
+    from zsclip.store.cache import Cache
 
     sections = args.sections.split(",")
     args.workdir.mkdir(parents=True, exist_ok=True)

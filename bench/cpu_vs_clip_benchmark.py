@@ -23,7 +23,7 @@ import open_clip
 import torch
 
 import zsclip
-from zsclip.evaluate import evaluate
+from zsclip.evaluate.run import evaluate
 from zsclip.models import model_config, random_init_model, save_model_dir
 
 

@@ -20,7 +20,7 @@ import open_clip
 import torch
 from classify_vs_open_clip import Files  # bench/ is on sys.path when a script in it runs
 
-from zsclip.images import SkipFile, iter_batches, load_image
+from zsclip.pipeline.images import SkipFile, iter_batches, load_image
 
 
 def _load(path, preprocess):

@@ -21,10 +21,10 @@ import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 import zsclip
-from zsclip.encode import draft_size
 from zsclip.engines import embed_stream
-from zsclip.images import load_image
 from zsclip.models import model_config, random_init_model, save_model_dir
+from zsclip.pipeline.encode import draft_size
+from zsclip.pipeline.images import load_image
 
 
 def main() -> None:

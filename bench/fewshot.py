@@ -31,8 +31,8 @@ SHOTS = (1, 2, 4, 8, 16)
 
 def embedded(model, name: str, per_class: int):
     from zsclip.datasets import load_dataset
-    from zsclip.evaluate import embed_dataset
-    from zsclip.text import build_classifier
+    from zsclip.evaluate.run import embed_dataset
+    from zsclip.zeroshot.classifier import build_classifier
 
     dataset = load_dataset(str(SHARED / name))
     dataset = dataset.limit(per_class * len(dataset.classnames))

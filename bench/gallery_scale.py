@@ -1,5 +1,5 @@
 """Gallery at scale: N classify records (real CIFAR-10 PNGs from ../shared/data, reused in turn, or generated
-ones) through zsclip.gallery.Gallery; prints the rate of add(), the time of close(), peak memory and what was
+ones) through zsclip.classify.gallery.Gallery; prints the rate of add(), the time of close(), peak memory and what was
 written. Usage: python bench/gallery_scale.py [--n 100000] [--labels 100] [--out DIR]"""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from zsclip.gallery import Gallery
+from zsclip.classify.gallery import Gallery
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-test"
 

@@ -23,7 +23,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image, ImageDraw
 
 import zsclip
-from zsclip.evaluate import evaluate
+from zsclip.evaluate.run import evaluate
 from zsclip.models import model_config, random_init_model, save_model_dir
 
 

@@ -8,7 +8,8 @@ writes them (s%07d keys, the PNG bytes as they are, `cls` labels, classnames.txt
 CIFAR-10 and CIFAR-100 subsets of ../shared/data (N per class) and the shapes eval split (`zsclip data shapes`,
 K per class). Both tools use each data set's own templates and classify the same samples.
 
-zsclip: `zsclip.grid.run_grid` over the 6 pairs (each model loaded once; a fresh cache, so every prompt and image
+zsclip: `zsclip.evaluate.grid.run_grid` over the 6 pairs (each model loaded once; a fresh cache, so every prompt and
+image
 is encoded), then the same grid again with other templates (images from the store). CLIP_benchmark: what its CLI
 runs per pair, in-process: load the model, build_wds_dataset, zero_shot_classifier, run_classification, amp off
 (its fastest CPU setting). Its accuracy() is not called (it fails with numpy >= 2.3); top-1 is computed from its
@@ -62,7 +63,7 @@ def cifar(root: Path, name: str, per_class: int) -> Path:
 
 
 def shapes_eval(root: Path, per_class: int) -> Path:
-    from zsclip import shapes
+    from zsclip.datasets import shapes
 
     out = root / "shapes-data"
     shapes.write_dataset(out, n=0, eval_per_class=per_class)
@@ -108,7 +109,7 @@ def main() -> None:
     os.environ["ZSCLIP_CACHE_DIR"] = str(tmp / "cache")  # a fresh cache: every prompt and image is encoded
 
     import zsclip
-    from zsclip.grid import GridOptions, run_grid
+    from zsclip.evaluate.grid import GridOptions, run_grid
     from zsclip.models import model_config, random_init_model, save_model_dir, shipped_models
 
     sys.path.insert(0, str(HERE))

@@ -126,7 +126,7 @@ def compare(spec: str, name: str, args, cache, work: Path) -> None:
     from zsclip.backends import Exports, builtin_images
     from zsclip.backends.int8 import quantize_image_tower
     from zsclip.models import load_model
-    from zsclip.text import build_classifier
+    from zsclip.zeroshot.classifier import build_classifier
 
     model = load_model(spec, device="cpu")
     fp32 = Exports(model, cache, show=False).ensure("image", "fp32")
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--accuracy-control", action="store_true")
     parser.add_argument("--accuracy-control-set", default="cifar10-test", help="the set it runs on (it is slow)")
     args = parser.parse_args()
-    from zsclip.cache import Cache
+    from zsclip.store.cache import Cache
 
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice on every call
     try:

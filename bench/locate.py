@@ -64,7 +64,7 @@ def main() -> None:
     import torch
 
     import zsclip
-    from zsclip.cache import Cache
+    from zsclip.store.cache import Cache
     from zsclip.video import probe
 
     work = Path(args.work)
@@ -104,7 +104,7 @@ def main() -> None:
     print(f"second query, new text: {t_second:.3f} s ({second.encoded} frames encoded), "
           f"{t_first / t_second:.0f}x faster than the first (target >= 50x)")  # fmt: skip
 
-    from zsclip.encode import encode_images
+    from zsclip.pipeline.encode import encode_images
 
     side = model.image_size if isinstance(model.image_size, int) else model.image_size[0]
     x = torch.randn(32, 3, side, side)
@@ -114,7 +114,7 @@ def main() -> None:
     per_image = (time.perf_counter() - t) / 32
     print(f"reference: image encoding alone {1 / per_image:.1f} img/s, so {first.frames * per_image:.1f} s of the "
           f"first query is encoding {first.frames} frames")  # fmt: skip
-    from zsclip.encode import draft_size
+    from zsclip.pipeline.encode import draft_size
     from zsclip.video import NONREF_RATIO, FrameReader
 
     reader = FrameReader(str(video), args.fps, draft_size(model), end=info.duration,

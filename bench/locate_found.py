@@ -42,7 +42,7 @@ def contrast(curve: np.ndarray, fps: float, segment) -> float:
 
 def make_video(path: Path, rng: np.random.Generator) -> list[tuple[float, float, str, str]]:
     from tests.videos import shapes_video
-    from zsclip import shapes
+    from zsclip.datasets import shapes
 
     timeline, t = [], rng.uniform(0.5, 2.0)
     for _ in range(int(rng.integers(0, 4))):
@@ -65,8 +65,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import zsclip
-    from zsclip import shapes
-    from zsclip.locate import FOUND_Z, found_rule
+    from zsclip.datasets import shapes
+    from zsclip.video.locate import FOUND_Z, found_rule
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ def build_model(directory: Path) -> str:
 
 
 def timed(clip, clf, sources, **options) -> tuple[float, list[dict]]:
-    from zsclip.classify import classify
+    from zsclip.classify.predict import classify
 
     start = time.perf_counter()
     records = [r.to_dict() for r in classify(clip, clf, sources, store=False, **options)]
@@ -53,7 +53,7 @@ def main() -> None:
 
     from zsclip.engines.ray import RayOptions
     from zsclip.models import load_model
-    from zsclip.text import build_classifier
+    from zsclip.zeroshot.classifier import build_classifier
 
     paths = sorted(str(p) for p in Path(args.data).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[: args.n]
     sources = [(p, True) for p in paths]

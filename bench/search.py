@@ -25,10 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zsclip import retrieval, vectors
-from zsclip.cache import Cache
-from zsclip.encode import store_variant
-from zsclip.store import FileIdentity, ImageStore
+from zsclip.pipeline.encode import store_variant
+from zsclip.retrieval import search as retrieval
+from zsclip.store import snapshots as vectors
+from zsclip.store.cache import Cache
+from zsclip.store.embeddings import FileIdentity, ImageStore
 
 DIM = 512
 
@@ -51,7 +52,7 @@ def identity(path: str) -> FileIdentity:
 
 def fake_model() -> SimpleNamespace:
     """What search needs of a model when the query is a vector already: its fingerprint and store variant (the
-    same attributes zsclip.encode.store_variant reads of a real ClipModel)."""
+    same attributes zsclip.pipeline.encode.store_variant reads of a real ClipModel)."""
     return SimpleNamespace(
         spec="bench", fingerprint="bench-512", precision="fp32", backend="torch", preprocess="bench-preprocess",
         preprocess_key="bench-preprocess", image_size=224,

@@ -63,11 +63,11 @@ def make_files(root: Path, n: int) -> list[str]:
 
 
 def store_vectors(paths: list[str], spec: str, cache_dir: Path) -> None:
-    from zsclip.cache import Cache
-    from zsclip.encode import store_variant
-    from zsclip.identity import FileIdentity
     from zsclip.models import load_model
-    from zsclip.store import ImageStore
+    from zsclip.pipeline.encode import store_variant
+    from zsclip.store.cache import Cache
+    from zsclip.store.embeddings import ImageStore
+    from zsclip.store.identity import FileIdentity
 
     model = load_model(spec, device="cpu")
     model.backend = "torch"
@@ -89,7 +89,7 @@ def store_vectors(paths: list[str], spec: str, cache_dir: Path) -> None:
 
 
 def _width(model) -> np.ndarray:
-    from zsclip.retrieval import text_vectors
+    from zsclip.retrieval.search import text_vectors
 
     return text_vectors(model, ["x"])[0]
 

@@ -146,7 +146,7 @@ def shapes_folders(root: Path, compositions, per_class: int, seed: int = 0) -> P
     """A labelled folder data set of shapes-world pictures: root/<colour shape>/<i>.png, per_class each."""
     import numpy as np
 
-    from zsclip import shapes
+    from zsclip.datasets import shapes
 
     rng = np.random.default_rng(seed)
     for colour, shape in compositions:

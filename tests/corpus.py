@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zsclip.images import HEIF_PLUGIN
+from zsclip.pipeline.images import HEIF_PLUGIN
 
 # name -> what zsclip must do with it: "ok" (classified), "skip: <part of the reason>", "ignore" (not reported)
 EXPECTED: dict[str, str] = {}

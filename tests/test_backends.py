@@ -17,15 +17,15 @@ from zsclip import backends
 from zsclip.backends import Exports, builtin_images, resolve_backend, use_backend
 from zsclip.backends import probe as probe_module
 from zsclip.backends.int8 import threshold, uncertain
-from zsclip.cache import Cache
-from zsclip.classify import classify
-from zsclip.encode import encode_images
+from zsclip.classify.predict import classify
+from zsclip.classify.recheck import Recheck
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.datasets.shapes import COMPOSITIONS, classname
 from zsclip.engines import embed_stream
-from zsclip.errors import UsageError, ZsclipError
 from zsclip.models import load_model, vector_key
-from zsclip.recheck import Recheck
-from zsclip.shapes import COMPOSITIONS, classname
-from zsclip.text import build_classifier, encode_prompts
+from zsclip.pipeline.encode import encode_images
+from zsclip.store.cache import Cache
+from zsclip.zeroshot.classifier import build_classifier, encode_prompts
 
 PROMPTS = ["a", "a photo of a red circle.", "a blurry photo of a very small green hexagon on a grey background.", "x y"]
 CLASSES = [classname(c, s) for c, s in COMPOSITIONS[:8]]
@@ -110,7 +110,7 @@ def test_the_check_re_encodes_exactly_the_images_near_a_tie():
 def test_int8_check_is_calibrated_on_the_runs_own_images(tmp_path):
     images = [p for p, _ in sample_images("cifar10-test", per_class=1)]
     from zsclip.cli.options import Backend, Device
-    from zsclip.sources import expand_sources
+    from zsclip.pipeline.sources import expand_sources
 
     sources = expand_sources([str(p) for p in images])
     model = Backend("onnx-int8").load("shapes", Device("cpu"), Cache(), quiet=True, sources=sources)

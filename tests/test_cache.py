@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import zsclip.cache
-from zsclip.cache import Cache
-from zsclip.errors import ZsclipError
+import zsclip.store.cache
+from zsclip.core.errors import ZsclipError
+from zsclip.store.cache import Cache
 
 from .conftest import REPO
 
@@ -28,7 +28,7 @@ def hashes(monkeypatch) -> list[int]:
     """Counts how many times a file is read for its sha256."""
     calls = []
     counting = SimpleNamespace(sha256=lambda *a: calls.append(1) or hashlib.sha256(*a))
-    monkeypatch.setattr(zsclip.cache, "hashlib", counting)
+    monkeypatch.setattr(zsclip.store.cache, "hashlib", counting)
     return calls
 
 
@@ -74,7 +74,7 @@ PRAGMA user_version = 3;
 
 
 def test_a_version_3_cache_is_upgraded_and_keeps_its_vectors(private_cache, tmp_path):
-    from zsclip.store import ImageStore, content_hash
+    from zsclip.store.embeddings import ImageStore, content_hash
 
     image = tmp_path / "x.png"
     image.write_bytes(b"not really a png, but hashed all the same")
@@ -97,7 +97,7 @@ def test_a_version_3_cache_is_upgraded_and_keeps_its_vectors(private_cache, tmp_
     assert list(vector) == [1, 1, 1, 1] and identity is not None
     store.put([(identity, vector)])
     assert store.lookup(str(image))[1] is None  # recorded with ctime and inode now
-    assert cache.conn.execute("PRAGMA user_version").fetchone()[0] == zsclip.cache.SCHEMA_VERSION
+    assert cache.conn.execute("PRAGMA user_version").fetchone()[0] == zsclip.store.cache.SCHEMA_VERSION
 
 
 # -- a cache directory that cannot be written (issue 12.9) ---------------------------------------------------
@@ -169,7 +169,9 @@ def test_the_api_says_read_only_for_maintenance_and_goes_on_for_runs(tmp_path, m
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(zsclip.cache.os, "access", lambda p, m: False if Path(p) == blocked else real_access(p, m))
+    monkeypatch.setattr(
+        zsclip.store.cache.os, "access", lambda p, m: False if Path(p) == blocked else real_access(p, m)
+    )
     monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied")))
     with pytest.raises(ZsclipError, match="read-only"):
         Cache(blocked / "cache").info()
@@ -190,9 +192,9 @@ def test_a_long_lived_process_follows_a_cache_file_deleted_and_made_again(tmp_pa
 
     import numpy as np
 
-    from zsclip import cache as cache_module
-    from zsclip.cache import DB_NAME, Cache
-    from zsclip.store import ImageStore
+    from zsclip.store import cache as cache_module
+    from zsclip.store.cache import DB_NAME, Cache
+    from zsclip.store.embeddings import ImageStore
 
     monkeypatch.setattr(cache_module, "RECHECK_SECONDS", 0.0)
     served = Cache(tmp_path)  # the long-lived process (serve)
@@ -218,7 +220,7 @@ def test_a_new_cache_opened_by_two_processes_at_once_waits_for_the_other(tmp_pat
     SQLite refusing the WAL switch or the tables of a new file at once rather than after its busy timeout."""
     import sqlite3
 
-    from zsclip.cache import Cache
+    from zsclip.store.cache import Cache
 
     real, calls = Cache._set_up, []
 

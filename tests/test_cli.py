@@ -309,6 +309,6 @@ def test_counts_of_one_are_singular(tiny_model_dir, tmp_path):
     assert result.exit_code == 0 and "classified 1 image, skipped 1 bad file" in result.stderr
     grid = run("eval", tmp_path / "nonesuch", tmp_path / "nonesuch2", "-m", tiny_model_dir)
     assert "grid: 0 of 2 pairs scored" in grid.stderr
-    from zsclip.errors import plural
+    from zsclip.core.wording import plural
 
     assert [plural(n, "sample") for n in (0, 1, 2, 1500)] == ["0 samples", "1 sample", "2 samples", "1,500 samples"]

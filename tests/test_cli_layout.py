@@ -80,8 +80,8 @@ def test_public_api_names_resolve():
     import zsclip
 
     assert callable(zsclip.classify) and callable(zsclip.evaluate) and callable(zsclip.load_dataset)
-    assert callable(zsclip.report.write_report)
-    import zsclip.classify
+    assert callable(zsclip.evaluate.report.write_report)
+    import zsclip.classify.predict
 
     assert callable(zsclip.classify)
     with pytest.raises(AttributeError):
@@ -171,7 +171,7 @@ def test_names_that_tie_are_one_usage_error_and_captions_may_repeat(tiny_model_d
     assert tied.exception is None or isinstance(tied.exception, SystemExit)
     # Retrieval captions and video texts are not class lists: repeats, ties and a single text are fine.
     model = zsclip.load_model(str(tiny_model_dir))
-    from zsclip.retrieval import text_vectors
+    from zsclip.retrieval.search import text_vectors
 
     assert text_vectors(model, ["a caption", "A CAPTION", "a caption"]).shape[0] == 3
     assert text_vectors(model, ["only one"]).shape[0] == 1

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 pytest.importorskip("av", reason="video needs PyAV: pip install 'zsclip[video]'")
 
 from zsclip.cli import app
-from zsclip.locate import temporal_iou
+from zsclip.video.locate import temporal_iou
 
 from .videos import shapes_video
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zsclip.cli import app
-from zsclip.shapes import write_dataset
+from zsclip.datasets.shapes import write_dataset
 
 runner = CliRunner()
 

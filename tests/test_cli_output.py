@@ -1,4 +1,4 @@
-"""CLI behaviour of output locations and formats that needs the CLI to call zsclip.output's checks before
+"""CLI behaviour of output locations and formats that needs the CLI to call zsclip.classify.output's checks before
 loading the model (issue 12 items 4, 5, 14, 23). A Hugging Face model with no network (hf_cache) proves the
 order: only loading it fails, so the output error must come first."""
 
@@ -94,7 +94,7 @@ def test_ctrl_c_says_interrupted_and_exits_130(imgs, tmp_path, monkeypatch, tiny
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(sys.modules["zsclip.classify"], "classify", interrupted)
+    monkeypatch.setattr(sys.modules["zsclip.classify.predict"], "classify", interrupted)
     out = tmp_path / "out.csv"
     result = run("classify", imgs, "-c", "a,b", "-m", tiny_model_dir, "-q", "-o", out)
     assert result.exit_code == 130 and result.stderr.strip().endswith("error: interrupted")
@@ -117,8 +117,8 @@ def test_resume_with_other_inputs_is_refused(tiny_model_dir, imgs, tmp_path, mon
 def test_a_second_run_writing_the_same_output_file_is_refused(tiny_model_dir, tmp_path):
     """Issue 21: two runs on one --output would interleave their records in FILE.partial; the second is refused
     (before its model loads), and the lock of a killed run is taken over by --resume."""
-    from zsclip.locks import Lock
-    from zsclip.output import lock_path
+    from zsclip.classify.output import lock_path
+    from zsclip.core.locks import Lock
 
     images = tmp_path / "imgs"
     images.mkdir()

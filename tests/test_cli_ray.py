@@ -133,7 +133,7 @@ ray_engine.Decode.__call__ = dying
 """,
     "actor-cannot-start": """
 from zsclip.engines import ray as ray_engine
-from zsclip.errors import ZsclipError
+from zsclip.core.errors import ZsclipError
 def broken(self, *args, **kwargs):
     raise ZsclipError("injected: the model actor cannot load its weights")
 ray_engine.Embedder.__init__ = broken

@@ -111,7 +111,7 @@ def test_search_errors(photos, tmp_path):
 
 
 def test_eval_retrieval_json_and_report(tmp_path):
-    from zsclip.shapes import write_dataset
+    from zsclip.datasets.shapes import write_dataset
 
     write_dataset(tmp_path / "shapes", n=40, seed=2, eval_per_class=0)
     result = run("eval", tmp_path / "shapes", "--task", "retrieval", "-m", "shapes", "--recall-k", "1,5", "-f", "json")
@@ -216,7 +216,7 @@ def test_search_says_in_one_line_how_many_files_it_could_not_read(photos):
 def test_a_captions_csv_without_task_is_scored_for_retrieval(tmp_path):
     """Issue 21 item 19: `eval captions.csv` said 'unknown data set'; the folder `zsclip data shapes` writes was
     scored as classification over its two folders."""
-    from zsclip.shapes import write_dataset
+    from zsclip.datasets.shapes import write_dataset
 
     write_dataset(tmp_path / "shapes", n=20, seed=2, eval_per_class=1)
     explicit = run("eval", tmp_path / "shapes" / "captions.csv", "--task", "retrieval", "-m", "shapes", "-f", "json")

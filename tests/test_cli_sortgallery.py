@@ -1,6 +1,6 @@
 """`zsclip classify ... --sort-into DIR [--mode copy|link|move] [--dry-run] [--resume]` and `--report DIR`
-through the real CLI (issue 13, sections 3 and 4). Runs once the lead has wired the options to zsclip.sort and
-zsclip.gallery."""
+through the real CLI (issue 13, sections 3 and 4). Runs once the lead has wired the options to zsclip.classify.sort and
+zsclip.classify.gallery."""
 
 import csv
 import io
@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from zsclip.classify.sort import MANIFEST
 from zsclip.cli import app
-from zsclip.sort import MANIFEST
 
 from .test_gallery import Page
 
@@ -189,7 +189,7 @@ def test_a_move_killed_between_files_keeps_every_record_of_output_after_resume(t
     out, results = tmp_path / "sorted", tmp_path / "records.jsonl"
     args = [*map(str, common(photos, tiny_model_dir)), "-o", str(results), "--sort-into", str(out), "--mode", "move"]
     killer = (
-        "import os, signal, sys\nimport zsclip.sort.placing as s\nseen = []\n"
+        "import os, signal, sys\nimport zsclip.classify.sort.placing as s\nseen = []\n"
         "def hook(point):\n    seen.append(point)\n"
         "    if seen.count('placed') == 3:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
         "s.hook = hook\nfrom zsclip.cli import main\nsys.argv = ['zsclip', *sys.argv[1:]]\nmain()\n"

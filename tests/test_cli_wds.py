@@ -69,7 +69,7 @@ def test_offline_a_hub_data_set_fails_in_one_line_and_root_uses_a_copy(hf_cache,
 
 
 def test_a_bad_sample_is_a_skip_line_naming_its_shard_and_key(shard_set, tiny_model_dir):
-    from zsclip.shards import member_address, shard_index
+    from zsclip.store.shards import member_address, shard_index
 
     shard = shard_set / "test" / "0.tar"
     offset, size = shard_index(str(shard)).members["s0000001.png"]

@@ -43,7 +43,7 @@ def test_classify_survives_every_kind_of_file(tiny_model_dir, tmp_path):
 def test_device_path_survives_the_corpus(tiny_model_dir, tmp_path):
     import zsclip
     from zsclip.engines import embed_stream
-    from zsclip.sources import expand_sources
+    from zsclip.pipeline.sources import expand_sources
 
     root = tmp_path / "corpus"
     expected = make_corpus(root)
@@ -82,7 +82,7 @@ def test_eval_survives_every_kind_of_file(tiny_model_dir, tmp_path):
 def test_train_survives_every_kind_of_file(tmp_path, capsys, monkeypatch, workers):
     import csv
 
-    from zsclip.shapes import write_dataset
+    from zsclip.datasets.shapes import write_dataset
     from zsclip.train import TrainConfig, train
 
     shapes = tmp_path / "shapes"

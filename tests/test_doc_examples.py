@@ -99,7 +99,7 @@ def wds_download(cache: Path, name: str) -> None:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """What every sandbox starts from."""
-    from zsclip.shapes import write_dataset
+    from zsclip.datasets.shapes import write_dataset
 
     root = tmp_path_factory.mktemp("inputs")
     photos = root / "photos"

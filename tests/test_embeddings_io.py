@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zsclip.embeddings_io import EmbeddingRow, export_embeddings, search_embeddings, write_embeddings
-from zsclip.errors import UsageError, ZsclipError
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.retrieval.parquet import EmbeddingRow, export_embeddings, search_embeddings, write_embeddings
 
 pytest.importorskip("pyarrow")
 
@@ -55,8 +55,8 @@ def test_export_writes_the_stream_s_vectors(tiny_model_dir, tmp_path):
 
     from zsclip.engines import embed_stream
     from zsclip.models import load_model
-    from zsclip.sources import expand_sources
-    from zsclip.store import content_hash
+    from zsclip.pipeline.sources import expand_sources
+    from zsclip.store.embeddings import content_hash
 
     for i in range(5):
         Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")

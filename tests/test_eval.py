@@ -11,9 +11,10 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision
 from typer.testing import CliRunner
 
 import zsclip
-from zsclip import datasets, metrics
+from zsclip import datasets
 from zsclip.cli import app
-from zsclip.evaluate import embed_dataset, evaluate
+from zsclip.evaluate import metrics
+from zsclip.evaluate.run import embed_dataset, evaluate
 
 from .conftest import SHARED_DATA
 
@@ -190,7 +191,7 @@ def test_prompts_list_and_show():
 
 
 def test_prompts_compare_encodes_images_once(tmp_path, monkeypatch):
-    from zsclip.shapes import write_dataset
+    from zsclip.datasets.shapes import write_dataset
 
     write_dataset(tmp_path / "s", n=1, seed=9, eval_per_class=2)
     model = zsclip.load_model("shapes")
@@ -198,7 +199,7 @@ def test_prompts_compare_encodes_images_once(tmp_path, monkeypatch):
     original = model.model.encode_image
     monkeypatch.setattr(model.model, "encode_image", lambda x: calls.append(len(x)) or original(x))
     embedded = embed_dataset(model, datasets.load_dataset(str(tmp_path / "s" / "eval")), workers=0)
-    from zsclip.evaluate import compare_templates
+    from zsclip.evaluate.run import compare_templates
 
     comparison = compare_templates(model, embedded, ["photo", "shapes", "imagenet7"], per_template=True)
     assert sum(calls) == 72
@@ -208,7 +209,7 @@ def test_prompts_compare_encodes_images_once(tmp_path, monkeypatch):
 
 
 def test_prompts_compare_cli_on_the_shapes_eval_split(tmp_path):
-    from zsclip.shapes import write_dataset
+    from zsclip.datasets.shapes import write_dataset
 
     write_dataset(tmp_path / "s", n=1, seed=9, eval_per_class=2)
     out = tmp_path / "cmp"

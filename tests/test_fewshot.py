@@ -317,9 +317,9 @@ def test_eval_on_the_data_a_classifier_was_fitted_on_counts_its_shots_by_file(sh
 
 
 def test_two_fits_or_two_curves_into_one_output_refuse_the_second(shapes_folder, tmp_path):
-    from zsclip.cli.fewshot import CURVE_LOCK
-    from zsclip.locks import Lock
-    from zsclip.output import lock_path
+    from zsclip.classify.output import lock_path
+    from zsclip.cli.fit import CURVE_LOCK
+    from zsclip.core.locks import Lock
 
     out = tmp_path / "clf.safetensors"
     with Lock(lock_path(out), "a first fit"):
@@ -432,7 +432,7 @@ def test_a_shot_gone_before_it_was_recorded_is_not_matched_by_a_file_later_at_it
 
 
 def test_a_shot_replaced_by_other_content_of_the_same_size_and_mtime_is_not_counted_as_a_shot(shapes_folder, tmp_path):
-    """The note checks each shot against what it was when fitted (zsclip.identity), not its path alone."""
+    """The note checks each shot against what it was when fitted (zsclip.store.identity), not its path alone."""
     import shutil
 
     data = tmp_path / "data"
@@ -501,8 +501,8 @@ def test_a_made_up_classifier_file_is_refused_with_one_line(shapes_folder, tmp_p
 def test_no_record_ever_holds_nan():
     """Whatever made the scores NaN (a classifier built in Python, damaged weights), classify stops with one line
     naming the image instead of writing "prob": NaN, which is not JSON."""
-    from zsclip.classify import predict
-    from zsclip.errors import ZsclipError
+    from zsclip.classify.predict import predict
+    from zsclip.core.errors import ZsclipError
 
     clf = SimpleNamespace(labels=["a", "b"])
     probs = np.array([[0.2, 0.8], [np.nan, np.nan]], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""zsclip.gallery: the HTML parsed back (sections largest first, counts, top-k on hover, every link and image
+"""zsclip.classify.gallery: the HTML parsed back (sections largest first, counts, top-k on hover, every link and image
 present, nothing external), label pages, thumbnails written while records arrive, resume, the folder checks."""
 
 import io
@@ -11,9 +11,9 @@ from urllib.parse import unquote, urlparse
 import pytest
 from PIL import Image
 
-from zsclip.classify import Prediction, Skipped
-from zsclip.errors import UsageError
-from zsclip.gallery import RECORDS, Gallery, check_report_dir, labels_png
+from zsclip.classify.gallery import RECORDS, Gallery, check_report_dir, labels_png
+from zsclip.classify.predict import Prediction, Skipped
+from zsclip.core.errors import UsageError
 
 COUNTS = {"cat": 5, "dog <b>&</b>": 3, "bird": 1}  # a label that is also markup, and folder-unsafe
 

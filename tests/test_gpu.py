@@ -8,9 +8,9 @@ from PIL import Image
 
 import zsclip
 from zsclip.engines import embed_stream
-from zsclip.gpu import TensorPreprocess
-from zsclip.preprocess import Preprocess
-from zsclip.sources import expand_sources
+from zsclip.models.preprocess import Preprocess
+from zsclip.pipeline.gpu_decode import TensorPreprocess
+from zsclip.pipeline.sources import expand_sources
 
 from .conftest import sample_images
 

@@ -223,8 +223,8 @@ def test_a_grid_with_a_retrieval_set_shows_its_recall_and_means_the_sets_that_ha
 
 
 def test_a_second_grid_into_the_same_report_at_once_is_refused(grid_world):
-    from zsclip.grid import LOCK
-    from zsclip.locks import Lock
+    from zsclip.core.locks import Lock
+    from zsclip.evaluate.grid import LOCK
 
     tmp, datasets, models = grid_world
     report = tmp / "grid"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from zsclip.errors import UsageError
-from zsclip.images import SkipFile, iter_batches, load_image, to_rgb
-from zsclip.sources import expand_sources, first_image, walk
+from zsclip.core.errors import UsageError
+from zsclip.pipeline.images import SkipFile, iter_batches, load_image, to_rgb
+from zsclip.pipeline.sources import expand_sources, first_image, walk
 
 
 def _preprocess(im: Image.Image) -> np.ndarray:

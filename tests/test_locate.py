@@ -9,16 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from zsclip.errors import UsageError
-from zsclip.locate import (
-    best_segment,
-    check_options,
-    ordered_segments,
-    smooth,
-    temporal_iou,
-    top_segments,
-)
-from zsclip.locate_report import render
+from zsclip.core.errors import UsageError
+from zsclip.video.locate import best_segment, check_options, ordered_segments, smooth, temporal_iou, top_segments
+from zsclip.video.report import render
 
 # -- the search, against brute force (no video needed) -----------------------------------------------------
 
@@ -192,7 +185,7 @@ def test_second_query_with_a_new_text_encodes_no_frame(tmp_path, shapes_model):
 
 
 def test_outputs_json_shape_plot_and_report(tmp_path, shapes_model):
-    from zsclip.locate_report import write_plot, write_report
+    from zsclip.video.report import write_plot, write_report
 
     path = shapes_video(tmp_path / "v.mp4", [(2, 5, "red", "circle")], seconds=6)
     result = zsclip.locate(shapes_model, path, ["red circle"], fps=2)

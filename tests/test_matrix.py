@@ -50,8 +50,8 @@ def jsonl(result) -> list[dict]:
 def prepared(tmp_path_factory) -> Path:
     """A cache with the shipped model prepared (exports, optimized graphs, int8 tower and check, auto.json)."""
     from zsclip.backends import prepare
-    from zsclip.cache import Cache
     from zsclip.models import load_model
+    from zsclip.store.cache import Cache
 
     directory = tmp_path_factory.mktemp("prepared")
     cache = Cache(directory)
@@ -75,7 +75,7 @@ def labelled(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def captions(tmp_path_factory) -> Path:
     """A caption set (images + captions.csv) for retrieval, as `zsclip data shapes` writes it."""
-    from zsclip.shapes import write_dataset
+    from zsclip.datasets.shapes import write_dataset
 
     out = tmp_path_factory.mktemp("captions") / "shapes"
     write_dataset(out, n=40, seed=3, size=64, eval_per_class=1)

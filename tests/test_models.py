@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import zsclip
-from zsclip.errors import UsageError, ZsclipError
+from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.models import (
     cached_weights,
     fingerprint_spec,

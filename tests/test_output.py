@@ -20,10 +20,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import zsclip
-from zsclip import atomic, output
-from zsclip.classify import Prediction, Skipped
+from zsclip.classify import output
+from zsclip.classify.predict import Prediction, Skipped
 from zsclip.cli import app
-from zsclip.errors import UsageError, ZsclipError
+from zsclip.core import atomic
+from zsclip.core.errors import UsageError, ZsclipError
 
 ODD = os.fsdecode(b"caf\xe9-latin1.png")  # a Latin-1 name: not UTF-8, so Python holds it as 'caf\udce9...'
 
@@ -106,7 +107,7 @@ def test_ctrl_c_exits_130_and_leaves_no_empty_partial(tiny_model_dir, imgs, tmp_
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(sys.modules["zsclip.classify"], "classify", interrupted)
+    monkeypatch.setattr(sys.modules["zsclip.classify.predict"], "classify", interrupted)
     out = tmp_path / "out.csv"
     result = run("classify", imgs, *_classify_args(tiny_model_dir, "-o", out))
     assert result.exit_code == 130 and "Traceback" not in result.output  # saying "interrupted": test_cli_output
@@ -254,7 +255,7 @@ def test_output_and_failures_into_missing_folders(tiny_model_dir, imgs, tmp_path
 
 def test_output_into_a_folder_fails_before_classifying(tiny_model_dir, imgs, tmp_path, monkeypatch):
 
-    monkeypatch.setattr(sys.modules["zsclip.classify"], "classify", lambda *a, **k: pytest.fail("classified"))
+    monkeypatch.setattr(sys.modules["zsclip.classify.predict"], "classify", lambda *a, **k: pytest.fail("classified"))
     result = run("classify", imgs, *_classify_args(tiny_model_dir, "-o", tmp_path))
     assert result.exit_code == 2 and "is a folder" in result.stderr and result.stderr.count("\n") == 1
     assert not Path(f"{tmp_path}.partial").exists()
@@ -275,7 +276,7 @@ def test_train_into_a_file_is_a_usage_error_before_any_work(tmp_path):
 
 
 def test_report_into_a_file_is_a_usage_error(tmp_path):
-    from zsclip.report import write_comparison, write_report
+    from zsclip.evaluate.report import write_comparison, write_report
 
     (tmp_path / "report").write_text("")
     with pytest.raises(UsageError, match="--report .*report: is a file"):
@@ -285,7 +286,7 @@ def test_report_into_a_file_is_a_usage_error(tmp_path):
 
 
 def test_a_write_that_fails_late_is_one_line(tmp_path, monkeypatch):
-    from zsclip.output import writing
+    from zsclip.classify.output import writing
 
     with pytest.raises(ZsclipError, match=r"^--report r: the disk is full"), writing("r", "--report"):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -379,8 +380,8 @@ def test_eval_report_with_a_non_utf8_name(tiny_model_dir, tmp_path):
 
 
 def test_csv_resume_cuts_a_row_torn_inside_a_quoted_path_with_a_line_break(tmp_path):
-    from zsclip.classify import Prediction
-    from zsclip.output import OutputFile, make_writer
+    from zsclip.classify.output import OutputFile, make_writer
+    from zsclip.classify.predict import Prediction
 
     out = tmp_path / "o.csv"
     settings = {"format": "csv", "top_k": 1}
@@ -422,10 +423,12 @@ def test_a_killed_writers_temporary_file_is_swept_by_the_next_write_and_a_live_o
     import subprocess
     import time
 
-    from zsclip.atomic import atomic_open
+    from zsclip.core.atomic import atomic_open
 
     target = tmp_path / "clf.safetensors"
-    writer = "import os, sys, time\nfrom zsclip.atomic import atomic_open\nwith atomic_open(sys.argv[1], 'wb') as f:\n"
+    writer = (
+        "import os, sys, time\nfrom zsclip.core.atomic import atomic_open\nwith atomic_open(sys.argv[1], 'wb') as f:\n"
+    )
     killed = subprocess.run(
         [sys.executable, "-c", writer + "    f.write(b'half'); f.flush(); os.kill(os.getpid(), 9)\n", str(target)]
     )

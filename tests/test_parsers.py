@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from zsclip.core.errors import UsageError
 from zsclip.datasets import load_dataset
-from zsclip.errors import UsageError
 from zsclip.models import parse_spec
-from zsclip.prompts import _HEADER_WORDS, fill, parse_class_table, parse_templates, read_classes_file
-from zsclip.sources import expand_sources
+from zsclip.pipeline.sources import expand_sources
 from zsclip.train import read_captions
+from zsclip.zeroshot.prompts import _HEADER_WORDS, fill, parse_class_table, parse_templates, read_classes_file
 
 PRETRAINED = open_clip.list_pretrained()
 ARCHS = sorted({a for a, _ in PRETRAINED})

@@ -1,4 +1,4 @@
-"""zsclip.preprocess against open_clip's own eval transform: the same model input to 1e-6 (issue 23)."""
+"""zsclip.models.preprocess against open_clip's own eval transform: the same model input to 1e-6 (issue 23)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsclip.preprocess import Preprocess
+from zsclip.models.preprocess import Preprocess
 
 SIZES = [(1, 1), (3, 500), (500, 3), (224, 224), (223, 225), (640, 480), (480, 640), (100, 37), (1000, 999), (57, 57)]
 CFGS = [

@@ -5,14 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-from zsclip.errors import UsageError
-from zsclip.prompts import (
-    fill,
-    list_template_sets,
-    load_templates,
-    parse_classes,
-    read_classes_file,
-)
+from zsclip.core.errors import UsageError
+from zsclip.zeroshot.prompts import fill, list_template_sets, load_templates, parse_classes, read_classes_file
 
 from .conftest import shared
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsclip.classify import classify
+from zsclip.classify.predict import classify
+from zsclip.core.errors import UsageError
 from zsclip.engines import check_engine
 from zsclip.engines.ray import RayOptions, require_ray
-from zsclip.errors import UsageError
 from zsclip.models import load_model
-from zsclip.text import build_classifier
+from zsclip.zeroshot.classifier import build_classifier
 
 CLASSES = ["cat", "dog", "car", "tree"]
 
@@ -134,7 +134,7 @@ def test_the_local_engine_refuses_uris(clip, clf):
 @pytest.mark.slow
 def test_store_is_shared_with_the_local_engine_and_a_rerun_encodes_nothing(ray_cluster, clip, clf, tmp_path):
     from zsclip.engines import embed_stream
-    from zsclip.sources import expand_sources
+    from zsclip.pipeline.sources import expand_sources
 
     folder = make_folder(tmp_path / "imgs", n=8)
     sources = expand_sources([folder])
@@ -155,7 +155,7 @@ def test_store_is_shared_with_the_local_engine_and_a_rerun_encodes_nothing(ray_c
 @pytest.mark.slow
 def test_eval_metrics_are_the_same(ray_cluster, clip, tmp_path):
     from zsclip.datasets import EvalDataset
-    from zsclip.evaluate import evaluate
+    from zsclip.evaluate.run import evaluate
 
     folder = make_folder(tmp_path / "imgs", n=12)
     files = sorted(p for p in folder.rglob("*.*") if p.suffix in (".jpg", ".png"))
@@ -207,7 +207,7 @@ def test_a_killed_worker_is_retried_and_every_record_appears_once(ray_cluster, c
 def test_a_file_replaced_with_its_old_size_and_mtime_is_encoded_again(ray_cluster, clip, tmp_path):
     """Issue 21 item 5: the driver's store lookup used (path, size, mtime) only and served the old vector."""
     from zsclip.engines import embed_stream
-    from zsclip.sources import expand_sources
+    from zsclip.pipeline.sources import expand_sources
 
     folder = tmp_path / "imgs"
     folder.mkdir()

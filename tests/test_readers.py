@@ -9,14 +9,14 @@ import pytest
 from PIL import Image
 
 import zsclip
-from zsclip.classify import check_options, classify
+from zsclip.classify.predict import check_options, classify
+from zsclip.core.errors import UsageError
 from zsclip.datasets import load_dataset
-from zsclip.errors import UsageError
-from zsclip.prompts import load_templates, read_classes_file
-from zsclip.shapes import COMPOSITIONS, write_dataset
-from zsclip.sources import expand_sources, walk
-from zsclip.text import build_classifier
+from zsclip.datasets.shapes import COMPOSITIONS, write_dataset
+from zsclip.pipeline.sources import expand_sources, walk
 from zsclip.train import read_captions
+from zsclip.zeroshot.classifier import build_classifier
+from zsclip.zeroshot.prompts import load_templates, read_classes_file
 
 from .conftest import SHARED_DATA
 
@@ -200,7 +200,7 @@ def test_default_resolves_in_load_templates_with_and_without_context():
 
 
 def test_compare_templates_accepts_default_as_the_data_sets_set(tmp_path, tiny_model_dir):
-    from zsclip.evaluate import compare_templates, embed_dataset
+    from zsclip.evaluate.run import compare_templates, embed_dataset
 
     for i, folder in enumerate(("cat", "dog")):
         _png(tmp_path / "d" / folder / "x.png", (i * 200, 50, 50))

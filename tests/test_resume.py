@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from zsclip.cache import DB_NAME, Cache
 from zsclip.cli import app
+from zsclip.store.cache import DB_NAME, Cache
 
 
 def _zsclip(*args, **kw) -> list[str]:
@@ -246,7 +246,7 @@ def test_a_damaged_cache_is_moved_aside_and_rebuilt(tiny_model_dir, tmp_path, pr
 
 
 def test_a_full_disk_while_storing_warns_and_the_run_goes_on(tiny_model_dir, tmp_path, monkeypatch):
-    from zsclip.store import ImageStore
+    from zsclip.store.embeddings import ImageStore
 
     images = _images(tmp_path / "images", 10)
     calls = []
@@ -296,13 +296,13 @@ def test_a_full_disk_while_writing_output_is_one_line_and_keeps_the_records(tiny
 def test_running_out_of_memory_is_one_line_and_keeps_finished_records(tiny_model_dir, tmp_path, monkeypatch):
     import torch
 
-    import zsclip.encode
+    import zsclip.pipeline.encode
 
     images = _images(tmp_path / "images", 12)
     out = tmp_path / "out.jsonl"
     args = ["classify", str(images), "-c", "a,b", "-m", str(tiny_model_dir), "-t", "photo", "-o", str(out),
             "--batch-size", "4"]  # fmt: skip
-    real, calls = zsclip.encode.encode_images, []
+    real, calls = zsclip.pipeline.encode.encode_images, []
 
     def oom(model, pixels):
         calls.append(1)
@@ -310,13 +310,13 @@ def test_running_out_of_memory_is_one_line_and_keeps_finished_records(tiny_model
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, pixels)
 
-    monkeypatch.setattr(zsclip.encode, "encode_images", oom)
+    monkeypatch.setattr(zsclip.pipeline.encode, "encode_images", oom)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: out of memory (CUDA out of memory.")
     assert "Traceback" not in result.stderr
     assert _lines(Path(f"{out}.partial")) == 4
-    monkeypatch.setattr(zsclip.encode, "encode_images", real)
+    monkeypatch.setattr(zsclip.pipeline.encode, "encode_images", real)
     resumed = CliRunner().invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0 and len(out.read_text().splitlines()) == 12
 

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 import zsclip
-from zsclip import vectors
-from zsclip.encode import store_variant
-from zsclip.errors import UsageError
-from zsclip.retrieval import query_vector
-from zsclip.retrieval_report import write_search_report
-from zsclip.shapes import write_dataset
+from zsclip.core.errors import UsageError
+from zsclip.datasets.shapes import write_dataset
+from zsclip.evaluate.recall_report import write_search_report
+from zsclip.pipeline.encode import store_variant
+from zsclip.retrieval.search import query_vector
+from zsclip.store import snapshots as vectors
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (30, 60, 220), (240, 220, 30), (130, 40, 170), (250, 130, 20)]
 

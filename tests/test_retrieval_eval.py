@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 import zsclip
+from zsclip.core.errors import UsageError
 from zsclip.datasets import load_captions
-from zsclip.errors import UsageError
-from zsclip.retrieval_eval import first_ranks, recall_metrics
-from zsclip.retrieval_report import write_retrieval_report
-from zsclip.shapes import write_dataset
+from zsclip.datasets.shapes import write_dataset
+from zsclip.evaluate.recall import first_ranks, recall_metrics
+from zsclip.evaluate.recall_report import write_retrieval_report
 
 
 def _brute_force(img: np.ndarray, txt: np.ndarray, owner: np.ndarray, ks) -> dict:

@@ -28,7 +28,7 @@ def model(tmp_path_factory):
     """The shipped model on the default backend, prepared for ONNX Runtime as `zsclip models --prepare` leaves it
     (auto then runs it on onnx where that measured no slower: tests/test_matrix.py covers every backend)."""
     from zsclip.backends import load_model, prepare
-    from zsclip.cache import Cache
+    from zsclip.store.cache import Cache
 
     cache = Cache(tmp_path_factory.mktemp("prepared"))
     prepare(load_model("shapes", device="cpu", backend="torch", cache=cache, show=False), cache=cache, show=False)

@@ -3,7 +3,7 @@ import csv
 from typer.testing import CliRunner
 
 from zsclip.cli import app
-from zsclip.shapes import COLOURS, COMPOSITIONS, HELD_OUT, SHAPES, write_dataset
+from zsclip.datasets.shapes import COLOURS, COMPOSITIONS, HELD_OUT, SHAPES, write_dataset
 
 
 def test_dataset_layout_and_held_out_pairs_never_in_captions(tmp_path):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsclip.classify import classify
-from zsclip.errors import UsageError
+from zsclip.classify.predict import classify
+from zsclip.core.errors import UsageError
 from zsclip.models import load_model
-from zsclip.sources import expand_sources, in_shard, parse_shard, walk
-from zsclip.text import build_classifier
+from zsclip.pipeline.sources import expand_sources, in_shard, parse_shard, walk
+from zsclip.zeroshot.classifier import build_classifier
 
 
 def make_tree(root, n: int = 30):

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 import zsclip
 from zsclip.cli import app
+from zsclip.datasets.shapes import COMPOSITIONS, HELD_OUT, write_dataset
 from zsclip.models import shipped_models
-from zsclip.shapes import COMPOSITIONS, HELD_OUT, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = [f"{c} {s}" for c, s in COMPOSITIONS]
@@ -73,7 +73,7 @@ def test_convolutional_tower_runs_channels_last_with_the_same_embeddings():
     import open_clip
     import torch
 
-    from zsclip.encode import encode_images
+    from zsclip.pipeline.encode import encode_images
 
     model = zsclip.load_model("shapes")
     assert model.channels_last

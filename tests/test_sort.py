@@ -1,4 +1,4 @@
-"""zsclip.sort: every mode, name collisions, unsafe labels, the dry run, and kill -9 in each crash window of a
+"""zsclip.classify.sort: every mode, name collisions, unsafe labels, the dry run, and kill -9 in each crash window of a
 move followed by --resume (no image lost, none twice)."""
 
 import csv
@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zsclip import sort as S
-from zsclip.classify import Prediction, Skipped
-from zsclip.errors import UsageError, ZsclipError
-from zsclip.sort import MANIFEST, Sorter, check_sort_target, placing, safe_name
+from zsclip.classify import sort as S
+from zsclip.classify.predict import Prediction, Skipped
+from zsclip.classify.sort import MANIFEST, Sorter, check_sort_target, placing, safe_name
+from zsclip.core.errors import UsageError, ZsclipError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -298,8 +298,8 @@ SCRIPT = textwrap.dedent(
     package = types.ModuleType("zsclip")
     package.__path__ = [os.path.join(os.environ["PYTHONPATH"], "zsclip")]
     sys.modules["zsclip"] = package
-    from zsclip import sort as S
-    from zsclip.sort import placing
+    from zsclip.classify import sort as S
+    from zsclip.classify.sort import placing
 
     src, out, crash_point, crash_at, cross, slow, resume = sys.argv[1:]
     seen = {"n": 0}
@@ -468,7 +468,7 @@ def test_file_names_with_line_breaks_survive_a_resume(photos, tmp_path):
 def test_the_sink_modules_import_neither_torch_nor_matplotlib():
     code = (
         "import os, sys, types; pkg = types.ModuleType('zsclip'); pkg.__path__ = [os.path.join(sys.argv[1], 'zsclip')];"
-        "sys.modules['zsclip'] = pkg; import zsclip.sort, zsclip.gallery;"
+        "sys.modules['zsclip'] = pkg; import zsclip.classify.sort, zsclip.classify.gallery;"
         "print(sorted(m for m in ('torch', 'matplotlib', 'numpy', 'PIL') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, check=True).stdout

@@ -8,8 +8,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import zsclip
-from zsclip.cache import Cache
 from zsclip.cli import app
+from zsclip.store.cache import Cache
 
 from .conftest import TINY_VIT, save_local_dir
 
@@ -96,7 +96,7 @@ def test_no_store_option_and_cache_info(tiny_model_dir, tmp_path, private_cache)
 
 
 def test_eval_reuses_the_store(counted, tmp_path):
-    from zsclip.evaluate import evaluate
+    from zsclip.evaluate.run import evaluate
 
     model, calls = counted
     root = tmp_path / "data"
@@ -110,7 +110,7 @@ def test_eval_reuses_the_store(counted, tmp_path):
 
 def test_lookups_use_indexes_not_scans(private_cache, tmp_path):
     """Each query a lookup runs must be an index seek: a scan made every new file cost O(stored files)."""
-    from zsclip.store import ImageStore
+    from zsclip.store.embeddings import ImageStore
 
     store = ImageStore.open(Cache(private_cache), "fp", "variant")
     image = _images(tmp_path / "one", 1) / "0.png"

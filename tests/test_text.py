@@ -5,7 +5,7 @@ import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
 import zsclip
-from zsclip.cache import Cache
+from zsclip.store.cache import Cache
 
 from .conftest import TINY_VIT, save_local_dir
 
@@ -99,7 +99,7 @@ def test_no_cache_option_writes_nothing(tiny_model_dir, private_cache):
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_siglip_dir", "vitb32_weights"])
 def test_fast_text_encoding_matches_encode_text(fixture, request):
     """Trimmed CLIP towers and the generic path both give encode_text's vectors for every prompt length."""
-    from zsclip.text import encode_prompts, pool_positions
+    from zsclip.zeroshot.classifier import encode_prompts, pool_positions
 
     target = request.getfixturevalue(fixture)
     spec = f"ViT-B-32-quickgelu:{target}" if fixture == "vitb32_weights" else str(target)

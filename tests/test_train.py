@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 import zsclip
 from zsclip.cli import app
-from zsclip.errors import UsageError
-from zsclip.shapes import HELD_OUT, write_dataset
+from zsclip.core.errors import UsageError
+from zsclip.datasets.shapes import HELD_OUT, write_dataset
 from zsclip.train import TrainConfig, clip_loss, lr_at, param_groups, train
 
 runner = CliRunner()

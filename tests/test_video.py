@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("av", reason="video needs PyAV: pip install 'zsclip[video]'")
 
-from zsclip.errors import UsageError, ZsclipError
+from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.video import FrameReader, embed_video, probe, write_video
 
 from .videos import rotate_mp4, shapes_video

@@ -1,4 +1,4 @@
-"""CLIP_benchmark's webdataset data sets (zsclip.wds, zsclip.shards): shards read in place through the same
+"""CLIP_benchmark's webdataset data sets (zsclip.wds, zsclip.store.shards): shards read in place through the same
 decoding, skip rules and image-embedding store as files; the layout's class names, templates and splits; the hub
 download's offline error and --root."""
 
@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 
 import zsclip
-from zsclip import shards
+from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.datasets import load_dataset
 from zsclip.datasets import webdataset as wds
 from zsclip.engines import embed_stream
-from zsclip.errors import UsageError, ZsclipError
-from zsclip.evaluate import evaluate
-from zsclip.images import load_image
+from zsclip.evaluate.run import evaluate
+from zsclip.pipeline.images import load_image
+from zsclip.store import shards
 
 from .wds_data import encode, shapes_images, write_classification, write_retrieval, write_shards
 
@@ -82,7 +82,7 @@ def test_the_data_sets_own_templates_are_the_default(model, shard_set):
 
 
 def test_a_rerun_encodes_nothing_even_from_a_copy_or_a_touched_shard(model, shard_set, tmp_path):
-    from zsclip.evaluate import embed_dataset
+    from zsclip.evaluate.run import embed_dataset
 
     first = embed_dataset(model, load_dataset(f"wds:{shard_set}"), workers=0)
     assert first.reused == 0
@@ -248,8 +248,8 @@ def test_root_uses_an_existing_copy_and_a_finished_download_is_not_fetched_again
 
 
 def test_store_keys_a_member_by_its_address_and_content(tmp_path, labelled):
-    from zsclip.cache import Cache
-    from zsclip.store import ImageStore, content_hash
+    from zsclip.store.cache import Cache
+    from zsclip.store.embeddings import ImageStore, content_hash
 
     data, suffix, _ = labelled[0]
     (shard,) = write_shards(tmp_path / "t", [{suffix: data}], per_shard=1)

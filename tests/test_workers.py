@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import zsclip.images
-import zsclip.workers
+import zsclip.pipeline.images
+import zsclip.pipeline.workers
 from zsclip.cli import app
-from zsclip.images import iter_batches
-from zsclip.sources import expand_sources
-from zsclip.workers import run_tasks
+from zsclip.pipeline.images import iter_batches
+from zsclip.pipeline.sources import expand_sources
+from zsclip.pipeline.workers import run_tasks
 
 
 def _work(items, failed, mark):
@@ -75,14 +75,14 @@ def test_a_stalled_item_is_skipped_after_the_time_limit(threads):
 def test_iter_batches_survive_a_decoder_crash(tmp_path, monkeypatch):
     for i in range(10):
         Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / f"{i:02d}.png")
-    real = zsclip.images.load_image
+    real = zsclip.pipeline.images.load_image
 
     def crashing(path, *a, **kw):  # a segfault in a C decoder, as some corrupt files cause
         if path.endswith("04.png"):
             _segfault()
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(zsclip.images, "load_image", crashing)
+    monkeypatch.setattr(zsclip.pipeline.images, "load_image", crashing)
     batches = list(iter_batches(expand_sources([tmp_path]), _to_tensor, batch_size=3, workers=2))
     paths = [os.path.basename(p) for b in batches for p in b.paths]
     assert paths == [f"{i:02d}.png" for i in range(10) if i != 4]
@@ -97,14 +97,14 @@ def _to_tensor(im):
 def test_cli_skips_a_file_that_hangs_and_finishes(tiny_model_dir, tmp_path, monkeypatch):
     for i in range(6):
         Image.new("RGB", (40, 40), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
-    real = zsclip.images.load_image
+    real = zsclip.pipeline.images.load_image
 
     def hanging(path, *a, **kw):  # a read that never returns (a hung network mount)
         if path.endswith("3.png"):
             time.sleep(3600)
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(zsclip.images, "load_image", hanging)
+    monkeypatch.setattr(zsclip.pipeline.images, "load_image", hanging)
     start = time.monotonic()
     result = CliRunner().invoke(
         app, ["classify", str(tmp_path), "-c", "a,b", "-m", str(tiny_model_dir), "-t", "photo", "-f", "jsonl",
@@ -141,19 +141,19 @@ def test_bad_limits_are_usage_errors(tiny_model_dir, tmp_path, option, value, me
 
 def test_device_path_skips_a_read_that_hangs(tiny_model_dir, tmp_path, monkeypatch):
     import zsclip
-    import zsclip.gpu
+    import zsclip.pipeline.gpu_decode
     from zsclip.engines import embed_stream
 
     for i in range(5):
         Image.new("RGB", (40, 40), (0, 50 * i, 0)).save(tmp_path / f"{i}.jpg")
-    real = zsclip.gpu._read
+    real = zsclip.pipeline.gpu_decode._read
 
     def hanging(path):
         if path.endswith("2.jpg"):
             time.sleep(3600)
         return real(path)
 
-    monkeypatch.setattr(zsclip.gpu, "_read", hanging)
+    monkeypatch.setattr(zsclip.pipeline.gpu_decode, "_read", hanging)
     model = zsclip.load_model(str(tiny_model_dir))
     start = time.monotonic()
     batches = list(embed_stream(model, expand_sources([tmp_path]), batch_size=2, decode_on="device", file_timeout=0.5))
@@ -164,7 +164,7 @@ def test_device_path_skips_a_read_that_hangs(tiny_model_dir, tmp_path, monkeypat
 
 
 def test_unreadable_file_reason(tmp_path, monkeypatch):
-    from zsclip.images import SkipFile, load_image
+    from zsclip.pipeline.images import SkipFile, load_image
 
     path = tmp_path / "secret.png"
     Image.new("RGB", (4, 4)).save(path)
@@ -190,14 +190,14 @@ def test_pixels_from_worker_processes_are_the_pixels_decoded_here(tmp_path):
 def test_without_workers_a_blocking_read_is_cut_off_too(tmp_path, monkeypatch):
     for i in range(4):
         Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
-    real = zsclip.images.load_image
+    real = zsclip.pipeline.images.load_image
 
     def blocking(path, *a, **kw):
         if path.endswith("1.png"):
             time.sleep(3600)  # interrupted by the per-file alarm, as a blocking read() would be
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(zsclip.images, "load_image", blocking)
+    monkeypatch.setattr(zsclip.pipeline.images, "load_image", blocking)
     start = time.monotonic()
     batches = list(iter_batches(expand_sources([tmp_path]), _to_tensor, batch_size=2, workers=0, file_timeout=0.5))
     assert time.monotonic() - start < 10
@@ -268,11 +268,11 @@ def test_an_abandoned_reader_thread_leaves_its_replacement_alone():
 
 def test_device_path_times_out_a_hung_read_after_a_slow_one(tiny_model_dir, tmp_path, monkeypatch):
     import zsclip
-    import zsclip.gpu
+    import zsclip.pipeline.gpu_decode
 
     for i in range(5):
         Image.new("RGB", (40, 40), (0, 50 * i, 0)).save(tmp_path / f"{i}.jpg")
-    real, release, reads = zsclip.gpu._read, threading.Event(), []
+    real, release, reads = zsclip.pipeline.gpu_decode._read, threading.Event(), []
 
     def reading(path):
         reads.append(os.path.basename(path))
@@ -282,12 +282,12 @@ def test_device_path_times_out_a_hung_read_after_a_slow_one(tiny_model_dir, tmp_
             release.wait(30)
         return real(path)
 
-    monkeypatch.setattr(zsclip.gpu, "_read", reading)
+    monkeypatch.setattr(zsclip.pipeline.gpu_decode, "_read", reading)
     model = zsclip.load_model(str(tiny_model_dir))
     start = time.monotonic()
     try:
         sources = expand_sources([tmp_path])
-        batches = _within(60, lambda: list(zsclip.gpu.iter_device_batches(
+        batches = _within(60, lambda: list(zsclip.pipeline.gpu_decode.iter_device_batches(
             sources, model.preprocess, model.device, batch_size=5, threads=1, file_timeout=1)))  # fmt: skip
         elapsed = time.monotonic() - start
         time.sleep(2)
@@ -323,21 +323,22 @@ def test_device_path_times_out_a_slow_cpu_fallback_decode(tiny_model_dir, tmp_pa
     # Files the device decoder does not take (here a PNG) are decoded on the CPU in the consuming thread; the
     # per-file limit must hold there too.
     import zsclip
-    import zsclip.gpu
+    import zsclip.pipeline.gpu_decode
 
     for name in ("0.jpg", "1.png", "2.jpg"):
         Image.new("RGB", (40, 40), (0, 90, 0)).save(tmp_path / name)
-    real = zsclip.gpu.load_image
+    real = zsclip.pipeline.gpu_decode.load_image
 
     def slow(path, *a, **kw):
         if path.endswith("1.png"):
             time.sleep(20)  # a decode that takes far too long; interrupted by the per-file alarm
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(zsclip.gpu, "load_image", slow)
+    monkeypatch.setattr(zsclip.pipeline.gpu_decode, "load_image", slow)
     model = zsclip.load_model(str(tiny_model_dir))
     start = time.monotonic()
-    batches = list(zsclip.gpu.iter_device_batches(expand_sources([tmp_path]), model.preprocess, model.device,
+    batches = list(zsclip.pipeline.gpu_decode.iter_device_batches(expand_sources([tmp_path]), model.preprocess,
+    model.device,
                                                   batch_size=3, threads=1, file_timeout=1))  # fmt: skip
     assert time.monotonic() - start < 10
     assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "2.jpg"]
@@ -351,7 +352,7 @@ def test_device_path_survives_an_unreadable_store(tiny_model_dir, tmp_path, monk
 
     import zsclip
     from zsclip.engines import embed_stream
-    from zsclip.store import ImageStore
+    from zsclip.store.embeddings import ImageStore
 
     for i in range(3):
         Image.new("RGB", (40, 40), (0, 0, 80 * i)).save(tmp_path / f"{i}.jpg")

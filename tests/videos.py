@@ -1,4 +1,4 @@
-"""Short synthetic videos for the video and locate tests: shapes from zsclip.shapes on a noisy background, each
+"""Short synthetic videos for the video and locate tests: shapes from zsclip.datasets.shapes on a noisy background, each
 present between known times."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsclip.shapes import Scene, render
+from zsclip.datasets.shapes import Scene, render
 from zsclip.video import write_video
 
 SIZE = 96  # pixels; the shipped shapes model sees 64

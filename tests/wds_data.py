@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zsclip import shapes
+from zsclip.datasets import shapes
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -69,7 +69,7 @@ def write_retrieval(root: Path, captioned: Iterable[tuple[bytes, str, list[str]]
 
 
 def shapes_images(classes: Sequence[tuple[str, str]], per_class: int, size: int = 64, seed: int = 0):
-    """(PIL image, class index) rendered by zsclip.shapes, classes interleaved."""
+    """(PIL image, class index) rendered by zsclip.datasets.shapes, classes interleaved."""
     rng = np.random.default_rng(seed)
     for _ in range(per_class):
         for label, (colour, shape) in enumerate(classes):

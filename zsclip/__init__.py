@@ -14,56 +14,56 @@ Names are loaded on first use (PEP 562), so `import zsclip` and the CLI's `--hel
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "Cache": "cache",
-    "cache_dir": "cache",
-    "Prediction": "classify",
-    "Skipped": "classify",
-    "classify": "classify",
-    "probabilities": "classify",
-    "UsageError": "errors",
-    "ZsclipError": "errors",
+    "Cache": "store.cache",
+    "cache_dir": "store.cache",
+    "Prediction": "classify.predict",
+    "Skipped": "classify.predict",
+    "classify": "classify",  # the package, callable as the function (zsclip.core.modules)
+    "probabilities": "classify.predict",
+    "UsageError": "core.errors",
+    "ZsclipError": "core.errors",
     "ClipModel": "models",
     "list_models": "models",
     "load_model": "backends",  # the model switched to its backend: the one decision (zsclip.backends)
     "parse_spec": "models",
-    "TemplateSet": "prompts",
-    "list_template_sets": "prompts",
-    "load_templates": "prompts",
-    "parse_classes": "prompts",
-    "read_classes_file": "prompts",
-    "Classifier": "text",
-    "build_classifier": "text",
-    "EvalResult": "evaluate",
-    "evaluate": "evaluate",
-    "compare_templates": "evaluate",
+    "TemplateSet": "zeroshot.prompts",
+    "list_template_sets": "zeroshot.prompts",
+    "load_templates": "zeroshot.prompts",
+    "parse_classes": "zeroshot.prompts",
+    "read_classes_file": "zeroshot.prompts",
+    "Classifier": "zeroshot.classifier",
+    "build_classifier": "zeroshot.classifier",
+    "EvalResult": "evaluate.run",
+    "evaluate": "evaluate",  # the package, callable as the function
+    "compare_templates": "evaluate.run",
     "EvalDataset": "datasets",
     "load_dataset": "datasets",
-    "LocateResult": "locate",
-    "Segment": "locate",
-    "locate": "locate",
-    "Hit": "retrieval",
-    "IndexResult": "retrieval",
-    "index": "retrieval",
-    "search": "retrieval",
+    "LocateResult": "video.locate",
+    "Segment": "video.locate",
+    "locate": "video.locate",
+    "Hit": "retrieval.search",
+    "IndexResult": "retrieval.search",
+    "index": "retrieval.search",
+    "search": "retrieval.search",
 }
-_SUBMODULES = ("report",)
+# public submodules under their short names
+_SUBMODULES = {"report": "evaluate.report"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = module if _EXPORTS[name] == name else getattr(module, name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
+        value = importlib.import_module(f"{__name__}.{_SUBMODULES[name]}")
     else:
         raise AttributeError(f"module 'zsclip' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip this function
@@ -74,29 +74,23 @@ def __dir__() -> list[str]:
     return __all__
 
 
-class _Package(types.ModuleType):
-    """`zsclip.classify`, `zsclip.evaluate` and `zsclip.locate` are functions that share their module's name:
-    importing the submodule must not replace the function on the package (as the import system does by default)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:
-    from . import report
-    from .backends import load_model
-    from .cache import Cache, cache_dir
-    from .classify import Prediction, Skipped, classify, probabilities
-    from .datasets import EvalDataset, load_dataset
-    from .errors import UsageError, ZsclipError
-    from .evaluate import EvalResult, compare_templates, evaluate
-    from .locate import LocateResult, Segment, locate
-    from .models import ClipModel, list_models, parse_spec
-    from .prompts import TemplateSet, list_template_sets, load_templates, parse_classes, read_classes_file
-    from .retrieval import Hit, IndexResult, index, search
-    from .text import Classifier, build_classifier
+    from zsclip import classify, evaluate
+    from zsclip.backends import load_model
+    from zsclip.classify.predict import Prediction, Skipped, probabilities
+    from zsclip.core.errors import UsageError, ZsclipError
+    from zsclip.datasets import EvalDataset, load_dataset
+    from zsclip.evaluate import report
+    from zsclip.evaluate.run import EvalResult, compare_templates
+    from zsclip.models import ClipModel, list_models, parse_spec
+    from zsclip.retrieval.search import Hit, IndexResult, index, search
+    from zsclip.store.cache import Cache, cache_dir
+    from zsclip.video.locate import LocateResult, Segment, locate
+    from zsclip.zeroshot.classifier import Classifier, build_classifier
+    from zsclip.zeroshot.prompts import (
+        TemplateSet,
+        list_template_sets,
+        load_templates,
+        parse_classes,
+        read_classes_file,
+    )

@@ -1,5 +1,5 @@
 """`python -m zsclip`: the same as the `zsclip` command."""
 
-from .cli import main
+from zsclip.cli import main
 
 main()

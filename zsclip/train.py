@@ -30,15 +30,16 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from . import atomic
-from .errors import UsageError, plural
-from .images import DEFAULT_FILE_TIMEOUT, SkipFile, load_image, time_limit
-from .models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
-from .paths import check_output_dir, writing
-from .preprocess import Preprocess
-from .progress import bar
-from .textfiles import csv_rows, read_text
-from .workers import in_worker_process, run_tasks
+from zsclip.core import atomic
+from zsclip.core.errors import UsageError
+from zsclip.core.paths import check_output_dir, writing
+from zsclip.core.progress import bar
+from zsclip.core.textfiles import csv_rows, read_text
+from zsclip.core.wording import plural
+from zsclip.models import ClipModel, model_config, random_init_model, resolve_device, save_model_dir
+from zsclip.models.preprocess import Preprocess
+from zsclip.pipeline.images import DEFAULT_FILE_TIMEOUT, SkipFile, load_image, time_limit
+from zsclip.pipeline.workers import in_worker_process, run_tasks
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.csv"
@@ -110,7 +111,7 @@ class PairBatch:
 class PairDataset:
     """Image-caption pairs by index. `dataset(indices)` loads one batch: decoded, preprocessed images and their
     tokenised captions, unreadable images as (path, reason) under classify's rules. It runs in supervised
-    workers (zsclip.workers) like classify's decoding, so a file that crashes or stalls costs only itself."""
+    workers (zsclip.pipeline.workers) like classify's decoding, so a file that crashes or stalls costs only itself."""
 
     def __init__(self, pairs: list[tuple[str, str]], preprocess: Callable, tokenizer: Callable):
         self.paths = [p for p, _ in pairs]
@@ -178,8 +179,8 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
 # -- evaluation --------------------------------------------------------------------------------------------
 def zero_shot_eval(clip: ClipModel, eval_dir: Path, templates: str, captions: list[str]) -> dict:
     """Top-1 accuracy on an ImageFolder split, split into classes seen in captions and held-out ones."""
-    from .classify import Prediction, classify
-    from .text import build_classifier
+    from zsclip.classify.predict import Prediction, classify
+    from zsclip.zeroshot.classifier import build_classifier
 
     classes = sorted(d.name for d in eval_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     text = "\n".join(captions).lower()

@@ -8,7 +8,8 @@ decoding, skip rules, streaming, the store, resume and output are the same whoev
 - `torch`: the module.
 - `onnx`: fp32 towers, the same vectors as torch to ~1e-6 (they share stored vectors, see vector_key_for).
 - `onnx-int8`: an int8 image tower (zsclip.backends.int8) and the fp32 text tower; images whose label the int8
-  rounding could change are re-encoded by the fp32 tower (zsclip.recheck), so the labels are fp32's. Asked for by
+  rounding could change are re-encoded by the fp32 tower (zsclip.classify.recheck), so the labels are fp32's. Asked for
+  by
   name only: its vectors are not torch's, so a search ranking or an eval number would differ.
 - `auto` (the default where the onnx extra is installed): torch, or onnx where the model has been prepared for
   this CPU (`zsclip models --prepare SPEC`: export, then measure both on a fixed probe, zsclip.backends.probe) and
@@ -23,19 +24,19 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..defaults import BACKENDS
-from ..errors import UsageError, ZsclipError
-from ..progress import bar, log
-from .exports import Exports
-from .int8 import builtin_images
-from .probe import auto_choice, choose
-from .runtime import OnnxEncoder
+from zsclip.backends.exports import Exports
+from zsclip.backends.int8 import builtin_images
+from zsclip.backends.probe import auto_choice, choose
+from zsclip.backends.runtime import OnnxEncoder
+from zsclip.core.defaults import BACKENDS
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.progress import bar, log
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..cache import Cache
-    from ..models import ClipModel
+    from zsclip.models import ClipModel
+    from zsclip.store.cache import Cache
 
 PIP = "pip install 'zsclip[onnx]'"
 
@@ -120,8 +121,8 @@ def load_model(
         >>> model.backend
         'torch'
     """
-    from ..cache import Cache
-    from ..models import load_model as load_module
+    from zsclip.models import load_model as load_module
+    from zsclip.store.cache import Cache
 
     cache = cache or Cache()
     model = load_module(spec, device=device, precision=precision, cache=cache, lazy=lazy)
@@ -142,7 +143,7 @@ def use_backend(
     `calibration(model)` gives uint8 pixels of the user's own images for the int8 check (zsclip.backends.int8). auto
     makes nothing: it takes what `prepare` measured, else torch. Raises UsageError for an ONNX backend on a GPU
     device or with non-fp32 precision."""
-    from ..cache import Cache
+    from zsclip.store.cache import Cache
 
     backend = resolve_backend(backend)
     if backend == "auto":
@@ -174,7 +175,7 @@ def prepare(
     """Make every backend's files for `model` on this CPU (ONNX towers, their optimized graphs, the int8 tower and
     its check) and measure them on auto's probe; returns what auto will take from now on (probe.choose's record:
     `choice` and per-backend `results`). Minutes for ViT-B-32 on a laptop, once per model and machine."""
-    from ..cache import Cache
+    from zsclip.store.cache import Cache
 
     if model.device_type != "cpu" or model.precision != "fp32":
         raise UsageError("the ONNX backends run in fp32 on the CPU: prepare a model loaded with --device cpu and fp32")

@@ -1,6 +1,6 @@
 """One model's ONNX files in the cache: `<cache>/onnx/<digest>/`, one folder per model fingerprint and export format.
 
-`export.json` is a state file (zsclip.identity) naming the weights and export version the files were made from,
+`export.json` is a state file (zsclip.store.identity) naming the weights and export version the files were made from,
 and each file's size and sha256; a file is used only when it matches (a damaged one is rebuilt, with a warning),
 and one made from anything else is never read. It also records what a run needs to use the files without torch:
 how the text tower pools, and, for the int8 image tower, what calibrated it. Reading and running the files needs
@@ -17,17 +17,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import atomic
-from ..identity import StateError, read_state, write_state
-from ..locks import Lock
-from ..progress import log
-from .sessions import machine, open_session
+from zsclip.backends.sessions import machine, open_session
+from zsclip.core import atomic
+from zsclip.core.locks import Lock
+from zsclip.core.progress import log
+from zsclip.store.identity import StateError, read_state, write_state
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..cache import Cache
-    from ..models import ClipModel
+    from zsclip.models import ClipModel
+    from zsclip.store.cache import Cache
 
 # Bump when the exported graphs change, so old exports are rebuilt rather than reused.
 EXPORT_VERSION = 3
@@ -117,7 +117,7 @@ class Exports:
     def _measure_check(self) -> None:
         import numpy as np
 
-        from .int8 import USER_IMAGES, builtin_images, errors
+        from zsclip.backends.int8 import USER_IMAGES, builtin_images, errors
 
         own = self.calibration(self.model) if self.calibration else None
         own = own[:USER_IMAGES] if own is not None and len(own) else None
@@ -162,7 +162,7 @@ class Exports:
             log(f"warning: ONNX export {path} is missing or damaged; rebuilding it")
         fields: dict[str, Any] = {}
         if variant == "int8":
-            from .int8 import quantize_image_tower
+            from zsclip.backends.int8 import quantize_image_tower
 
             source = self.ensure(tower, "fp32")
             with self._step(f"making the int8 {tower} tower of {self.model.spec} (once per model)"):
@@ -170,7 +170,7 @@ class Exports:
             self._record(path)
             self.ensure_check()
             return path
-        from .onnx_export import export_tower
+        from zsclip.backends.onnx_export import export_tower
 
         with self._step(f"exporting the {tower} tower of {self.model.spec} to ONNX (once per model)"):
             pool = export_tower(self.model.model, tower, path)
@@ -243,7 +243,7 @@ class Exports:
 def _unit_run(session, x: np.ndarray, batch: int = 32) -> np.ndarray:
     import numpy as np
 
-    from ..similarity import unit
+    from zsclip.zeroshot.similarity import unit
 
     return unit(np.concatenate([session.run(None, {"pixels": x[i : i + batch]})[0] for i in range(0, len(x), batch)]))
 

@@ -12,7 +12,7 @@ i, any other class j gains (e . (w_j - w_i)) * logit_scale on it; the label can 
 (f . (w_i - w_j)) / |w_i - w_j| is below the size e takes along such directions. That size is measured when the
 tower is made: the errors e of calibration images (up to 64 of the user's own images and 64 built-in ones),
 projected on differences of the classifier's rows; `threshold` takes a share of their largest projection. Images
-under it are re-encoded by the fp32 tower (zsclip.recheck), so the labels are fp32's wherever int8 could have
+under it are re-encoded by the fp32 tower (zsclip.classify.recheck), so the labels are fp32's wherever int8 could have
 changed them (measured: >= 99.9% agreement on every data set of ../shared/data for the shipped model and a trained
 ViT; the share re-encoded goes from 0.1% on a model's own domain to ~25% for a tiny model on photos).
 """
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import atomic
+from zsclip.core import atomic
 
 if TYPE_CHECKING:
-    from ..models import ClipModel
+    from zsclip.models import ClipModel
 
 CHECK_IMAGES = 64  # built-in images in the calibration of the check, besides the user's own
 USER_IMAGES = 64
@@ -41,7 +41,7 @@ def quantize_image_tower(source: Path, target: Path) -> None:
     """Dynamic int8 quantization of `source` into `target`, atomically."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .onnx_export import quiet
+    from zsclip.backends.onnx_export import quiet
 
     with atomic.written_at(target) as tmp, quiet():
         # MatMul and Gemm only: ONNX Runtime's ConvInteger is slower than its fp32 convolution on CPUs and cost
@@ -92,7 +92,7 @@ def builtin_images(model: ClipModel, n: int = 64) -> np.ndarray:
     """Built-in pictures as the model's uint8 pixels: shapes-world scenes and blurred noise, alternately."""
     from PIL import Image, ImageFilter
 
-    from .. import shapes
+    from zsclip.datasets import shapes
 
     rng = np.random.default_rng(0)
     out = []

@@ -1,5 +1,6 @@
 """A model's towers exported from torch to ONNX files: the image tower (a dynamic batch axis), the text tower (also
-a dynamic sequence axis where it can run trimmed, zsclip.text.pool_of), written atomically. The only module here
+a dynamic sequence axis where it can run trimmed, zsclip.zeroshot.classifier.pool_of), written atomically. The only
+module here
 that imports torch."""
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .. import atomic
-from ..errors import ZsclipError
+from zsclip.core import atomic
+from zsclip.core.errors import ZsclipError
 
 OPSET = 17
 
@@ -20,9 +21,9 @@ def export_tower(module, tower: str, path: Path) -> dict | None:
     """Export one tower of an open_clip model to `path` (atomically). Returns the text tower's pooling, or None."""
     import io
 
-    from ..text import pool_of, pooled_at
+    from zsclip.zeroshot.classifier import pool_of, pooled_at
 
-    pool = None  # how the text tower pools (zsclip.text.pool_of), where it runs trimmed
+    pool = None  # how the text tower pools (zsclip.zeroshot.classifier.pool_of), where it runs trimmed
     if tower == "image":
         size = getattr(module.visual, "image_size", 224)
         h, w = size if isinstance(size, tuple | list) else (size, size)
@@ -101,14 +102,15 @@ class _TextTower(torch.nn.Module):
 
 
 class _TrimmedTextTower(torch.nn.Module):
-    """zsclip.text's trimmed CLIP text forward, with the sequence length taken from the input (a dynamic axis)."""
+    """zsclip.zeroshot.classifier's trimmed CLIP text forward, with the sequence length taken from the input (a dynamic
+    axis)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, tokens, positions):
-        from ..text import trimmed_forward
+        from zsclip.zeroshot.classifier import trimmed_forward
 
         return trimmed_forward(self.model, tokens, positions)
 

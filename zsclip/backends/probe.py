@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import atomic
-from ..progress import log
-from ..similarity import probabilities, unit
-from .int8 import builtin_images
-from .sessions import machine
+from zsclip.backends.int8 import builtin_images
+from zsclip.backends.sessions import machine
+from zsclip.core import atomic
+from zsclip.core.progress import log
+from zsclip.zeroshot.similarity import probabilities, unit
 
 if TYPE_CHECKING:
-    from .exports import Exports
+    from zsclip.backends.exports import Exports
 
 CANDIDATES = ("torch", "onnx", "onnx-int8")  # measured
 AUTO = ("torch", "onnx")  # chosen among
@@ -103,11 +103,11 @@ def summary(results: dict) -> str:
 
 def measure(exports: Exports) -> dict[str, dict]:
     """Per backend: image throughput and top-1 agreement with torch on the probe."""
-    from .. import shapes
-    from ..encode import encode_images
-    from ..text import encode_prompts
-    from .int8 import threshold, uncertain
-    from .runtime import OnnxEncoder
+    from zsclip.backends.int8 import threshold, uncertain
+    from zsclip.backends.runtime import OnnxEncoder
+    from zsclip.datasets import shapes
+    from zsclip.pipeline.encode import encode_images
+    from zsclip.zeroshot.classifier import encode_prompts
 
     model = exports.model
     pixels = builtin_images(model, PROBE_IMAGES)

@@ -1,4 +1,5 @@
-"""The exported towers run by ONNX Runtime: NumPy in, NumPy out, no torch (zsclip.encode and zsclip.text call it
+"""The exported towers run by ONNX Runtime: NumPy in, NumPy out, no torch (zsclip.pipeline.encode and
+zsclip.zeroshot.classifier call it
 as ClipModel.encoder)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .exports import Exports
+    from zsclip.backends.exports import Exports
 
 
 class OnnxEncoder:
@@ -42,7 +43,7 @@ class OnnxEncoder:
 
     @property
     def pool(self) -> dict | None:
-        """How the text tower pools (zsclip.text.pooled_at), as the export recorded it."""
+        """How the text tower pools (zsclip.zeroshot.classifier.pooled_at), as the export recorded it."""
         return self.exports.meta().get("pool")
 
     def encode_text(self, tokens: np.ndarray, positions: np.ndarray | None) -> np.ndarray:

@@ -10,9 +10,11 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
-from . import admin, classify, evaluate, fewshot, locate, prompts, retrieval, serve, train
-from .common import Group
+from zsclip import __version__
+from zsclip.cli import admin, classify, locate, prompts, retrieval, serve, train
+from zsclip.cli import eval as evaluate
+from zsclip.cli import fit as fewshot
+from zsclip.cli.common import Group
 
 app = typer.Typer(
     cls=Group,

@@ -9,10 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .. import progress
-from ..defaults import DEFAULT_MODEL, FORMATS
-from ..errors import UsageError, plural
-from .common import (
+from zsclip.cli.common import (
     build_with_progress,
     engine_options,
     fitted_classifier,
@@ -20,7 +17,7 @@ from .common import (
     read_options,
     results,
 )
-from .options import (
+from zsclip.cli.options import (
     INPUT,
     OUTPUT,
     Backend,
@@ -39,6 +36,21 @@ from .options import (
     grouped,
     option,
 )
+from zsclip.classify.gallery import Gallery, check_report_dir
+from zsclip.classify.output import OutputPlan, plan_output, resolved_inputs
+from zsclip.classify.predict import check_options
+from zsclip.classify.run import Counts, run
+from zsclip.classify.sort import Sorter, check_sort_target
+from zsclip.core import progress
+from zsclip.core.defaults import DEFAULT_MODEL, FORMATS
+from zsclip.core.errors import UsageError
+from zsclip.core.limits import check_ranking
+from zsclip.core.wording import plural
+from zsclip.fewshot.files import load as load_classifier_file
+from zsclip.models import fingerprint_spec
+from zsclip.pipeline.sources import Exclude, check_sources, expand_sources, first_image
+from zsclip.store.cache import Cache
+from zsclip.zeroshot.prompts import class_names
 
 
 @dataclass
@@ -117,9 +129,9 @@ def classify_cmd(
     classes_file: Annotated[
         Path | None, option(panel=INPUT, help="Class names, one per line, or a classes.tsv/CSV table.")
     ] = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    spec: ModelOpt = DEFAULT_MODEL,
     templates: TemplatesOpt = "default",
-    classifier: ClassifierOpt = None,
+    classifier_file: ClassifierOpt = None,
     *,
     records: Records,
     sorting: Sorting,
@@ -138,25 +150,42 @@ def classify_cmd(
     With --output, results are written as they come to OUTPUT.partial, which becomes OUTPUT when the run ends;
     after a crash or kill, the same command with --resume continues where it stopped (also --sort-into and
     --report)."""
-    from ..limits import check_ranking
-
-    names, fitted = _class_names(classes, classes_file, classifier)
-    if classifier is not None and templates != "default":
-        raise UsageError("--templates: a --classifier file brings its own templates; leave out -t")
-    model = model_for_classifier(model, classifier)
-    read = {**read_options(speed, limits, store, walk), **engine_options(cluster), "shard": shard.parsed()}
+    names, fitted = _class_names(classes, classes_file, classifier_file, templates)
+    spec = model_for_classifier(spec, classifier_file)
+    read = read_options(speed, limits, store, walk).but(shard=shard.parsed())
+    runtime = engine_options(cluster)
     check_ranking(records.top_k, records.threshold)
     backend.check()
-    if records.resume and records.output is None and sorting.sort_into is None and sorting.report is None:
-        raise UsageError("--resume needs --output FILE, --sort-into DIR or --report DIR (the run to continue)")
+    made_of = _made_of(spec, names, templates, fitted, records, speed, backend, shard, paths)
+    plan = _plan(records, sorting, made_of)
+    settings = {"classes": names, "threshold": records.threshold}  # a resumed sort must have been made with these
+    sources = _sources(paths, walk.recursive, records.resume, sorting, settings)
+    if sources is None or plan.complete:
+        return
+    cache = Cache()
+    clip = backend.load(spec, device, cache, quiet.quiet, sources)
+    show = progress.enabled(quiet.quiet)
+    if fitted:
+        clf = fitted_classifier(classifier_file, clip, quiet.quiet)
+    else:
+        clf = build_with_progress(clip, names, templates, cache, show, quiet.quiet)
+    top_k = _top_k(clf, records)
+    sorter, gallery = _sinks(sorting, records, clf, settings, sources)
+    counts = run(
+        clip, clf, sources, plan, read, runtime, inputs=paths, top_k=top_k, threshold=records.threshold,
+        strict=records.strict, quiet=quiet.quiet, show=show, sorter=sorter, gallery=gallery, stdout=results(),
+        made_of=made_of(clip.fingerprint) if records.output else None,
+    )  # fmt: skip
+    if not quiet.quiet:
+        _summary(counts, plan, sorter, gallery, sorting)
 
-    def run(fingerprint=None) -> dict:
-        """What this run is made of, for the record of a finished --output (checked by a later --resume)."""
-        from ..models import fingerprint_spec
-        from ..output import resolved_inputs
 
+def _made_of(spec, names, templates, fitted, records, speed, backend, shard, paths):
+    """What this run is made of, for the record of a finished --output (checked by a later --resume)."""
+
+    def made_of(fingerprint: str | None = None) -> dict:
         return {
-            "model": fingerprint or fingerprint_spec(model),
+            "model": fingerprint or fingerprint_spec(spec),
             "classes": names,
             "templates": templates,
             "classifier": fitted,
@@ -168,111 +197,64 @@ def classify_cmd(
             "inputs": resolved_inputs(paths),
         }
 
-    from ..output import plan_output
+    return made_of
 
+
+def _plan(records: Records, sorting: Sorting, made_of) -> OutputPlan:
+    """Where the records go, checked before the model loads; a finished --output is said and left alone."""
+    if records.resume and records.output is None and sorting.sort_into is None and sorting.report is None:
+        raise UsageError("--resume needs --output FILE, --sort-into DIR or --report DIR (the run to continue)")
     plan = plan_output(
         records.output,
         records.fmt,
         failures=records.failures,
         resume=records.resume and records.output is not None,
         terminal=results().isatty(),
-        run=run,
+        run=made_of,
     )
-    settings = {"classes": names, "threshold": records.threshold}  # a resumed sort must have been made with these
-    sources = _sources(paths, walk.recursive, records.resume, sorting, settings)
-    if sources is None:
-        return
     if plan.complete:
         progress.log(f"{plan.output} is complete already (no {plan.output}.partial to resume); nothing to do")
-        return
-    _classify(
-        paths,
-        sources,
-        (names, classifier),
-        model,
-        templates,
-        plan,
-        records,
-        sorting,
-        settings,
-        device,
-        backend,
-        quiet.quiet,
-        read,
-        run,
-    )
+    return plan
 
 
-def _classify(
-    paths, sources, names, model, templates, plan, records, sorting, settings, device, backend, quiet, read, run
-):
-    from ..cache import Cache
-    from ..classify import check_options
-    from ..sinks import classify_into
-
-    show = progress.enabled(quiet)
-    cache = Cache()
-    clip = backend.load(model, device, cache, quiet, sources)
-    names, fitted = names
-    if fitted:
-        clf = fitted_classifier(fitted, clip, quiet)
-    else:
-        clf = build_with_progress(clip, names, templates, cache, show, quiet)
+def _top_k(clf, records: Records) -> int:
     k = check_options(clf, records.top_k, records.threshold)
     if records.top_k is not None and records.top_k > k:
         progress.log(f"note: --top-k {records.top_k} is more than the {k} classes; listing {k}")
-    sorter, gallery = _sinks(sorting, records, clf, settings, sources)
-    counts = classify_into(
-        clip,
-        clf,
-        sources,
-        plan,
-        inputs=paths,
-        top_k=k,
-        threshold=records.threshold,
-        strict=records.strict,
-        quiet=quiet,
-        show=show,
-        sorter=sorter,
-        gallery=gallery,
-        stdout=results(),
-        run=run(clip.fingerprint) if records.output else None,
-        **read,
-    )
-    for line in sorter.summary() if sorter and not quiet else []:
+    return k
+
+
+def _summary(counts: Counts, plan: OutputPlan, sorter, gallery, sorting: Sorting) -> None:
+    """What the run did, on stderr."""
+    for line in sorter.summary() if sorter else []:
         progress.log(line)
-    if gallery and not quiet:
+    if gallery:
         progress.log(f"gallery written to {sorting.report / 'gallery.html'}")
-    if not quiet:
-        listed = f" (listed in {plan.failures})" if plan.failures and counts.skipped else ""
-        resumed = f" ({counts.resumed} more from the interrupted run)" if counts.resumed else ""
-        skipped = f", skipped {plural(counts.skipped, 'bad file')}{listed}" if counts.skipped else ""
-        where = f"; results in {plan.output}" if plan.output else ""
-        progress.log(f"classified {plural(counts.done, 'image')}{resumed}{skipped}{where}")
-        if counts.rechecked:
-            near = plural(counts.rechecked, "image")
-            progress.log(f"onnx-int8: {near} near a tie re-encoded by the fp32 tower, so every label is fp32's")
+    listed = f" (listed in {plan.failures})" if plan.failures and counts.skipped else ""
+    resumed = f" ({counts.resumed} more from the interrupted run)" if counts.resumed else ""
+    skipped = f", skipped {plural(counts.skipped, 'bad file')}{listed}" if counts.skipped else ""
+    where = f"; results in {plan.output}" if plan.output else ""
+    progress.log(f"classified {plural(counts.done, 'image')}{resumed}{skipped}{where}")
+    if counts.rechecked:
+        near = plural(counts.rechecked, "image")
+        progress.log(f"onnx-int8: {near} near a tie re-encoded by the fp32 tower, so every label is fp32's")
 
 
-def _class_names(classes, classes_file, classifier):
+def _class_names(classes, classes_file, classifier_file, templates: str):
     """(class names, the classifier file's checksum or None): from --classes/--classes-file, or a --classifier."""
-    from ..prompts import class_names
-
-    if classifier is None:
+    if classifier_file is None:
         return class_names(classes, classes_file), None
     if classes is not None or classes_file is not None:
         raise UsageError("--classifier FILE brings its own classes: leave out --classes and --classes-file")
-    from ..fewshot.files import load
-
-    _, meta = load(classifier)
+    if templates != "default":
+        raise UsageError("--templates: a --classifier file brings its own templates; leave out -t")
+    _, meta = load_classifier_file(classifier_file)
     return list(meta["classnames"]), meta["sha256"]
 
 
 def _sources(paths, recursive: bool, resume: bool, sorting: Sorting, settings: dict):
     """The PATH arguments, checked with --sort-into and --report before the model loads; None when a resumed sort
     finds its inbox emptied (a finished sort, not an error: said, and nothing to do)."""
-    from ..sources import Exclude, check_sources, expand_sources, first_image
-
     if resume and sorting.sort_into is not None and (sorting.sort_into / "manifest.csv").exists():
         sources = expand_sources(paths)
         folder = Exclude.folder_id(sorting.sort_into)
@@ -291,8 +273,6 @@ def _check_sinks(sorting: Sorting, resume: bool, sources, recursive: bool, setti
     if sorting.sort_into is None and (sorting.mode is not None or sorting.dry_run):
         raise UsageError(f"{'--mode' if sorting.mode is not None else '--dry-run'} needs --sort-into DIR")
     if sorting.sort_into is not None:
-        from ..sort import check_sort_target
-
         check_sort_target(
             sorting.sort_into,
             sorting.mode or "copy",
@@ -303,8 +283,6 @@ def _check_sinks(sorting: Sorting, resume: bool, sources, recursive: bool, setti
             settings=settings,
         )
     if sorting.report is not None:
-        from ..gallery import check_report_dir
-
         check_report_dir(sorting.report, resume)
 
 
@@ -312,8 +290,6 @@ def _sinks(sorting: Sorting, records: Records, clf, settings: dict, sources):
     """The Sorter and the Gallery the records also go to (each None unless asked for)."""
     sorter = gallery = None
     if sorting.sort_into is not None:
-        from ..sort import Sorter
-
         sorter = Sorter(
             sorting.sort_into,
             sorting.mode or "copy",
@@ -326,7 +302,5 @@ def _sinks(sorting: Sorting, records: Records, clf, settings: dict, sources):
             follow_links=sorting.follow_links,
         )
     if sorting.report is not None:
-        from ..gallery import Gallery
-
         gallery = Gallery(sorting.report, resume=records.resume, title=f"zsclip: {', '.join(clf.labels[:8])}")
     return sorter, gallery

@@ -13,9 +13,12 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from .. import progress
-from ..errors import UsageError, ZsclipError
-from .options import Cluster, Limits, Speed, Store, Walk
+from zsclip.cli.options import Cluster, Limits, Speed, Store, Walk
+from zsclip.core import progress
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.engines import ReadOptions, Runtime, check_engine
+from zsclip.engines.ray import RayOptions, require_ray
+from zsclip.engines.ray_output import contain_output
 
 # Typer >= 0.29 vendors its own click; older releases raise click's exceptions.
 _CLICK_ERRORS = (click.ClickException, click.exceptions.Abort, getattr(typer, "TyperException", click.ClickException))
@@ -51,7 +54,7 @@ class Group(TyperGroup):
         except OSError as exc:  # a folder zsclip must write to that cannot take it (read-only, full, no access)
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
                 raise
-            from ..cache import cache_dir
+            from zsclip.store.cache import cache_dir
 
             where = exc.filename or "a file"
             cached = str(where).startswith(str(cache_dir()))
@@ -102,9 +105,8 @@ def choice(option: str, value: str | None, allowed: tuple[str, ...]) -> None:
         raise UsageError(f"{option} {value}: use one of {', '.join(allowed)}")
 
 
-def engine_options(cluster: Cluster) -> dict:
-    """--engine and the Ray options as embed_stream's keyword arguments, checked before any model loads."""
-    from ..engines import check_engine
+def engine_options(cluster: Cluster) -> Runtime:
+    """--engine and the Ray options as the run's Runtime, checked before any model loads."""
 
     given = [
         n
@@ -119,43 +121,34 @@ def engine_options(cluster: Cluster) -> dict:
     if check_engine(cluster.engine) == "local":
         if given:
             raise UsageError(f"{given[0]} is an option of --engine ray (add --engine ray, or leave it out)")
-        return {}
-    from ..engines.ray import RayOptions, require_ray
+        return Runtime()
 
     require_ray()
     options = RayOptions(cluster.ray_address, cluster.actors, cluster.gpus_per_actor, cluster.cpus_per_actor).check()
-    from ..engines.ray_output import contain_output
-
     contained = contain_output()  # from here on, Ray's output cannot reach stdout
     if contained is not None and not _RESULTS:
         _RESULTS.append(contained[0])
         progress.stderr.file = contained[1]
-    return {"engine": "ray", "ray": options}
+    return Runtime("ray", options)
 
 
-def read_options(speed: Speed, limits: Limits, store: Store | None = None, walk: Walk | None = None) -> dict:
-    """The reading options as the API's keyword arguments, checked (usage errors before any model loads)."""
-    from ..limits import check_limits
-
-    check_limits(speed.batch_size, speed.workers, limits.max_pixels, limits.file_timeout)
-    read = {
-        "batch_size": speed.batch_size,
-        "workers": speed.workers,
-        "exact": speed.exact_preprocess,
-        "max_pixels": limits.max_pixels,
-        "file_timeout": limits.file_timeout,
-    }
-    if store is not None:
-        read["store"] = store.store
-    if walk is not None:
-        read["recursive"] = walk.recursive
-    return read
+def read_options(speed: Speed, limits: Limits, store: Store | None = None, walk: Walk | None = None) -> ReadOptions:
+    """The reading options, checked (usage errors before any model loads)."""
+    return ReadOptions(
+        batch_size=speed.batch_size,
+        workers=speed.workers,
+        exact=speed.exact_preprocess,
+        max_pixels=limits.max_pixels,
+        file_timeout=limits.file_timeout,
+        store=True if store is None else store.store,
+        recursive=True if walk is None else walk.recursive,
+    ).checked()
 
 
 def build_with_progress(clip, names, templates, cache, show: bool, quiet: bool = False):
     """Build the classifier; a progress bar appears only if prompts actually need encoding. Its notes (classes
     told apart by number, ...) go to stderr."""
-    from ..text import build_classifier
+    from zsclip.zeroshot.classifier import build_classifier
 
     with contextlib.ExitStack() as stack:
         bars = []
@@ -188,7 +181,7 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
 
 def fitted_classifier(path, clip, quiet: bool):
     """--classifier FILE as the run's Classifier (refused with one line if made for other weights)."""
-    from ..fewshot import load_classifier
+    from zsclip.fewshot import load_classifier
 
     clf = load_classifier(path, clip)
     if not quiet:
@@ -199,8 +192,8 @@ def fitted_classifier(path, clip, quiet: bool):
 
 def model_for_classifier(model: str | None, classifier) -> str:
     """The model of a run with --classifier FILE and no --model of its own: the one the file was fitted with."""
-    from ..defaults import DEFAULT_MODEL
-    from ..fewshot.files import model_of
+    from zsclip.core.defaults import DEFAULT_MODEL
+    from zsclip.fewshot.files import model_of
 
     if classifier is None or (model is not None and model != DEFAULT_MODEL):
         return model or DEFAULT_MODEL

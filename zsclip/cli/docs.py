@@ -48,7 +48,7 @@ def reference() -> str:
     """docs/cli.md's text."""
     from typer.testing import CliRunner
 
-    from . import app
+    from zsclip.cli import app
 
     root = typer.main.get_command(app)
     sections = [HEADER]

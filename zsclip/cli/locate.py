@@ -8,11 +8,25 @@ from typing import Annotated
 
 import typer
 
-from .. import progress
-from ..defaults import DEFAULT_MODEL
-from ..errors import UsageError, ZsclipError, plural
-from .common import results
-from .options import INPUT, MODEL, OUTPUT, SPEED, Backend, Device, ModelOpt, Options, Quiet, Store, grouped, option
+from zsclip.cli.common import results
+from zsclip.cli.options import (
+    INPUT,
+    MODEL,
+    OUTPUT,
+    SPEED,
+    Backend,
+    Device,
+    ModelOpt,
+    Options,
+    Quiet,
+    Store,
+    grouped,
+    option,
+)
+from zsclip.core import progress
+from zsclip.core.defaults import DEFAULT_MODEL
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.wording import plural
 
 
 @dataclass
@@ -70,8 +84,8 @@ def locate_cmd(
     quiet: Quiet,
 ) -> None:
     """Find where each text happens in each video, without training: frame-text similarity curves -> segments."""
-    from ..locate import FORMATS, check_min_score, check_options, read_text_file
-    from ..paths import check_output_dir, check_output_file
+    from zsclip.core.paths import check_output_dir, check_output_file
+    from zsclip.video.locate import FORMATS, check_min_score, check_options, read_text_file
 
     texts = [*(text or []), *(read_text_file(text_file) if text_file else [])]
     texts = check_options(texts, find.fps, find.min_seconds, find.max_seconds, find.top, find.ordered)
@@ -92,9 +106,9 @@ def locate_cmd(
 
 def _locate(videos, texts, model, templates, batch_size, find: Segments, runtime, store: bool, quiet: bool):
     """One LocateResult per video that can be read (a single video that cannot is the run's error)."""
-    from ..cache import Cache
-    from ..locate import locate
-    from ..video import check_available
+    from zsclip.store.cache import Cache
+    from zsclip.video import check_available
+    from zsclip.video.locate import locate
 
     check_available()
     cache = Cache()
@@ -135,8 +149,8 @@ def _locate(videos, texts, model, templates, batch_size, find: Segments, runtime
 
 
 def _write(found, out: Written, min_score: float | None, quiet: bool) -> None:
-    from ..locate import found_rule
-    from ..locate_report import render, write_plot, write_report
+    from zsclip.video.locate import found_rule
+    from zsclip.video.report import render, write_plot, write_report
 
     missing = [(r.video, s.text) for r in found for s in r.segments if not s.found]
     if missing and not quiet:

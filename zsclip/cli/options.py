@@ -21,9 +21,9 @@ from typing import Annotated
 
 import typer
 
-from ..defaults import BACKENDS, PRECISIONS
-from ..errors import UsageError
-from ..limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS
+from zsclip.core.defaults import BACKENDS, PRECISIONS
+from zsclip.core.errors import UsageError
+from zsclip.core.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS
 
 INPUT, MODEL, OUTPUT, SPEED, CLUSTER = "Input", "Model", "Output", "Speed", "Cluster"
 
@@ -134,7 +134,7 @@ class Backend(Options):
 
     def check(self) -> Backend:
         if self.backend is not None and self.backend not in BACKENDS:
-            from ..backends import backend_option
+            from zsclip.backends import backend_option
 
             raise UsageError(f"{backend_option(self.backend)}: use one of {', '.join(BACKENDS)}")
         return self
@@ -142,11 +142,11 @@ class Backend(Options):
     def load(self, spec: str, device: Device, cache=None, quiet: bool = False, sources=None, lazy: bool = True):
         """The model on --device, switched to --backend (zsclip.backends.load_model, the one place that decides);
         an int8 tower's label check is calibrated on the run's own images (`sources`) where it has to be made."""
-        from ..backends import load_model
+        from zsclip.backends import load_model
 
         def calibration(clip):
-            from ..backends.int8 import USER_IMAGES
-            from ..images import sample_pixels
+            from zsclip.backends.int8 import USER_IMAGES
+            from zsclip.pipeline.images import sample_pixels
 
             return sample_pixels(sources, clip.preprocess.geometry, USER_IMAGES)
 
@@ -292,7 +292,7 @@ class Shard(Options):
     ] = None
 
     def parsed(self) -> tuple[int, int] | None:
-        from ..sources import parse_shard
+        from zsclip.pipeline.sources import parse_shard
 
         return parse_shard(self.shard)
 
@@ -318,6 +318,7 @@ TemplatesOpt = Annotated[
 ClassifierOpt = Annotated[
     Path | None,
     option(
+        "--classifier",
         panel=MODEL,
         show_default=False,
         help="A few-shot classifier file from zsclip fit, in place of class names (made for this --model).",

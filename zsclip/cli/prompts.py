@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from .. import progress
-from ..defaults import DEFAULT_MODEL
-from ..errors import plural
-from .common import echo, engine_options, print_table, read_options, typer_app
-from .data import Data, embed_with_progress, eval_data
-from .options import OUTPUT, Backend, Cluster, Device, Limits, ModelOpt, Quiet, Speed, Store, grouped, option
+from zsclip.cli.common import echo, engine_options, print_table, read_options, typer_app
+from zsclip.cli.dataset_options import Data, embed_with_progress, eval_data
+from zsclip.cli.options import OUTPUT, Backend, Cluster, Device, Limits, ModelOpt, Quiet, Speed, Store, grouped, option
+from zsclip.core import progress
+from zsclip.core.defaults import DEFAULT_MODEL
+from zsclip.core.wording import plural
 
 app = typer_app("List, show and compare prompt template sets.")
 
@@ -20,7 +20,7 @@ app = typer_app("List, show and compare prompt template sets.")
 @app.command("list")
 def prompts_list() -> None:
     """The shipped template sets: name, size and description."""
-    from ..prompts import list_template_sets
+    from zsclip.zeroshot.prompts import list_template_sets
 
     for s in list_template_sets():
         echo(f"{s.name}\t{len(s.templates)}\t{s.description}")
@@ -32,7 +32,7 @@ def prompts_show(
     classname: Annotated[str | None, typer.Option("--class", help="Expand the templates for this class.")] = None,
 ) -> None:
     """Print a template set, one template per line (expanded for --class)."""
-    from ..prompts import load_templates
+    from zsclip.zeroshot.prompts import load_templates
 
     template_set = load_templates(name)
     for line in template_set.expand(classname) if classname else template_set.templates:
@@ -65,7 +65,7 @@ def prompts_compare(
     cluster: Cluster,
 ) -> None:
     """Score several template sets on one data set, encoding the images once; best first."""
-    from ..prompts import load_templates
+    from zsclip.zeroshot.prompts import load_templates
 
     names = [s.strip() for s in sets.split(",") if s.strip()] if sets else None
     for n in names or []:
@@ -73,7 +73,7 @@ def prompts_compare(
     backend.check()
     read = {**read_options(speed, limits, store), **engine_options(cluster)}
     if report:
-        from ..paths import check_output_dir
+        from zsclip.core.paths import check_output_dir
 
         check_output_dir(report, "--report")
     data = eval_data(dataset, data)
@@ -81,8 +81,8 @@ def prompts_compare(
 
 
 def _compare(model, data, names, per_template, report, device, backend, read, quiet: bool) -> None:
-    from ..evaluate import compare_templates
-    from ..report import write_comparison
+    from zsclip.evaluate.report import write_comparison
+    from zsclip.evaluate.run import compare_templates
 
     show = progress.enabled(quiet)
     clip = backend.load(model, device, quiet=quiet)

@@ -11,12 +11,9 @@ from typing import Annotated
 
 import typer
 
-from .. import atomic, progress
-from ..defaults import DEFAULT_MODEL, FORMATS
-from ..errors import UsageError, ZsclipError, all_skipped, plural
-from ..output import format_for_path
-from .common import choice, echo, engine_options, model_for_classifier, read_options, results
-from .options import (
+from zsclip.classify.output import format_for_path
+from zsclip.cli.common import choice, echo, engine_options, model_for_classifier, read_options, results
+from zsclip.cli.options import (
     INPUT,
     MODEL,
     OUTPUT,
@@ -34,6 +31,10 @@ from .options import (
     grouped,
     option,
 )
+from zsclip.core import atomic, progress
+from zsclip.core.defaults import DEFAULT_MODEL, FORMATS
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.wording import all_skipped, plural
 
 PathsArg = Annotated[
     list[str], typer.Argument(help="Image files, folders, or @list.txt files of paths.", show_default=False)
@@ -43,9 +44,9 @@ FailuresOpt = Annotated[Path | None, option(panel=OUTPUT, help="Write skipped fi
 
 def _index_with_progress(clip, sources, show: bool, quiet: bool, failures: Path | None, **options):
     """zsclip.index with a progress bar, skipped files on stderr and in --failures; returns the IndexResult."""
-    from ..output import FailuresLog
-    from ..retrieval import index
-    from ..sources import count_candidates
+    from zsclip.classify.output import FailuresLog
+    from zsclip.pipeline.sources import count_candidates
+    from zsclip.retrieval.search import index
 
     with progress.bar("indexing", None, "img", show) as bar:
         if bar:
@@ -63,7 +64,7 @@ def _index_with_progress(clip, sources, show: bool, quiet: bool, failures: Path 
         for path, reason in result.skipped:
             progress.log(f"skipped {path}: {reason}")
     if failures:
-        from ..classify import Skipped
+        from zsclip.classify.predict import Skipped
 
         with FailuresLog(failures) as log:
             for path, reason in result.skipped:
@@ -101,25 +102,25 @@ def index_cmd(
 
     Incremental: only new or changed files are encoded; moved or renamed files are found by content hash. Prints
     the counts as JSON: indexed, new, reused, changed, moved, skipped, missing (stored, file gone), pruned."""
-    from ..paths import check_output_file
-    from ..sources import check_sources
+    from zsclip.core.paths import check_output_file
+    from zsclip.pipeline.sources import check_sources
 
     options = {**read_options(speed, limits, walk=walk), **engine_options(cluster), "shard": shard.parsed()}
     if failures is not None:
         failures = check_output_file(failures, "--failures")
     if embeddings_out is not None:
-        from ..embeddings_io import check_export_dir
+        from zsclip.retrieval.parquet import check_export_dir
 
         check_export_dir(embeddings_out)
     sources = check_sources(paths, walk.recursive)
-    from ..cache import Cache
+    from zsclip.store.cache import Cache
 
     backend.check()
     cache = Cache()
     clip = backend.load(model, device, cache, quiet.quiet)
     quiet = quiet.quiet
     if embeddings_out is not None:
-        from ..embeddings_io import export_embeddings
+        from zsclip.retrieval.parquet import export_embeddings
 
         written = export_embeddings(clip, sources, embeddings_out, cache=cache, **options)
         echo(json.dumps({"embeddings": written, "out": str(embeddings_out)}))
@@ -184,8 +185,8 @@ class Hits(Options):
 
     def check(self) -> Hits:
         """The usage errors of these options, before any model loads; fills in the format."""
-        from ..paths import check_output_dir, check_output_file
-        from ..retrieval import check_search_options
+        from zsclip.core.paths import check_output_dir, check_output_file
+        from zsclip.retrieval.search import check_search_options
 
         choice("--format", self.fmt, FORMATS)
         check_search_options(self.top, self.threshold)
@@ -245,7 +246,7 @@ def search_cmd(
 
     Images under PATH that are not indexed yet are indexed first. Query arithmetic: "dog" --add beach
     --subtract people."""
-    from ..sources import expand_sources
+    from zsclip.pipeline.sources import expand_sources
 
     if ask.image is not None and query is not None:  # with --image every positional argument is a PATH
         query, paths = None, [query, *(paths or [])]
@@ -257,7 +258,7 @@ def search_cmd(
     if embeddings is not None and paths:
         raise UsageError("--embeddings searches the whole export; a PATH does not apply (leave it out)")
     if embeddings is not None:
-        from ..embeddings_io import read_export
+        from zsclip.retrieval.parquet import read_export
 
         model = model or read_export(embeddings).spec  # the vectors' own model, recorded in the export
     sources = expand_sources(paths or ["."]) if embeddings is None else []
@@ -271,9 +272,9 @@ def search_cmd(
 
 
 def _search(query, paths, sources, model, embeddings, approximate, ask: Query, hits: Hits, runtime, read, quiet):
-    from ..cache import Cache
-    from ..retrieval import query_vector
-    from ..retrieval_report import write_search_report
+    from zsclip.evaluate.recall_report import write_search_report
+    from zsclip.retrieval.search import query_vector
+    from zsclip.store.cache import Cache
 
     cache = Cache()
     device, backend = runtime
@@ -314,7 +315,7 @@ def _search(query, paths, sources, model, embeddings, approximate, ask: Query, h
 
 def _write_hits(found, hits: Hits) -> None:
     """The hits to --output FILE (whole, or not at all) or stdout, in --format."""
-    from ..retrieval_report import write_hits
+    from zsclip.evaluate.recall_report import write_hits
 
     with (
         atomic.atomic_open(hits.output, "w", encoding="utf-8", newline="")
@@ -325,9 +326,9 @@ def _write_hits(found, hits: Hits) -> None:
 
 
 def _class_search(label, classifier, paths, sources, model, hits: Hits, runtime, read, quiet: bool) -> None:
-    from ..cache import Cache
-    from ..retrieval import class_search
-    from .common import fitted_classifier
+    from zsclip.cli.common import fitted_classifier
+    from zsclip.retrieval.search import class_search
+    from zsclip.store.cache import Cache
 
     cache = Cache()
     device, backend = runtime
@@ -346,7 +347,7 @@ def _class_search(label, classifier, paths, sources, model, hits: Hits, runtime,
 
 def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, **options):
     """Index what is new under the sources (one line for the files that cannot be read), then search the store."""
-    from ..retrieval import search
+    from zsclip.retrieval.search import search
 
     indexed = _index_with_progress(clip, sources, progress.enabled(quiet), True, None, **options)
     if not quiet:
@@ -364,8 +365,8 @@ def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, 
 
 
 def _search_parquet(directory: Path, query, top: int, threshold: float | None, fingerprint: str):
-    from ..embeddings_io import search_embeddings
-    from ..retrieval import Hit
+    from zsclip.retrieval.parquet import search_embeddings
+    from zsclip.retrieval.search import Hit
 
     found = search_embeddings(directory, query, top=top, fingerprint=fingerprint)
     kept = [h for h in found if threshold is None or h.score >= threshold]

@@ -8,12 +8,24 @@ from typing import Annotated
 
 import typer
 
-from .. import progress
-from ..defaults import DEFAULT_MODEL
-from ..errors import UsageError, ZsclipError
-from ..serve.guard import is_loopback
-from .common import model_for_classifier, read_options
-from .options import INPUT, OUTPUT, Backend, ClassifierOpt, Device, Limits, ModelOpt, Speed, Walk, grouped, option
+from zsclip.cli.common import model_for_classifier, read_options
+from zsclip.cli.options import (
+    INPUT,
+    OUTPUT,
+    Backend,
+    ClassifierOpt,
+    Device,
+    Limits,
+    ModelOpt,
+    Speed,
+    Walk,
+    grouped,
+    option,
+)
+from zsclip.core import progress
+from zsclip.core.defaults import DEFAULT_MODEL
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.serve.guard import is_loopback
 
 PIP = "pip install 'zsclip[serve]'"
 
@@ -84,7 +96,7 @@ def serve_cmd(
         raise UsageError(f"--reports {reports}: not a folder")
     backend.check()
     model = model_for_classifier(model, classifier)
-    from ..sources import check_sources
+    from zsclip.pipeline.sources import check_sources
 
     read = read_options(speed, limits, walk=walk)
     sources = check_sources(paths, walk.recursive)
@@ -104,15 +116,15 @@ def _serve(sources, model, host, port, open_browser, rescan, access, device, bac
 
     import uvicorn
 
-    from ..cache import Cache
-    from ..serve.app import make_app
-    from ..serve.guard import Guard
-    from ..serve.library import Library
+    from zsclip.serve.app import make_app
+    from zsclip.serve.guard import Guard
+    from zsclip.serve.library import Library
+    from zsclip.store.cache import Cache
 
     cache = Cache()
     clip = backend.load(model, device, cache, False, sources, lazy=False)
     if site["classifier"] is not None:
-        from ..fewshot import load_classifier
+        from zsclip.fewshot import load_classifier
 
         site["classifier"] = load_classifier(site["classifier"], clip)
     library = Library(clip, [p for p, _ in sources], str(cache.directory), **read)

@@ -11,10 +11,11 @@ from typing import Annotated
 
 import typer
 
-from .. import progress
-from ..errors import UsageError, plural
-from .common import typer_app
-from .options import INPUT, MODEL, OUTPUT, SPEED, Options, Quiet, grouped, option
+from zsclip.cli.common import typer_app
+from zsclip.cli.options import INPUT, MODEL, OUTPUT, SPEED, Options, Quiet, grouped, option
+from zsclip.core import progress
+from zsclip.core.errors import UsageError
+from zsclip.core.wording import plural
 
 TRAINING = "Training"
 
@@ -33,7 +34,7 @@ def data_shapes(
     eval_per_class: Annotated[int, option(panel=OUTPUT, help="Eval images per composition (36 compositions).")] = 30,
 ) -> None:
     """Coloured shapes with varied captions; six colour-shape pairings never appear in any training caption."""
-    from ..shapes import HELD_OUT, write_dataset
+    from zsclip.datasets.shapes import HELD_OUT, write_dataset
 
     if n < 1 or size < 16 or eval_per_class < 0:
         raise UsageError("--n must be >= 1, --size >= 16 and --eval-per-class >= 0")
@@ -106,8 +107,8 @@ def train_cmd(
     quiet: Quiet,
 ) -> None:
     """Train a CLIP model contrastively on image-caption pairs (the CLIP recipe, small)."""
-    from ..prompts import load_templates
-    from ..train import TrainConfig, train
+    from zsclip.train import TrainConfig, train
+    from zsclip.zeroshot.prompts import load_templates
 
     show = progress.enabled(quiet.quiet)
     if resume is not None:

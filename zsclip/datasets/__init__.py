@@ -2,7 +2,7 @@
 
 One module per kind, beside the type they share (`base`: EvalDataset, class-name lists and checks): `named`
 (imagenet-v2 and cifar, downloaded or from --root), `local` (an ImageFolder, `csv:FILE`), `webdataset`
-(CLIP_benchmark's `wds:DIR` and `wds/NAME`, shards read in place through zsclip.shards), `captions` (retrieval
+(CLIP_benchmark's `wds:DIR` and `wds/NAME`, shards read in place through zsclip.store.shards), `captions` (retrieval
 sets), and `identity` (what a data set name stands for now, for a grid's resume key).
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UsageError
-from .base import EvalDataset, builtin_classnames, check_names, classnames_option
-from .captions import CaptionData, load_captions
-from .identity import dataset_identity
-from .local import captions_file, csv_dataset, image_folder
-from .named import ALIASES, NAMED, Remote, cifar, imagenet_v2, named_folder
-from .webdataset import RetrievalSet, load_wds, wds_task
+from zsclip.core.errors import UsageError
+from zsclip.datasets.base import EvalDataset, builtin_classnames, check_names, classnames_option
+from zsclip.datasets.captions import CaptionData, load_captions
+from zsclip.datasets.identity import dataset_identity
+from zsclip.datasets.local import captions_file, csv_dataset, image_folder
+from zsclip.datasets.named import ALIASES, NAMED, Remote, cifar, imagenet_v2, named_folder
+from zsclip.datasets.webdataset import RetrievalSet, load_wds, wds_task
 
 __all__ = [
     "ALIASES",

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 
-from ..prompts import check_classnames
+from zsclip.zeroshot.prompts import check_classnames
 
 
 @dataclass
@@ -54,7 +54,7 @@ def classnames_option(value: str) -> list[str]:
     names = builtin_classnames(value)
     if names is not None:
         return names
-    from ..prompts import read_classes_file
+    from zsclip.zeroshot.prompts import read_classes_file
 
     return read_classes_file(value, "--classnames")
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from zsclip.core.errors import UsageError
 
 
 @dataclass
@@ -25,7 +25,7 @@ def load_captions(data: str | os.PathLike, *, root: str | None = None, split: st
     `wds/NAME`: images are shard members, see zsclip.wds)."""
     spec = str(data)
     if spec.startswith(("wds:", "wds/")):
-        from .webdataset import load_wds
+        from zsclip.datasets.webdataset import load_wds
 
         shards = load_wds(spec, root=root, split=split, task="retrieval")
         return CaptionData(shards.name, shards.source, shards.images, shards.captions, shards.caption_image)

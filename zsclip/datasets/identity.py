@@ -1,4 +1,4 @@
-"""What a data set name stands for now: the identity of the files it is made of (zsclip.identity), for a grid's
+"""What a data set name stands for now: the identity of the files it is made of (zsclip.store.identity), for a grid's
 resume key."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .local import csv_files
-from .named import ALIASES, on_disk
+from zsclip.datasets.local import csv_files
+from zsclip.datasets.named import ALIASES, on_disk
 
 
 def dataset_identity(
@@ -18,12 +18,12 @@ def dataset_identity(
     classnames: str | None = None,
     templates: str | None = None,
 ) -> str:
-    """What a data set name stands for now, for a grid's resume key (zsclip.identity): a folder by the identity of
+    """What a data set name stands for now, for a grid's resume key (zsclip.store.identity): a folder by the identity of
     every file under it, `csv:FILE` (and a captions CSV) by the CSV and the files it lists, `wds:DIR` by its
     split's shards and its text files, a named set by the copy on disk it would be read from; plus the
     --classnames and --templates files it is scored with. Computed from stat alone, before any model loads: a
     file changed inside a class folder, a shard rewritten, a row of a CSV edited all give another identity."""
-    from ..identity import files_identity, manifest_digest, tree_identity
+    from zsclip.store.identity import files_identity, manifest_digest, tree_identity
 
     parts: list[tuple] = [("name", name)]
     for option, value in (("classnames", classnames), ("templates", templates)):

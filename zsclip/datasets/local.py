@@ -7,11 +7,12 @@ import csv
 import os
 from pathlib import Path
 
-from ..errors import UsageError, plural
-from ..prompts import parse_class_table
-from ..sources import has_image_extension, walk
-from ..textfiles import csv_rows, read_text
-from .base import EvalDataset, check_names, classnames_option
+from zsclip.core.errors import UsageError
+from zsclip.core.textfiles import csv_rows, read_text
+from zsclip.core.wording import plural
+from zsclip.datasets.base import EvalDataset, check_names, classnames_option
+from zsclip.pipeline.sources import has_image_extension, walk
+from zsclip.zeroshot.prompts import parse_class_table
 
 
 def image_folder(root: Path, classnames: str | None) -> EvalDataset:

@@ -13,9 +13,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import cache_dir
-from ..errors import ZsclipError
-from .base import EvalDataset, builtin_classnames
+from zsclip.core.errors import ZsclipError
+from zsclip.datasets.base import EvalDataset, builtin_classnames
+from zsclip.store.cache import cache_dir
 
 _HF = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
 
@@ -99,7 +99,7 @@ def looks_ready(key: str, folder: Path) -> bool:
 
 
 def _download(key: str, remote: Remote, archive: Path) -> None:
-    from ..progress import bar, enabled
+    from zsclip.core.progress import bar, enabled
 
     archive.parent.mkdir(parents=True, exist_ok=True)
     partial = archive.with_suffix(archive.suffix + ".part")

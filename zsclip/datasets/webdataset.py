@@ -9,7 +9,7 @@ The layout, as clip_benchmark.datasets.builder.build_wds_dataset reads it:
 Inside a shard, consecutive members sharing a key (the name up to the first dot of the base name) form a sample,
 suffixes lowercased, as webdataset groups them; the first of .webp .png .jpg .jpeg is the sample's image, `.cls`
 its class index, `.txt` its captions (one per line). Each image becomes the address SHARD.tar#MEMBER
-(zsclip.shards), so samples go through the same decoding workers, limits, skip rules and image-embedding store as
+(zsclip.store.shards), so samples go through the same decoding workers, limits, skip rules and image-embedding store as
 files. Samples that cannot be used at all (no image, no class) are left out with a note naming them.
 """
 
@@ -19,13 +19,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cache import cache_dir
-from ..errors import UsageError, ZsclipError, plural
-from ..progress import log
-from ..prompts import TemplateSet, parse_templates
-from ..shards import member_address, sample_key, shard_index, tar_name
-from ..textfiles import read_text
-from .base import EvalDataset, check_names, classnames_option
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.progress import log
+from zsclip.core.textfiles import read_text
+from zsclip.core.wording import plural
+from zsclip.datasets.base import EvalDataset, check_names, classnames_option
+from zsclip.store.cache import cache_dir
+from zsclip.store.shards import member_address, sample_key, shard_index, tar_name
+from zsclip.zeroshot.prompts import TemplateSet, parse_templates
 
 IMAGE_SUFFIXES = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's order: the first one present is the image
 
@@ -42,7 +43,7 @@ _SHOWN = 3  # samples named in a note
 @dataclass
 class RetrievalSet:
     """A caption data set: per image (a member address), its captions. `images`, `captions` and `caption_image`
-    are the columns a retrieval evaluator scores (zsclip.retrieval_eval.CaptionData's fields)."""
+    are the columns a retrieval evaluator scores (zsclip.evaluate.recall.CaptionData's fields)."""
 
     name: str
     items: list[tuple[str, list[str]]]  # (image address, captions)

@@ -9,22 +9,32 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .base import ENGINES, EmbeddedBatch, Engine, ReadOptions, check_engine
+from zsclip.engines.base import ENGINES, EmbeddedBatch, Engine, ReadOptions, Runtime, check_engine, reading
 
 if TYPE_CHECKING:
-    from ..models import ClipModel
-    from .ray import RayOptions
+    from zsclip.models import ClipModel
 
-__all__ = ["ENGINES", "EmbeddedBatch", "Engine", "ReadOptions", "check_engine", "embed_stream", "engine_for"]
+__all__ = [
+    "ENGINES",
+    "EmbeddedBatch",
+    "Engine",
+    "ReadOptions",
+    "Runtime",
+    "check_engine",
+    "embed_stream",
+    "engine_for",
+    "reading",
+]
 
 
-def engine_for(engine: str = "local", ray: RayOptions | None = None) -> Engine:
-    """The executor `engine` names: "local", or "ray" (configured by `ray`)."""
-    if check_engine(engine) == "ray":
-        from .ray import RayEngine
+def engine_for(runtime: Runtime | None = None) -> Engine:
+    """The executor `runtime` names: the local engine, or Ray (configured by runtime.ray)."""
+    runtime = runtime or Runtime()
+    if check_engine(runtime.engine) == "ray":
+        from zsclip.engines.ray import RayEngine  # imports nothing heavy, but the CLI never needs it unasked
 
-        return RayEngine(ray)
-    from .local import LocalEngine
+        return RayEngine(runtime.ray)
+    from zsclip.engines.local import LocalEngine
 
     return LocalEngine()
 
@@ -32,12 +42,9 @@ def engine_for(engine: str = "local", ray: RayOptions | None = None) -> Engine:
 def embed_stream(
     model: ClipModel,
     sources: list[tuple[str, bool]],
-    *,
-    engine: str = "local",
-    ray: RayOptions | None = None,
-    **read,
+    read: ReadOptions | None = None,
+    runtime: Runtime | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Decode and encode in batches, in walk order: what classify, index, eval and prompt comparison all stand on.
-    `read` are the ReadOptions (batch_size, workers, recursive, store, cache, exact, max_pixels, file_timeout,
-    exclude, shard, decode_on); `engine` and `ray` say who runs it."""
-    yield from engine_for(engine, ray).embed(model, sources, ReadOptions(**read).checked())
+    `read` says how the sources are read, `runtime` who runs the stages."""
+    yield from engine_for(runtime).embed(model, sources, (read or ReadOptions()).checked())

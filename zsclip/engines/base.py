@@ -1,23 +1,24 @@
 """What an engine is: an executor of the embed stream. Given sources and reading options, it yields EmbeddedBatch
 records in walk order (every image's vector, decoded and encoded here or taken from the image-embedding store,
 and a skip record for every file that could not be read). The stages inside are the same whoever runs them: the
-walk (zsclip.sources), decoding and its limits (zsclip.images), encoding (zsclip.encode), the store
-(zsclip.store); an engine decides only where they run."""
+walk (zsclip.pipeline.sources), decoding and its limits (zsclip.pipeline.images), encoding (zsclip.pipeline.encode),
+the store
+(zsclip.store.embeddings); an engine decides only where they run."""
 
 from __future__ import annotations
 
 from collections.abc import Container, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import UsageError
-from ..limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
+from zsclip.core.errors import UsageError
+from zsclip.core.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..cache import Cache
-    from ..models import ClipModel
+    from zsclip.models import ClipModel
+    from zsclip.store.cache import Cache
 
 ENGINES = ("local", "ray")
 
@@ -38,11 +39,13 @@ class ReadOptions:
     """How the sources are read, whichever engine reads them (the CLI's reading options).
 
     `store`: files already in the image-embedding store are not decoded or encoded again, and every newly encoded
-    image is added to it. Unless `exact`, large JPEGs are decoded in draft mode (zsclip.images.load_image). Files
+    image is added to it. Unless `exact`, large JPEGs are decoded in draft mode (zsclip.pipeline.images.load_image).
+    Files
     over `max_pixels`, or taking longer than `file_timeout` seconds, are skipped; paths in `exclude` are left out
-    (a resumed run has them already, zsclip.sources.Exclude); `shard` (i, N) keeps the files of shard i only.
+    (a resumed run has them already, zsclip.pipeline.sources.Exclude); `shard` (i, N) keeps the files of shard i only.
     Batches default to 256 images on CUDA, 32 elsewhere. `decode_on`: "auto" decodes JPEGs on the GPU when the
-    model runs on CUDA (zsclip.gpu), "cpu" always uses PIL in worker processes, "device" forces the tensor path
+    model runs on CUDA (zsclip.pipeline.gpu_decode), "cpu" always uses PIL in worker processes, "device" forces the
+    tensor path
     on the model's device (used by tests on the CPU); the local engine's alone."""
 
     batch_size: int | None = None
@@ -60,6 +63,26 @@ class ReadOptions:
     def checked(self) -> ReadOptions:
         check_limits(self.batch_size, self.workers, self.max_pixels, self.file_timeout)
         return self
+
+    def but(self, **changes) -> ReadOptions:
+        """A copy with `changes` (dataclasses.replace): `read.but(workers=0)`."""
+        return replace(self, **changes)
+
+
+def reading(read: ReadOptions | None, fields: dict) -> ReadOptions:
+    """The public API's shorthand: `classify(model, clf, "photos/", batch_size=16)` reads as
+    `read=ReadOptions(batch_size=16)`; an unknown name is a TypeError, as for any keyword."""
+    read = read or ReadOptions()
+    return read.but(**fields) if fields else read
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Who runs the embed stream: the `engine` ("local": this process and its decoding workers; "ray": Ray Data,
+    configured by `ray`, a zsclip.engines.ray.RayOptions). The CLI's --engine and --ray-* options."""
+
+    engine: str = "local"
+    ray: Any = None  # zsclip.engines.ray.RayOptions for engine "ray"
 
 
 class Engine(Protocol):

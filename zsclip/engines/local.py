@@ -1,5 +1,6 @@
 """The local engine: the walk cut into batches in this process, decoded by supervised worker processes (or, on
-CUDA, JPEGs decoded on the GPU by zsclip.gpu), encoded here, in walk order; files already in the image-embedding
+CUDA, JPEGs decoded on the GPU by zsclip.pipeline.gpu_decode), encoded here, in walk order; files already in the
+image-embedding
 store are neither decoded nor encoded, and new vectors go into it."""
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import encode
-from ..cache import Cache
-from ..errors import UsageError
-from ..images import iter_batches
-from ..sources import is_uri
-from ..store import ImageStore
-from .base import EmbeddedBatch, ReadOptions
+from zsclip.core.errors import UsageError
+from zsclip.engines.base import EmbeddedBatch, ReadOptions
+from zsclip.pipeline import encode
+from zsclip.pipeline.images import iter_batches
+from zsclip.pipeline.sources import is_uri
+from zsclip.store.cache import Cache
+from zsclip.store.embeddings import ImageStore
 
 if TYPE_CHECKING:
-    from ..models import ClipModel
+    from zsclip.models import ClipModel
 
 INSTALL_RAY = 'pip install "zsclip[ray]"'
 
@@ -57,7 +58,10 @@ def _batches(model: ClipModel, sources: list[tuple[str, bool]], read: ReadOption
     PIL in worker processes."""
     on_device = read.decode_on == "device" or (read.decode_on == "auto" and model.device_type == "cuda")
     if on_device:
-        from ..gpu import TensorPreprocess, iter_device_batches  # torchvision's decoders: only on this path
+        from zsclip.pipeline.gpu_decode import (  # torchvision's decoders: only on this path
+            TensorPreprocess,
+            iter_device_batches,
+        )
 
         if TensorPreprocess.from_preprocess(model.preprocess) is not None:
             return iter_device_batches(sources, model.preprocess, model.device, **options)

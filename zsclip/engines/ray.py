@@ -1,11 +1,14 @@
 """The Ray engine: the embed stream executed on a Ray cluster with Ray Data.
 
-An executor, not a fork. The driver walks the sources exactly as the local engine does (zsclip.sources.walk) and
-looks files up in the image-embedding store by their full stat identity (zsclip.identity); the rest go to Ray
+An executor, not a fork. The driver walks the sources exactly as the local engine does (zsclip.pipeline.sources.walk)
+and
+looks files up in the image-embedding store by their full stat identity (zsclip.store.identity); the rest go to Ray
 Data, where CPU tasks read the bytes (local paths, or s3:// gs:// abfs:// URIs through pyarrow's file systems),
-hash them and decode them with zsclip.images.decode_image and the same limits (a bad file becomes a row with its
+hash them and decode them with zsclip.pipeline.images.decode_image and the same limits (a bad file becomes a row with
+its
 skip reason, never a failed task), and an actor pool holding one model per actor encodes them
-(zsclip.encode.encode_images: bf16 autocast on CUDA). The driver gets the rows back in walk order, stores the new
+(zsclip.pipeline.encode.encode_images: bf16 autocast on CUDA). The driver gets the rows back in walk order, stores the
+new
 vectors and yields the same EmbeddedBatch records as the local engine, so classify, eval, prompt comparison and
 their writers do not know which engine ran. Probabilities stay on the driver: one code path for both engines, and
 a vector is 512 floats where a classifier can be 21k classes. A run that fails on the cluster is one error line;
@@ -25,9 +28,9 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..errors import UsageError
-from ..limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS
-from .base import EmbeddedBatch, ReadOptions
+from zsclip.core.errors import UsageError
+from zsclip.core.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS
+from zsclip.engines.base import EmbeddedBatch, ReadOptions
 
 INSTALL = 'pip install "zsclip[ray]"'
 # A decode task's process: Python, torch, torchvision and PIL imported (measured peak 555 MiB with batches of 32
@@ -74,7 +77,7 @@ def cluster(options: RayOptions) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    from .. import progress
+    from zsclip.core import progress
 
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     progress.log(f"ray: connecting to {address}" if address else "ray: starting a local cluster for this run")
@@ -97,8 +100,8 @@ def cluster(options: RayOptions) -> Iterator[None]:
 
 def read_file(path: str) -> tuple[bytes, int, int]:
     """(bytes, size, mtime_ns) of a local file or a URI; SkipFile with the reason when it cannot be read."""
-    from ..images import SkipFile, check_file
-    from ..sources import is_uri, uri_filesystem
+    from zsclip.pipeline.images import SkipFile, check_file
+    from zsclip.pipeline.sources import is_uri, uri_filesystem
 
     if not is_uri(path):
         check_file(path)
@@ -133,7 +136,7 @@ class Decode:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        from ..images import SkipFile, decode_image, time_limit
+        from zsclip.pipeline.images import SkipFile, decode_image, time_limit
 
         n = len(batch["path"])
         pixels = np.zeros((n, *self.shape), dtype=np.uint8)  # a skipped row keeps zeros; it is never encoded
@@ -143,7 +146,7 @@ class Decode:
                 with time_limit(self.file_timeout):
                     data, sizes[j], mtimes[j] = read_file(path)
                     pixels[j] = decode_image(io.BytesIO(data), path, self.preprocess, self.draft, self.max_pixels)
-                hashes[j] = hashlib.blake2b(data, digest_size=16).hexdigest()  # as zsclip.store.content_hash
+                hashes[j] = hashlib.blake2b(data, digest_size=16).hexdigest()  # as zsclip.store.embeddings.content_hash
             except SkipFile as exc:
                 reasons[j] = str(exc)
         return {
@@ -165,9 +168,9 @@ class Embedder:
     ) -> None:
         import numpy as np
 
-        from ..backends import load_model
-        from ..encode import encode_images
-        from ..errors import ZsclipError
+        from zsclip.backends import load_model
+        from zsclip.core.errors import ZsclipError
+        from zsclip.pipeline.encode import encode_images
 
         self.model = load_model(spec, device=device, precision=precision, backend=backend, show=False)
         if self.model.fingerprint != fingerprint:
@@ -180,7 +183,7 @@ class Embedder:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        from ..encode import encode_images
+        from zsclip.pipeline.encode import encode_images
 
         ok = np.array([not r for r in batch["reason"]], dtype=bool)
         vectors = np.zeros((len(ok), self.dim), dtype=np.float32)
@@ -227,7 +230,7 @@ class RayEngine:
 
 
 def _draft_size(model) -> int:
-    from ..encode import draft_size
+    from zsclip.pipeline.encode import draft_size
 
     return draft_size(model)
 
@@ -237,9 +240,9 @@ def _open_store(model, read: ReadOptions, plan: dict, draft: int | None):
     None."""
     if not read.store:
         return None
-    from ..cache import Cache
-    from ..models import vector_key_for
-    from ..store import ImageStore, variant_key
+    from zsclip.models import vector_key_for
+    from zsclip.store.cache import Cache
+    from zsclip.store.embeddings import ImageStore, variant_key
 
     key = vector_key_for(plan["precision"], plan["backend"])
     return ImageStore.open(read.cache or Cache(), model.fingerprint, variant_key(key, model.preprocess_key, draft))
@@ -249,7 +252,7 @@ def _walk(sources, read: ReadOptions, store):
     """(entries in walk order, {index: stored vector}, {index: stat key to store a new vector under}): the
     driver's store lookup by the full stat identity, so the driver never reads a file; what the cluster encodes
     is stored under the identity the driver saw, if the bytes read were of it."""
-    from ..sources import has_image_extension, is_uri, looks_like_image, walk
+    from zsclip.pipeline.sources import has_image_extension, is_uri, looks_like_image, walk
 
     entries = [
         path
@@ -272,7 +275,7 @@ def _batch(model, entries, indices, stored, storable, rows) -> tuple[EmbeddedBat
     """One EmbeddedBatch of the walk's `indices`, and the (identity, vector) rows to store."""
     import numpy as np
 
-    from ..identity import FileIdentity
+    from zsclip.store.identity import FileIdentity
 
     paths, vectors, hashes, skipped, skipped_at, fresh, encoded = [], [], [], [], [], [], []
     for i in indices:
@@ -307,7 +310,7 @@ def _batch(model, entries, indices, stored, storable, rows) -> tuple[EmbeddedBat
 def _failing_in_one_line(batches):
     """The batches; a run that fails on the cluster (a model actor that cannot start, a task that keeps dying) is
     one ZsclipError line naming the cause, not Ray's traceback."""
-    from ..errors import ZsclipError
+    from zsclip.core.errors import ZsclipError
 
     try:
         yield from batches
@@ -341,7 +344,7 @@ def _plan(model, options: RayOptions) -> dict:
     """Actors, resources, device and precision, from the options and the cluster's GPUs."""
     import ray
 
-    from ..models import resolve_precision
+    from zsclip.models import resolve_precision
 
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
     gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if cluster_gpus else 0.0)

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import UsageError, plural
-from .files import check_model, load, save
-from .heads import METHODS, Head, fit
+from zsclip.core.errors import UsageError
+from zsclip.core.wording import plural
+from zsclip.fewshot.files import check_model, load, save
+from zsclip.fewshot.heads import METHODS, Head, fit
 
 if TYPE_CHECKING:
-    from ..datasets import EvalDataset
-    from ..evaluate import Embedded
-    from ..models import ClipModel
-    from ..text import Classifier
+    from zsclip.datasets import EvalDataset
+    from zsclip.evaluate.run import Embedded
+    from zsclip.models import ClipModel
+    from zsclip.zeroshot.classifier import Classifier
 
 __all__ = ["METHODS", "FitResult", "draw_shots", "fit_embedded", "load_classifier", "save", "shot_curve"]
 
@@ -59,7 +60,7 @@ class FitResult:
             "held_out_acc1": self.acc1,
             "zero_shot_acc1": self.zero_shot_acc1,
             "short_classes": self.short,
-            # which images were shots, as they were (zsclip.identity), so eval --classifier can say how many of
+            # which images were shots, as they were (zsclip.store.identity), so eval --classifier can say how many of
             # them it scores
             "shot_files": [shot_identity(p) for p in self.shot_paths],
         }
@@ -87,7 +88,7 @@ def fit_embedded(
     embedded: Embedded, classifier: Classifier, shots: int, method: str, seed: int = 0, strict: bool = False
 ) -> FitResult:
     """Fit `method` on `shots` images per class of the embedded data set; score it and zero-shot on the rest."""
-    from ..classify import probabilities
+    from zsclip.classify.predict import probabilities
 
     names = classifier.classnames
     if len(names) < 2:
@@ -120,10 +121,10 @@ def fit_embedded(
 
 
 def shot_identity(path: str) -> dict:
-    """A shot as it was when fitted: a file's FileIdentity (zsclip.identity) under its resolved path; else a shard
+    """A shot as it was when fitted: a file's FileIdentity (zsclip.store.identity) under its resolved path; else a shard
     member's name (or that of a file gone since it was read: no file can match it later)."""
-    from ..identity import FileIdentity
-    from ..paths import resolved
+    from zsclip.core.paths import resolved
+    from zsclip.store.identity import FileIdentity
 
     found = FileIdentity.of(path)
     return {"member": path} if found is None else {**dataclasses.asdict(found), "path": resolved(path)}
@@ -132,8 +133,8 @@ def shot_identity(path: str) -> dict:
 def shots_among(meta: dict, paths) -> int:
     """How many of `paths` are shots of the classifier whose metadata is `meta`: the same file (by resolved path,
     from any working directory) still holding the content it had when fitted, or the same shard member."""
-    from ..identity import FileIdentity, stat_of, unchanged
-    from ..paths import resolved
+    from zsclip.core.paths import resolved
+    from zsclip.store.identity import FileIdentity, stat_of, unchanged
 
     files, members = {}, set()
     for shot in meta.get("shot_files") or ():
@@ -158,7 +159,7 @@ def portable_spec(spec: str) -> str:
     prefix, local = (f"{arch}:", rest) if sep and arch != "hf-hub" else ("", spec)
     if (sep and arch == "hf-hub") or (not local.startswith(("/", ".", "~")) and "/" not in local):
         return spec
-    from ..paths import resolved
+    from zsclip.core.paths import resolved
 
     path = Path(local).expanduser()
     return f"{prefix}{resolved(str(path))}" if path.exists() else spec
@@ -170,8 +171,8 @@ def _with_head(classifier: Classifier, head: Head) -> Classifier:
 
 def load_classifier(path, model: ClipModel) -> Classifier:
     """A classifier file as a Classifier for `model` (refused, with one line, if made for other weights)."""
-    from ..prompts import TemplateSet
-    from ..text import Classifier, text_embeddings
+    from zsclip.zeroshot.classifier import Classifier, text_embeddings
+    from zsclip.zeroshot.prompts import TemplateSet
 
     head, meta = load(path)
     check_model(meta, model.fingerprint, model.spec, path)
@@ -217,9 +218,8 @@ def _point(shots: int, method: str, accs: list[float | None]) -> dict:
     return {"shots": shots, "method": method, "acc1": mean, "std": std, "seeds": len(accs)}
 
 
-def embed_for_fit(model: ClipModel, dataset: EvalDataset, **options) -> Embedded:
+def embed_for_fit(
+    model: ClipModel, dataset: EvalDataset, read: ReadOptions | None = None, runtime: Runtime | None = None
+) -> Embedded:
     """The data set's features by the fp32 tower (an int8 tower's features are not what a head should fit)."""
-    from ..evaluate import embed_dataset
-    from ..recheck import fp32_of
-
-    return embed_dataset(fp32_of(model), dataset, **options)
+    return embed_dataset(fp32_of(model), dataset, read, runtime)

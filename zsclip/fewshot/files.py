@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import atomic
-from ..errors import UsageError
-from .heads import METHODS, Head
+from zsclip.core import atomic
+from zsclip.core.errors import UsageError
+from zsclip.fewshot.heads import METHODS, Head
 
 FORMAT = "zsclip-fewshot-1"
 

@@ -9,8 +9,8 @@ import io
 import json
 from pathlib import Path
 
-from .. import atomic
-from ..plots import figure_png, pyplot
+from zsclip.core import atomic
+from zsclip.core.plots import figure_png, pyplot
 
 
 def write_curve(rows: list[dict], folder: Path, title: str, about: dict) -> None:

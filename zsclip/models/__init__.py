@@ -5,12 +5,12 @@ ClipModel), `loading` (load_model), `fingerprint` (what identifies weights), `fi
 configs, the list of models). open_clip and torch are imported where they are used: a run whose prompts and
 images are all cached needs neither the module nor open_clip (importing it costs seconds), see ClipModel."""
 
-from .clip import ClipModel
-from .files import list_models, model_config, models_dir, random_init_model, save_model_dir
-from .fingerprint import fingerprint_spec, vector_key, vector_key_for
-from .hub import cached_weights
-from .loading import load_model, resolve_device, resolve_precision
-from .spec import CONFIG_NAME, WEIGHT_SUFFIXES, ModelSpec, parse_spec, shipped_models
+from zsclip.models.clip import ClipModel
+from zsclip.models.files import list_models, model_config, models_dir, random_init_model, save_model_dir
+from zsclip.models.fingerprint import fingerprint_spec, vector_key, vector_key_for
+from zsclip.models.hub import cached_weights
+from zsclip.models.loading import load_model, resolve_device, resolve_precision
+from zsclip.models.spec import CONFIG_NAME, WEIGHT_SUFFIXES, ModelSpec, parse_spec, shipped_models
 
 __all__ = [
     "CONFIG_NAME",

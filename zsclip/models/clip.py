@@ -7,12 +7,12 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..tokenizer import description_of, for_model, from_description
+from zsclip.models.tokenizer import description_of, for_model, from_description
 
 if TYPE_CHECKING:
     import torch
 
-    from ..preprocess import Preprocess
+    from zsclip.models.preprocess import Preprocess
 
 
 class ClipModel:
@@ -55,8 +55,8 @@ class ClipModel:
         self._info = info or {}
         self._loader = loader
         # Where vectors are computed: "torch" runs `model`; zsclip.backends.use_backend sets "onnx" or
-        # "onnx-int8" and fills `encoder` (image and text towers in ONNX Runtime), which zsclip.encode and
-        # zsclip.text then call.
+        # "onnx-int8" and fills `encoder` (image and text towers in ONNX Runtime), which zsclip.pipeline.encode and
+        # zsclip.zeroshot.classifier then call.
         self.backend = "torch"
         self.encoder: Any = None
 
@@ -90,7 +90,7 @@ class ClipModel:
     @property
     def tokenizer(self) -> Callable:
         """Texts -> int64 token ids [n, context] (NumPy). Without torch where the cache recorded a tokenizer that
-        runs without it (zsclip.tokenizer)."""
+        runs without it (zsclip.models.tokenizer)."""
         if self._tokenizer is None:
             described = self._info.get("tokenizer")
             if described and self._model is None:

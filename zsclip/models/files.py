@@ -10,9 +10,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import atomic
-from .hub import cached_weights
-from .spec import CONFIG_NAME, shipped_models
+from zsclip.core import atomic
+from zsclip.models.hub import cached_weights
+from zsclip.models.spec import CONFIG_NAME, shipped_models
 
 if TYPE_CHECKING:
     import torch

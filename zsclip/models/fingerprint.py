@@ -6,14 +6,14 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cache import Cache
-from ..errors import UsageError
-from .files import local_weights
-from .hub import checkpoint_arch, hub_config_file
-from .spec import CONFIG_NAME, ModelSpec, parse_spec
+from zsclip.core.errors import UsageError
+from zsclip.models.files import local_weights
+from zsclip.models.hub import checkpoint_arch, hub_config_file
+from zsclip.models.spec import CONFIG_NAME, ModelSpec, parse_spec
+from zsclip.store.cache import Cache
 
 if TYPE_CHECKING:
-    from .clip import ClipModel
+    from zsclip.models.clip import ClipModel
 
 
 def fingerprint_spec(spec: str | ModelSpec, cache: Cache | None = None) -> str:

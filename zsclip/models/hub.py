@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .spec import CONFIG_NAME, ModelSpec
+from zsclip.models.spec import CONFIG_NAME, ModelSpec
 
 
 def _hf_weight_candidates(cfg: dict) -> tuple[str, list[str]] | None:

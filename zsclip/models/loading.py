@@ -14,15 +14,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cache import Cache
-from ..defaults import DEFAULT_MODEL, PRECISIONS
-from ..errors import UsageError, ZsclipError
-from ..preprocess import Preprocess
-from .clip import INFO_KEYS, ClipModel, convolutional
-from .files import local_weights
-from .fingerprint import fingerprint_spec
-from .hub import cached_weights, checkpoint_arch, hub_config_file, hub_offline, hub_reachable, quickgelu_name
-from .spec import ALTERNATIVES, CONFIG_NAME, ModelSpec, parse_spec
+from zsclip.core.defaults import DEFAULT_MODEL, PRECISIONS
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.models.clip import INFO_KEYS, ClipModel, convolutional
+from zsclip.models.files import local_weights
+from zsclip.models.fingerprint import fingerprint_spec
+from zsclip.models.hub import (
+    cached_weights,
+    checkpoint_arch,
+    hub_config_file,
+    hub_offline,
+    hub_reachable,
+    quickgelu_name,
+)
+from zsclip.models.preprocess import Preprocess
+from zsclip.models.spec import ALTERNATIVES, CONFIG_NAME, ModelSpec, parse_spec
+from zsclip.store.cache import Cache
 
 if TYPE_CHECKING:
     import torch

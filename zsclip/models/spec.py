@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..cache import Cache
-from ..errors import UsageError
+from zsclip.core.errors import UsageError
+from zsclip.store.cache import Cache
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")

@@ -27,15 +27,15 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import UsageError, ZsclipError
-from ..images import SkipFile
-from .guard import Guard, Refused, contained
-from .openapi import OPENAPI
-from .thumbs import thumbnail
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.pipeline.images import SkipFile
+from zsclip.serve.guard import Guard, Refused, contained
+from zsclip.serve.openapi import OPENAPI
+from zsclip.serve.thumbs import thumbnail
 
 if TYPE_CHECKING:
-    from ..text import Classifier
-    from .library import Library
+    from zsclip.serve.library import Library
+    from zsclip.zeroshot.classifier import Classifier
 
 MAX_TOP = 500
 TOKEN_COOKIE = "zsclip_token"
@@ -123,8 +123,8 @@ def make_app(
 
     @api
     def records(request: Request) -> Response:
-        from ..classify import check_options, predict
-        from ..output.render import make_writer
+        from zsclip.classify.output.render import make_writer
+        from zsclip.classify.predict import check_options, predict
 
         fmt = request.query_params.get("format", "csv")
         if fmt not in ("csv", "jsonl"):
@@ -152,8 +152,8 @@ def make_app(
         return JSONResponse(_sort(request, dry_run=False))
 
     def _sort(request: Request, dry_run: bool) -> dict:
-        from ..classify import check_options, predict
-        from ..sort import Sorter
+        from zsclip.classify.predict import check_options, predict
+        from zsclip.classify.sort import Sorter
 
         if sort_into is None:
             raise UsageError("no sort folder: start zsclip serve with --sort-into DIR")

@@ -1,9 +1,9 @@
 """The photo folders `zsclip serve` answers for: indexed in the background through the same store and engine as
 `zsclip index`, searched and classified from a snapshot of the store kept in memory.
 
-One indexing thread at a time (at start, every `rescan` seconds, and on request) runs zsclip.retrieval.index over
+One indexing thread at a time (at start, every `rescan` seconds, and on request) runs zsclip.retrieval.search.index over
 the PATHs; after each pass the snapshot is loaded again and the rows of files under the PATHs that are still the
-files whose vectors were stored are kept (zsclip.identity's rule), so a deleted or changed file is never served.
+files whose vectors were stored are kept (zsclip.store.identity's rule), so a deleted or changed file is never served.
 Requests run in threads of their own: each thread gets its own Cache (an sqlite connection belongs to its thread).
 """
 
@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import vectors
-from ..cache import Cache
-from ..errors import UsageError
-from ..sources import count_candidates
+from zsclip.engines import ReadOptions
+from zsclip.core.errors import UsageError
+from zsclip.pipeline.sources import count_candidates
+from zsclip.store import snapshots as vectors
+from zsclip.store.cache import Cache
 
 if TYPE_CHECKING:
-    from ..models import ClipModel
-    from ..text import Classifier
+    from zsclip.models import ClipModel
+    from zsclip.zeroshot.classifier import Classifier
 
 
 @dataclass
@@ -43,15 +44,17 @@ class Progress:
 class Library:
     """The served folders: `roots` are real absolute paths of folders (or single images)."""
 
-    def __init__(self, model: ClipModel, roots: list[str], cache_dir: str | None = None, **read):
-        from ..encode import store_variant
+    def __init__(
+        self, model: ClipModel, roots: list[str], cache_dir: str | None = None, read: ReadOptions | None = None
+    ):
+        from zsclip.pipeline.encode import store_variant
 
         self.model = model
         self.roots = [os.path.realpath(r) for r in roots]
         self.sources = [(r, os.path.isfile(r)) for r in self.roots]
         self.cache_dir = cache_dir
-        self.read = read
-        self.variant = store_variant(model, read.get("exact", False))
+        self.read = read or ReadOptions()
+        self.variant = store_variant(model, self.read.exact)
         self.progress = Progress()
         self.rows = np.empty(0, dtype=np.int64)  # snapshot rows served: under the roots, and current
         self.snapshot: vectors.Snapshot | None = None
@@ -90,20 +93,20 @@ class Library:
 
     def scan(self) -> None:
         """One indexing pass over the roots, then the in-memory snapshot refreshed."""
-        from ..retrieval import index
+        from zsclip.retrieval.search import index
 
         if not self._scan_lock.acquire(blocking=False):
             return
         p = self.progress
         try:
             p.scanning, p.done, p.skipped, p.error = True, 0, 0, None
-            p.total = count_candidates(self.sources, self.read.get("recursive", True))
+            p.total = count_candidates(self.sources, self.read.recursive)
 
             def on_batch(indexed: int, skipped: int) -> None:
                 p.done += indexed + skipped
                 p.skipped += skipped
 
-            result = index(self.model, self.sources, cache=self.cache, on_batch=on_batch, **self.read)
+            result = index(self.model, self.sources, self.read, cache=self.cache, on_batch=on_batch)
             p.counts = result.to_dict()
         except Exception as e:  # the server keeps serving what it has; the page shows why the pass failed
             p.error = f"{type(e).__name__}: {e}" if not str(e).startswith("--") else str(e)
@@ -116,7 +119,7 @@ class Library:
     def refresh(self) -> None:
         """Load the store's snapshot and keep the rows served: under the roots and unchanged since stored."""
         snapshot = vectors.load(self.cache, self.model.fingerprint, self.variant)
-        ranges = snapshot.ranges(self.sources, self.read.get("recursive", True))
+        ranges = snapshot.ranges(self.sources, self.read.recursive)
         rows = [r for lo, hi in ranges for r in range(lo, hi) if self._servable(snapshot, r)]
         self.snapshot, self.rows = snapshot, np.asarray(rows, dtype=np.int64)
 
@@ -153,14 +156,16 @@ class Library:
     def query(self, text: str | None = None, *, like: str | None = None, image_file: str | None = None) -> np.ndarray:
         """The unit query vector of a search box text ("dog +beach -people": `+`/`-` terms add and subtract, as
         --add/--subtract), an indexed image (`like`: more like this) or an image file (an upload)."""
-        from ..retrieval import image_vector, query_vector
+        from zsclip.retrieval.search import image_vector, query_vector
 
         if like is not None:
             return self.vector_of(like)
         if image_file is not None:  # an upload: decoded by a worker process, so --file-timeout holds
-            limits = {k: self.read[k] for k in ("max_pixels", "file_timeout", "exact") if k in self.read}
+            read = ReadOptions(
+                workers=1, max_pixels=self.read.max_pixels, file_timeout=self.read.file_timeout, exact=self.read.exact
+            )
             try:
-                return image_vector(self.model, image_file, workers=1, **limits)
+                return image_vector(self.model, image_file, read)
             except UsageError as e:  # said for --image FILE; here it is the upload
                 reason = str(e).split(": ", 1)[-1]
                 raise UsageError(f"the uploaded image: {reason}") from None
@@ -205,8 +210,8 @@ class Library:
 
     def classify(self, classifier: Classifier) -> tuple[list[str], np.ndarray]:
         """(paths, probabilities [images, classes]) of every served image, with the int8 label check applied."""
-        from ..classify import probabilities
-        from ..recheck import Recheck
+        from zsclip.classify.predict import probabilities
+        from zsclip.classify.recheck import Recheck
 
         snapshot, rows = self._snapshot(), self.live_rows()
         paths = [snapshot.paths[r] for r in rows.tolist()]
@@ -215,8 +220,8 @@ class Library:
         return paths, probabilities(features, classifier)
 
     def classifier(self, classes: list[str], templates: str) -> Classifier:
-        from ..prompts import list_template_sets
-        from ..text import build_classifier
+        from zsclip.zeroshot.classifier import build_classifier
+        from zsclip.zeroshot.prompts import list_template_sets
 
         named = [t.name for t in list_template_sets()]
         if templates not in ("default", *named):  # never a file path: the server reads no file it does not serve

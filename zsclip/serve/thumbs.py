@@ -9,9 +9,9 @@ import io
 import os
 from pathlib import Path
 
-from .. import atomic
-from ..images import SkipFile, check_pixels, open_image, time_limit
-from ..limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS
+from zsclip.core import atomic
+from zsclip.core.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS
+from zsclip.pipeline.images import SkipFile, check_pixels, open_image, time_limit
 
 SIZE = 320
 

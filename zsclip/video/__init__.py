@@ -3,9 +3,17 @@
 `container` (opening, the header, frames as RGB, writing), `sampling` (which frame each sample takes, decoded
 sparingly), `frames` (the embeddings of a video's samples, and their place in the store)."""
 
-from .container import VideoInfo, check_available, frame_rgb, grab_frames, open_container, probe, write_video
-from .frames import VideoFrames, VideoStore, embed_video, video_key
-from .sampling import NONREF_RATIO, SAMPLING, FrameReader, check_fps, describe_gaps
+from zsclip.video.container import (
+    VideoInfo,
+    check_available,
+    frame_rgb,
+    grab_frames,
+    open_container,
+    probe,
+    write_video,
+)
+from zsclip.video.frames import VideoFrames, VideoStore, embed_video, video_key
+from zsclip.video.sampling import NONREF_RATIO, SAMPLING, FrameReader, check_fps, describe_gaps
 
 __all__ = [
     "NONREF_RATIO",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UsageError, ZsclipError
+from zsclip.core.errors import UsageError, ZsclipError
 
 _MISSING = "PyAV is not installed; video needs it: pip install 'zsclip[video]' (or pip install av)"
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UsageError, ZsclipError
-from .container import VideoInfo, probe
-from .sampling import NONREF_RATIO, SAMPLING, FrameReader, check_fps, describe_gaps
+from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.video.container import VideoInfo, probe
+from zsclip.video.sampling import NONREF_RATIO, SAMPLING, FrameReader, check_fps, describe_gaps
 
 _SCAN = "scan"
 
@@ -84,10 +84,10 @@ def embed_video(
     """Sample `path` at `fps`, encode the frames with `model`'s preprocessing and image tower, in batches, with
     decoding in a thread so it overlaps encoding. With `store`, frames are looked up in (and added to) the
     image-embedding store, so a second call for the same video and model decodes and encodes nothing."""
-    from ..cache import Cache
-    from ..encode import draft_size
-    from ..models import vector_key
-    from ..store import ImageStore, variant_key
+    from zsclip.models import vector_key
+    from zsclip.pipeline.encode import draft_size
+    from zsclip.store.cache import Cache
+    from zsclip.store.embeddings import ImageStore, variant_key
 
     check_fps(fps)
     info = probe(path)
@@ -120,7 +120,7 @@ def embed_video(
 def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, progress) -> VideoFrames:
     from PIL import Image
 
-    from ..encode import encode_images
+    from zsclip.pipeline.encode import encode_images
 
     batch_size = batch_size or (256 if model.device_type == "cuda" else 32)
     if batch_size < 1:
@@ -198,9 +198,9 @@ def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, 
 
 
 def video_key(path: str) -> str:
-    """The video's identity (zsclip.identity: path, size, mtime, ctime and inode), hashed: it changes whenever
+    """The video's identity (zsclip.store.identity: path, size, mtime, ctime and inode), hashed: it changes whenever
     the file may have."""
-    from ..identity import files_identity
+    from zsclip.store.identity import files_identity
 
     return files_identity([path])
 
@@ -213,7 +213,7 @@ class VideoStore:
     valid (0/1) per sample], says what the scan found, so a second query knows it has every frame (and repeats
     the scan's warnings) without decoding."""
 
-    store: object  # zsclip.store.ImageStore
+    store: object  # zsclip.store.embeddings.ImageStore
     path: str
     fps: float
     sampling: str = SAMPLING
@@ -227,7 +227,7 @@ class VideoStore:
         return f"{self._prefix}|t={t:.6f}"
 
     def _identity(self, key: str, label: str):
-        from ..store import FileIdentity
+        from zsclip.store.embeddings import FileIdentity
 
         path, size, mtime = self._stat
         return FileIdentity(f"{path}#{label}", size, mtime, key)

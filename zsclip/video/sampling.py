@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UsageError
-from .container import av_module, frame_rgb, open_container, reason, upright_turns
+from zsclip.core.errors import UsageError
+from zsclip.video.container import av_module, frame_rgb, open_container, reason, upright_turns
 
 SAMPLING = "mid-1"  # the rule above; bump when it (or frame conversion) changes which pixels a sample gets
 NONREF_RATIO = 4  # decode only reference frames when the video has this many frames per sample or more
