@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zsclip.pipeline.encode import store_variant
 from zsclip.retrieval import search as retrieval
-from zsclip.store import snapshots as vectors
+from zsclip.store import snapshots
 from zsclip.store.cache import Cache
 from zsclip.store.embeddings import FileIdentity, ImageStore
 
@@ -61,15 +61,15 @@ def fake_model() -> SimpleNamespace:
 
 class SyntheticFiles:
     """The stored paths (/bench/...) are not on disk. Search checks each hit's file identity against its row with
-    one stat per candidate (vectors.Snapshot.current); here that stat is of a real file, so its cost is counted."""
+    one stat per candidate (snapshots.Snapshot.current); here that stat is of a real file, so its cost is counted."""
 
     def __enter__(self):
-        self.real = vectors.Snapshot.current
-        vectors.Snapshot.current = lambda snapshot, row: os.stat(__file__) is not None
+        self.real = snapshots.Snapshot.current
+        snapshots.Snapshot.current = lambda snapshot, row: os.stat(__file__) is not None
         return self
 
     def __exit__(self, *exc):
-        vectors.Snapshot.current = self.real
+        snapshots.Snapshot.current = self.real
 
 
 def run(n: int, queries: int, k: int, budget: int, use_faiss: bool) -> dict:
@@ -77,8 +77,8 @@ def run(n: int, queries: int, k: int, budget: int, use_faiss: bool) -> dict:
     cache = Cache(tmp)
     model = fake_model()
     store = ImageStore.open(cache, model.fingerprint, store_variant(model))
-    vectors.ensure_generation(cache.conn)
-    vectors._OPENED.clear()
+    snapshots.ensure_generation(cache.conn)
+    snapshots._OPENED.clear()
     held = np.empty((n, DIM), dtype=np.float32)  # the brute-force reference's copy
     t0 = time.perf_counter()
     for start, block in synthetic(n):
@@ -100,7 +100,7 @@ def run(n: int, queries: int, k: int, budget: int, use_faiss: bool) -> dict:
             latencies.append(time.perf_counter() - t0)
             ours.append([int(h.path[-11:-4]) for h in hits])
         for q in qs[: max(3, len(qs) // 5)]:  # as a new process (a CLI call) would: the snapshot mapped afresh
-            vectors._OPENED.clear()
+            snapshots._OPENED.clear()
             t0 = time.perf_counter()
             retrieval.search(model, q, None, top=k, cache=cache, budget=budget)
             cold.append(time.perf_counter() - t0)
@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--budget-mb", type=int, default=vectors.DEFAULT_BUDGET >> 20)
+    parser.add_argument("--budget-mb", type=int, default=snapshots.DEFAULT_BUDGET >> 20)
     parser.add_argument("--faiss", action="store_true", help="Also measure --approximate (pip install faiss-cpu).")
     args = parser.parse_args()
     print("| stored vectors | insert s | snapshot build s | zsclip median ms | p95 ms | first query in a process ms | "

@@ -16,7 +16,7 @@ from zsclip.datasets.shapes import write_dataset
 from zsclip.evaluate.recall_report import write_search_report
 from zsclip.pipeline.encode import store_variant
 from zsclip.retrieval.search import query_vector
-from zsclip.store import snapshots as vectors
+from zsclip.store import snapshots
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (30, 60, 220), (240, 220, 30), (130, 40, 170), (250, 130, 20)]
 
@@ -105,7 +105,7 @@ def test_search_equals_brute_force_with_open_clip_for_any_chunk_size(tiny, tmp_p
     images = _images(tmp_path / "photos", 9)
     reference = _reference(tiny, images, "a red square")
     expected = sorted(reference, key=lambda p: -reference[p])
-    for budget in (4 * 64, 4 * 64 * 4, vectors.DEFAULT_BUDGET):  # 1 row, 4 rows, everything per chunk
+    for budget in (4 * 64, 4 * 64 * 4, snapshots.DEFAULT_BUDGET):  # 1 row, 4 rows, everything per chunk
         hits = zsclip.search(tiny, "a red square", tmp_path / "photos", top=5, budget=budget, workers=0)
         assert [h.path for h in hits] == expected[:5]
         assert [h.score for h in hits] == pytest.approx([reference[p] for p in expected[:5]], abs=1e-5)
@@ -202,7 +202,7 @@ def test_top_k_is_exact_for_every_budget_and_range():
             for ranges in ([(0, 5000)], [(10, 700), (1200, 1201), (4000, 5000)]):
                 rows = np.concatenate([np.arange(lo, hi) for lo, hi in ranges])
                 expected = rows[np.argsort(-scores[rows], kind="stable")][:k]
-                idx, sc = vectors.top_k(data, q, k, ranges, budget)
+                idx, sc = snapshots.top_k(data, q, k, ranges, budget)
                 assert idx.tolist() == expected.tolist()
                 assert sc == pytest.approx(scores[expected], abs=1e-5)
 
@@ -210,7 +210,9 @@ def test_top_k_is_exact_for_every_budget_and_range():
 def test_snapshot_ranges_find_folders_and_files_by_binary_search():
     paths = sorted(["/a/x.png", "/a/y/z.png", "/ab.png", "/a.png", "/b/c.png", "/a b/q.png"])
     offsets = np.cumsum([0] + [len(p.encode()) for p in paths])
-    snap = vectors.Snapshot(np.zeros((len(paths), 2), np.float32), vectors.PathList("".join(paths).encode(), offsets))
+    snap = snapshots.Snapshot(
+        np.zeros((len(paths), 2), np.float32), snapshots.PathList("".join(paths).encode(), offsets)
+    )
     pick = lambda roots: [snap.paths[i] for lo, hi in snap.ranges(roots) for i in range(lo, hi)]  # noqa: E731
     assert pick([("/a", False)]) == ["/a/x.png", "/a/y/z.png"]
     assert pick([("/a/", False), ("/a/y", False)]) == ["/a/x.png", "/a/y/z.png"]
@@ -252,7 +254,7 @@ def test_stored_vector_file_is_not_read_through_sqlite_per_query(tiny, tmp_path,
     _images(tmp_path / "photos", 3)
     zsclip.search(tiny, "x", tmp_path / "photos", workers=0)
     calls = []
-    monkeypatch.setattr(vectors, "_build", lambda *a: calls.append(a) or pytest.fail("rebuilt"))
+    monkeypatch.setattr(snapshots, "_build", lambda *a: calls.append(a) or pytest.fail("rebuilt"))
     zsclip.search(tiny, "y", tmp_path / "photos", workers=0)
     assert not calls
 
@@ -274,14 +276,14 @@ def test_approximate_search_with_every_list_probed_equals_exact(tmp_path, monkey
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     paths = [f"/x/{i:05d}.jpg" for i in range(3000)]
     offsets = np.cumsum([0] + [len(p) for p in paths])
-    snap = vectors.Snapshot(data, vectors.PathList("".join(paths).encode(), offsets), tmp_path)
-    monkeypatch.setattr(vectors, "APPROX_MIN_ROWS", 0)
+    snap = snapshots.Snapshot(data, snapshots.PathList("".join(paths).encode(), offsets), tmp_path)
+    monkeypatch.setattr(snapshots, "APPROX_MIN_ROWS", 0)
     q = data[7] + 0.1 * rng.normal(size=32).astype(np.float32)
     for ranges in ([(0, 3000)], [(100, 900), (2000, 2500)]):
-        exact_rows, exact_scores = vectors.top_k(data, q, 10, ranges)
-        rows, scores = vectors.approximate_top_k(snap, q, 10, ranges, nprobe=10_000)
+        exact_rows, exact_scores = snapshots.top_k(data, q, 10, ranges)
+        rows, scores = snapshots.approximate_top_k(snap, q, 10, ranges, nprobe=10_000)
         assert rows.tolist() == exact_rows.tolist() and scores == pytest.approx(exact_scores, abs=1e-5)
-        rows, _ = vectors.approximate_top_k(snap, q, 10, ranges)  # the default probes a twentieth of the lists
+        rows, _ = snapshots.approximate_top_k(snap, q, 10, ranges)  # the default probes a twentieth of the lists
         assert all(any(lo <= r < hi for lo, hi in ranges) for r in rows.tolist())
     assert (tmp_path / "faiss.index").is_file()
 
@@ -314,7 +316,7 @@ def test_a_search_snapshot_cut_short_is_rebuilt_not_read(tiny, tmp_path, capsys)
     _images(tmp_path / "photos")
     zsclip.index(tiny, tmp_path / "photos")
     first = zsclip.search(tiny, "a red square", tmp_path / "photos", top=3)
-    vectors._OPENED.clear()  # a new process
+    snapshots._OPENED.clear()  # a new process
     (snapshot,) = (zsclip.Cache().directory / "search").glob("*/vectors.f32")
     with open(snapshot, "r+b") as f:
         f.truncate(snapshot.stat().st_size // 2)
@@ -322,7 +324,7 @@ def test_a_search_snapshot_cut_short_is_rebuilt_not_read(tiny, tmp_path, capsys)
     assert [(h.path, round(h.score, 5)) for h in again] == [(h.path, round(h.score, 5)) for h in first]
     assert "damaged; rebuilding the snapshot" in capsys.readouterr().err
     for name in ("paths.bin", "offsets.npy", "stats.npy"):  # every file of it is checked
-        vectors._OPENED.clear()
+        snapshots._OPENED.clear()
         (path,) = (zsclip.Cache().directory / "search").glob(f"*/{name}")
         path.write_bytes(b"garbage")
         assert [h.path for h in zsclip.search(tiny, "a red square", tmp_path / "photos", top=3)] == [

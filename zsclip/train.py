@@ -30,6 +30,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from zsclip.classify.predict import Prediction, classify
 from zsclip.core import atomic
 from zsclip.core.errors import UsageError
 from zsclip.core.paths import check_output_dir, writing
@@ -40,6 +41,7 @@ from zsclip.models import ClipModel, model_config, random_init_model, resolve_de
 from zsclip.models.preprocess import Preprocess
 from zsclip.pipeline.images import DEFAULT_FILE_TIMEOUT, SkipFile, load_image, time_limit
 from zsclip.pipeline.workers import in_worker_process, run_tasks
+from zsclip.zeroshot.classifier import build_classifier
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.csv"
@@ -179,8 +181,6 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
 # -- evaluation --------------------------------------------------------------------------------------------
 def zero_shot_eval(clip: ClipModel, eval_dir: Path, templates: str, captions: list[str]) -> dict:
     """Top-1 accuracy on an ImageFolder split, split into classes seen in captions and held-out ones."""
-    from zsclip.classify.predict import Prediction, classify
-    from zsclip.zeroshot.classifier import build_classifier
 
     classes = sorted(d.name for d in eval_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     text = "\n".join(captions).lower()

@@ -31,6 +31,8 @@ from zsclip.backends.runtime import OnnxEncoder
 from zsclip.core.defaults import BACKENDS
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.core.progress import bar, log
+from zsclip.models import load_model as load_module
+from zsclip.store.cache import Cache
 
 if TYPE_CHECKING:
     import numpy as np
@@ -121,8 +123,6 @@ def load_model(
         >>> model.backend
         'torch'
     """
-    from zsclip.models import load_model as load_module
-    from zsclip.store.cache import Cache
 
     cache = cache or Cache()
     model = load_module(spec, device=device, precision=precision, cache=cache, lazy=lazy)
@@ -143,7 +143,6 @@ def use_backend(
     `calibration(model)` gives uint8 pixels of the user's own images for the int8 check (zsclip.backends.int8). auto
     makes nothing: it takes what `prepare` measured, else torch. Raises UsageError for an ONNX backend on a GPU
     device or with non-fp32 precision."""
-    from zsclip.store.cache import Cache
 
     backend = resolve_backend(backend)
     if backend == "auto":
@@ -175,7 +174,6 @@ def prepare(
     """Make every backend's files for `model` on this CPU (ONNX towers, their optimized graphs, the int8 tower and
     its check) and measure them on auto's probe; returns what auto will take from now on (probe.choose's record:
     `choice` and per-backend `results`). Minutes for ViT-B-32 on a laptop, once per model and machine."""
-    from zsclip.store.cache import Cache
 
     if model.device_type != "cpu" or model.precision != "fp32":
         raise UsageError("the ONNX backends run in fp32 on the CPU: prepare a model loaded with --device cpu and fp32")

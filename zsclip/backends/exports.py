@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zsclip.backends.int8 import USER_IMAGES, builtin_images, errors, quantize_image_tower
 from zsclip.backends.sessions import machine, open_session
 from zsclip.core import atomic
 from zsclip.core.locks import Lock
 from zsclip.core.progress import log
 from zsclip.store.identity import StateError, read_state, write_state
+from zsclip.zeroshot.similarity import unit
 
 if TYPE_CHECKING:
     import numpy as np
@@ -117,8 +119,6 @@ class Exports:
     def _measure_check(self) -> None:
         import numpy as np
 
-        from zsclip.backends.int8 import USER_IMAGES, builtin_images, errors
-
         own = self.calibration(self.model) if self.calibration else None
         own = own[:USER_IMAGES] if own is not None and len(own) else None
         pixels = builtin_images(self.model) if own is None else np.concatenate([own, builtin_images(self.model)])
@@ -162,8 +162,6 @@ class Exports:
             log(f"warning: ONNX export {path} is missing or damaged; rebuilding it")
         fields: dict[str, Any] = {}
         if variant == "int8":
-            from zsclip.backends.int8 import quantize_image_tower
-
             source = self.ensure(tower, "fp32")
             with self._step(f"making the int8 {tower} tower of {self.model.spec} (once per model)"):
                 quantize_image_tower(source, path)
@@ -242,8 +240,6 @@ class Exports:
 
 def _unit_run(session, x: np.ndarray, batch: int = 32) -> np.ndarray:
     import numpy as np
-
-    from zsclip.zeroshot.similarity import unit
 
     return unit(np.concatenate([session.run(None, {"pixels": x[i : i + batch]})[0] for i in range(0, len(x), batch)]))
 

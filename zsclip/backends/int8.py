@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsclip.core import atomic
+from zsclip.datasets import shapes
 
 if TYPE_CHECKING:
     from zsclip.models import ClipModel
@@ -91,8 +92,6 @@ def uncertain(features: np.ndarray, weights: np.ndarray, margin: float, bias: np
 def builtin_images(model: ClipModel, n: int = 64) -> np.ndarray:
     """Built-in pictures as the model's uint8 pixels: shapes-world scenes and blurred noise, alternately."""
     from PIL import Image, ImageFilter
-
-    from zsclip.datasets import shapes
 
     rng = np.random.default_rng(0)
     out = []

@@ -13,6 +13,7 @@ import torch
 
 from zsclip.core import atomic
 from zsclip.core.errors import ZsclipError
+from zsclip.zeroshot.classifier import pool_of, pooled_at, trimmed_forward
 
 OPSET = 17
 
@@ -20,8 +21,6 @@ OPSET = 17
 def export_tower(module, tower: str, path: Path) -> dict | None:
     """Export one tower of an open_clip model to `path` (atomically). Returns the text tower's pooling, or None."""
     import io
-
-    from zsclip.zeroshot.classifier import pool_of, pooled_at
 
     pool = None  # how the text tower pools (zsclip.zeroshot.classifier.pool_of), where it runs trimmed
     if tower == "image":
@@ -110,7 +109,6 @@ class _TrimmedTextTower(torch.nn.Module):
         self.model = model
 
     def forward(self, tokens, positions):
-        from zsclip.zeroshot.classifier import trimmed_forward
 
         return trimmed_forward(self.model, tokens, positions)
 

@@ -18,10 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsclip.backends.int8 import builtin_images
+from zsclip.backends.int8 import builtin_images, threshold, uncertain
+from zsclip.backends.runtime import OnnxEncoder
 from zsclip.backends.sessions import machine
 from zsclip.core import atomic
 from zsclip.core.progress import log
+from zsclip.datasets import shapes
+from zsclip.pipeline.encode import encode_images
+from zsclip.zeroshot.classifier import encode_prompts
 from zsclip.zeroshot.similarity import probabilities, unit
 
 if TYPE_CHECKING:
@@ -103,11 +107,6 @@ def summary(results: dict) -> str:
 
 def measure(exports: Exports) -> dict[str, dict]:
     """Per backend: image throughput and top-1 agreement with torch on the probe."""
-    from zsclip.backends.int8 import threshold, uncertain
-    from zsclip.backends.runtime import OnnxEncoder
-    from zsclip.datasets import shapes
-    from zsclip.pipeline.encode import encode_images
-    from zsclip.zeroshot.classifier import encode_prompts
 
     model = exports.model
     pixels = builtin_images(model, PROBE_IMAGES)

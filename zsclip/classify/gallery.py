@@ -29,7 +29,8 @@ from urllib.parse import quote
 from zsclip.classify.sort import FolderNames
 from zsclip.core import atomic
 from zsclip.core.errors import UsageError
-from zsclip.core.locks import Lock
+from zsclip.core.locks import Lock, probe
+from zsclip.core.paths import check_output_dir
 from zsclip.core.wording import plural
 
 if TYPE_CHECKING:  # classify imports torch; a sink must not
@@ -48,14 +49,11 @@ ABSTAINED = "abstained"  # section key of images below --threshold (their label 
 def check_report_dir(directory: str | os.PathLike, resume: bool = False) -> None:
     """The checks of --report DIR that need no model. A folder holding an earlier gallery is replaced (or
     continued, with `resume`); any other folder with files in it is refused, so no one's files are mixed in."""
-    from zsclip.core.paths import check_output_dir
 
     root = check_output_dir(directory, "--report")  # a folder, or one that can be made, that takes files
     if root.is_dir() and not (root / RECORDS).exists() and any(p.name != LOCK for p in root.iterdir()):
         raise UsageError(f"--report {root}: the folder has files in it and no zsclip gallery; use a new folder")
     if root.is_dir():
-        from zsclip.core.locks import probe
-
         probe(root / LOCK, f"--report {root}")
 
 

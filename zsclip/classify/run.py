@@ -9,7 +9,6 @@ import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-
 from typing import TextIO
 
 from zsclip.classify.gallery import Gallery

@@ -8,9 +8,13 @@ from typing import Annotated
 
 import typer
 
+from zsclip.backends import Exports, prepare, require_onnxruntime
+from zsclip.backends.probe import BARS, remembered
 from zsclip.cli.common import choice, print_table, typer_app
 from zsclip.cli.options import OUTPUT, grouped, option
 from zsclip.core.errors import UsageError
+from zsclip.models import fingerprint_spec, list_models, load_model
+from zsclip.store.cache import PARTS, Cache, cache_dir, tree_bytes
 
 cache_app = typer_app("Inspect or clear the cache of text and image embeddings.")
 
@@ -56,7 +60,6 @@ def models_cmd(
     if backends is not None or prepare is not None:
         _backends(prepare if prepare is not None else backends, fmt, quiet, again=prepare is not None)
         return
-    from zsclip.models import list_models
 
     rows = [r for r in list_models() if r["available"] or not downloaded]
     if (fmt or ("table" if sys.stdout.isatty() else "jsonl")) == "jsonl":
@@ -73,10 +76,6 @@ def models_cmd(
 
 def _backends(spec: str, fmt: str | None, quiet: bool, again: bool) -> None:
     """The probe's measurement of `spec`: made now (`again`, --prepare), else the remembered one."""
-    from zsclip.backends import Exports, prepare, require_onnxruntime
-    from zsclip.backends.probe import BARS, remembered
-    from zsclip.models import load_model
-    from zsclip.store.cache import Cache
 
     option = "--prepare" if again else "--backends"
     if not spec.strip():
@@ -122,7 +121,6 @@ def _backends(spec: str, fmt: str | None, quiet: bool, again: bool) -> None:
 @cache_app.command("path")
 def cache_path() -> None:
     """Print the cache directory ($ZSCLIP_CACHE_DIR overrides it)."""
-    from zsclip.store.cache import cache_dir
 
     typer.echo(str(cache_dir()))
 
@@ -131,7 +129,6 @@ def cache_path() -> None:
 def cache_info() -> None:
     """The cache's size on disk, part by part (embeddings, ONNX exports, search snapshots, thumbnails, data sets),
     and the cached text and image embeddings and ONNX exports of each model."""
-    from zsclip.store.cache import PARTS, Cache, tree_bytes
 
     cache = Cache()
     entries = cache.info()
@@ -161,8 +158,6 @@ def cache_clear(
 ):
     """Delete cached embeddings, ONNX exports, search snapshots and thumbnails: all, or one model's embeddings and
     exports. Downloaded data sets are kept (remove the cache's datasets folder by hand)."""
-    from zsclip.models import fingerprint_spec
-    from zsclip.store.cache import Cache
 
     cache = Cache()
     before = cache.disk_usage()

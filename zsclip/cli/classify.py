@@ -9,6 +9,11 @@ from typing import Annotated
 
 import typer
 
+from zsclip.classify.gallery import Gallery, check_report_dir
+from zsclip.classify.output import OutputPlan, plan_output, resolved_inputs
+from zsclip.classify.predict import check_options
+from zsclip.classify.run import Counts, run
+from zsclip.classify.sort import Sorter, check_sort_target
 from zsclip.cli.common import (
     build_with_progress,
     engine_options,
@@ -36,11 +41,6 @@ from zsclip.cli.options import (
     grouped,
     option,
 )
-from zsclip.classify.gallery import Gallery, check_report_dir
-from zsclip.classify.output import OutputPlan, plan_output, resolved_inputs
-from zsclip.classify.predict import check_options
-from zsclip.classify.run import Counts, run
-from zsclip.classify.sort import Sorter, check_sort_target
 from zsclip.core import progress
 from zsclip.core.defaults import DEFAULT_MODEL, FORMATS
 from zsclip.core.errors import UsageError

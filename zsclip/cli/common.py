@@ -15,10 +15,15 @@ from typer.core import TyperGroup
 
 from zsclip.cli.options import Cluster, Limits, Speed, Store, Walk
 from zsclip.core import progress
+from zsclip.core.defaults import DEFAULT_MODEL
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.engines import ReadOptions, Runtime, check_engine
 from zsclip.engines.ray import RayOptions, require_ray
 from zsclip.engines.ray_output import contain_output
+from zsclip.fewshot import load_classifier
+from zsclip.fewshot.files import model_of
+from zsclip.store.cache import cache_dir
+from zsclip.zeroshot.classifier import build_classifier
 
 # Typer >= 0.29 vendors its own click; older releases raise click's exceptions.
 _CLICK_ERRORS = (click.ClickException, click.exceptions.Abort, getattr(typer, "TyperException", click.ClickException))
@@ -54,7 +59,6 @@ class Group(TyperGroup):
         except OSError as exc:  # a folder zsclip must write to that cannot take it (read-only, full, no access)
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
                 raise
-            from zsclip.store.cache import cache_dir
 
             where = exc.filename or "a file"
             cached = str(where).startswith(str(cache_dir()))
@@ -148,7 +152,6 @@ def read_options(speed: Speed, limits: Limits, store: Store | None = None, walk:
 def build_with_progress(clip, names, templates, cache, show: bool, quiet: bool = False):
     """Build the classifier; a progress bar appears only if prompts actually need encoding. Its notes (classes
     told apart by number, ...) go to stderr."""
-    from zsclip.zeroshot.classifier import build_classifier
 
     with contextlib.ExitStack() as stack:
         bars = []
@@ -181,7 +184,6 @@ def print_table(title: str | None, columns: list[str], rows: list[list[str]], ri
 
 def fitted_classifier(path, clip, quiet: bool):
     """--classifier FILE as the run's Classifier (refused with one line if made for other weights)."""
-    from zsclip.fewshot import load_classifier
 
     clf = load_classifier(path, clip)
     if not quiet:
@@ -192,8 +194,6 @@ def fitted_classifier(path, clip, quiet: bool):
 
 def model_for_classifier(model: str | None, classifier) -> str:
     """The model of a run with --classifier FILE and no --model of its own: the one the file was fitted with."""
-    from zsclip.core.defaults import DEFAULT_MODEL
-    from zsclip.fewshot.files import model_of
 
     if classifier is None or (model is not None and model != DEFAULT_MODEL):
         return model or DEFAULT_MODEL

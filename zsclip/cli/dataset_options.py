@@ -9,6 +9,9 @@ from typing import Annotated
 from zsclip.cli.options import INPUT, ClassnamesOpt, LimitOpt, Options, RootOpt, option
 from zsclip.core import progress
 from zsclip.core.errors import UsageError
+from zsclip.datasets import load_dataset
+from zsclip.evaluate.run import embed_dataset
+from zsclip.store.cache import Cache
 
 
 @dataclass
@@ -32,7 +35,6 @@ class Data(Options):
 
 def eval_data(dataset: str, data: Data, task: str | None = None):
     """The data set an eval-like command scores, checked before any model is loaded."""
-    from zsclip.datasets import load_dataset
 
     data.check()
     loaded = load_dataset(dataset, root=data.root_dir(), classnames=data.classnames, split=data.split, task=task)
@@ -44,7 +46,6 @@ def eval_data(dataset: str, data: Data, task: str | None = None):
 
 def embed_with_progress(clip, dataset, show: bool, quiet: bool, **read):
     """Image embeddings of a data set (reusing the store), with a progress bar and skip lines on stderr."""
-    from zsclip.evaluate.run import embed_dataset
 
     with progress.bar("encoding images", len(dataset.items), "img", show) as bar:
 
@@ -63,7 +64,6 @@ def embed_with_progress(clip, dataset, show: bool, quiet: bool, **read):
 
 def load_for_eval(model: str, device, backend, quiet: bool):
     """The model (switched to --backend) and the cache, for eval and fit."""
-    from zsclip.store.cache import Cache
 
     cache = Cache()
     return backend.load(model, device, cache, quiet), cache

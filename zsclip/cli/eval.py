@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from zsclip.classify.recheck import Recheck
 from zsclip.cli.common import (
     build_with_progress,
     choice,
@@ -21,6 +22,7 @@ from zsclip.cli.common import (
     read_options,
 )
 from zsclip.cli.dataset_options import Data, embed_with_progress, eval_data, load_for_eval
+from zsclip.cli.fit import parse_shots, shot_curve_cmd
 from zsclip.cli.options import (
     INPUT,
     MODEL,
@@ -40,7 +42,15 @@ from zsclip.cli.options import (
 from zsclip.core import progress
 from zsclip.core.defaults import DEFAULT_MODEL
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.paths import check_output_dir
 from zsclip.core.wording import plural
+from zsclip.evaluate.grid import GridOptions, read_lines, retrieval_data, summarise, task_of
+from zsclip.evaluate.leaderboard import board, run_grid_report, short
+from zsclip.evaluate.recall import evaluate_retrieval, summary_dict
+from zsclip.evaluate.recall_report import write_retrieval_report
+from zsclip.evaluate.report import write_report
+from zsclip.evaluate.run import resolve_dataset_templates, score, summary
+from zsclip.fewshot import METHODS, shots_among
 
 DatasetArg = Annotated[
     list[str] | None,
@@ -103,7 +113,6 @@ class FewShot(Options):
             raise UsageError(f"--seeds {self.seeds}: must be at least 1")
 
     def methods(self) -> list[str]:
-        from zsclip.fewshot import METHODS
 
         if self.method.strip() == "all":
             return list(METHODS)
@@ -171,7 +180,6 @@ def eval_cmd(
 
     Several data sets and/or models run every pair (each model loaded once); with --report DIR the grid writes
     results.jsonl/results.csv, leaderboard.html and a report per pair, and a rerun fills in only what is missing."""
-    from zsclip.evaluate.grid import read_lines
 
     choice("--format", out.fmt, ("table", "json"))
     backend.check()
@@ -183,8 +191,6 @@ def eval_cmd(
     if not datasets:
         raise UsageError("no data set given: name one (eval cifar10) or give --datasets FILE")
     if out.report:
-        from zsclip.core.paths import check_output_dir
-
         check_output_dir(out.report, "--report")
     data.check()  # a grid reads its data sets later, past eval_data
     grid = len(models) * len(datasets) > 1 or models_file or datasets_file
@@ -200,7 +206,6 @@ def eval_cmd(
 
 def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, device, backend, read, quiet) -> None:
     """eval --shots (the curve) or eval --classifier FILE (a fitted classifier scored like zero-shot)."""
-    from zsclip.cli.fit import parse_shots, shot_curve_cmd
 
     shots = parse_shots(fewshot.shots) if fewshot.shots else None
     loaded = eval_data(dataset, data, "classification")
@@ -214,7 +219,6 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
             f"--classifier {classifier}: its classes ({', '.join(clf.classnames[:4])}, ...) are not {loaded.name}'s "
             f"({', '.join(loaded.classnames[:4])}, ...) in the same order"
         )
-    from zsclip.fewshot import shots_among
 
     fitted = clf.head.meta
     among = shots_among(fitted, (path for path, _ in loaded.items))
@@ -229,7 +233,6 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
 
 
 def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, device, backend, read, quiet: bool):
-    from zsclip.evaluate.grid import retrieval_data, task_of
 
     if task_of(dataset, task, data.root_dir(), data.split) == "retrieval":
         captions, ks = retrieval_data(dataset, recall_k, root=data.root_dir(), split=data.split)
@@ -246,9 +249,6 @@ def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, 
 
 
 def _classification(clip, cache, data, templates, out: Report, quiet: bool, read: dict, clf=None) -> None:
-    from zsclip.classify.recheck import Recheck
-    from zsclip.evaluate.report import write_report
-    from zsclip.evaluate.run import resolve_dataset_templates, score, summary
 
     show = progress.enabled(quiet)
     for note in data.notes if not quiet else []:
@@ -280,7 +280,6 @@ def _classification(clip, cache, data, templates, out: Report, quiet: bool, read
 
 
 def _grid_options(templates: str, task: str | None, recall_k: str, data: Data, speed: Speed):
-    from zsclip.evaluate.grid import GridOptions
 
     return GridOptions(
         templates=templates,
@@ -295,8 +294,6 @@ def _grid_options(templates: str, task: str | None, recall_k: str, data: Data, s
 
 
 def _grid(models, datasets, options, out: Report, device, backend, read, quiet: bool) -> None:
-    from zsclip.evaluate.grid import summarise
-    from zsclip.evaluate.leaderboard import board, run_grid_report, short
 
     def started(row: dict) -> None:
         if not quiet:
@@ -336,8 +333,6 @@ def _grid(models, datasets, options, out: Report, device, backend, read, quiet: 
 def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, quiet: bool, **options) -> None:
     """The rest of `zsclip eval --task retrieval` once the model is loaded: `options` are eval's reading options
     (batch_size, workers, store, exact, max_pixels, file_timeout)."""
-    from zsclip.evaluate.recall import evaluate_retrieval, summary_dict
-    from zsclip.evaluate.recall_report import write_retrieval_report
 
     with progress.bar("encoding images", len(data.images), "img", progress.enabled(quiet)) as bar:
         result = evaluate_retrieval(

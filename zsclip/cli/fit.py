@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from zsclip.classify.output import lock_path
+from zsclip.classify.recheck import fp32_of
 from zsclip.cli.common import build_with_progress, choice, echo, print_table, read_options
 from zsclip.cli.dataset_options import Data, embed_with_progress, eval_data, load_for_eval
 from zsclip.cli.options import (
@@ -29,7 +31,13 @@ from zsclip.cli.options import (
 from zsclip.core import progress
 from zsclip.core.defaults import DEFAULT_MODEL
 from zsclip.core.errors import UsageError
+from zsclip.core.locks import Lock
+from zsclip.core.paths import check_output_file
 from zsclip.core.wording import plural
+from zsclip.evaluate.run import resolve_dataset_templates
+from zsclip.fewshot import METHODS, draw_shots, fit_embedded, save, shot_curve
+from zsclip.fewshot.files import check_replaceable
+from zsclip.fewshot.report import write_curve
 
 CURVE_LOCK = ".zsclip-curve.lock"  # one eval --shots at a time writes a --report folder (zsclip.core.locks)
 METHOD_HELP = "linear-probe (logistic regression), tip-adapter (training-free cache) or prototype (class means)."
@@ -76,12 +84,6 @@ def fit_cmd(
     Writes one file (the head's arrays and its metadata: model, classes, templates, method, shots, seed,
     hyper-parameters, held-out accuracy) that classify, eval, search and serve take with --classifier FILE.
     Prints the fit as JSON."""
-    from zsclip.classify.output import lock_path
-    from zsclip.classify.recheck import fp32_of
-    from zsclip.core.locks import Lock
-    from zsclip.core.paths import check_output_file
-    from zsclip.fewshot import METHODS, fit_embedded, save
-    from zsclip.fewshot.files import check_replaceable
 
     choice("--method", method, METHODS)
     if shots < 1:
@@ -129,7 +131,6 @@ def fit_cmd(
 
 
 def _text_classifier(clip, cache, loaded, templates: str, show: bool, quiet: bool):
-    from zsclip.evaluate.run import resolve_dataset_templates
 
     chosen = resolve_dataset_templates(templates, loaded, clip)
     return build_with_progress(clip, loaded.classnames, chosen, cache, show, quiet)
@@ -148,9 +149,6 @@ def parse_shots(value: str) -> list[int]:
 def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: bool, read: dict) -> None:
     """`eval --shots`: the few-shot curve on one data set (`curve`: shots, methods, seeds), one per method, printed
     (and with --report written with its plot)."""
-    from zsclip.classify.recheck import fp32_of
-    from zsclip.core.locks import Lock
-    from zsclip.fewshot import draw_shots, shot_curve
 
     if out.report:  # two curves writing one folder would leave one's plot beside the other's table
         Path(out.report).mkdir(parents=True, exist_ok=True)
@@ -167,8 +165,6 @@ def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: boo
                 rows += points if not rows else points[1:]  # zero-shot once: every method draws the same shots
         title = f"{loaded.name} · {clip.spec} · {', '.join(methods)}; {plural(seeds, 'seed')}"
         if out.report:
-            from zsclip.fewshot.report import write_curve
-
             about = {"model": clip.spec, "dataset": loaded.name, "images": len(embedded.paths)}
             write_curve(rows, out.report, title, about)
         if out.fmt == "json":

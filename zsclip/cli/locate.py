@@ -26,7 +26,12 @@ from zsclip.cli.options import (
 from zsclip.core import progress
 from zsclip.core.defaults import DEFAULT_MODEL
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.paths import check_output_dir, check_output_file
 from zsclip.core.wording import plural
+from zsclip.store.cache import Cache
+from zsclip.video import check_available
+from zsclip.video.locate import FORMATS, check_min_score, check_options, found_rule, locate, read_text_file
+from zsclip.video.report import render, write_plot, write_report
 
 
 @dataclass
@@ -84,8 +89,6 @@ def locate_cmd(
     quiet: Quiet,
 ) -> None:
     """Find where each text happens in each video, without training: frame-text similarity curves -> segments."""
-    from zsclip.core.paths import check_output_dir, check_output_file
-    from zsclip.video.locate import FORMATS, check_min_score, check_options, read_text_file
 
     texts = [*(text or []), *(read_text_file(text_file) if text_file else [])]
     texts = check_options(texts, find.fps, find.min_seconds, find.max_seconds, find.top, find.ordered)
@@ -106,9 +109,6 @@ def locate_cmd(
 
 def _locate(videos, texts, model, templates, batch_size, find: Segments, runtime, store: bool, quiet: bool):
     """One LocateResult per video that can be read (a single video that cannot is the run's error)."""
-    from zsclip.store.cache import Cache
-    from zsclip.video import check_available
-    from zsclip.video.locate import locate
 
     check_available()
     cache = Cache()
@@ -149,8 +149,6 @@ def _locate(videos, texts, model, templates, batch_size, find: Segments, runtime
 
 
 def _write(found, out: Written, min_score: float | None, quiet: bool) -> None:
-    from zsclip.video.locate import found_rule
-    from zsclip.video.report import render, write_plot, write_report
 
     missing = [(r.video, s.text) for r in found for s in r.segments if not s.found]
     if missing and not quiet:

@@ -21,9 +21,13 @@ from typing import Annotated
 
 import typer
 
+from zsclip.backends import backend_option, load_model
+from zsclip.backends.int8 import USER_IMAGES
 from zsclip.core.defaults import BACKENDS, PRECISIONS
 from zsclip.core.errors import UsageError
 from zsclip.core.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS
+from zsclip.pipeline.images import sample_pixels
+from zsclip.pipeline.sources import parse_shard
 
 INPUT, MODEL, OUTPUT, SPEED, CLUSTER = "Input", "Model", "Output", "Speed", "Cluster"
 
@@ -134,19 +138,14 @@ class Backend(Options):
 
     def check(self) -> Backend:
         if self.backend is not None and self.backend not in BACKENDS:
-            from zsclip.backends import backend_option
-
             raise UsageError(f"{backend_option(self.backend)}: use one of {', '.join(BACKENDS)}")
         return self
 
     def load(self, spec: str, device: Device, cache=None, quiet: bool = False, sources=None, lazy: bool = True):
         """The model on --device, switched to --backend (zsclip.backends.load_model, the one place that decides);
         an int8 tower's label check is calibrated on the run's own images (`sources`) where it has to be made."""
-        from zsclip.backends import load_model
 
         def calibration(clip):
-            from zsclip.backends.int8 import USER_IMAGES
-            from zsclip.pipeline.images import sample_pixels
 
             return sample_pixels(sources, clip.preprocess.geometry, USER_IMAGES)
 
@@ -292,7 +291,6 @@ class Shard(Options):
     ] = None
 
     def parsed(self) -> tuple[int, int] | None:
-        from zsclip.pipeline.sources import parse_shard
 
         return parse_shard(self.shard)
 

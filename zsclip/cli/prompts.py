@@ -12,7 +12,11 @@ from zsclip.cli.dataset_options import Data, embed_with_progress, eval_data
 from zsclip.cli.options import OUTPUT, Backend, Cluster, Device, Limits, ModelOpt, Quiet, Speed, Store, grouped, option
 from zsclip.core import progress
 from zsclip.core.defaults import DEFAULT_MODEL
+from zsclip.core.paths import check_output_dir
 from zsclip.core.wording import plural
+from zsclip.evaluate.report import write_comparison
+from zsclip.evaluate.run import compare_templates
+from zsclip.zeroshot.prompts import list_template_sets, load_templates
 
 app = typer_app("List, show and compare prompt template sets.")
 
@@ -20,7 +24,6 @@ app = typer_app("List, show and compare prompt template sets.")
 @app.command("list")
 def prompts_list() -> None:
     """The shipped template sets: name, size and description."""
-    from zsclip.zeroshot.prompts import list_template_sets
 
     for s in list_template_sets():
         echo(f"{s.name}\t{len(s.templates)}\t{s.description}")
@@ -32,7 +35,6 @@ def prompts_show(
     classname: Annotated[str | None, typer.Option("--class", help="Expand the templates for this class.")] = None,
 ) -> None:
     """Print a template set, one template per line (expanded for --class)."""
-    from zsclip.zeroshot.prompts import load_templates
 
     template_set = load_templates(name)
     for line in template_set.expand(classname) if classname else template_set.templates:
@@ -65,7 +67,6 @@ def prompts_compare(
     cluster: Cluster,
 ) -> None:
     """Score several template sets on one data set, encoding the images once; best first."""
-    from zsclip.zeroshot.prompts import load_templates
 
     names = [s.strip() for s in sets.split(",") if s.strip()] if sets else None
     for n in names or []:
@@ -73,16 +74,12 @@ def prompts_compare(
     backend.check()
     read = {**read_options(speed, limits, store), **engine_options(cluster)}
     if report:
-        from zsclip.core.paths import check_output_dir
-
         check_output_dir(report, "--report")
     data = eval_data(dataset, data)
     _compare(model, data, names, per_template, report, device, backend, read, quiet.quiet)
 
 
 def _compare(model, data, names, per_template, report, device, backend, read, quiet: bool) -> None:
-    from zsclip.evaluate.report import write_comparison
-    from zsclip.evaluate.run import compare_templates
 
     show = progress.enabled(quiet)
     clip = backend.load(model, device, quiet=quiet)

@@ -11,8 +11,17 @@ from typing import Annotated
 
 import typer
 
-from zsclip.classify.output import format_for_path
-from zsclip.cli.common import choice, echo, engine_options, model_for_classifier, read_options, results
+from zsclip.classify.output import FailuresLog, format_for_path
+from zsclip.classify.predict import Skipped
+from zsclip.cli.common import (
+    choice,
+    echo,
+    engine_options,
+    fitted_classifier,
+    model_for_classifier,
+    read_options,
+    results,
+)
 from zsclip.cli.options import (
     INPUT,
     MODEL,
@@ -34,7 +43,13 @@ from zsclip.cli.options import (
 from zsclip.core import atomic, progress
 from zsclip.core.defaults import DEFAULT_MODEL, FORMATS
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.paths import check_output_dir, check_output_file
 from zsclip.core.wording import all_skipped, plural
+from zsclip.evaluate.recall_report import write_hits, write_search_report
+from zsclip.pipeline.sources import check_sources, count_candidates, expand_sources
+from zsclip.retrieval.parquet import check_export_dir, export_embeddings, read_export, search_embeddings
+from zsclip.retrieval.search import Hit, check_search_options, class_search, index, query_vector, search
+from zsclip.store.cache import Cache
 
 PathsArg = Annotated[
     list[str], typer.Argument(help="Image files, folders, or @list.txt files of paths.", show_default=False)
@@ -44,9 +59,6 @@ FailuresOpt = Annotated[Path | None, option(panel=OUTPUT, help="Write skipped fi
 
 def _index_with_progress(clip, sources, show: bool, quiet: bool, failures: Path | None, **options):
     """zsclip.index with a progress bar, skipped files on stderr and in --failures; returns the IndexResult."""
-    from zsclip.classify.output import FailuresLog
-    from zsclip.pipeline.sources import count_candidates
-    from zsclip.retrieval.search import index
 
     with progress.bar("indexing", None, "img", show) as bar:
         if bar:
@@ -64,8 +76,6 @@ def _index_with_progress(clip, sources, show: bool, quiet: bool, failures: Path 
         for path, reason in result.skipped:
             progress.log(f"skipped {path}: {reason}")
     if failures:
-        from zsclip.classify.predict import Skipped
-
         with FailuresLog(failures) as log:
             for path, reason in result.skipped:
                 log.write(Skipped(path, reason))
@@ -102,26 +112,19 @@ def index_cmd(
 
     Incremental: only new or changed files are encoded; moved or renamed files are found by content hash. Prints
     the counts as JSON: indexed, new, reused, changed, moved, skipped, missing (stored, file gone), pruned."""
-    from zsclip.core.paths import check_output_file
-    from zsclip.pipeline.sources import check_sources
 
     options = {**read_options(speed, limits, walk=walk), **engine_options(cluster), "shard": shard.parsed()}
     if failures is not None:
         failures = check_output_file(failures, "--failures")
     if embeddings_out is not None:
-        from zsclip.retrieval.parquet import check_export_dir
-
         check_export_dir(embeddings_out)
     sources = check_sources(paths, walk.recursive)
-    from zsclip.store.cache import Cache
 
     backend.check()
     cache = Cache()
     clip = backend.load(model, device, cache, quiet.quiet)
     quiet = quiet.quiet
     if embeddings_out is not None:
-        from zsclip.retrieval.parquet import export_embeddings
-
         written = export_embeddings(clip, sources, embeddings_out, cache=cache, **options)
         echo(json.dumps({"embeddings": written, "out": str(embeddings_out)}))
         if not quiet:
@@ -185,8 +188,6 @@ class Hits(Options):
 
     def check(self) -> Hits:
         """The usage errors of these options, before any model loads; fills in the format."""
-        from zsclip.core.paths import check_output_dir, check_output_file
-        from zsclip.retrieval.search import check_search_options
 
         choice("--format", self.fmt, FORMATS)
         check_search_options(self.top, self.threshold)
@@ -246,7 +247,6 @@ def search_cmd(
 
     Images under PATH that are not indexed yet are indexed first. Query arithmetic: "dog" --add beach
     --subtract people."""
-    from zsclip.pipeline.sources import expand_sources
 
     if ask.image is not None and query is not None:  # with --image every positional argument is a PATH
         query, paths = None, [query, *(paths or [])]
@@ -258,8 +258,6 @@ def search_cmd(
     if embeddings is not None and paths:
         raise UsageError("--embeddings searches the whole export; a PATH does not apply (leave it out)")
     if embeddings is not None:
-        from zsclip.retrieval.parquet import read_export
-
         model = model or read_export(embeddings).spec  # the vectors' own model, recorded in the export
     sources = expand_sources(paths or ["."]) if embeddings is None else []
     if classifier is not None:
@@ -272,9 +270,6 @@ def search_cmd(
 
 
 def _search(query, paths, sources, model, embeddings, approximate, ask: Query, hits: Hits, runtime, read, quiet):
-    from zsclip.evaluate.recall_report import write_search_report
-    from zsclip.retrieval.search import query_vector
-    from zsclip.store.cache import Cache
 
     cache = Cache()
     device, backend = runtime
@@ -315,7 +310,6 @@ def _search(query, paths, sources, model, embeddings, approximate, ask: Query, h
 
 def _write_hits(found, hits: Hits) -> None:
     """The hits to --output FILE (whole, or not at all) or stdout, in --format."""
-    from zsclip.evaluate.recall_report import write_hits
 
     with (
         atomic.atomic_open(hits.output, "w", encoding="utf-8", newline="")
@@ -326,9 +320,6 @@ def _write_hits(found, hits: Hits) -> None:
 
 
 def _class_search(label, classifier, paths, sources, model, hits: Hits, runtime, read, quiet: bool) -> None:
-    from zsclip.cli.common import fitted_classifier
-    from zsclip.retrieval.search import class_search
-    from zsclip.store.cache import Cache
 
     cache = Cache()
     device, backend = runtime
@@ -347,7 +338,6 @@ def _class_search(label, classifier, paths, sources, model, hits: Hits, runtime,
 
 def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, **options):
     """Index what is new under the sources (one line for the files that cannot be read), then search the store."""
-    from zsclip.retrieval.search import search
 
     indexed = _index_with_progress(clip, sources, progress.enabled(quiet), True, None, **options)
     if not quiet:
@@ -365,8 +355,6 @@ def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, 
 
 
 def _search_parquet(directory: Path, query, top: int, threshold: float | None, fingerprint: str):
-    from zsclip.retrieval.parquet import search_embeddings
-    from zsclip.retrieval.search import Hit
 
     found = search_embeddings(directory, query, top=top, fingerprint=fingerprint)
     kept = [h for h in found if threshold is None or h.score >= threshold]

@@ -25,7 +25,11 @@ from zsclip.cli.options import (
 from zsclip.core import progress
 from zsclip.core.defaults import DEFAULT_MODEL
 from zsclip.core.errors import UsageError, ZsclipError
-from zsclip.serve.guard import is_loopback
+from zsclip.fewshot import load_classifier
+from zsclip.pipeline.sources import check_sources
+from zsclip.serve.guard import Guard, is_loopback
+from zsclip.serve.library import Library
+from zsclip.store.cache import Cache
 
 PIP = "pip install 'zsclip[serve]'"
 
@@ -96,7 +100,6 @@ def serve_cmd(
         raise UsageError(f"--reports {reports}: not a folder")
     backend.check()
     model = model_for_classifier(model, classifier)
-    from zsclip.pipeline.sources import check_sources
 
     read = read_options(speed, limits, walk=walk)
     sources = check_sources(paths, walk.recursive)
@@ -117,15 +120,10 @@ def _serve(sources, model, host, port, open_browser, rescan, access, device, bac
     import uvicorn
 
     from zsclip.serve.app import make_app
-    from zsclip.serve.guard import Guard
-    from zsclip.serve.library import Library
-    from zsclip.store.cache import Cache
 
     cache = Cache()
     clip = backend.load(model, device, cache, False, sources, lazy=False)
     if site["classifier"] is not None:
-        from zsclip.fewshot import load_classifier
-
         site["classifier"] = load_classifier(site["classifier"], clip)
     library = Library(clip, [p for p, _ in sources], str(cache.directory), **read)
     token, no_token = access

@@ -16,6 +16,8 @@ from zsclip.cli.options import INPUT, MODEL, OUTPUT, SPEED, Options, Quiet, grou
 from zsclip.core import progress
 from zsclip.core.errors import UsageError
 from zsclip.core.wording import plural
+from zsclip.datasets.shapes import HELD_OUT, write_dataset
+from zsclip.zeroshot.prompts import load_templates
 
 TRAINING = "Training"
 
@@ -34,7 +36,6 @@ def data_shapes(
     eval_per_class: Annotated[int, option(panel=OUTPUT, help="Eval images per composition (36 compositions).")] = 30,
 ) -> None:
     """Coloured shapes with varied captions; six colour-shape pairings never appear in any training caption."""
-    from zsclip.datasets.shapes import HELD_OUT, write_dataset
 
     if n < 1 or size < 16 or eval_per_class < 0:
         raise UsageError("--n must be >= 1, --size >= 16 and --eval-per-class >= 0")
@@ -108,7 +109,6 @@ def train_cmd(
 ) -> None:
     """Train a CLIP model contrastively on image-caption pairs (the CLIP recipe, small)."""
     from zsclip.train import TrainConfig, train
-    from zsclip.zeroshot.prompts import load_templates
 
     show = progress.enabled(quiet.quiet)
     if resume is not None:

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 
-from zsclip.zeroshot.prompts import check_classnames
+from zsclip.zeroshot.prompts import check_classnames, read_classes_file
 
 
 @dataclass
@@ -54,7 +54,6 @@ def classnames_option(value: str) -> list[str]:
     names = builtin_classnames(value)
     if names is not None:
         return names
-    from zsclip.zeroshot.prompts import read_classes_file
 
     return read_classes_file(value, "--classnames")
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zsclip.core.errors import UsageError
+from zsclip.datasets.webdataset import load_wds
 
 
 @dataclass
@@ -25,8 +26,6 @@ def load_captions(data: str | os.PathLike, *, root: str | None = None, split: st
     `wds/NAME`: images are shard members, see zsclip.wds)."""
     spec = str(data)
     if spec.startswith(("wds:", "wds/")):
-        from zsclip.datasets.webdataset import load_wds
-
         shards = load_wds(spec, root=root, split=split, task="retrieval")
         return CaptionData(shards.name, shards.source, shards.images, shards.captions, shards.caption_image)
     path = Path(spec[4:] if spec.startswith("csv:") else spec).expanduser()

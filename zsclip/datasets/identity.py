@@ -8,6 +8,7 @@ from pathlib import Path
 
 from zsclip.datasets.local import csv_files
 from zsclip.datasets.named import ALIASES, on_disk
+from zsclip.store.identity import files_identity, manifest_digest, tree_identity
 
 
 def dataset_identity(
@@ -23,7 +24,6 @@ def dataset_identity(
     split's shards and its text files, a named set by the copy on disk it would be read from; plus the
     --classnames and --templates files it is scored with. Computed from stat alone, before any model loads: a
     file changed inside a class folder, a shard rewritten, a row of a CSV edited all give another identity."""
-    from zsclip.store.identity import files_identity, manifest_digest, tree_identity
 
     parts: list[tuple] = [("name", name)]
     for option, value in (("classnames", classnames), ("templates", templates)):

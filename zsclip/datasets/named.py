@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zsclip.core.errors import ZsclipError
+from zsclip.core.progress import bar, enabled
 from zsclip.datasets.base import EvalDataset, builtin_classnames
 from zsclip.store.cache import cache_dir
 
@@ -99,7 +100,6 @@ def looks_ready(key: str, folder: Path) -> bool:
 
 
 def _download(key: str, remote: Remote, archive: Path) -> None:
-    from zsclip.core.progress import bar, enabled
 
     archive.parent.mkdir(parents=True, exist_ok=True)
     partial = archive.with_suffix(archive.suffix + ".part")

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from zsclip.engines.base import ENGINES, EmbeddedBatch, Engine, ReadOptions, Runtime, check_engine, reading
+from zsclip.engines.local import LocalEngine
+from zsclip.engines.ray import RayEngine
 
 if TYPE_CHECKING:
     from zsclip.models import ClipModel
@@ -31,10 +33,7 @@ def engine_for(runtime: Runtime | None = None) -> Engine:
     """The executor `runtime` names: the local engine, or Ray (configured by runtime.ray)."""
     runtime = runtime or Runtime()
     if check_engine(runtime.engine) == "ray":
-        from zsclip.engines.ray import RayEngine  # imports nothing heavy, but the CLI never needs it unasked
-
         return RayEngine(runtime.ray)
-    from zsclip.engines.local import LocalEngine
 
     return LocalEngine()
 

@@ -28,9 +28,18 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from zsclip.core.errors import UsageError
+from zsclip.backends import load_model
+from zsclip.core import progress
+from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.core.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS
 from zsclip.engines.base import EmbeddedBatch, ReadOptions
+from zsclip.models import resolve_precision, vector_key_for
+from zsclip.pipeline.encode import draft_size, encode_images
+from zsclip.pipeline.images import SkipFile, check_file, decode_image, time_limit
+from zsclip.pipeline.sources import has_image_extension, is_uri, looks_like_image, uri_filesystem, walk
+from zsclip.store.cache import Cache
+from zsclip.store.embeddings import ImageStore, variant_key
+from zsclip.store.identity import FileIdentity
 
 INSTALL = 'pip install "zsclip[ray]"'
 # A decode task's process: Python, torch, torchvision and PIL imported (measured peak 555 MiB with batches of 32
@@ -77,7 +86,6 @@ def cluster(options: RayOptions) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    from zsclip.core import progress
 
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     progress.log(f"ray: connecting to {address}" if address else "ray: starting a local cluster for this run")
@@ -100,8 +108,6 @@ def cluster(options: RayOptions) -> Iterator[None]:
 
 def read_file(path: str) -> tuple[bytes, int, int]:
     """(bytes, size, mtime_ns) of a local file or a URI; SkipFile with the reason when it cannot be read."""
-    from zsclip.pipeline.images import SkipFile, check_file
-    from zsclip.pipeline.sources import is_uri, uri_filesystem
 
     if not is_uri(path):
         check_file(path)
@@ -136,8 +142,6 @@ class Decode:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        from zsclip.pipeline.images import SkipFile, decode_image, time_limit
-
         n = len(batch["path"])
         pixels = np.zeros((n, *self.shape), dtype=np.uint8)  # a skipped row keeps zeros; it is never encoded
         reasons, hashes, sizes, mtimes = [""] * n, [""] * n, np.zeros(n, np.int64), np.zeros(n, np.int64)
@@ -168,10 +172,6 @@ class Embedder:
     ) -> None:
         import numpy as np
 
-        from zsclip.backends import load_model
-        from zsclip.core.errors import ZsclipError
-        from zsclip.pipeline.encode import encode_images
-
         self.model = load_model(spec, device=device, precision=precision, backend=backend, show=False)
         if self.model.fingerprint != fingerprint:
             raise ZsclipError(
@@ -182,8 +182,6 @@ class Embedder:
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
-
-        from zsclip.pipeline.encode import encode_images
 
         ok = np.array([not r for r in batch["reason"]], dtype=bool)
         vectors = np.zeros((len(ok), self.dim), dtype=np.float32)
@@ -230,7 +228,6 @@ class RayEngine:
 
 
 def _draft_size(model) -> int:
-    from zsclip.pipeline.encode import draft_size
 
     return draft_size(model)
 
@@ -240,9 +237,6 @@ def _open_store(model, read: ReadOptions, plan: dict, draft: int | None):
     None."""
     if not read.store:
         return None
-    from zsclip.models import vector_key_for
-    from zsclip.store.cache import Cache
-    from zsclip.store.embeddings import ImageStore, variant_key
 
     key = vector_key_for(plan["precision"], plan["backend"])
     return ImageStore.open(read.cache or Cache(), model.fingerprint, variant_key(key, model.preprocess_key, draft))
@@ -252,7 +246,6 @@ def _walk(sources, read: ReadOptions, store):
     """(entries in walk order, {index: stored vector}, {index: stat key to store a new vector under}): the
     driver's store lookup by the full stat identity, so the driver never reads a file; what the cluster encodes
     is stored under the identity the driver saw, if the bytes read were of it."""
-    from zsclip.pipeline.sources import has_image_extension, is_uri, looks_like_image, walk
 
     entries = [
         path
@@ -274,8 +267,6 @@ def _walk(sources, read: ReadOptions, store):
 def _batch(model, entries, indices, stored, storable, rows) -> tuple[EmbeddedBatch, list]:
     """One EmbeddedBatch of the walk's `indices`, and the (identity, vector) rows to store."""
     import numpy as np
-
-    from zsclip.store.identity import FileIdentity
 
     paths, vectors, hashes, skipped, skipped_at, fresh, encoded = [], [], [], [], [], [], []
     for i in indices:
@@ -310,7 +301,6 @@ def _batch(model, entries, indices, stored, storable, rows) -> tuple[EmbeddedBat
 def _failing_in_one_line(batches):
     """The batches; a run that fails on the cluster (a model actor that cannot start, a task that keeps dying) is
     one ZsclipError line naming the cause, not Ray's traceback."""
-    from zsclip.core.errors import ZsclipError
 
     try:
         yield from batches
@@ -343,8 +333,6 @@ def _lookup(image_store, path: str):
 def _plan(model, options: RayOptions) -> dict:
     """Actors, resources, device and precision, from the options and the cluster's GPUs."""
     import ray
-
-    from zsclip.models import resolve_precision
 
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
     gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if cluster_gpus else 0.0)

@@ -15,10 +15,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from zsclip.backends import load_model
+from zsclip.classify.recheck import Recheck
 from zsclip.core import progress
-from zsclip.engines import ReadOptions, Runtime
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.locks import Lock
 from zsclip.core.wording import plural
+from zsclip.datasets import captions_file, dataset_identity, load_captions, load_dataset, wds_task
+from zsclip.engines import ReadOptions, Runtime
+from zsclip.evaluate.recall import RetrievalResult, check_recall_k, evaluate_retrieval, summary_dict
+from zsclip.evaluate.run import embed_dataset, resolve_dataset_templates, score, summary
+from zsclip.models import fingerprint_spec
+from zsclip.store.cache import Cache
+from zsclip.zeroshot.classifier import build_classifier
 
 RESULTS = "results.jsonl"
 LOCK = ".zsclip-grid.lock"
@@ -53,7 +62,6 @@ def dataset_key(name: str, options: GridOptions) -> str:
     """What a data set name stands for in a resume key: its identity now (zsclip.datasets.dataset_identity: the
     files it is made of, by the identity rule), so a data set whose images changed, from another working
     directory or not, is scored again rather than resumed from a row made from other files."""
-    from zsclip.datasets import dataset_identity
 
     templates = options.templates if options.templates != "default" else None
     return dataset_identity(
@@ -112,9 +120,9 @@ def run_grid(
 ) -> list[dict]:
     """Score every (model, data set) pair; rows in the order of the grid, each appended to results.jsonl in
     `report` as it finishes (a rerun resumes from there). `evaluate_pair(clip, dataset, options, folder, cache,
-    read, runtime)` returns a row's summary (default: score_pair, which writes no pair report; zsclip.evaluate.leaderboard's
+    read, runtime)` returns a row's summary (default: score_pair, which writes no pair report;
+    zsclip.evaluate.leaderboard's
     report_pair writes one into `folder`)."""
-    from zsclip.store.cache import Cache
 
     evaluate_pair = evaluate_pair or score_pair
     cache = Cache()
@@ -124,20 +132,18 @@ def run_grid(
     options.backend = backend
     lock = None
     if report is not None:
-        from zsclip.core.locks import Lock
-
         report.mkdir(parents=True, exist_ok=True)
         lock = Lock(report / LOCK, f"--report {report}").acquire()  # one grid at a time writes results.jsonl
     try:
-        return _run(models, datasets, options, report, device, precision, backend, (read, runtime), evaluate_pair, on_row, cache)
+        return _run(
+            models, datasets, options, report, device, precision, backend, (read, runtime), evaluate_pair, on_row, cache
+        )
     finally:
         if lock is not None:
             lock.release()
 
 
 def _run(models, datasets, options, report, device, precision, backend, read, evaluate_pair, on_row, cache):
-    from zsclip.backends import load_model
-    from zsclip.models import fingerprint_spec
 
     done = done_pairs(report, options)
     rows: list[dict] = []
@@ -192,14 +198,8 @@ def _run(models, datasets, options, report, device, precision, backend, read, ev
 def pair_result(clip, name: str, options: GridOptions, cache, read: ReadOptions, runtime: Runtime | None = None):
     """Score one pair: an EvalResult for a classification data set, a RetrievalResult for a caption set."""
     if task_of(name, options.task, options.root, options.split) == "retrieval":
-        from zsclip.evaluate.recall import evaluate_retrieval
-
         data, ks = retrieval_data(name, options.recall_k, root=options.root, split=options.split)
         return evaluate_retrieval(clip, data, ks, read.but(exact=options.exact), runtime)
-    from zsclip.classify.recheck import Recheck
-    from zsclip.datasets import load_dataset
-    from zsclip.evaluate.run import embed_dataset, resolve_dataset_templates, score
-    from zsclip.zeroshot.classifier import build_classifier
 
     data = load_dataset(
         name, root=options.root, classnames=options.classnames, split=options.split, task=options.task
@@ -215,8 +215,6 @@ def score_pair(
     clip, name: str, options: GridOptions, folder: Path | None, cache, read: ReadOptions, runtime: Runtime | None = None
 ) -> dict:
     """A pair's summary (its metrics), with no report written (`folder` is not used)."""
-    from zsclip.evaluate.recall import RetrievalResult, summary_dict
-    from zsclip.evaluate.run import summary
 
     result = pair_result(clip, name, options, cache, read, runtime)
     if isinstance(result, RetrievalResult):
@@ -229,20 +227,14 @@ def task_of(name: str, task: str | None, root: str | None = None, split: str = "
     captions layout (a CSV with filepath and caption columns, or a folder holding one as captions.csv), else
     classification."""
     if task is None and name.startswith(("wds:", "wds/")):
-        from zsclip.datasets import wds_task
-
         return wds_task(name, root=root, split=split)
     if task is None:
-        from zsclip.datasets import captions_file
-
         return "retrieval" if captions_file(name) is not None else "classification"
     return task
 
 
 def retrieval_data(dataset: str, recall_k: str, *, root: str | None = None, split: str = "test"):
     """A captions data set and the K of recall@K (`--recall-k 1,5,10`), checked: (CaptionData, [K...])."""
-    from zsclip.datasets import load_captions
-    from zsclip.evaluate.recall import check_recall_k
 
     try:
         ks = check_recall_k([int(k) for k in recall_k.split(",") if k.strip()])

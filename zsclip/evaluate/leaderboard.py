@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsclip.core import atomic
+from zsclip.core.plots import figure_png, pyplot
 from zsclip.core.wording import plural
+from zsclip.evaluate.grid import pair_result, run_grid, score_pair
+from zsclip.evaluate.recall import RetrievalResult
+from zsclip.evaluate.recall_report import write_retrieval_report
+from zsclip.evaluate.report import write_report
 
 RETRIEVAL_MAIN = ("image_retrieval_recall@5", "image_retrieval_recall@1", "image_retrieval_recall@10")
 
@@ -99,8 +104,6 @@ def board(rows: list[dict]) -> Board:
 
 def heatmap_png(rows: list[dict]) -> bytes:
     import numpy as np
-
-    from zsclip.core.plots import figure_png, pyplot
 
     plt = pyplot()
     b = board(rows)
@@ -191,10 +194,6 @@ Computed with {e("; ".join(computed)) or "an unrecorded backend"}.</p>
 # -- the grid's report -------------------------------------------------------------------------------------
 def report_pair(clip, name: str, options, folder: Path | None, cache, read, runtime=None) -> dict:
     """zsclip.evaluate.grid's evaluate_pair that also writes the pair's report into `folder` (eval's --report pages)."""
-    from zsclip.evaluate.grid import pair_result, score_pair
-    from zsclip.evaluate.recall import RetrievalResult
-    from zsclip.evaluate.recall_report import write_retrieval_report
-    from zsclip.evaluate.report import write_report
 
     if folder is None:
         return score_pair(clip, name, options, folder, cache, read, runtime)
@@ -208,7 +207,6 @@ def run_grid_report(models: list[str], datasets: list[str], options, *, report: 
     """zsclip.evaluate.grid.run_grid with a report: each pair's pages under report/pairs/, then results.csv, the
     heatmap and
     leaderboard.html for the grid as it stands. Returns the rows."""
-    from zsclip.evaluate.grid import run_grid
 
     rows = run_grid(models, datasets, options, report=report, evaluate_pair=report_pair, **kwargs)
     if report is not None:

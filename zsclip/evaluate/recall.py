@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zsclip.engines import ReadOptions, Runtime, embed_stream
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.datasets import CaptionData, load_captions
+from zsclip.engines import ReadOptions, Runtime, embed_stream
 from zsclip.models import ClipModel
+from zsclip.retrieval.search import text_vectors
 from zsclip.store.cache import Cache
 
 DEFAULT_RECALL_K = (1, 5, 10)
@@ -109,8 +110,6 @@ def evaluate_retrieval(
 ) -> RetrievalResult:
     """Recall@K both ways on a captions data set, its images read as `read` says (the cache: `cache`)."""
     import torch
-
-    from zsclip.retrieval.search import text_vectors
 
     ks = check_recall_k(recall_k)
     if not isinstance(data, CaptionData):

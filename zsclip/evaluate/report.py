@@ -20,6 +20,8 @@ from zsclip.evaluate import metrics as M
 from zsclip.evaluate.run import Comparison, EvalResult
 from zsclip.evaluate.run import summary as summary_dict
 from zsclip.models import ClipModel
+from zsclip.pipeline.images import to_rgb
+from zsclip.store.shards import image_source
 
 FULL_GRID_MAX = 40  # above this many classes the confusion picture shows the most-confused classes only
 
@@ -153,9 +155,6 @@ def _write_comparison(comparison: Comparison, out: Path, context: dict) -> None:
 # -- the page ----------------------------------------------------------------------------------------------
 def thumbnail(path: str, size: int = 112) -> str | None:
     from PIL import Image
-
-    from zsclip.pipeline.images import to_rgb
-    from zsclip.store.shards import image_source
 
     try:
         with Image.open(image_source(path)) as im:

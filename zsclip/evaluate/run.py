@@ -14,6 +14,7 @@ from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.datasets import EvalDataset, load_dataset
 from zsclip.engines import ReadOptions, Runtime, embed_stream, reading
 from zsclip.evaluate import metrics
+from zsclip.evaluate.recall import evaluate_retrieval
 from zsclip.models import ClipModel
 from zsclip.zeroshot.classifier import Classifier, build_classifier
 from zsclip.zeroshot.prompts import list_template_sets, load_templates
@@ -139,8 +140,6 @@ def evaluate(
     """
     read = reading(read, read_fields)
     if task == "retrieval":
-        from zsclip.evaluate.recall import evaluate_retrieval
-
         return evaluate_retrieval(model, dataset, recall_k, read, runtime, on_batch=on_batch)
     if task != "classification":
         raise UsageError(f"--task {task}: use classification or retrieval")

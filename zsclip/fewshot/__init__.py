@@ -17,10 +17,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from zsclip.classify.predict import probabilities
+from zsclip.classify.recheck import fp32_of
 from zsclip.core.errors import UsageError
+from zsclip.core.paths import resolved
 from zsclip.core.wording import plural
+from zsclip.engines import ReadOptions, Runtime
+from zsclip.evaluate.run import embed_dataset
 from zsclip.fewshot.files import check_model, load, save
 from zsclip.fewshot.heads import METHODS, Head, fit
+from zsclip.store.identity import FileIdentity, stat_of, unchanged
+from zsclip.zeroshot.classifier import Classifier, text_embeddings
+from zsclip.zeroshot.prompts import TemplateSet
 
 if TYPE_CHECKING:
     from zsclip.datasets import EvalDataset
@@ -88,7 +96,6 @@ def fit_embedded(
     embedded: Embedded, classifier: Classifier, shots: int, method: str, seed: int = 0, strict: bool = False
 ) -> FitResult:
     """Fit `method` on `shots` images per class of the embedded data set; score it and zero-shot on the rest."""
-    from zsclip.classify.predict import probabilities
 
     names = classifier.classnames
     if len(names) < 2:
@@ -123,8 +130,6 @@ def fit_embedded(
 def shot_identity(path: str) -> dict:
     """A shot as it was when fitted: a file's FileIdentity (zsclip.store.identity) under its resolved path; else a shard
     member's name (or that of a file gone since it was read: no file can match it later)."""
-    from zsclip.core.paths import resolved
-    from zsclip.store.identity import FileIdentity
 
     found = FileIdentity.of(path)
     return {"member": path} if found is None else {**dataclasses.asdict(found), "path": resolved(path)}
@@ -133,8 +138,6 @@ def shot_identity(path: str) -> dict:
 def shots_among(meta: dict, paths) -> int:
     """How many of `paths` are shots of the classifier whose metadata is `meta`: the same file (by resolved path,
     from any working directory) still holding the content it had when fitted, or the same shard member."""
-    from zsclip.core.paths import resolved
-    from zsclip.store.identity import FileIdentity, stat_of, unchanged
 
     files, members = {}, set()
     for shot in meta.get("shot_files") or ():
@@ -159,7 +162,6 @@ def portable_spec(spec: str) -> str:
     prefix, local = (f"{arch}:", rest) if sep and arch != "hf-hub" else ("", spec)
     if (sep and arch == "hf-hub") or (not local.startswith(("/", ".", "~")) and "/" not in local):
         return spec
-    from zsclip.core.paths import resolved
 
     path = Path(local).expanduser()
     return f"{prefix}{resolved(str(path))}" if path.exists() else spec
@@ -171,8 +173,6 @@ def _with_head(classifier: Classifier, head: Head) -> Classifier:
 
 def load_classifier(path, model: ClipModel) -> Classifier:
     """A classifier file as a Classifier for `model` (refused, with one line, if made for other weights)."""
-    from zsclip.zeroshot.classifier import Classifier, text_embeddings
-    from zsclip.zeroshot.prompts import TemplateSet
 
     head, meta = load(path)
     check_model(meta, model.fingerprint, model.spec, path)

@@ -27,9 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.locks import Lock
+from zsclip.core.paths import check_output_dir
 from zsclip.core.progress import log
 from zsclip.core.wording import plural
-from zsclip.store.identity import StateError, read_state, write_state
+from zsclip.engines import ReadOptions, Runtime, embed_stream
+from zsclip.store.identity import StateError, content_hash, digest, read_state, write_state
+from zsclip.store.shards import is_member, read_member
 
 SHARD_ROWS = 100_000  # ~200 MB of 512-d float32 per part: few files for 100M vectors, each quick to rewrite
 MANIFEST = "manifest.json"
@@ -67,7 +71,6 @@ def _pyarrow():
 # -- writing -----------------------------------------------------------------------------------------------
 def check_export_dir(directory: str | os.PathLike) -> Path:
     """--embeddings-out DIR before any work: a folder that is new, empty, or an export (nothing else in it)."""
-    from zsclip.core.paths import check_output_dir
 
     out = check_output_dir(directory, "--embeddings-out")
     ours = re.compile(rf"^(part-.*\.parquet|{re.escape(MANIFEST)}|{re.escape(LOCK)}|{re.escape(_TMP)}.*)$")
@@ -144,7 +147,6 @@ def _commit(
     sources: list[str] | None,
 ) -> None:
     """Move the job's parts in and rewrite the manifest, under the export's lock."""
-    from zsclip.core.locks import Lock
 
     if len(fingerprints) > 1:
         raise ZsclipError(f"{directory}: one export holds the vectors of one model, not {len(fingerprints)}")
@@ -190,8 +192,6 @@ def _age(path: Path) -> float:
 def rows_from_stream(batches: Iterable, fingerprint: str) -> Iterator[EmbeddingRow]:
     """EmbeddingRows from zsclip.pipeline.encode.embed_stream batches (either engine); where an engine did not read the
     content hashes, they are taken here."""
-    from zsclip.store.identity import content_hash, digest
-    from zsclip.store.shards import is_member, read_member
 
     def hashed(path: str) -> str:
         member = is_member(path)

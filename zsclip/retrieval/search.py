@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from zsclip.classify.predict import probabilities
 from zsclip.core.errors import UsageError
 from zsclip.engines import ReadOptions, Runtime, embed_stream, reading
 from zsclip.models import ClipModel
+from zsclip.pipeline.encode import store_variant
 from zsclip.pipeline.sources import expand_sources
-from zsclip.store import snapshots as vectors
+from zsclip.store import snapshots
 from zsclip.store.cache import Cache
+from zsclip.zeroshot.classifier import text_embeddings
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,8 @@ def index(
     roots = _roots(sources)
     variant = store_variant(model, exact)
     conn = cache.conn
-    vectors.ensure_generation(conn)
-    before = set(vectors.stored_paths(conn, model.fingerprint, variant, [r for r in roots if _utf8(r[0])]))
+    snapshots.ensure_generation(conn)
+    before = set(snapshots.stored_paths(conn, model.fingerprint, variant, [r for r in roots if _utf8(r[0])]))
     seen: set[str] = set()
     result = IndexResult()
     for batch in embed_stream(model, sources, read, runtime):
@@ -145,7 +148,7 @@ def index(
             on_batch(len(batch.paths), len(batch.skipped))
     result.missing = sorted(p for p in before - seen if not os.path.exists(p))
     if prune:
-        result.pruned = vectors.delete_paths(conn, model.fingerprint, variant, result.missing)
+        result.pruned = snapshots.delete_paths(conn, model.fingerprint, variant, result.missing)
     return result
 
 
@@ -175,7 +178,6 @@ def text_vectors(
 ) -> np.ndarray:
     """Unit-norm text embeddings [len(texts), dim], cached: each text as given, or ensembled over a template set
     exactly as class names are."""
-    from zsclip.zeroshot.classifier import text_embeddings
 
     return text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0]
 
@@ -251,7 +253,7 @@ def search(
     approximate: bool = False,
     exact: bool = False,
     cache: Cache | None = None,
-    budget: int = vectors.DEFAULT_BUDGET,
+    budget: int = snapshots.DEFAULT_BUDGET,
     on_batch: Callable[[int, int], None] | None = None,
     read: ReadOptions | None = None,
     runtime: Runtime | None = None,
@@ -280,9 +282,8 @@ def search(
         )
     if sources is not None and index_first:
         index(model, sources, read, runtime, exact=exact, cache=cache, on_batch=on_batch)
-    from zsclip.pipeline.encode import store_variant
 
-    snapshot = vectors.load(cache, model.fingerprint, store_variant(model, exact))
+    snapshot = snapshots.load(cache, model.fingerprint, store_variant(model, exact))
     ranges = snapshot.ranges(_roots(sources) if sources is not None else None, read.recursive)
     if not ranges:
         where = f" under {', '.join(p for p, _ in sources)}" if sources is not None else ""
@@ -294,9 +295,9 @@ def search(
     total = sum(hi - lo for lo, hi in ranges)
     while True:  # a few more candidates than asked, for stored files that have since been deleted
         if approximate:
-            rows, scores = vectors.approximate_top_k(snapshot, q, min(total, want + 8), ranges)
+            rows, scores = snapshots.approximate_top_k(snapshot, q, min(total, want + 8), ranges)
         else:
-            rows, scores = vectors.top_k(snapshot.vectors, q, min(total, want + 8), ranges, budget)
+            rows, scores = snapshots.top_k(snapshot.vectors, q, min(total, want + 8), ranges, budget)
         hits = []
         for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
             if threshold is not None and score < threshold:
@@ -325,8 +326,6 @@ def class_search(
 ) -> list[Hit]:
     """The `top` stored images (under `paths`, already indexed) most likely to be of class `label` of a classifier
     (a few-shot one from zsclip fit, or any Classifier), best first; the score is that class's probability."""
-    from zsclip.classify.predict import probabilities
-    from zsclip.pipeline.encode import store_variant
 
     check_search_options(top, None)
     if label not in classifier.labels:
@@ -335,7 +334,7 @@ def class_search(
     c = classifier.labels.index(label)
     cache = cache or Cache()
     sources = _sources(paths) if paths is not None else None
-    snapshot = vectors.load(cache, model.fingerprint, store_variant(model, exact))
+    snapshot = snapshots.load(cache, model.fingerprint, store_variant(model, exact))
     ranges = snapshot.ranges(_roots(sources) if sources is not None else None)
     rows, scores = np.empty(0, np.int64), np.empty(0, np.float32)
     for lo, hi in ranges:

@@ -27,6 +27,9 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from zsclip.classify.output.render import make_writer
+from zsclip.classify.predict import check_options, predict
+from zsclip.classify.sort import Sorter
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.pipeline.images import SkipFile
 from zsclip.serve.guard import Guard, Refused, contained
@@ -123,8 +126,6 @@ def make_app(
 
     @api
     def records(request: Request) -> Response:
-        from zsclip.classify.output.render import make_writer
-        from zsclip.classify.predict import check_options, predict
 
         fmt = request.query_params.get("format", "csv")
         if fmt not in ("csv", "jsonl"):
@@ -152,8 +153,6 @@ def make_app(
         return JSONResponse(_sort(request, dry_run=False))
 
     def _sort(request: Request, dry_run: bool) -> dict:
-        from zsclip.classify.predict import check_options, predict
-        from zsclip.classify.sort import Sorter
 
         if sort_into is None:
             raise UsageError("no sort folder: start zsclip serve with --sort-into DIR")

@@ -18,11 +18,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsclip.engines import ReadOptions
+from zsclip.classify.predict import probabilities
+from zsclip.classify.recheck import Recheck
 from zsclip.core.errors import UsageError
+from zsclip.engines import ReadOptions
+from zsclip.pipeline.encode import store_variant
 from zsclip.pipeline.sources import count_candidates
-from zsclip.store import snapshots as vectors
+from zsclip.retrieval.search import image_vector, index, query_vector
+from zsclip.store import snapshots
 from zsclip.store.cache import Cache
+from zsclip.zeroshot.classifier import build_classifier
+from zsclip.zeroshot.prompts import list_template_sets
 
 if TYPE_CHECKING:
     from zsclip.models import ClipModel
@@ -47,7 +53,6 @@ class Library:
     def __init__(
         self, model: ClipModel, roots: list[str], cache_dir: str | None = None, read: ReadOptions | None = None
     ):
-        from zsclip.pipeline.encode import store_variant
 
         self.model = model
         self.roots = [os.path.realpath(r) for r in roots]
@@ -57,7 +62,7 @@ class Library:
         self.variant = store_variant(model, self.read.exact)
         self.progress = Progress()
         self.rows = np.empty(0, dtype=np.int64)  # snapshot rows served: under the roots, and current
-        self.snapshot: vectors.Snapshot | None = None
+        self.snapshot: snapshots.Snapshot | None = None
         self._local = threading.local()
         self._scan_lock = threading.Lock()
         self._wake = threading.Event()
@@ -93,7 +98,6 @@ class Library:
 
     def scan(self) -> None:
         """One indexing pass over the roots, then the in-memory snapshot refreshed."""
-        from zsclip.retrieval.search import index
 
         if not self._scan_lock.acquire(blocking=False):
             return
@@ -118,12 +122,12 @@ class Library:
 
     def refresh(self) -> None:
         """Load the store's snapshot and keep the rows served: under the roots and unchanged since stored."""
-        snapshot = vectors.load(self.cache, self.model.fingerprint, self.variant)
+        snapshot = snapshots.load(self.cache, self.model.fingerprint, self.variant)
         ranges = snapshot.ranges(self.sources, self.read.recursive)
         rows = [r for lo, hi in ranges for r in range(lo, hi) if self._servable(snapshot, r)]
         self.snapshot, self.rows = snapshot, np.asarray(rows, dtype=np.int64)
 
-    def _servable(self, snapshot: vectors.Snapshot, row: int) -> bool:
+    def _servable(self, snapshot: snapshots.Snapshot, row: int) -> bool:
         """The row's file is still the one whose vector was stored, and (symbolic links resolved) inside a root."""
         if not snapshot.current(row):
             return False
@@ -156,7 +160,6 @@ class Library:
     def query(self, text: str | None = None, *, like: str | None = None, image_file: str | None = None) -> np.ndarray:
         """The unit query vector of a search box text ("dog +beach -people": `+`/`-` terms add and subtract, as
         --add/--subtract), an indexed image (`like`: more like this) or an image file (an upload)."""
-        from zsclip.retrieval.search import image_vector, query_vector
 
         if like is not None:
             return self.vector_of(like)
@@ -210,8 +213,6 @@ class Library:
 
     def classify(self, classifier: Classifier) -> tuple[list[str], np.ndarray]:
         """(paths, probabilities [images, classes]) of every served image, with the int8 label check applied."""
-        from zsclip.classify.predict import probabilities
-        from zsclip.classify.recheck import Recheck
 
         snapshot, rows = self._snapshot(), self.live_rows()
         paths = [snapshot.paths[r] for r in rows.tolist()]
@@ -220,15 +221,13 @@ class Library:
         return paths, probabilities(features, classifier)
 
     def classifier(self, classes: list[str], templates: str) -> Classifier:
-        from zsclip.zeroshot.classifier import build_classifier
-        from zsclip.zeroshot.prompts import list_template_sets
 
         named = [t.name for t in list_template_sets()]
         if templates not in ("default", *named):  # never a file path: the server reads no file it does not serve
             raise UsageError(f"templates={templates}: use a template set name ({', '.join(named)})")
         return build_classifier(self.model, classes, templates, cache=self.cache)
 
-    def _snapshot(self) -> vectors.Snapshot:
+    def _snapshot(self) -> snapshots.Snapshot:
         if self.snapshot is None:
             if self.progress.scanning or not self.progress.passes:
                 raise LookupError("no images indexed yet: the first pass is still running (see /api/status)")
@@ -236,13 +235,13 @@ class Library:
         return self.snapshot
 
 
-def _top(snapshot: vectors.Snapshot, rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _top(snapshot: snapshots.Snapshot, rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of the served rows (runs of consecutive rows scored as ranges)."""
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(rows)]])
     ranges = [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, ends, strict=True)]
-    return vectors.top_k(snapshot.vectors, q, k, ranges)
+    return snapshots.top_k(snapshot.vectors, q, k, ranges)
 
 
 def parse_query(text: str) -> tuple[str | None, list[str], list[str]]:

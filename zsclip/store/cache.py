@@ -24,6 +24,7 @@ import numpy as np
 import platformdirs
 
 from zsclip.core.errors import UsageError, ZsclipError, is_disk_full
+from zsclip.store.identity import made_from_of
 
 SCHEMA_VERSION = 4  # 2: image_embeddings; 3: content-hash index led by the hash; 4: ctime + inode, model info
 DB_NAME = "zsclip.sqlite"
@@ -403,8 +404,6 @@ class Cache:
     def exports(self) -> list[tuple[str, str, Path]]:
         """(fingerprint, spec, folder) of every ONNX export folder (zsclip.backends.exports), of any export version."""
         import json
-
-        from zsclip.store.identity import made_from_of
 
         found = []
         for meta in sorted((self.directory / "onnx").glob("*/export.json")):

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from zsclip.core import atomic
+
 HASH_BLOCK = 1 << 20
 STATE_VERSION = 1
 
@@ -202,7 +204,6 @@ def _plain(value):
 
 def write_state(path: str | os.PathLike, kind: str, made_from: dict, body: dict | None = None) -> None:
     """Write a JSON state file atomically: the header under "zsclip_state", then `body`'s keys."""
-    from zsclip.core import atomic
 
     data = {"zsclip_state": header(kind, made_from), **(body or {})}
     atomic.write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")

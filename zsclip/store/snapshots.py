@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from zsclip.core.errors import UsageError
 from zsclip.core.progress import log
 from zsclip.store.cache import Cache
+from zsclip.store.embeddings import stat_key
 from zsclip.store.identity import StateError, read_state, write_state
 
 DEFAULT_BUDGET = 64 * 1024 * 1024  # bytes of vectors scored at once
@@ -98,7 +100,6 @@ class Snapshot:
     def current(self, row: int) -> bool:
         """Whether the file of `row` is still the one whose vector was stored (zsclip.store.identity's stat rule): a
         file changed since (and not indexed again, as one that no longer decodes) or gone is not."""
-        from zsclip.store.embeddings import stat_key
 
         now = stat_key(self.paths[row])
         if now is None:
@@ -361,8 +362,6 @@ def approximate_top_k(
     try:
         import faiss
     except ImportError:
-        from zsclip.core.errors import UsageError
-
         raise UsageError("approximate search needs faiss: pip install 'zsclip[faiss]' (or faiss-cpu)") from None
     index = _faiss_index(faiss, snapshot)
     lists = index.nlist

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.models import vector_key
+from zsclip.pipeline.encode import draft_size, encode_images
+from zsclip.store.cache import Cache
+from zsclip.store.embeddings import FileIdentity, ImageStore, variant_key
+from zsclip.store.identity import files_identity
 from zsclip.video.container import VideoInfo, probe
 from zsclip.video.sampling import NONREF_RATIO, SAMPLING, FrameReader, check_fps, describe_gaps
 
@@ -84,10 +89,6 @@ def embed_video(
     """Sample `path` at `fps`, encode the frames with `model`'s preprocessing and image tower, in batches, with
     decoding in a thread so it overlaps encoding. With `store`, frames are looked up in (and added to) the
     image-embedding store, so a second call for the same video and model decodes and encodes nothing."""
-    from zsclip.models import vector_key
-    from zsclip.pipeline.encode import draft_size
-    from zsclip.store.cache import Cache
-    from zsclip.store.embeddings import ImageStore, variant_key
 
     check_fps(fps)
     info = probe(path)
@@ -119,8 +120,6 @@ def embed_video(
 
 def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, progress) -> VideoFrames:
     from PIL import Image
-
-    from zsclip.pipeline.encode import encode_images
 
     batch_size = batch_size or (256 if model.device_type == "cuda" else 32)
     if batch_size < 1:
@@ -200,7 +199,6 @@ def _scan(model, reader: FrameReader, info: VideoInfo, batch_size, frame_store, 
 def video_key(path: str) -> str:
     """The video's identity (zsclip.store.identity: path, size, mtime, ctime and inode), hashed: it changes whenever
     the file may have."""
-    from zsclip.store.identity import files_identity
 
     return files_identity([path])
 
@@ -227,7 +225,6 @@ class VideoStore:
         return f"{self._prefix}|t={t:.6f}"
 
     def _identity(self, key: str, label: str):
-        from zsclip.store.embeddings import FileIdentity
 
         path, size, mtime = self._stat
         return FileIdentity(f"{path}#{label}", size, mtime, key)

@@ -37,6 +37,7 @@ import numpy as np
 
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.core.wording import plural
+from zsclip.zeroshot import classifier
 
 FORMATS = ("table", "json", "jsonl", "csv")
 _DAMAGED = -1e6  # per damaged sample: below any possible sum of real similarities
@@ -297,9 +298,8 @@ def ordered_segments(ds: np.ndarray, lmin: int, lmax: int) -> list[tuple[int, in
 # -- the whole query ---------------------------------------------------------------------------------------
 def text_embeddings(model, texts: Sequence[str], templates=None, cache=None) -> np.ndarray:
     """Unit-norm embeddings [texts, dim]; each text as given, or ensembled over a template set like a class name."""
-    from zsclip.zeroshot import classifier as text
 
-    return text.text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0]
+    return classifier.text_embeddings(model, list(texts), templates or ("{}",), cache=cache)[0]
 
 
 def locate(

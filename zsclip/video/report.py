@@ -16,6 +16,7 @@ import numpy as np
 
 from zsclip.core import atomic
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.plots import pyplot
 from zsclip.video.locate import FORMATS, LocateResult, Segment
 
 
@@ -58,7 +59,6 @@ def _cells(s: Segment) -> list[str]:
 
 def plot_png(result: LocateResult) -> bytes:
     """Every text's similarity curve over time, its segments shaded in the curve's colour."""
-    from zsclip.core.plots import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.2 + 0.15 * len(result.texts)), dpi=110)

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 from zsclip.classify.output.render import csv_header, json_line
 from zsclip.core import atomic
 from zsclip.core.errors import UsageError
-from zsclip.core.locks import Lock
+from zsclip.core.locks import Lock, probe
 from zsclip.core.paths import check_output_file, resolved, writing
-from zsclip.store.identity import read_state, write_state
+from zsclip.store.cache import cache_dir
+from zsclip.store.identity import StateError, read_state, stat_of, write_state
 
 if TYPE_CHECKING:
     from zsclip.classify.predict import Skipped
@@ -31,7 +32,6 @@ RECORD_KIND = "output file"
 def _record_path(path: Path) -> Path:
     """Where the run that finished `path` is recorded: the cache, keyed by the file's resolved path (the file
     itself is the user's; nothing is put beside it once it is finished)."""
-    from zsclip.store.cache import cache_dir
 
     return (
         cache_dir()
@@ -43,7 +43,6 @@ def _record_path(path: Path) -> Path:
 def record_finished(path: Path, run: dict) -> None:
     """Remember what a finished --output FILE was made from (`run`: the run's options and inputs) and its identity
     as finished, so a later --resume can tell whether FILE is the finished output of the same run."""
-    from zsclip.store.identity import stat_of
 
     st = stat_of(path)
     with contextlib.suppress(OSError):  # a cache that cannot be written costs the record, not the output
@@ -53,7 +52,6 @@ def record_finished(path: Path, run: dict) -> None:
 def check_finished(path: Path, run: dict | None) -> None:
     """--resume of a FILE that is complete: fine (nothing to do) only when FILE is the finished output of this
     same run and unchanged since; else a UsageError saying why (its records would be presented as this run's)."""
-    from zsclip.store.identity import StateError, stat_of
 
     if run is None:
         return
@@ -189,7 +187,6 @@ class OutputFile:
         """The checks that need no model, so a mistake costs no loading: True when a resumed FILE is complete
         already and there is nothing to do."""
         partial = Path(f"{path}.partial")
-        from zsclip.core.locks import probe
 
         probe(lock_path(Path(path)), f"--output {path}")
         if resume and fmt not in RESUMABLE:

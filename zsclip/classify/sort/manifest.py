@@ -32,6 +32,7 @@ from typing import IO
 from zsclip.classify.sort.placing import clean_temporary, same_file
 from zsclip.classify.sort.plan import COLUMNS, MANIFEST, OLD_COLUMNS, STATE, STATE_KIND, check_state
 from zsclip.core import atomic
+from zsclip.core.errors import UsageError
 from zsclip.store.identity import FileIdentity, same_content, unchanged, write_state
 
 
@@ -94,7 +95,6 @@ class Manifest:
     def resume(self) -> list[list]:
         """Rows of the earlier run, settled against the disk (see the module docstring), and the manifest
         rewritten if a torn or unfinished row had to go (or it was in the format before rows had identities)."""
-        from zsclip.core.errors import UsageError
 
         data = self.path.read_bytes()
         closed = check_state(self.root, self.settings).get("closed") == len(data)  # closed cleanly, unchanged

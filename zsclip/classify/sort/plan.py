@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from zsclip.core.errors import UsageError
+from zsclip.core.locks import probe
+from zsclip.core.paths import check_output_dir
 from zsclip.store.identity import StateError, made_from_of, read_state
 
 MODES = ("copy", "link", "move")
@@ -109,8 +111,6 @@ def check_sort_target(
     if root.exists() and not root.is_dir():
         raise UsageError(f"--sort-into {root}: is a file, not a folder")
     if not dry_run:
-        from zsclip.core.paths import check_output_dir
-
         check_output_dir(root, "--sort-into")  # it (or where it will be made) takes files
     manifest = root / MANIFEST
     if manifest.exists() and not resume:
@@ -121,8 +121,6 @@ def check_sort_target(
     if resume and manifest.exists():
         check_state(root, {"mode": mode, **(settings or {})})
     if not dry_run and root.is_dir():
-        from zsclip.core.locks import probe
-
         probe(root / LOCK, f"--sort-into {root}")
     here = os.path.realpath(root)
     for path, explicit in sources:
