@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zsclip.engines import ReadOptions
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SECTIONS = ("agreement", "cosine", "e2e", "latency", "pipeline")
@@ -250,7 +252,10 @@ def pipeline(args, cache) -> None:
             encoded(model, pixels[i : i + 32], backend, exports)
         bare = len(pixels) / (time.perf_counter() - start)
         start = time.perf_counter()
-        n = sum(len(b.paths) for b in embed_stream(model, [(p, True) for p in paths], batch_size=32, store=None))
+        n = sum(
+            len(b.paths)
+            for b in embed_stream(model, [(p, True) for p in paths], ReadOptions(batch_size=32, store=False))
+        )
         whole = n / (time.perf_counter() - start)
         say(f"| {backend} | {bare:.1f} | {whole:.1f} | {whole / bare:.2f} |")
     draft = draft_size(model)

@@ -21,7 +21,7 @@ import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 import zsclip
-from zsclip.engines import embed_stream
+from zsclip.engines import ReadOptions, embed_stream
 from zsclip.models import model_config, random_init_model, save_model_dir
 from zsclip.pipeline.encode import draft_size
 from zsclip.pipeline.images import load_image
@@ -52,7 +52,7 @@ def main() -> None:
     feats, timing = {}, {}
     for name, exact in (("exact", True), ("draft", False)):
         start = time.perf_counter()
-        batches = list(embed_stream(model, sources, store=False, exact=exact))
+        batches = list(embed_stream(model, sources, ReadOptions(store=False, exact=exact)))
         timing[name] = time.perf_counter() - start
         feats[name] = torch.from_numpy(np.concatenate([b.features for b in batches if b.features is not None]))
     top1 = {k: (v @ torch.from_numpy(clf.weights).T).argmax(-1) for k, v in feats.items()}

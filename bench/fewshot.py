@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zsclip.engines import ReadOptions
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SETS = ("mnist-test", "cifar10-test", "cifar100-test")
@@ -36,7 +38,7 @@ def embedded(model, name: str, per_class: int):
 
     dataset = load_dataset(str(SHARED / name))
     dataset = dataset.limit(per_class * len(dataset.classnames))
-    return embed_dataset(model, dataset, store=True), build_classifier(model, dataset.classnames, "photo")
+    return embed_dataset(model, dataset, ReadOptions(store=True)), build_classifier(model, dataset.classnames, "photo")
 
 
 def clip_benchmark_probe(x_train, y_train, x_val, y_val, x_test, y_test, epochs: int, seed: int = 0) -> float:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from zsclip.engines import ReadOptions
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
 
@@ -125,7 +127,7 @@ def main() -> None:
     }
     sizes = {label: len(zsclip.load_dataset(f"wds:{d}").items) for label, d in sets.items()}
 
-    read = {"batch_size": args.batch_size, "workers": args.workers}
+    read = ReadOptions(batch_size=args.batch_size, workers=args.workers)
     specs, names = [str(m) for m in models.values()], [f"wds:{d}" for d in sets.values()]
     start = time.perf_counter()
     ours = run_grid(specs, names, GridOptions(), device="cpu", read=read)

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from zsclip.engines import Runtime
+
 CLASSES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead", "electric ray", "stingray", "cock"]
 
 
@@ -68,7 +70,9 @@ def main() -> None:
         start = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
         startup = time.perf_counter() - start
-        ray_s, remote = timed(clip, clf, sources, batch_size=args.batch_size, engine="ray", ray=RayOptions(actors=1))
+        ray_s, remote = timed(
+            clip, clf, sources, batch_size=args.batch_size, runtime=Runtime("ray", RayOptions(actors=1))
+        )
         ray.shutdown()
     labelled = [(a, b) for a, b in zip(local, remote, strict=True) if "label" in a]
     same = sum(a["label"] == b["label"] for a, b in labelled)

@@ -21,7 +21,7 @@ from zsclip.classify.predict import classify
 from zsclip.classify.recheck import Recheck
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.datasets.shapes import COMPOSITIONS, classname
-from zsclip.engines import embed_stream
+from zsclip.engines import ReadOptions, embed_stream
 from zsclip.models import load_model, vector_key
 from zsclip.pipeline.encode import encode_images
 from zsclip.store.cache import Cache
@@ -88,7 +88,9 @@ def test_int8_labels_are_the_fp32_labels():
         if backend == "onnx-int8":
             assert 0 < recheck.rechecked < len(images) // 2
             # Without the check, int8 alone gives other labels for some of these images.
-            raw = np.concatenate([b.features for b in embed_stream(model, [(p, True) for p in images], workers=0)])
+            raw = np.concatenate(
+                [b.features for b in embed_stream(model, [(p, True) for p in images], ReadOptions(workers=0))]
+            )
             assert (raw @ clf.weights.T).argmax(-1).tolist() != [CIFAR.index(x) for x in labels["onnx"]]
     assert labels["onnx-int8"] == labels["onnx"] == labels["torch"]
 
@@ -148,7 +150,7 @@ def test_torch_and_onnx_share_vectors_and_int8_images_are_kept_apart(tiny_model_
     sources = [(str(p), True) for p, _ in images]
 
     def reused(model) -> int:
-        return sum(b.reused for b in embed_stream(model, sources, workers=0, cache=cache))
+        return sum(b.reused for b in embed_stream(model, sources, ReadOptions(workers=0, cache=cache)))
 
     assert reused(int8_model) == 0
     assert reused(torch_model) == 0  # int8's vectors are not handed to torch

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zsclip.cli import app
+from zsclip.engines import ReadOptions
 
 from .corpus import make_corpus
 
@@ -48,7 +49,7 @@ def test_device_path_survives_the_corpus(tiny_model_dir, tmp_path):
     root = tmp_path / "corpus"
     expected = make_corpus(root)
     model = zsclip.load_model(str(tiny_model_dir))
-    batches = list(embed_stream(model, expand_sources([root]), batch_size=8, decode_on="device"))
+    batches = list(embed_stream(model, expand_sources([root]), ReadOptions(batch_size=8, decode_on="device")))
     done = {os.path.relpath(p, root) for b in batches for p in b.paths}
     skipped = {os.path.relpath(p, root) for b in batches for p, _ in b.skipped}
     assert done == {n for n, v in expected.items() if v == "ok"}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.engines import ReadOptions
 from zsclip.retrieval.parquet import EmbeddingRow, export_embeddings, search_embeddings, write_embeddings
 
 pytest.importorskip("pyarrow")
@@ -62,8 +63,8 @@ def test_export_writes_the_stream_s_vectors(tiny_model_dir, tmp_path):
         Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
     clip = load_model(str(tiny_model_dir), device="cpu")
     sources = expand_sources([tmp_path])
-    assert export_embeddings(clip, sources, tmp_path / "emb", store=False, workers=0) == 5
-    batch = next(embed_stream(clip, sources, store=False, workers=0))
+    assert export_embeddings(clip, sources, tmp_path / "emb", ReadOptions(store=False, workers=0), None) == 5
+    batch = next(embed_stream(clip, sources, ReadOptions(store=False, workers=0)))
     hits = search_embeddings(tmp_path / "emb", batch.features[2], top=1, fingerprint=clip.fingerprint)
     assert hits[0].path == str(tmp_path / "2.png")
     assert hits[0].score == pytest.approx(1.0, abs=1e-5)

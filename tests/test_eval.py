@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 import zsclip
 from zsclip import datasets
 from zsclip.cli import app
+from zsclip.engines import ReadOptions
 from zsclip.evaluate import metrics
 from zsclip.evaluate.run import embed_dataset, evaluate
 
@@ -198,7 +199,7 @@ def test_prompts_compare_encodes_images_once(tmp_path, monkeypatch):
     calls = []
     original = model.model.encode_image
     monkeypatch.setattr(model.model, "encode_image", lambda x: calls.append(len(x)) or original(x))
-    embedded = embed_dataset(model, datasets.load_dataset(str(tmp_path / "s" / "eval")), workers=0)
+    embedded = embed_dataset(model, datasets.load_dataset(str(tmp_path / "s" / "eval")), ReadOptions(workers=0))
     from zsclip.evaluate.run import compare_templates
 
     comparison = compare_templates(model, embedded, ["photo", "shapes", "imagenet7"], per_template=True)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import zsclip
-from zsclip.engines import embed_stream
+from zsclip.engines import ReadOptions, embed_stream
 from zsclip.models.preprocess import Preprocess
 from zsclip.pipeline.gpu_decode import TensorPreprocess
 from zsclip.pipeline.sources import expand_sources
@@ -46,8 +46,8 @@ def test_device_path_matches_the_cpu_path(tiny_model_dir, tmp_path):
     sources = expand_sources([root])
     runs = {}
     for decode_on in ("cpu", "device"):
-        batches = list(embed_stream(model, sources, batch_size=8, workers=0, store=False, exact=True,
-                                    decode_on=decode_on))  # fmt: skip
+        batches = list(embed_stream(model, sources, ReadOptions(batch_size=8, workers=0, store=False, exact=True,
+                                    decode_on=decode_on)))  # fmt: skip
         runs[decode_on] = (
             [p for b in batches for p in b.paths],
             torch.from_numpy(np.concatenate([b.features for b in batches if b.features is not None])),
@@ -68,11 +68,11 @@ def test_device_path_uses_the_store(tiny_model_dir, tmp_path, monkeypatch):
     root = _mixed_folder(tmp_path)
     model = zsclip.load_model(str(tiny_model_dir))
     sources = expand_sources([root])
-    first = list(embed_stream(model, sources, batch_size=8, decode_on="device"))
+    first = list(embed_stream(model, sources, ReadOptions(batch_size=8, decode_on="device")))
     calls = []
     original = model.model.encode_image
     monkeypatch.setattr(model.model, "encode_image", lambda x: calls.append(len(x)) or original(x))
-    second = list(embed_stream(model, sources, batch_size=8, decode_on="device"))
+    second = list(embed_stream(model, sources, ReadOptions(batch_size=8, decode_on="device")))
     assert calls == []
     assert [p for b in second for p in b.paths] == [p for b in first for p in b.paths]
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from zsclip.classify.predict import classify
 from zsclip.core.errors import UsageError
-from zsclip.engines import check_engine
+from zsclip.engines import ReadOptions, Runtime, check_engine
 from zsclip.engines.ray import RayOptions, require_ray
 from zsclip.models import load_model
 from zsclip.zeroshot.classifier import build_classifier
@@ -94,7 +94,7 @@ def test_same_records_skips_and_reasons_as_local(ray_cluster, clip, clf, tmp_pat
     folder = make_folder(tmp_path / "imgs")
     limit = 64 * 60  # images are 64 x (48 + i) pixels: those from i = 13 on are over --max-pixels
     local = records(clip, clf, folder, store=False, batch_size=5, max_pixels=limit, workers=0)
-    remote = records(clip, clf, folder, store=False, batch_size=5, max_pixels=limit, engine="ray")
+    remote = records(clip, clf, folder, store=False, batch_size=5, max_pixels=limit, runtime=Runtime("ray"))
     assert_same(local, remote)
     reasons = {Path(r["path"]).name: r["reason"] for r in remote if "reason" in r}
     assert {"broken.jpg", "empty.png", "13.jpg", "23.jpg"} <= set(reasons)
@@ -108,7 +108,7 @@ def test_exclude_and_shard_leave_out_the_same_files(ray_cluster, clip, clf, tmp_
     folder = make_folder(tmp_path / "imgs", n=10)
     done = {str(folder / "01.jpg"), str(folder / "broken.jpg")}
     local = records(clip, clf, folder, store=False, workers=0, exclude=done, shard=(1, 2))
-    remote = records(clip, clf, folder, store=False, engine="ray", exclude=done, shard=(1, 2))
+    remote = records(clip, clf, folder, store=False, runtime=Runtime("ray"), exclude=done, shard=(1, 2))
     assert_same(local, remote)
     assert not done & {r["path"] for r in remote}
     assert 0 < len(remote) < 10
@@ -119,7 +119,7 @@ def test_object_store_uris_read_through_pyarrow(ray_cluster, clip, clf, tmp_path
     """file:// goes through the same pyarrow file-system reader as s3://, gs:// and abfs://."""
     folder = make_folder(tmp_path / "imgs", n=6, odd_name=False)  # object-store keys are UTF-8
     local = records(clip, clf, folder, store=False, workers=0)
-    remote = records(clip, clf, f"file://{folder}", store=False, engine="ray")
+    remote = records(clip, clf, f"file://{folder}", store=False, runtime=Runtime("ray"))
     for r in remote:
         assert r["path"].startswith("file://")
         r["path"] = r["path"][len("file://") :]
@@ -138,13 +138,13 @@ def test_store_is_shared_with_the_local_engine_and_a_rerun_encodes_nothing(ray_c
 
     folder = make_folder(tmp_path / "imgs", n=8)
     sources = expand_sources([folder])
-    first = list(embed_stream(clip, sources, engine="ray", batch_size=4))
+    first = list(embed_stream(clip, sources, ReadOptions(batch_size=4), Runtime("ray")))
     assert sum(b.reused for b in first) == 0
-    again = list(embed_stream(clip, sources, engine="ray", batch_size=4))
+    again = list(embed_stream(clip, sources, ReadOptions(batch_size=4), Runtime("ray")))
     assert sum(b.reused for b in again) == 8  # every vector from the store: Ray was given nothing to encode
-    local = list(embed_stream(clip, sources, engine="local", batch_size=4))
+    local = list(embed_stream(clip, sources, ReadOptions(batch_size=4)))
     assert sum(b.reused for b in local) == 8  # the Ray engine's vectors are keyed as the local engine's
-    fresh = list(embed_stream(clip, sources, store=False, batch_size=4))
+    fresh = list(embed_stream(clip, sources, ReadOptions(store=False, batch_size=4)))
     np.testing.assert_allclose(
         np.concatenate([b.features for b in again if b.features is not None]),
         np.concatenate([b.features for b in fresh if b.features is not None]),
@@ -162,7 +162,7 @@ def test_eval_metrics_are_the_same(ray_cluster, clip, tmp_path):
     dataset = EvalDataset("mini", CLASSES, [(str(p), i % len(CLASSES)) for i, p in enumerate(files)])
     templates = ["a photo of a {}."]
     local = evaluate(clip, dataset, templates, store=False, workers=0)
-    remote = evaluate(clip, dataset, templates, store=False, engine="ray")
+    remote = evaluate(clip, dataset, templates, store=False, runtime=Runtime("ray"))
     assert remote.metrics == pytest.approx(local.metrics, abs=1e-9)
     assert remote.skipped == local.skipped
     assert remote.paths == local.paths
@@ -197,7 +197,7 @@ def test_a_killed_worker_is_retried_and_every_record_appears_once(ray_cluster, c
     local = records(clip, clf, folder, store=False, batch_size=4, workers=0)
     marker = tmp_path / "killed"
     monkeypatch.setattr(clip, "preprocess", KillOnce(clip.preprocess, str(marker)))
-    remote = records(clip, clf, folder, store=False, batch_size=4, engine="ray")
+    remote = records(clip, clf, folder, store=False, batch_size=4, runtime=Runtime("ray"))
     assert marker.exists()  # a worker really died mid-run
     assert_same(local, remote)
     assert len({r["path"] for r in remote}) == len(remote)
@@ -214,15 +214,15 @@ def test_a_file_replaced_with_its_old_size_and_mtime_is_encoded_again(ray_cluste
     path = folder / "scan.bmp"
     Image.new("RGB", (40, 30), (250, 0, 0)).save(path)  # a BMP's size depends on its dimensions alone
     sources = expand_sources([folder])
-    before = next(b for b in embed_stream(clip, sources, engine="ray") if b.features is not None).features
+    before = next(b for b in embed_stream(clip, sources, runtime=Runtime("ray")) if b.features is not None).features
     st = path.stat()
     Image.new("RGB", (40, 30), (0, 0, 250)).save(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
-    again = next(b for b in embed_stream(clip, sources, engine="ray") if b.features is not None)
-    fresh = next(b for b in embed_stream(clip, sources, store=False, workers=0) if b.features is not None)
+    again = next(b for b in embed_stream(clip, sources, runtime=Runtime("ray")) if b.features is not None)
+    fresh = next(b for b in embed_stream(clip, sources, ReadOptions(store=False, workers=0)) if b.features is not None)
     assert again.reused == 0
     np.testing.assert_allclose(again.features, fresh.features, atol=1e-5)
     assert not np.allclose(before, fresh.features, atol=1e-3)
-    local = next(b for b in embed_stream(clip, sources, workers=0) if b.features is not None)
+    local = next(b for b in embed_stream(clip, sources, ReadOptions(workers=0)) if b.features is not None)
     assert local.reused == 1  # what the Ray run stored is keyed by the full identity, as the local engine's

@@ -13,6 +13,7 @@ from zsclip.classify.predict import check_options, classify
 from zsclip.core.errors import UsageError
 from zsclip.datasets import load_dataset
 from zsclip.datasets.shapes import COMPOSITIONS, write_dataset
+from zsclip.engines import ReadOptions
 from zsclip.pipeline.sources import expand_sources, walk
 from zsclip.train import read_captions
 from zsclip.zeroshot.classifier import build_classifier
@@ -205,7 +206,7 @@ def test_compare_templates_accepts_default_as_the_data_sets_set(tmp_path, tiny_m
     for i, folder in enumerate(("cat", "dog")):
         _png(tmp_path / "d" / folder / "x.png", (i * 200, 50, 50))
     model = zsclip.load_model(str(tiny_model_dir))
-    embedded = embed_dataset(model, load_dataset(str(tmp_path / "d")), workers=0)
+    embedded = embed_dataset(model, load_dataset(str(tmp_path / "d")), ReadOptions(workers=0))
     comparison = compare_templates(model, embedded, ["default", "photo", "none"])
     assert {r["set"] for r in comparison.rows} == {"default (imagenet80)", "photo", "none"}
 

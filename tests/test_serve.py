@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from zsclip.engines import ReadOptions
+
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
@@ -308,7 +310,7 @@ def test_uploads_are_size_limited_and_checked_like_files(model, photos, tmp_path
     from zsclip.serve.guard import Guard
     from zsclip.serve.library import Library
 
-    strict = Library(model, [str(photos)], os.environ["ZSCLIP_CACHE_DIR"], max_pixels=10_000)
+    strict = Library(model, [str(photos)], os.environ["ZSCLIP_CACHE_DIR"], ReadOptions(max_pixels=10_000))
     strict.scan()
     answer = TestClient(
         make_app(strict, Guard("127.0.0.1", "t")), base_url="http://127.0.0.1", headers={"Authorization": "token t"}

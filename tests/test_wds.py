@@ -20,7 +20,7 @@ import zsclip
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.datasets import load_dataset
 from zsclip.datasets import webdataset as wds
-from zsclip.engines import embed_stream
+from zsclip.engines import ReadOptions, embed_stream
 from zsclip.evaluate.run import evaluate
 from zsclip.pipeline.images import load_image
 from zsclip.store import shards
@@ -84,14 +84,14 @@ def test_the_data_sets_own_templates_are_the_default(model, shard_set):
 def test_a_rerun_encodes_nothing_even_from_a_copy_or_a_touched_shard(model, shard_set, tmp_path):
     from zsclip.evaluate.run import embed_dataset
 
-    first = embed_dataset(model, load_dataset(f"wds:{shard_set}"), workers=0)
+    first = embed_dataset(model, load_dataset(f"wds:{shard_set}"), ReadOptions(workers=0))
     assert first.reused == 0
     again = evaluate(model, f"wds:{shard_set}", "shapes", workers=0)  # other templates: no image encoded
     assert len(again.paths) == 12
-    assert embed_dataset(model, load_dataset(f"wds:{shard_set}"), workers=0).reused == 12
+    assert embed_dataset(model, load_dataset(f"wds:{shard_set}"), ReadOptions(workers=0)).reused == 12
     copy = shutil.copytree(shard_set, tmp_path / "copy")
     os.utime(copy / "test" / "1.tar", ns=(1, 1))  # another stat identity: found by the members' content
-    moved = embed_dataset(model, load_dataset(f"wds:{copy}"), workers=0)
+    moved = embed_dataset(model, load_dataset(f"wds:{copy}"), ReadOptions(workers=0))
     assert moved.reused == 12 and np.array_equal(moved.features, first.features)
 
 
@@ -99,7 +99,7 @@ def test_worker_processes_and_the_device_reader_read_members_like_the_main_proce
     sources = [(p, True) for p, _ in load_dataset(f"wds:{shard_set}").items]
 
     def vectors(**options):
-        batches = list(embed_stream(model, sources, batch_size=4, store=False, **options))
+        batches = list(embed_stream(model, sources, ReadOptions(batch_size=4, store=False, **options)))
         assert not [s for b in batches for s in b.skipped]
         return [p for b in batches for p in b.paths], np.concatenate([b.features for b in batches])
 

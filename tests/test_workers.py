@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import zsclip.pipeline.images
 import zsclip.pipeline.workers
 from zsclip.cli import app
+from zsclip.engines import ReadOptions
 from zsclip.pipeline.images import iter_batches
 from zsclip.pipeline.sources import expand_sources
 from zsclip.pipeline.workers import run_tasks
@@ -156,7 +157,9 @@ def test_device_path_skips_a_read_that_hangs(tiny_model_dir, tmp_path, monkeypat
     monkeypatch.setattr(zsclip.pipeline.gpu_decode, "_read", hanging)
     model = zsclip.load_model(str(tiny_model_dir))
     start = time.monotonic()
-    batches = list(embed_stream(model, expand_sources([tmp_path]), batch_size=2, decode_on="device", file_timeout=0.5))
+    batches = list(
+        embed_stream(model, expand_sources([tmp_path]), ReadOptions(batch_size=2, decode_on="device", file_timeout=0.5))
+    )
     assert time.monotonic() - start < 20
     assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "1.jpg", "3.jpg", "4.jpg"]
     [(path, reason)] = [s for b in batches for s in b.skipped]
@@ -362,5 +365,5 @@ def test_device_path_survives_an_unreadable_store(tiny_model_dir, tmp_path, monk
 
     monkeypatch.setattr(ImageStore, "lookup", locked)
     model = zsclip.load_model(str(tiny_model_dir))
-    batches = list(embed_stream(model, expand_sources([tmp_path]), batch_size=2, decode_on="device"))
+    batches = list(embed_stream(model, expand_sources([tmp_path]), ReadOptions(batch_size=2, decode_on="device")))
     assert [os.path.basename(p) for b in batches for p in b.paths] == ["0.jpg", "1.jpg", "2.jpg"]
