@@ -1,5 +1,5 @@
 """The proposed retrieval commands, end to end through the CLI: `zsclip index`, `zsclip search`, and
-`zsclip eval --task retrieval` (commands drafted in zsclip/cli_retrieval_draft.py, wired by the CLI package)."""
+`zsclip eval --task retrieval` (zsclip/cli/index.py, zsclip/cli/search.py, zsclip/cli/eval.py)."""
 
 import csv
 import json

@@ -11,9 +11,8 @@ from typing import Annotated
 import typer
 
 from zsclip import __version__
-from zsclip.cli import admin, classify, locate, prompts, retrieval, serve, train
-from zsclip.cli import eval as evaluate
-from zsclip.cli import fit as fewshot
+from zsclip.cli import cache, classify, data, fit, index, locate, models, prompts, search, serve, train
+from zsclip.cli import eval as eval_
 from zsclip.cli.common import Group
 
 app = typer.Typer(
@@ -25,17 +24,17 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # help paragraphs are reflowed to the terminal's width
 )
 app.command("classify")(classify.classify_cmd)
-app.command("eval")(evaluate.eval_cmd)
-app.command("fit")(fewshot.fit_cmd)
+app.command("eval")(eval_.eval_cmd)
+app.command("fit")(fit.fit_cmd)
 app.add_typer(prompts.app, name="prompts")
-app.add_typer(train.data_app, name="data")
+app.add_typer(data.data_app, name="data")
 app.command("train")(train.train_cmd)
 app.command("locate")(locate.locate_cmd)
-app.command("index")(retrieval.index_cmd)
-app.command("search")(retrieval.search_cmd)
+app.command("index")(index.index_cmd)
+app.command("search")(search.search_cmd)
 app.command("serve")(serve.serve_cmd)
-app.command("models")(admin.models_cmd)
-app.add_typer(admin.cache_app, name="cache")
+app.command("models")(models.models_cmd)
+app.add_typer(cache.cache_app, name="cache")
 
 
 def _version(value: bool) -> None:

@@ -10,6 +10,7 @@ from zsclip.cli.options import INPUT, ClassnamesOpt, LimitOpt, Options, RootOpt,
 from zsclip.core import progress
 from zsclip.core.errors import UsageError
 from zsclip.datasets import load_dataset
+from zsclip.engines import ReadOptions, Runtime
 from zsclip.evaluate.run import embed_dataset
 from zsclip.store.cache import Cache
 
@@ -44,7 +45,7 @@ def eval_data(dataset: str, data: Data, task: str | None = None):
     return loaded
 
 
-def embed_with_progress(clip, dataset, show: bool, quiet: bool, **read):
+def embed_with_progress(clip, dataset, show: bool, quiet: bool, read: ReadOptions, runtime: Runtime | None = None):
     """Image embeddings of a data set (reusing the store), with a progress bar and skip lines on stderr."""
 
     with progress.bar("encoding images", len(dataset.items), "img", show) as bar:
@@ -53,7 +54,7 @@ def embed_with_progress(clip, dataset, show: bool, quiet: bool, **read):
             if bar:
                 bar.update(0, advance=done + skipped, extra=f"{skipped} skipped" if skipped else "")
 
-        embedded = embed_dataset(clip, dataset, on_batch=tick, **read)
+        embedded = embed_dataset(clip, dataset, read, runtime, on_batch=tick)
     if not quiet:
         for path, reason in embedded.skipped:
             progress.log(f"skipped {path}: {reason}")

@@ -184,7 +184,7 @@ def eval_cmd(
     choice("--format", out.fmt, ("table", "json"))
     backend.check()
     choice("--task", task, ("classification", "retrieval"))
-    read = {**read_options(speed, limits, store), **engine_options(cluster)}
+    read, runtime = read_options(speed, limits, store), engine_options(cluster)
     models_given = [*(models or []), *(read_lines(models_file, "models") if models_file else [])]
     models = models_given or [DEFAULT_MODEL]
     datasets = [*(datasets or []), *(read_lines(datasets_file, "datasets") if datasets_file else [])]
@@ -197,14 +197,18 @@ def eval_cmd(
     fewshot.check(classifier, bool(grid), task)
     if grid:
         options = _grid_options(templates, task, recall_k, data, speed)
-        return _grid(models, datasets, options, out, device, backend, read, quiet.quiet)
+        return _grid(models, datasets, options, out, device, backend, read, runtime, quiet.quiet)
     if fewshot.shots or classifier:
         models = [model_for_classifier(models_given[0] if models_given else None, classifier)]
-        return _fitted(models[0], datasets[0], templates, classifier, fewshot, data, out, device, backend, read, quiet)
-    _single(models[0], datasets[0], templates, task, recall_k, data, out, device, backend, read, quiet.quiet)
+        return _fitted(
+            models[0], datasets[0], templates, classifier, fewshot, data, out, device, backend, (read, runtime), quiet
+        )
+    _single(models[0], datasets[0], templates, task, recall_k, data, out, device, backend, (read, runtime), quiet.quiet)
 
 
-def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, device, backend, read, quiet) -> None:
+def _fitted(
+    model, dataset, templates, classifier, fewshot: FewShot, data, out, device, backend, reading, quiet
+) -> None:
     """eval --shots (the curve) or eval --classifier FILE (a fitted classifier scored like zero-shot)."""
 
     shots = parse_shots(fewshot.shots) if fewshot.shots else None
@@ -212,7 +216,7 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
     clip, cache = load_for_eval(model, device, backend, quiet.quiet)
     if shots:
         curve = (shots, fewshot.methods(), fewshot.seeds)
-        return shot_curve_cmd(clip, cache, loaded, templates, curve, out, quiet.quiet, read)
+        return shot_curve_cmd(clip, cache, loaded, templates, curve, out, quiet.quiet, *reading)
     clf = fitted_classifier(classifier, clip, quiet.quiet)
     if list(clf.classnames) != list(loaded.classnames):
         raise UsageError(
@@ -229,10 +233,10 @@ def _fitted(model, dataset, templates, classifier, fewshot: FewShot, data, out, 
             f"note: {plural(among, 'image')} scored here {'is' if among == 1 else 'are'} among the shots {classifier} "
             f"was fitted on; its held-out top-1 (the images not drawn) was {fitted.get('held_out_acc1') or 0.0:.2%}"
         )
-    _classification(clip, cache, loaded, templates, out, quiet.quiet, read, clf=clf)
+    _classification(clip, cache, loaded, templates, out, quiet.quiet, reading, clf=clf)
 
 
-def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, device, backend, read, quiet: bool):
+def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, device, backend, reading, quiet: bool):
 
     if task_of(dataset, task, data.root_dir(), data.split) == "retrieval":
         captions, ks = retrieval_data(dataset, recall_k, root=data.root_dir(), split=data.split)
@@ -242,13 +246,14 @@ def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, 
                 "(--task classification scores class folders instead)"
             )
         clip, cache = load_for_eval(model, device, backend, quiet)
-        return eval_retrieval(captions, ks, clip, out.report, out.fmt, quiet, cache=cache, **read)
+        return eval_retrieval(captions, ks, clip, out.report, out.fmt, quiet, reading[0].but(cache=cache), reading[1])
     loaded = eval_data(dataset, data, task)
     clip, cache = load_for_eval(model, device, backend, quiet)
-    _classification(clip, cache, loaded, templates, out, quiet, read)
+    _classification(clip, cache, loaded, templates, out, quiet, reading)
 
 
-def _classification(clip, cache, data, templates, out: Report, quiet: bool, read: dict, clf=None) -> None:
+def _classification(clip, cache, data, templates, out: Report, quiet: bool, reading, clf=None) -> None:
+    read, runtime = reading
 
     show = progress.enabled(quiet)
     for note in data.notes if not quiet else []:
@@ -256,7 +261,7 @@ def _classification(clip, cache, data, templates, out: Report, quiet: bool, read
     clf = clf or build_with_progress(
         clip, data.classnames, resolve_dataset_templates(templates, data, clip), cache, show, quiet
     )
-    result = score(embed_with_progress(clip, data, show, quiet, **read), clf, recheck=Recheck(clip, clf, **read))
+    result = score(embed_with_progress(clip, data, show, quiet, read, runtime), clf, recheck=Recheck(clip, clf, read))
     summary_ = write_report(result, out.report, clip) if out.report else summary(result, clip)
     if out.fmt == "json":
         echo(json.dumps(summary_, indent=2))
@@ -293,7 +298,7 @@ def _grid_options(templates: str, task: str | None, recall_k: str, data: Data, s
     )
 
 
-def _grid(models, datasets, options, out: Report, device, backend, read, quiet: bool) -> None:
+def _grid(models, datasets, options, out: Report, device, backend, read, runtime, quiet: bool) -> None:
 
     def started(row: dict) -> None:
         if not quiet:
@@ -309,6 +314,7 @@ def _grid(models, datasets, options, out: Report, device, backend, read, quiet: 
         precision=device.precision,
         backend=backend.backend,
         read=read,
+        runtime=runtime,
         on_row=started,
     )
     if out.fmt == "json":
@@ -330,13 +336,12 @@ def _grid(models, datasets, options, out: Report, device, backend, read, quiet: 
         raise ZsclipError(f"{failed} of {plural(len(rows), 'pair')} failed (listed above and in the results)")
 
 
-def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, quiet: bool, **options) -> None:
-    """The rest of `zsclip eval --task retrieval` once the model is loaded: `options` are eval's reading options
-    (batch_size, workers, store, exact, max_pixels, file_timeout)."""
+def eval_retrieval(data, ks: list[int], clip, report: Path | None, fmt: str, quiet: bool, read, runtime) -> None:
+    """The rest of `zsclip eval --task retrieval` once the model is loaded."""
 
     with progress.bar("encoding images", len(data.images), "img", progress.enabled(quiet)) as bar:
         result = evaluate_retrieval(
-            clip, data, ks, on_batch=lambda d, s: bar and bar.update(0, advance=d + s), **options
+            clip, data, ks, read, runtime, on_batch=lambda d, s: bar and bar.update(0, advance=d + s)
         )
     summary = write_retrieval_report(result, report, clip) if report else summary_dict(result, clip)
     if fmt == "json":

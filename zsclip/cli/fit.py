@@ -101,7 +101,7 @@ def fit_cmd(
         show = progress.enabled(quiet.quiet)
         clf = _text_classifier(clip, cache, loaded, templates, show, quiet.quiet)
         # A head fits fp32 features: an int8 image tower's fp32 twin encodes them.
-        embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet.quiet, **read)
+        embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet.quiet, read)
         result = fit_embedded(embedded, clf, shots, method, seed, strict=strict_shots)
         save(output, result.head, {**result.meta(clip, loaded.name), "method": method})
         record = {
@@ -146,7 +146,7 @@ def parse_shots(value: str) -> list[int]:
     return sorted(set(shots))
 
 
-def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: bool, read: dict) -> None:
+def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: bool, read, runtime=None) -> None:
     """`eval --shots`: the few-shot curve on one data set (`curve`: shots, methods, seeds), one per method, printed
     (and with --report written with its plot)."""
 
@@ -157,7 +157,7 @@ def shot_curve_cmd(clip, cache, loaded, templates, curve: tuple, out, quiet: boo
         shots, methods, seeds = curve
         show = progress.enabled(quiet)
         clf = _text_classifier(clip, cache, loaded, templates, show, quiet)
-        embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet, **read)
+        embedded = embed_with_progress(fp32_of(clip), loaded, show, quiet, read, runtime)
         rows = []
         with progress.bar("fitting", len(methods) * len(shots) * seeds, "fit", show) as bar:
             for method in methods:

@@ -72,19 +72,20 @@ def prompts_compare(
     for n in names or []:
         load_templates(n)
     backend.check()
-    read = {**read_options(speed, limits, store), **engine_options(cluster)}
+    read, runtime = read_options(speed, limits, store), engine_options(cluster)
     if report:
         check_output_dir(report, "--report")
     data = eval_data(dataset, data)
-    _compare(model, data, names, per_template, report, device, backend, read, quiet.quiet)
+    _compare(model, data, names, per_template, report, device, backend, (read, runtime), quiet.quiet)
 
 
-def _compare(model, data, names, per_template, report, device, backend, read, quiet: bool) -> None:
+def _compare(model, data, names, per_template, report, device, backend, reading, quiet: bool) -> None:
+    read, runtime = reading
 
     show = progress.enabled(quiet)
     clip = backend.load(model, device, quiet=quiet)
-    embedded = embed_with_progress(clip, data, show, quiet, **read)
-    comparison = compare_templates(clip, embedded, names, per_template, **read)
+    embedded = embed_with_progress(clip, data, show, quiet, read, runtime)
+    comparison = compare_templates(clip, embedded, names, per_template, read)
     print_table(
         f"{data.name} · {clip.spec} · {plural(len(embedded.paths), 'image')}",
         ["template set", "templates", "acc1", "acc5", "mean per-class recall"],

@@ -125,7 +125,7 @@ def _serve(sources, model, host, port, open_browser, rescan, access, device, bac
     clip = backend.load(model, device, cache, False, sources, lazy=False)
     if site["classifier"] is not None:
         site["classifier"] = load_classifier(site["classifier"], clip)
-    library = Library(clip, [p for p, _ in sources], str(cache.directory), **read)
+    library = Library(clip, [p for p, _ in sources], str(cache.directory), read)
     token, no_token = access
     guard = Guard(host, token, open_access=no_token)
     app = make_app(library, guard, **site)

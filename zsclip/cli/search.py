@@ -1,40 +1,33 @@
-"""`zsclip index` and `zsclip search`: the image-embedding store as a search index (text or image queries)."""
+"""`zsclip search`: the stored images most like a text, an image or a fitted class, best first."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from zsclip.classify.output import FailuresLog, format_for_path
-from zsclip.classify.predict import Skipped
+from zsclip.classify.output import format_for_path
 from zsclip.cli.common import (
     choice,
-    echo,
-    engine_options,
     fitted_classifier,
     model_for_classifier,
     read_options,
     results,
 )
+from zsclip.cli.index import index_with_progress
 from zsclip.cli.options import (
     INPUT,
     MODEL,
     OUTPUT,
     SPEED,
     Backend,
-    Cluster,
     Device,
     Limits,
-    ModelOpt,
     Options,
     Quiet,
-    Shard,
     Speed,
     Walk,
     grouped,
@@ -42,108 +35,15 @@ from zsclip.cli.options import (
 )
 from zsclip.core import atomic, progress
 from zsclip.core.defaults import DEFAULT_MODEL, FORMATS
-from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.errors import UsageError
 from zsclip.core.paths import check_output_dir, check_output_file
-from zsclip.core.wording import all_skipped, plural
+from zsclip.core.wording import plural
+from zsclip.engines import ReadOptions
 from zsclip.evaluate.recall_report import write_hits, write_search_report
-from zsclip.pipeline.sources import check_sources, count_candidates, expand_sources
-from zsclip.retrieval.parquet import check_export_dir, export_embeddings, read_export, search_embeddings
-from zsclip.retrieval.search import Hit, check_search_options, class_search, index, query_vector, search
+from zsclip.pipeline.sources import expand_sources
+from zsclip.retrieval.parquet import read_export, search_embeddings
+from zsclip.retrieval.search import Hit, check_search_options, class_search, query_vector, search
 from zsclip.store.cache import Cache
-
-PathsArg = Annotated[
-    list[str], typer.Argument(help="Image files, folders, or @list.txt files of paths.", show_default=False)
-]
-FailuresOpt = Annotated[Path | None, option(panel=OUTPUT, help="Write skipped files and reasons to FILE (JSONL).")]
-
-
-def _index_with_progress(clip, sources, show: bool, quiet: bool, failures: Path | None, **options):
-    """zsclip.index with a progress bar, skipped files on stderr and in --failures; returns the IndexResult."""
-
-    with progress.bar("indexing", None, "img", show) as bar:
-        if bar:
-            recursive = options.get("recursive", True)
-            threading.Thread(
-                target=lambda: bar.update(0, total=count_candidates(sources, recursive)), daemon=True
-            ).start()
-
-        def tick(done: int, skipped: int) -> None:
-            if bar:
-                bar.update(0, advance=done + skipped)
-
-        result = index(clip, sources, on_batch=tick, **options)
-    if not quiet:
-        for path, reason in result.skipped:
-            progress.log(f"skipped {path}: {reason}")
-    if failures:
-        with FailuresLog(failures) as log:
-            for path, reason in result.skipped:
-                log.write(Skipped(path, reason))
-    return result
-
-
-@grouped
-def index_cmd(
-    paths: PathsArg,
-    model: ModelOpt = DEFAULT_MODEL,
-    prune: Annotated[
-        bool, option("--prune", panel=OUTPUT, help="Remove stored rows of files that no longer exist.")
-    ] = False,
-    failures: FailuresOpt = None,
-    embeddings_out: Annotated[
-        Path | None,
-        option(
-            panel=OUTPUT,
-            help="Write the embeddings as Parquet shards (path, content hash, model fingerprint, vector) to DIR "
-            "instead of the store: how a cluster without a shared disk returns them (zsclip search --embeddings).",
-        ),
-    ] = None,
-    *,
-    walk: Walk,
-    limits: Limits,
-    device: Device,
-    backend: Backend,
-    speed: Speed,
-    quiet: Quiet,
-    shard: Shard,
-    cluster: Cluster,
-) -> None:
-    """Put every image under PATH into the image-embedding store, for `zsclip search` (and classify) to reuse.
-
-    Incremental: only new or changed files are encoded; moved or renamed files are found by content hash. Prints
-    the counts as JSON: indexed, new, reused, changed, moved, skipped, missing (stored, file gone), pruned."""
-
-    options = {**read_options(speed, limits, walk=walk), **engine_options(cluster), "shard": shard.parsed()}
-    if failures is not None:
-        failures = check_output_file(failures, "--failures")
-    if embeddings_out is not None:
-        check_export_dir(embeddings_out)
-    sources = check_sources(paths, walk.recursive)
-
-    backend.check()
-    cache = Cache()
-    clip = backend.load(model, device, cache, quiet.quiet)
-    quiet = quiet.quiet
-    if embeddings_out is not None:
-        written = export_embeddings(clip, sources, embeddings_out, cache=cache, **options)
-        echo(json.dumps({"embeddings": written, "out": str(embeddings_out)}))
-        if not quiet:
-            progress.log(f"wrote {written} embeddings to {embeddings_out} (zsclip search --embeddings)")
-        return
-    result = _index_with_progress(
-        clip, sources, progress.enabled(quiet), quiet, failures, prune=prune, cache=cache, **options
-    )
-    echo(json.dumps(result.to_dict()))
-    if result.indexed == 0:
-        raise ZsclipError(f"no image could be read: {all_skipped(len(result.skipped))}")
-    if not quiet:
-        c = result.to_dict()
-        gone = f"; {c['missing']} stored files are gone" + (" (pruned)" if prune else " (--prune removes them)")
-        progress.log(
-            f"indexed {plural(c['indexed'], 'image')}: {c['new']} new, {c['reused']} reused ({c['moved']} moved, "
-            f"{c['copied']} copied), "
-            f"{c['changed']} changed, {c['skipped']} skipped" + (gone if c["missing"] else "")
-        )
 
 
 @dataclass
@@ -283,12 +183,12 @@ def _search(query, paths, sources, model, embeddings, approximate, ask: Query, h
         subtract=ask.subtract or [],
         templates=ask.templates,
         cache=cache,
-        exact=read["exact"],
+        exact=read.exact,
     )
     if embeddings is not None:  # vectors exported by `zsclip index --embeddings-out`: no store, no indexing
         found = _search_parquet(embeddings, q, hits.top, hits.threshold, clip.fingerprint)
     else:
-        found = _search_store(clip, q, sources, hits, approximate, quiet, cache=cache, **read)
+        found = _search_store(clip, q, sources, hits, approximate, quiet, read.but(cache=cache))
     _write_hits(found, hits)
     if hits.report:
         described = {
@@ -327,19 +227,17 @@ def _class_search(label, classifier, paths, sources, model, hits: Hits, runtime,
     clf = fitted_classifier(classifier, clip, quiet)
     if label not in clf.labels:
         class_search(clip, clf, label)  # the one-line error naming the classes
-    _index_with_progress(clip, sources, progress.enabled(quiet), True, None, cache=cache, **read)
-    found = class_search(
-        clip, clf, label, sources, hits.top, threshold=hits.threshold, exact=read["exact"], cache=cache
-    )
+    index_with_progress(clip, sources, progress.enabled(quiet), True, None, read.but(cache=cache))
+    found = class_search(clip, clf, label, sources, hits.top, threshold=hits.threshold, exact=read.exact, cache=cache)
     _write_hits(found, hits)
     if not found and not quiet:
         progress.log("no results")
 
 
-def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, **options):
+def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, read: ReadOptions):
     """Index what is new under the sources (one line for the files that cannot be read), then search the store."""
 
-    indexed = _index_with_progress(clip, sources, progress.enabled(quiet), True, None, **options)
+    indexed = index_with_progress(clip, sources, progress.enabled(quiet), True, None, read)
     if not quiet:
         if indexed.new + indexed.changed:
             progress.log(f"indexed {plural(indexed.new + indexed.changed, 'new or changed image')} first")
@@ -350,7 +248,16 @@ def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, 
                 f"not searched (zsclip index {where} lists them)"
             )
     return search(
-        clip, q, sources, hits.top, threshold=hits.threshold, index_first=False, approximate=approximate, **options
+        clip,
+        q,
+        sources,
+        hits.top,
+        threshold=hits.threshold,
+        index_first=False,
+        approximate=approximate,
+        exact=read.exact,
+        cache=read.cache,
+        read=read,
     )
 
 
