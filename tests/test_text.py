@@ -99,7 +99,8 @@ def test_no_cache_option_writes_nothing(tiny_model_dir, private_cache):
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_siglip_dir", "vitb32_weights"])
 def test_fast_text_encoding_matches_encode_text(fixture, request):
     """Trimmed CLIP towers and the generic path both give encode_text's vectors for every prompt length."""
-    from zsclip.zeroshot.classifier import encode_prompts, pool_positions
+    from zsclip.models.encoder import pool_positions
+    from zsclip.zeroshot.classifier import encode_prompts
 
     target = request.getfixturevalue(fixture)
     spec = f"ViT-B-32-quickgelu:{target}" if fixture == "vitb32_weights" else str(target)

@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from zsclip.backends.encoders import ENCODERS
 from zsclip.backends.exports import Exports
 from zsclip.backends.int8 import builtin_images
 from zsclip.backends.probe import auto_choice, choose
@@ -31,18 +32,18 @@ from zsclip.backends.runtime import OnnxEncoder
 from zsclip.core.defaults import BACKENDS
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.core.progress import bar, log
+from zsclip.models import ClipModel
 from zsclip.models import load_model as load_module
 from zsclip.store.cache import Cache
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from zsclip.models import ClipModel
-    from zsclip.store.cache import Cache
-
 PIP = "pip install 'zsclip[onnx]'"
 
+
 __all__ = [
+    "ENCODERS",
     "PIP",
     "Exports",
     "OnnxEncoder",
@@ -160,7 +161,7 @@ def use_backend(
     require_onnxruntime(backend)
     exports = Exports(model, cache or Cache(), show=False, calibration=calibration)
     _prepare(exports, backend, show)
-    model.backend, model.encoder = backend, OnnxEncoder(exports, "int8" if backend == "onnx-int8" else "fp32")
+    model.backend, model.encoder = backend, ENCODERS[backend](model, exports)
     return model
 
 
@@ -187,7 +188,7 @@ def prepare(
 
 
 def _torch(model: ClipModel) -> ClipModel:
-    model.backend, model.encoder = "torch", None
+    model.backend, model.encoder = "torch", ENCODERS["torch"](model, None)
     return model
 
 

@@ -1,5 +1,5 @@
 """A model's towers exported from torch to ONNX files: the image tower (a dynamic batch axis), the text tower (also
-a dynamic sequence axis where it can run trimmed, zsclip.zeroshot.classifier.pool_of), written atomically. The only
+a dynamic sequence axis where it can run trimmed, zsclip.models.encoder.pool_of), written atomically. The only
 module here
 that imports torch."""
 
@@ -13,7 +13,7 @@ import torch
 
 from zsclip.core import atomic
 from zsclip.core.errors import ZsclipError
-from zsclip.zeroshot.classifier import pool_of, pooled_at, trimmed_forward
+from zsclip.models.encoder import pool_of, pooled_at, trimmed_forward
 
 OPSET = 17
 
@@ -22,7 +22,7 @@ def export_tower(module, tower: str, path: Path) -> dict | None:
     """Export one tower of an open_clip model to `path` (atomically). Returns the text tower's pooling, or None."""
     import io
 
-    pool = None  # how the text tower pools (zsclip.zeroshot.classifier.pool_of), where it runs trimmed
+    pool = None  # how the text tower pools (zsclip.models.encoder.pool_of), where it runs trimmed
     if tower == "image":
         size = getattr(module.visual, "image_size", 224)
         h, w = size if isinstance(size, tuple | list) else (size, size)

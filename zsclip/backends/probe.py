@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from zsclip.backends.encoders import ENCODERS
 from zsclip.backends.int8 import builtin_images, threshold, uncertain
-from zsclip.backends.runtime import OnnxEncoder
 from zsclip.backends.sessions import machine
 from zsclip.core import atomic
 from zsclip.core.progress import log
@@ -116,7 +116,7 @@ def measure(exports: Exports) -> dict[str, dict]:
     try:
         for name in CANDIDATES:
             model.backend = name
-            model.encoder = None if name == "torch" else OnnxEncoder(exports, "int8" if name == "onnx-int8" else "fp32")
+            model.encoder = ENCODERS[name](model, exports)
             vectors[name] = encode_images(model, pixels)  # also the warm-up: sessions, kernels, allocator
             seconds[name] = min(_timed(encode_images, model, pixels[:TIMED_IMAGES]) for _ in range(2))
             texts[name] = unit(np.stack(encode_prompts(model, prompts)))

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from zsclip.models.encoder import pooled_at
+from zsclip.zeroshot.similarity import unit
+
 if TYPE_CHECKING:
     from zsclip.backends.exports import Exports
 
@@ -18,6 +21,7 @@ class OnnxEncoder:
 
     def __init__(self, exports: Exports, image: str = "fp32", sessions: dict | None = None):
         self.exports, self.image = exports, image
+        self.name = "onnx-int8" if image == "int8" else "onnx"
         self._sessions: dict[tuple[str, str], Any] = {} if sessions is None else sessions
         self._errors: np.ndarray | None = None
 
@@ -36,6 +40,13 @@ class OnnxEncoder:
             self._sessions[tower, variant] = self.exports.session(tower, variant)
         return self._sessions[tower, variant]
 
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """Unit-norm float32 image embeddings of uint8 pixels [batch, h, w, 3] (zsclip.models.encoder.Encoder)."""
+        return unit(self.encode_image(self.exports.model.preprocess.normalize(pixels)))
+
+    def text_positions(self, tokens: np.ndarray) -> np.ndarray | None:
+        return pooled_at(self.pool, tokens)
+
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         """Unnormalised float32 image embeddings [batch, dim] of normalised pixels [batch, 3, h, w]."""
         feeds = {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)}
@@ -43,7 +54,7 @@ class OnnxEncoder:
 
     @property
     def pool(self) -> dict | None:
-        """How the text tower pools (zsclip.zeroshot.classifier.pooled_at), as the export recorded it."""
+        """How the text tower pools (zsclip.models.encoder.pooled_at), as the export recorded it."""
         return self.exports.meta().get("pool")
 
     def encode_text(self, tokens: np.ndarray, positions: np.ndarray | None) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 
 from zsclip.backends.int8 import threshold, uncertain
 from zsclip.engines import ReadOptions, embed_stream
+from zsclip.models.encoder import encoder_of
 
 if TYPE_CHECKING:
     from zsclip.models import ClipModel
@@ -29,8 +30,8 @@ class Recheck:
     `rechecked` counts them."""
 
     def __init__(self, model: ClipModel, classifier: Classifier, read: ReadOptions | None = None):
-        encoder = model.encoder
-        self.active = encoder is not None and getattr(encoder, "image", "fp32") == "int8"
+        encoder = encoder_of(model)
+        self.active = encoder.image == "int8"
         self.rechecked = 0
         if not self.active:
             return
@@ -65,8 +66,8 @@ class Recheck:
 
 def fp32_of(model: ClipModel) -> ClipModel:
     """`model` with an int8 image tower swapped for the fp32 one (the same sessions); any other model as it is."""
-    encoder = model.encoder
-    if encoder is None or getattr(encoder, "image", "fp32") != "int8":
+    encoder = encoder_of(model)
+    if encoder.image != "int8":
         return model
     out = copy.copy(model)
     out.backend, out.encoder = "onnx", encoder.with_image("fp32")

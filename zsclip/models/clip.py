@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from zsclip.models.tokenizer import description_of, for_model, from_description
 
 if TYPE_CHECKING:
     import torch
 
+    from zsclip.models.encoder import Encoder
     from zsclip.models.preprocess import Preprocess
 
 
@@ -54,11 +55,11 @@ class ClipModel:
         self._channels_last = channels_last
         self._info = info or {}
         self._loader = loader
-        # Where vectors are computed: "torch" runs `model`; zsclip.backends.use_backend sets "onnx" or
-        # "onnx-int8" and fills `encoder` (image and text towers in ONNX Runtime), which zsclip.pipeline.encode and
-        # zsclip.zeroshot.classifier then call.
+        # Where vectors are computed: zsclip.backends.use_backend sets the backend's name and its Encoder
+        # (zsclip.backends.ENCODERS), which zsclip.pipeline.encode and zsclip.zeroshot.classifier call; None (a
+        # model loaded without a backend) runs the torch module (zsclip.models.encoder.encoder_of).
         self.backend = "torch"
-        self.encoder: Any = None
+        self.encoder: Encoder | None = None
 
     def __repr__(self) -> str:
         state = "loaded" if self.loaded else "not built yet"

@@ -9,18 +9,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from zsclip.core.errors import UsageError
 from zsclip.models import ClipModel, vector_key
+from zsclip.models.encoder import encoder_of
 from zsclip.store.cache import Cache
 from zsclip.zeroshot.prompts import DEFAULT_TEMPLATES, TemplateSet, check_classnames, load_templates, parse_classes
 from zsclip.zeroshot.similarity import ensemble
-
-if TYPE_CHECKING:
-    import torch
 
 TEXT_BATCH = 256
 
@@ -171,63 +169,6 @@ def _tie_message(model: ClipModel, a: str, b: str, n: int, w: np.ndarray, templa
     return f"{head}: {why}"
 
 
-def pool_positions(model: torch.nn.Module, tokens: np.ndarray) -> np.ndarray | None:
-    """Per prompt, the position the text tower pools at, when running only up to it gives the same vector."""
-    return pooled_at(pool_of(model), tokens)
-
-
-def pool_of(model: torch.nn.Module) -> dict | None:
-    """How the text tower pools, as pooled_at reads it (recorded with an export), when running a prompt only up
-    to that position gives the same vector: open_clip's CLIP text tower with a causal mask (no position attends to
-    a later one) pooling at the end-of-text token (argmax/eos) or the first token. SigLIP-style towers (no causal
-    mask, 'last' pooling over padding) and HF or custom text towers: None, and the plain `encode_text` path."""
-    import open_clip
-
-    if type(model) is not open_clip.CLIP or getattr(model, "attn_mask", None) is None:
-        return None
-    pool = {"kind": getattr(model, "text_pool_type", "argmax"), "eos_id": getattr(model, "text_eos_id", None)}
-    return pool if pooled_at(pool, np.zeros((1, 2), dtype=np.int64)) is not None else None
-
-
-def pooled_at(pool: dict | None, tokens: np.ndarray) -> np.ndarray | None:
-    """Per prompt, the position a text tower pooling as `pool` says reads its output at; None: all of them."""
-    if pool is None:
-        return None
-    if pool["kind"] == "argmax":  # CLIP's end-of-text id is the largest id
-        return tokens.argmax(axis=-1)
-    if pool["kind"] == "eos" and pool.get("eos_id") is not None:
-        return (tokens == pool["eos_id"]).argmax(axis=-1)
-    if pool["kind"] == "first":
-        return np.zeros(len(tokens), dtype=np.int64)
-    return None
-
-
-def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """open_clip's CLIP.encode_text, run only up to the batch's last pooled position."""
-    return trimmed_forward(model, tokens[:, : int(positions.max()) + 1], positions)
-
-
-def trimmed_forward(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """CLIP.encode_text on tokens already cut to the length they need (also what zsclip.backends exports, with
-    that length as a dynamic axis)."""
-    import torch
-
-    length = tokens.shape[1]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), positions]
-    if model.text_projection is not None:
-        x = (
-            model.text_projection(x)
-            if isinstance(model.text_projection, torch.nn.Linear)
-            else x @ model.text_projection
-        )
-    return x
-
-
 def encode_prompts(
     model: ClipModel, prompts: Sequence[str], *, progress: Callable[[int, int], None] | None = None
 ) -> list[np.ndarray]:
@@ -240,31 +181,16 @@ def encode_prompts(
     if progress:
         progress(0, len(prompts))
     tokens = model.tokenizer(list(prompts))
-    encoder = model.encoder  # ONNX Runtime towers (zsclip.backends), or None: the torch module
-    positions = pooled_at(encoder.pool, tokens) if encoder is not None else pool_positions(model.model, tokens)
+    encoder = encoder_of(model)
+    positions = encoder.text_positions(tokens)
     order = np.argsort(positions, kind="stable") if positions is not None else np.arange(len(prompts))
     out: list[np.ndarray | None] = [None] * len(prompts)
     for start in range(0, len(prompts), TEXT_BATCH):
         idx = order[start : start + TEXT_BATCH]
         at = None if positions is None else positions[idx]
-        if encoder is not None:
-            features = encoder.encode_text(tokens[idx], at)
-        else:
-            features = _encode_text_torch(model, tokens[idx], at)
+        features = encoder.encode_text(tokens[idx], at)
         for i, vector in zip(idx.tolist(), features, strict=True):
             out[i] = vector
         if progress:
             progress(min(start + TEXT_BATCH, len(prompts)), len(prompts))
     return out
-
-
-def _encode_text_torch(model: ClipModel, tokens: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode(), model.autocast():
-        batch = torch.from_numpy(tokens).to(model.device)
-        if positions is None:
-            features = model.model.encode_text(batch)
-        else:
-            features = _encode_trimmed(model.model, batch, torch.from_numpy(positions).to(model.device))
-    return features.float().cpu().numpy()
