@@ -1,7 +1,7 @@
 """The house: zsclip's modules import only down the layers of the data path (shared/STYLE.md), never in a circle,
 and no module imports another's private name. Read from the source with ast, every import counted (those inside
-functions and under TYPE_CHECKING too), so the package cannot quietly tangle again. README's Development section
-names the same layers."""
+functions and under TYPE_CHECKING too), so the package cannot quietly tangle again. docs/architecture.md writes
+down the same layers, package by package."""
 
 from __future__ import annotations
 
@@ -12,23 +12,24 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "zsclip"
 
-ENDS = ["classify", "retrieval", "vectors", "locate", "evaluate", "retrieval_eval", "grid", "metrics", "train", "video"]
-ENDS += ["fewshot", "recheck"]
-WRITERS = ["output", "sinks", "sort", "gallery", "report", "retrieval_report", "leaderboard", "embeddings_io"]
-WRITERS += ["locate_report"]
-SOURCES = ["sources", "shards", "prompts", "models", "preprocess", "tokenizer", "store", "shapes"]
-# Lowest first. A module may import from its own layer and the ones below, never from above.
+# The packages, lowest first (docs/architecture.md says what each holds and why it sits where it does). A module may
+# import from its own package and from the layers below, never from above.
 LAYERS = [
-    ("base", ["errors", "progress", "atomic", "limits", "defaults", "plots", "paths", "similarity"]),
-    ("identity and cache", ["identity", "cache", "textfiles", "locks"]),
-    ("sources, prompts, models, store", SOURCES),
-    ("images, text, datasets", ["images", "workers", "gpu", "text", "datasets", "video.container", "video.sampling"]),
-    ("encode", ["encode", "backends"]),
+    ("core", ["core"]),
+    ("store", ["store"]),
+    ("models", ["models"]),
+    ("zeroshot", ["zeroshot"]),
+    ("pipeline", ["pipeline"]),
+    ("datasets", ["datasets"]),
+    ("backends", ["backends"]),
     ("engines", ["engines"]),
-    ("ends", ENDS),
-    ("writers", WRITERS),
+    ("classify", ["classify"]),
+    ("retrieval", ["retrieval"]),
+    ("evaluate", ["evaluate"]),
+    ("fewshot, video, train", ["fewshot", "video", "train"]),
     ("serve and cli", ["serve", "cli", "__main__", ""]),  # "": the package itself (zsclip/__init__, the API)
 ]
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 
 def modules() -> dict[str, Path]:
@@ -41,7 +42,7 @@ def modules() -> dict[str, Path]:
 
 
 def layer_of(name: str) -> int:
-    """The layer of a module: the longest listed prefix of its dotted name (video.container before video)."""
+    """The layer of a module: the listed package its dotted name starts with."""
     best, depth = None, -1
     for i, (_, names) in enumerate(LAYERS):
         for prefix in names:
@@ -143,8 +144,25 @@ def test_no_private_name_crosses_a_module():
     assert not crossing, "private names imported from another module:\n" + "\n".join(crossing)
 
 
-def test_the_readme_names_the_layers():
+def test_the_readme_points_at_the_architecture():
     readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
     development = readme[readme.index("## Development") :]
-    for title, _ in LAYERS:
-        assert title in development, f"README's Development section does not name the layer {title!r}"
+    assert "docs/architecture.md" in development
+
+
+def test_the_top_of_the_package_is_the_map():
+    """zsclip/ holds folders by feature (and train.py, read top to bottom), every one listed in the layers and
+    described in docs/architecture.md, so the folder list alone says where a feature lives."""
+    entries = sorted(
+        p.name
+        for p in PACKAGE.iterdir()
+        if not p.name.startswith(("_", ".")) and (p.suffix == ".py" or (p / "__init__.py").exists())
+    )
+    listed = {name for _, names in LAYERS for name in names if name and name != "__main__"}
+    assert {e.removesuffix(".py") for e in entries} == listed
+    assert len(entries) <= 16, f"{len(entries)} entries at the top of zsclip/: group them by feature"
+    described = ARCHITECTURE.read_text(encoding="utf-8")
+    missing = [e for e in entries if f"`{e.removesuffix('.py')}" not in described]
+    assert not missing, f"docs/architecture.md does not describe {missing}"
+    for _, names in LAYERS:  # the layer order written there is the one enforced here
+        assert all(f"`{n}" in described for n in names if n and n != "__main__")

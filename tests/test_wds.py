@@ -1,4 +1,5 @@
-"""CLIP_benchmark's webdataset data sets (zsclip.wds, zsclip.store.shards): shards read in place through the same
+"""CLIP_benchmark's webdataset data sets (zsclip.datasets.webdataset, zsclip.store.shards): shards read in place
+through the same
 decoding, skip rules and image-embedding store as files; the layout's class names, templates and splits; the hub
 download's offline error and --root."""
 

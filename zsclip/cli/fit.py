@@ -55,7 +55,7 @@ def fit_cmd(
     output: Annotated[
         Path, option("--output", "-o", panel=OUTPUT, help="The classifier file to write (.safetensors).")
     ],
-    model: ModelOpt = DEFAULT_MODEL,
+    spec: ModelOpt = DEFAULT_MODEL,
     shots: Annotated[int, option(panel=INPUT, help="Labelled images per class to fit on; the rest are held out.")] = 16,
     method: Annotated[str, option(panel=MODEL, help=METHOD_HELP)] = "linear-probe",
     seed: Annotated[int, option(panel=INPUT, help="Which images are drawn as shots.")] = 0,
@@ -97,7 +97,7 @@ def fit_cmd(
         backend.check()
         read = read_options(speed, limits, store)
         loaded = eval_data(dataset, data)
-        clip, cache = load_for_eval(model, device, backend, quiet.quiet)
+        clip, cache = load_for_eval(spec, device, backend, quiet.quiet)
         show = progress.enabled(quiet.quiet)
         clf = _text_classifier(clip, cache, loaded, templates, show, quiet.quiet)
         # A head fits fp32 features: an int8 image tower's fp32 twin encodes them.

@@ -77,7 +77,7 @@ def index_with_progress(
 @grouped
 def index_cmd(
     paths: PathsArg,
-    model: ModelOpt = DEFAULT_MODEL,
+    spec: ModelOpt = DEFAULT_MODEL,
     prune: Annotated[
         bool, option("--prune", panel=OUTPUT, help="Remove stored rows of files that no longer exist.")
     ] = False,
@@ -115,7 +115,7 @@ def index_cmd(
 
     backend.check()
     cache = Cache()
-    clip = backend.load(model, device, cache, quiet.quiet)
+    clip = backend.load(spec, device, cache, quiet.quiet)
     quiet = quiet.quiet
     if embeddings_out is not None:
         written = export_embeddings(clip, sources, embeddings_out, read.but(cache=cache), runtime)

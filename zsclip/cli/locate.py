@@ -73,7 +73,7 @@ def locate_cmd(
     videos: Annotated[list[str], typer.Argument(help="Video files.", show_default=False)],
     text: Annotated[list[str] | None, option("--text", panel=INPUT, help="Text to find (repeatable).")] = None,
     text_file: Annotated[Path | None, option(panel=INPUT, help="Texts, one per line.")] = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    spec: ModelOpt = DEFAULT_MODEL,
     templates: Annotated[
         str | None, option("--templates", "-t", panel=MODEL, help="Ensemble each text over a set.")
     ] = None,
@@ -103,17 +103,17 @@ def locate_cmd(
     if out.report is not None:
         check_output_dir(out.report, "--report")
     backend.check()
-    found = _locate(videos, texts, model, templates, batch_size, find, (device, backend), store.store, quiet.quiet)
+    found = _locate(videos, texts, spec, templates, batch_size, find, (device, backend), store.store, quiet.quiet)
     _write(found, out, find.min_score, quiet.quiet)
 
 
-def _locate(videos, texts, model, templates, batch_size, find: Segments, runtime, store: bool, quiet: bool):
+def _locate(videos, texts, spec, templates, batch_size, find: Segments, runtime, store: bool, quiet: bool):
     """One LocateResult per video that can be read (a single video that cannot is the run's error)."""
 
     check_available()
     cache = Cache()
     device, backend = runtime
-    clip = backend.load(model, device, cache, quiet)
+    clip = backend.load(spec, device, cache, quiet)
     found = []
     for video in videos:
         with progress.bar(f"sampling {Path(video).name}", None, "frame", progress.enabled(quiet)) as bar:

@@ -52,7 +52,7 @@ def prompts_compare(
         bool,
         option("--per-template", panel=OUTPUT, help="Also score every single template and a greedy best subset."),
     ] = False,
-    model: ModelOpt = DEFAULT_MODEL,
+    spec: ModelOpt = DEFAULT_MODEL,
     report: Annotated[
         Path | None, option(panel=OUTPUT, help="Write compare.csv, compare.json, compare.png here.")
     ] = None,
@@ -76,14 +76,14 @@ def prompts_compare(
     if report:
         check_output_dir(report, "--report")
     data = eval_data(dataset, data)
-    _compare(model, data, names, per_template, report, device, backend, (read, runtime), quiet.quiet)
+    _compare(spec, data, names, per_template, report, device, backend, (read, runtime), quiet.quiet)
 
 
-def _compare(model, data, names, per_template, report, device, backend, reading, quiet: bool) -> None:
+def _compare(spec, data, names, per_template, report, device, backend, reading, quiet: bool) -> None:
     read, runtime = reading
 
     show = progress.enabled(quiet)
-    clip = backend.load(model, device, quiet=quiet)
+    clip = backend.load(spec, device, quiet=quiet)
     embedded = embed_with_progress(clip, data, show, quiet, read, runtime)
     comparison = compare_templates(clip, embedded, names, per_template, read)
     print_table(

@@ -114,7 +114,7 @@ def search_cmd(
         Path | None, option(panel=INPUT, help="Search Parquet embeddings (zsclip index --embeddings-out).")
     ] = None,
     approximate: Annotated[bool, option("--approximate", panel=SPEED, help="faiss IVF index (zsclip[faiss]).")] = False,
-    model: Annotated[
+    spec: Annotated[
         str | None,
         option(
             "--model",
@@ -124,9 +124,10 @@ def search_cmd(
             help=f"Model spec (default: the model an --embeddings export was made with, else {DEFAULT_MODEL}).",
         ),
     ] = None,
-    classifier: Annotated[
+    classifier_file: Annotated[
         Path | None,
         option(
+            "--classifier",
             panel=MODEL,
             show_default=False,
             help="A classifier from zsclip fit: QUERY is one of its classes, and images are ranked by its "
@@ -158,22 +159,22 @@ def search_cmd(
     if embeddings is not None and paths:
         raise UsageError("--embeddings searches the whole export; a PATH does not apply (leave it out)")
     if embeddings is not None:
-        model = model or read_export(embeddings).spec  # the vectors' own model, recorded in the export
+        spec = spec or read_export(embeddings).spec  # the vectors' own model, recorded in the export
     sources = expand_sources(paths or ["."]) if embeddings is None else []
-    if classifier is not None:
+    if classifier_file is not None:
         if embeddings is not None or ask.image is not None or ask.add or ask.subtract:
             raise UsageError("--classifier ranks by a class: leave out --embeddings, --image, --add and --subtract")
-        model = model_for_classifier(model, classifier)
-        return _class_search(query, classifier, paths, sources, model, hits, (device, backend), read, quiet.quiet)
-    model = model or DEFAULT_MODEL
-    _search(query, paths, sources, model, embeddings, approximate, ask, hits, (device, backend), read, quiet.quiet)
+        spec = model_for_classifier(spec, classifier_file)
+        return _class_search(query, classifier_file, paths, sources, spec, hits, (device, backend), read, quiet.quiet)
+    spec = spec or DEFAULT_MODEL
+    _search(query, paths, sources, spec, embeddings, approximate, ask, hits, (device, backend), read, quiet.quiet)
 
 
-def _search(query, paths, sources, model, embeddings, approximate, ask: Query, hits: Hits, runtime, read, quiet):
+def _search(query, paths, sources, spec, embeddings, approximate, ask: Query, hits: Hits, runtime, read, quiet):
 
     cache = Cache()
     device, backend = runtime
-    clip = backend.load(model, device, cache, quiet)
+    clip = backend.load(spec, device, cache, quiet)
     # The query first, so a bad --image fails before any indexing.
     q = query_vector(
         clip,
@@ -219,12 +220,12 @@ def _write_hits(found, hits: Hits) -> None:
         write_hits(found, hits.fmt, out or results())
 
 
-def _class_search(label, classifier, paths, sources, model, hits: Hits, runtime, read, quiet: bool) -> None:
+def _class_search(label, classifier_file, paths, sources, spec, hits: Hits, runtime, read, quiet: bool) -> None:
 
     cache = Cache()
     device, backend = runtime
-    clip = backend.load(model, device, cache, quiet)
-    clf = fitted_classifier(classifier, clip, quiet)
+    clip = backend.load(spec, device, cache, quiet)
+    clf = fitted_classifier(classifier_file, clip, quiet)
     if label not in clf.labels:
         class_search(clip, clf, label)  # the one-line error naming the classes
     index_with_progress(clip, sources, progress.enabled(quiet), True, None, read.but(cache=cache))

@@ -37,7 +37,7 @@ PIP = "pip install 'zsclip[serve]'"
 @grouped
 def serve_cmd(
     paths: Annotated[list[str], typer.Argument(help="Folders (or images) to serve.", show_default=False)],
-    model: ModelOpt = DEFAULT_MODEL,
+    spec: ModelOpt = DEFAULT_MODEL,
     host: Annotated[
         str,
         option(panel=OUTPUT, help="Address to listen on; any but a loopback address needs the printed token."),
@@ -59,7 +59,7 @@ def serve_cmd(
         float, option(panel=INPUT, help="Seconds between looks for new, changed and deleted files (0: on request).")
     ] = 300.0,
     max_upload_mb: Annotated[int, option(panel=INPUT, help="Largest image accepted as a search upload.")] = 20,
-    classifier: ClassifierOpt = None,
+    classifier_file: ClassifierOpt = None,
     token: Annotated[
         str | None,
         option(panel=OUTPUT, help="The access token (default: a new random one each start).", show_default=False),
@@ -99,22 +99,22 @@ def serve_cmd(
     if reports is not None and not reports.is_dir():
         raise UsageError(f"--reports {reports}: not a folder")
     backend.check()
-    model = model_for_classifier(model, classifier)
+    spec = model_for_classifier(spec, classifier_file)
 
     read = read_options(speed, limits, walk=walk)
     sources = check_sources(paths, walk.recursive)
     site = {
-        "classifier": classifier,
+        "classifier": classifier_file,
         "reports": reports,
         "sort_into": sort_into,
         "allow_write": allow_write,
         "max_upload": max_upload_mb << 20,
     }
     access = (token, no_token)
-    _serve(sources, model, host, port, open_browser, rescan, access, device, backend, read, site)
+    _serve(sources, spec, host, port, open_browser, rescan, access, device, backend, read, site)
 
 
-def _serve(sources, model, host, port, open_browser, rescan, access, device, backend, read, site: dict) -> None:
+def _serve(sources, spec, host, port, open_browser, rescan, access, device, backend, read, site: dict) -> None:
     import socket
 
     import uvicorn
@@ -122,7 +122,7 @@ def _serve(sources, model, host, port, open_browser, rescan, access, device, bac
     from zsclip.serve.app import make_app
 
     cache = Cache()
-    clip = backend.load(model, device, cache, False, sources, lazy=False)
+    clip = backend.load(spec, device, cache, False, sources, lazy=False)
     if site["classifier"] is not None:
         site["classifier"] = load_classifier(site["classifier"], clip)
     library = Library(clip, [p for p, _ in sources], str(cache.directory), read)

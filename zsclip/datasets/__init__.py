@@ -8,6 +8,7 @@ sets), and `identity` (what a data set name stands for now, for a grid's resume 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from zsclip.core.errors import UsageError
@@ -20,6 +21,7 @@ from zsclip.datasets.webdataset import RetrievalSet, load_wds, wds_task
 
 __all__ = [
     "ALIASES",
+    "KINDS",
     "NAMED",
     "CaptionData",
     "EvalDataset",
@@ -40,22 +42,34 @@ __all__ = [
 def load_dataset(
     name: str, *, root: str | None = None, classnames: str | None = None, split: str = "test", task: str | None = None
 ) -> EvalDataset:
-    """Resolve a data set name, folder, csv:FILE, wds:DIR or wds/NAME to its items. `split` and `task` apply to
-    wds data sets (zsclip.wds), which alone have several splits and may hold captions instead of classes."""
-    if name.startswith(("wds:", "wds/")):
-        return _wds(name, root, classnames, split, task)
-    if split != "test":
-        raise UsageError(f"--split {split}: only wds:DIR and wds/NAME data sets have splits ({name} has test only)")
-    if task not in (None, "classification"):
-        raise UsageError(f"--task {task}: {name} is a classification data set")
+    """A data set by name, with its items (image path, true class index), class names and default templates.
+
+    Args:
+        name: `wds:DIR`, `wds/NAME` or `csv:FILE` (a kind in KINDS, by prefix), a named set (cifar10, cifar100,
+            imagenet-v2, ...), or a folder of class folders (DIR/<class>/<image>).
+        root: an existing copy of a named set (no download).
+        classnames: a class-names file for a folder or a csv set.
+        split, task: for webdataset sets, which alone have several splits and may hold captions.
+
+    Returns:
+        An EvalDataset.
+
+    Examples:
+        >>> data = zsclip.load_dataset("path/to/folder")
+        >>> data.classnames, len(data.items)
+    """
+    kind = next((prefix for prefix in KINDS if name.startswith(prefix)), None)
+    if kind is None or not kind.startswith("wds"):
+        if split != "test":
+            raise UsageError(f"--split {split}: only wds:DIR and wds/NAME data sets have splits ({name} has test only)")
+        if task not in (None, "classification"):
+            raise UsageError(f"--task {task}: {name} is a classification data set")
+    if kind is not None:
+        return KINDS[kind](name, root, classnames, split, task)
     key = ALIASES.get(name, name)
     if key in NAMED:
         folder = named_folder(key, root)
-        if key.startswith("imagenet-v2"):
-            return imagenet_v2(key, folder)
-        return cifar(key, folder)
-    if name.startswith("csv:"):
-        return csv_dataset(Path(name[4:]).expanduser(), classnames)
+        return imagenet_v2(key, folder) if key.startswith("imagenet-v2") else cifar(key, folder)
     path = Path(name).expanduser()
     if path.is_dir():
         return image_folder(path, classnames)
@@ -73,6 +87,20 @@ def _wds(name: str, root: str | None, classnames: str | None, split: str, task: 
     if not isinstance(data, EvalDataset):
         raise UsageError(
             f"{name}: a retrieval data set (images with captions, dataset_type.txt): zsclip eval scores "
-            "classification data sets so far; zsclip.wds.load_wds gives its images and captions"
+            "it with --task retrieval; zsclip.datasets.load_wds gives its images and captions"
         )
     return data
+
+
+def _csv(name: str, root: str | None, classnames: str | None, split: str, task: str | None) -> EvalDataset:
+    return csv_dataset(Path(name[len("csv:") :]).expanduser(), classnames)
+
+
+# Data set kinds by name prefix, each a loader (name, root, classnames, split, task) -> EvalDataset. A new kind is
+# a module beside these and one row here (README: "A new data set kind"). A name with no prefix is a named set
+# (zsclip.datasets.named) or a folder of class folders (zsclip.datasets.local).
+KINDS: dict[str, Callable[[str, str | None, str | None, str, str | None], EvalDataset]] = {
+    "wds:": _wds,  # a copy of a CLIP_benchmark webdataset set on disk
+    "wds/": _wds,  # a CLIP_benchmark webdataset set by name (downloaded)
+    "csv:": _csv,  # filepath,label rows (open_clip's CsvDataset layout)
+}

@@ -23,7 +23,7 @@ class CaptionData:
 
 def load_captions(data: str | os.PathLike, *, root: str | None = None, split: str = "test") -> CaptionData:
     """A captions CSV, `csv:FILE`, a folder holding captions.csv, or a webdataset caption set (`wds:DIR`,
-    `wds/NAME`: images are shard members, see zsclip.wds)."""
+    `wds/NAME`: images are shard members, see zsclip.datasets.webdataset)."""
     spec = str(data)
     if spec.startswith(("wds:", "wds/")):
         shards = load_wds(spec, root=root, split=split, task="retrieval")

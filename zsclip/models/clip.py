@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import torch
 
     from zsclip.models.encoder import Encoder
-    from zsclip.models.preprocess import Preprocess
+from zsclip.models.preprocess import Preprocess
 
 
 class ClipModel:

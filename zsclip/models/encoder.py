@@ -15,7 +15,9 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from zsclip.models.clip import ClipModel
+# The model these encoders serve is a zsclip.models.clip.ClipModel, which itself holds an Encoder: typed Any here
+# so the two modules do not import each other.
+ClipModel = Any
 
 
 class Encoder(Protocol):

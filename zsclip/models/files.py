@@ -114,7 +114,15 @@ def _hub_cached_repos() -> list[str]:
 
 
 def list_models() -> list[dict]:
-    """Every model zsclip knows: shipped, local directories, hub repos in the cache, open_clip pretrained tags."""
+    """Every model zsclip knows: shipped, local directories, hub repos in the cache, open_clip pretrained tags.
+
+    Returns:
+        One dict per model: `spec` (what load_model takes), `source` (shipped, local, hf-hub, open_clip) and
+        `available` (whether its weights are on this machine).
+
+    Examples:
+        >>> [m["spec"] for m in zsclip.list_models() if m["available"]]
+    """
     import open_clip
 
     rows = [{"spec": name, "source": "shipped", "available": True} for name in shipped_models()]

@@ -190,7 +190,7 @@ def _age(path: Path) -> float:
 
 
 def rows_from_stream(batches: Iterable, fingerprint: str) -> Iterator[EmbeddingRow]:
-    """EmbeddingRows from zsclip.pipeline.encode.embed_stream batches (either engine); where an engine did not read the
+    """EmbeddingRows from zsclip.engines.embed_stream batches (either engine); where an engine did not read the
     content hashes, they are taken here."""
 
     def hashed(path: str) -> str:

@@ -71,7 +71,7 @@ def _sources(paths) -> list[tuple[str, bool]]:
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     paths = list(paths)
-    if paths and all(isinstance(p, tuple) for p in paths):  # checked already by images.expand_sources
+    if paths and all(isinstance(p, tuple) for p in paths):  # checked already by zsclip.pipeline.sources.expand_sources
         return paths
     return expand_sources(paths)
 
@@ -269,6 +269,23 @@ def search(
     False. Files that no longer exist, or whose content changed since their vector was stored (a file that no
     longer decodes keeps its old row), are left out. `threshold` drops hits scoring below it. `approximate` uses a
     faiss IVF index (the `zsclip[faiss]` extra; recall@10 measured in bench/search.py) instead of exact search.
+
+    Args:
+        model: a loaded model (zsclip.load_model).
+        query: a text ("a dog on a beach"; `+word`/`-word` terms via add/subtract), a unit vector, or None with
+            `image`.
+        paths: limit to images under these (indexed first where new); None: everything stored for this model.
+        top: how many hits; threshold: drop hits scoring below it.
+        image: a query image file (combined with the text when both are given).
+        read, runtime: how new files are read and who runs it (as for zsclip.index); ReadOptions fields may be
+            given by name.
+
+    Returns:
+        A list of Hit(rank, path, score), best first.
+
+    Examples:
+        >>> model = zsclip.load_model("shapes")
+        >>> [hit.to_dict() for hit in zsclip.search(model, "a red circle", "photos/", top=5)]
     """
     check_search_options(top, threshold)
     cache = cache or Cache()

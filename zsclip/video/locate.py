@@ -321,8 +321,28 @@ def locate(
     progress: Callable[[int, int | None], None] | None = None,
 ) -> LocateResult:
     """Find where each text happens in `video`, with no training: frames sampled at `fps` and encoded (or taken
-    from the image-embedding store), one similarity curve per text, segments as the module docstring says. Every
-    segment says whether it is `found` (found_rule; `min_score` adds an absolute bar on its mean cosine)."""
+    from the image-embedding store), one similarity curve per text, segments as the module docstring says.
+
+    Args:
+        model: a loaded model (zsclip.load_model).
+        video: a video file (the `video` extra reads it).
+        texts: what to find, one segment list per text.
+        fps: frames sampled per second.
+        min_seconds, max_seconds: the shortest and longest segment; top: segments per text; ordered: the texts
+            happen in this order (one segment each).
+        templates: prompt templates for the texts (default: the text as it is).
+        smooth_seconds: the curve's smoothing window; min_score: an absolute bar on a segment's mean cosine.
+        batch_size, store, cache: how frames are encoded and kept; progress: called with (done, total).
+
+    Returns:
+        A LocateResult: per text its segments (start, end, score, `found` by zsclip.video.locate.found_rule) and
+        the similarity curve.
+
+    Examples:
+        >>> model = zsclip.load_model("shapes")
+        >>> result = zsclip.locate(model, "clip.mp4", ["a red circle"], fps=2)
+        >>> [s.to_dict() for s in result.segments]
+    """
     from zsclip.video import embed_video
 
     texts = check_options([texts] if isinstance(texts, str) else texts, fps, min_seconds, max_seconds, top, ordered)

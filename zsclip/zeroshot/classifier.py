@@ -77,11 +77,29 @@ def build_classifier(
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Classifier:
-    """Build (or fetch from the cache) the classifier for these class names and templates.
+    """Build (or fetch from the cache) the zero-shot classifier for these class names and templates.
 
-    `classnames` is a list, or one string of comma-separated names as `--classes` takes it; both get the CLI's
-    checks (no empty name, at least 2 classes; a typed string also refuses a repeat), and names that would always
-    tie are refused."""
+    Each class name goes into every template; each prompt embedding is L2-normalised, averaged per class and
+    normalised again (CLIP's prompt ensemble). Only prompts missing from the cache are encoded.
+
+    Args:
+        model: a loaded model (zsclip.load_model).
+        classnames: a list, or one string of comma-separated names as `--classes` takes it; both get the CLI's
+            checks (no empty name, at least 2 classes; a typed string also refuses a repeat), and names that
+            would always tie are refused.
+        templates: a template set name (`zsclip prompts list`), a file of templates, a list such as
+            ["a photo of a {}."], or "default" (the model's own set, else imagenet80).
+        cache: the cache of text vectors (default: zsclip.cache_dir()); use_cache: False encodes every prompt.
+        progress: called with (encoded, total) while prompts are encoded.
+
+    Returns:
+        A Classifier: `weights` [classes, dim] unit rows, `labels`, `templates`, the model's `logit_scale`.
+
+    Examples:
+        >>> model = zsclip.load_model("shapes")
+        >>> clf = zsclip.build_classifier(model, ["red circle", "blue square"], templates="shapes")
+        >>> clf.weights.shape
+    """
     template_set = resolve_templates(templates, model)
     if isinstance(classnames, str):
         classnames = parse_classes(classnames)

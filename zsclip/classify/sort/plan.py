@@ -103,7 +103,7 @@ def check_sort_target(
     settings: dict | None = None,
 ) -> None:
     """The checks of --sort-into that need no model, so a mistake costs no loading. `sources` are the
-    (path, explicit) pairs of images.expand_sources; `settings` (with the mode) must match a sort being
+    (path, explicit) pairs of zsclip.pipeline.sources.expand_sources; `settings` (with the mode) must match a sort being
     resumed. Raises UsageError."""
     if mode not in MODES:
         raise UsageError(f"--mode {mode}: use one of {', '.join(MODES)}")
