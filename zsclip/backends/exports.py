@@ -168,7 +168,7 @@ class Exports:
             self._record(path)
             self.ensure_check()
             return path
-        from zsclip.backends.onnx_export import export_tower
+        from zsclip.backends.onnx_export import export_tower  # heavy: torch, only when exporting
 
         with self._step(f"exporting the {tower} tower of {self.model.spec} to ONNX (once per model)"):
             pool = export_tower(self.model.model, tower, path)

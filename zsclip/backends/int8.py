@@ -42,7 +42,7 @@ def quantize_image_tower(source: Path, target: Path) -> None:
     """Dynamic int8 quantization of `source` into `target`, atomically."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from zsclip.backends.onnx_export import quiet
+    from zsclip.backends.onnx_export import quiet  # heavy: torch, only when quantizing
 
     with atomic.written_at(target) as tmp, quiet():
         # MatMul and Gemm only: ONNX Runtime's ConvInteger is slower than its fp32 convolution on CPUs and cost

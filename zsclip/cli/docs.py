@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import click
 import typer
 
+from zsclip.cli import app
+
 WIDTH = 100
 HEADER = """# zsclip command reference
 
@@ -47,8 +49,6 @@ def _plain_help() -> Iterator[None]:
 def reference() -> str:
     """docs/cli.md's text."""
     from typer.testing import CliRunner
-
-    from zsclip.cli import app
 
     root = typer.main.get_command(app)
     sections = [HEADER]

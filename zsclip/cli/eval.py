@@ -97,13 +97,13 @@ class FewShot(Options):
     ] = "linear-probe"
     seeds: Annotated[int, option(panel=MODEL, help="With --shots: draws per K (their spread is shown).")] = 3
 
-    def check(self, classifier, grid: bool, task) -> None:
-        if not (self.shots or classifier):
+    def check(self, classifier_file, grid: bool, task) -> None:
+        if not (self.shots or classifier_file):
             if self.method != "linear-probe":
                 raise UsageError(f"--method {self.method}: a few-shot method is for --shots (the curve)")
             return
         self.methods()
-        if self.shots and classifier:
+        if self.shots and classifier_file:
             raise UsageError("--shots fits classifiers of its own: leave out --classifier")
         if grid:
             raise UsageError("--shots and --classifier score one model on one data set (not a grid)")
@@ -163,7 +163,7 @@ def eval_cmd(
     recall_k: Annotated[
         str, option("--recall-k", panel=INPUT, help="With --task retrieval: the K of recall@K.")
     ] = "1,5,10",
-    classifier: ClassifierOpt = None,
+    classifier_file: ClassifierOpt = None,
     *,
     fewshot: FewShot,
     data: Data,
@@ -194,34 +194,44 @@ def eval_cmd(
         check_output_dir(out.report, "--report")
     data.check()  # a grid reads its data sets later, past eval_data
     grid = len(models) * len(datasets) > 1 or models_file or datasets_file
-    fewshot.check(classifier, bool(grid), task)
+    fewshot.check(classifier_file, bool(grid), task)
     if grid:
         options = _grid_options(templates, task, recall_k, data, speed)
         return _grid(models, datasets, options, out, device, backend, read, runtime, quiet.quiet)
-    if fewshot.shots or classifier:
-        models = [model_for_classifier(models_given[0] if models_given else None, classifier)]
+    if fewshot.shots or classifier_file:
+        models = [model_for_classifier(models_given[0] if models_given else None, classifier_file)]
         return _fitted(
-            models[0], datasets[0], templates, classifier, fewshot, data, out, device, backend, (read, runtime), quiet
+            models[0],
+            datasets[0],
+            templates,
+            classifier_file,
+            fewshot,
+            data,
+            out,
+            device,
+            backend,
+            (read, runtime),
+            quiet,
         )
     _single(models[0], datasets[0], templates, task, recall_k, data, out, device, backend, (read, runtime), quiet.quiet)
 
 
 def _fitted(
-    model, dataset, templates, classifier, fewshot: FewShot, data, out, device, backend, reading, quiet
+    spec, dataset, templates, classifier_file, fewshot: FewShot, data, out, device, backend, reading, quiet
 ) -> None:
     """eval --shots (the curve) or eval --classifier FILE (a fitted classifier scored like zero-shot)."""
 
     shots = parse_shots(fewshot.shots) if fewshot.shots else None
     loaded = eval_data(dataset, data, "classification")
-    clip, cache = load_for_eval(model, device, backend, quiet.quiet)
+    clip, cache = load_for_eval(spec, device, backend, quiet.quiet)
     if shots:
         curve = (shots, fewshot.methods(), fewshot.seeds)
         return shot_curve_cmd(clip, cache, loaded, templates, curve, out, quiet.quiet, *reading)
-    clf = fitted_classifier(classifier, clip, quiet.quiet)
+    clf = fitted_classifier(classifier_file, clip, quiet.quiet)
     if list(clf.classnames) != list(loaded.classnames):
         raise UsageError(
-            f"--classifier {classifier}: its classes ({', '.join(clf.classnames[:4])}, ...) are not {loaded.name}'s "
-            f"({', '.join(loaded.classnames[:4])}, ...) in the same order"
+            f"--classifier {classifier_file}: its classes ({', '.join(clf.classnames[:4])}, ...) are not "
+            f"{loaded.name}'s ({', '.join(loaded.classnames[:4])}, ...) in the same order"
         )
 
     fitted = clf.head.meta
@@ -230,13 +240,14 @@ def _fitted(
         loaded.notes.append(f"{among} of the scored images are shots the classifier was fitted on")
     if not quiet.quiet and among:
         progress.log(
-            f"note: {plural(among, 'image')} scored here {'is' if among == 1 else 'are'} among the shots {classifier} "
-            f"was fitted on; its held-out top-1 (the images not drawn) was {fitted.get('held_out_acc1') or 0.0:.2%}"
+            f"note: {plural(among, 'image')} scored here {'is' if among == 1 else 'are'} among the shots "
+            f"{classifier_file} was fitted on; its held-out top-1 (the images not drawn) was "
+            f"{fitted.get('held_out_acc1') or 0.0:.2%}"
         )
     _classification(clip, cache, loaded, templates, out, quiet.quiet, reading, clf=clf)
 
 
-def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, device, backend, reading, quiet: bool):
+def _single(spec, dataset, templates, task, recall_k, data: Data, out: Report, device, backend, reading, quiet: bool):
 
     if task_of(dataset, task, data.root_dir(), data.split) == "retrieval":
         captions, ks = retrieval_data(dataset, recall_k, root=data.root_dir(), split=data.split)
@@ -245,10 +256,10 @@ def _single(model, dataset, templates, task, recall_k, data: Data, out: Report, 
                 f"note: {captions.source} holds captions (filepath,caption): scored for retrieval "
                 "(--task classification scores class folders instead)"
             )
-        clip, cache = load_for_eval(model, device, backend, quiet)
+        clip, cache = load_for_eval(spec, device, backend, quiet)
         return eval_retrieval(captions, ks, clip, out.report, out.fmt, quiet, reading[0].but(cache=cache), reading[1])
     loaded = eval_data(dataset, data, task)
-    clip, cache = load_for_eval(model, device, backend, quiet)
+    clip, cache = load_for_eval(spec, device, backend, quiet)
     _classification(clip, cache, loaded, templates, out, quiet, reading)
 
 

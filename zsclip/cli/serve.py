@@ -119,7 +119,7 @@ def _serve(sources, spec, host, port, open_browser, rescan, access, device, back
 
     import uvicorn
 
-    from zsclip.serve.app import make_app
+    from zsclip.serve.app import make_app  # heavy: starlette, only when serving
 
     cache = Cache()
     clip = backend.load(spec, device, cache, False, sources, lazy=False)

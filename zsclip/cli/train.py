@@ -81,7 +81,7 @@ def train_cmd(
     quiet: Quiet,
 ) -> None:
     """Train a CLIP model contrastively on image-caption pairs (the CLIP recipe, small)."""
-    from zsclip.train import TrainConfig, train
+    from zsclip.train import TrainConfig, train  # heavy: torch and open_clip at its top
 
     show = progress.enabled(quiet.quiet)
     if resume is not None:

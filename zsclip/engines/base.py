@@ -69,11 +69,16 @@ class ReadOptions:
         return replace(self, **changes)
 
 
-def reading(read: ReadOptions | None, fields: dict) -> ReadOptions:
-    """The public API's shorthand: `classify(model, clf, "photos/", batch_size=16)` reads as
-    `read=ReadOptions(batch_size=16)`; an unknown name is a TypeError, as for any keyword."""
+def reading(read: ReadOptions | None, runtime: Runtime | None, fields: dict) -> tuple[ReadOptions, Runtime | None]:
+    """The public API's shorthand, taken apart once at its edge: `classify(model, clf, "photos/", batch_size=16,
+    engine="ray", ray=RayOptions(...))` reads as `read=ReadOptions(batch_size=16), runtime=Runtime("ray", ...)`.
+    An unknown name is a TypeError, as for any keyword."""
+    fields = dict(fields)
+    engine, ray = fields.pop("engine", None), fields.pop("ray", None)
+    if engine is not None or ray is not None:
+        runtime = Runtime(engine or "ray", ray)
     read = read or ReadOptions()
-    return read.but(**fields) if fields else read
+    return (read.but(**fields) if fields else read), runtime
 
 
 @dataclass(frozen=True)

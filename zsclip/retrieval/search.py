@@ -110,7 +110,7 @@ def index(
         >>> zsclip.index(model, "photos/").to_dict()
     """
     cache = cache or Cache()
-    read = reading(read, read_fields)
+    read, runtime = reading(read, runtime, read_fields)
     exact = exact or read.exact
     read = read.but(store=True, cache=cache, exact=exact)
     sources = _sources(paths)
@@ -289,7 +289,7 @@ def search(
     """
     check_search_options(top, threshold)
     cache = cache or Cache()
-    read = reading(read, read_fields)
+    read, runtime = reading(read, runtime, read_fields)
     sources = _sources(paths) if paths is not None else None
     if isinstance(query, np.ndarray):
         q = query.astype(np.float32)

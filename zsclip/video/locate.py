@@ -37,6 +37,8 @@ import numpy as np
 
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.core.wording import plural
+from zsclip.video.frames import embed_video
+from zsclip.video.sampling import check_fps
 from zsclip.zeroshot import classifier
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -154,8 +156,6 @@ def check_options(
     ordered: bool = False,
 ) -> list[str]:
     """Usage errors that need no model or video, so they come at once; returns the texts, stripped."""
-    from zsclip.video import check_fps
-
     texts = [t.strip() for t in texts]
     if not texts:
         raise UsageError("no text given: use --text 'a dog catches a frisbee' (repeatable) or --text-file FILE")
@@ -343,8 +343,6 @@ def locate(
         >>> result = zsclip.locate(model, "clip.mp4", ["a red circle"], fps=2)
         >>> [s.to_dict() for s in result.segments]
     """
-    from zsclip.video import embed_video
-
     texts = check_options([texts] if isinstance(texts, str) else texts, fps, min_seconds, max_seconds, top, ordered)
     check_min_score(min_score)
     frames = embed_video(model, str(video), fps, batch_size=batch_size, store=store, cache=cache, progress=progress)

@@ -17,6 +17,7 @@ import numpy as np
 from zsclip.core import atomic
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.core.plots import pyplot
+from zsclip.video.container import grab_frames
 from zsclip.video.locate import FORMATS, LocateResult, Segment
 
 
@@ -101,8 +102,6 @@ def write_report(results: Sequence[LocateResult], directory: str | os.PathLike, 
     """DIR/result.json (as --format json), DIR/plot-N.png per video and DIR/report.html with the plots and a strip
     of `thumbs` frames from each segment. Returns the HTML's path."""
     import base64
-
-    from zsclip.video import grab_frames
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
