@@ -94,7 +94,7 @@ def test_ctrl_c_says_interrupted_and_exits_130(imgs, tmp_path, monkeypatch, tiny
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(sys.modules["zsclip.classify.predict"], "classify", interrupted)
+    monkeypatch.setattr(sys.modules["zsclip.classify.run"], "classify", interrupted)
     out = tmp_path / "out.csv"
     result = run("classify", imgs, "-c", "a,b", "-m", tiny_model_dir, "-q", "-o", out)
     assert result.exit_code == 130 and result.stderr.strip().endswith("error: interrupted")

@@ -107,7 +107,7 @@ def test_ctrl_c_exits_130_and_leaves_no_empty_partial(tiny_model_dir, imgs, tmp_
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(sys.modules["zsclip.classify.predict"], "classify", interrupted)
+    monkeypatch.setattr(sys.modules["zsclip.classify.run"], "classify", interrupted)
     out = tmp_path / "out.csv"
     result = run("classify", imgs, *_classify_args(tiny_model_dir, "-o", out))
     assert result.exit_code == 130 and "Traceback" not in result.output  # saying "interrupted": test_cli_output
@@ -255,7 +255,7 @@ def test_output_and_failures_into_missing_folders(tiny_model_dir, imgs, tmp_path
 
 def test_output_into_a_folder_fails_before_classifying(tiny_model_dir, imgs, tmp_path, monkeypatch):
 
-    monkeypatch.setattr(sys.modules["zsclip.classify.predict"], "classify", lambda *a, **k: pytest.fail("classified"))
+    monkeypatch.setattr(sys.modules["zsclip.classify.run"], "classify", lambda *a, **k: pytest.fail("classified"))
     result = run("classify", imgs, *_classify_args(tiny_model_dir, "-o", tmp_path))
     assert result.exit_code == 2 and "is a folder" in result.stderr and result.stderr.count("\n") == 1
     assert not Path(f"{tmp_path}.partial").exists()

@@ -203,7 +203,7 @@ def make_app(
     def thumb(request: Request) -> Response:
         real = contained(request.query_params.get("path", ""), library.roots)
         try:
-            data = thumbnail(real, thumbs, library.read.get("max_pixels"))
+            data = thumbnail(real, thumbs, library.read.max_pixels)
         except SkipFile as e:
             raise Refused(f"{request.query_params['path']}: {e}", 422) from None
         return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})

@@ -217,7 +217,7 @@ class Library:
         snapshot, rows = self._snapshot(), self.live_rows()
         paths = [snapshot.paths[r] for r in rows.tolist()]
         features = np.asarray(snapshot.vectors[rows], dtype=np.float32)
-        features = Recheck(self.model, classifier, cache=self.cache)(paths, features)
+        features = Recheck(self.model, classifier, self.read.but(cache=self.cache))(paths, features)
         return paths, probabilities(features, classifier)
 
     def classifier(self, classes: list[str], templates: str) -> Classifier:
