@@ -246,3 +246,17 @@ def test_a_shard_that_holds_no_file_is_a_finished_job(tmp_path):
     assert [r.exit_code for r in results] == [0, 0], [r.output for r in results]
     assert sum(len(r.stdout.splitlines()) for r in results) == 1
     assert any("holds none of these files" in r.stderr for r in results)
+
+
+def test_the_root_help_lists_each_command_as_its_own_help_says_and_imports_none():
+    """`zsclip --help` comes from a table (the commands load only when one runs): each line is the command's own."""
+    from zsclip.cli.group import LazyGroup
+
+    group = typer.main.get_command(app)
+    ctx = group.context_class(group)
+    for name, (_, _, line) in LazyGroup.commands_table.items():
+        command = group.get_command(ctx, name)
+        assert " ".join((command.help or "").split("\n\n")[0].split()) == line, name
+    probe = "import sys, zsclip.cli, zsclip.cli.group; print(sorted(m for m in sys.modules if m.startswith('zsclip.')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "zsclip.cli.classify" not in loaded and "zsclip.backends" not in loaded

@@ -11,30 +11,69 @@ from typing import Annotated
 import typer
 
 from zsclip import __version__
-from zsclip.cli import cache, classify, data, fit, index, locate, models, prompts, search, serve, train
-from zsclip.cli import eval as eval_
-from zsclip.cli.common import Group
+from zsclip.cli.group import LazyGroup
 
 app = typer.Typer(
-    cls=Group,
+    cls=LazyGroup,
     help="Zero-shot image classification with CLIP: label images by class names the model never trained on.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode="markdown",  # help paragraphs are reflowed to the terminal's width
 )
-app.command("classify")(classify.classify_cmd)
-app.command("eval")(eval_.eval_cmd)
-app.command("fit")(fit.fit_cmd)
-app.add_typer(prompts.app, name="prompts")
-app.add_typer(data.data_app, name="data")
-app.command("train")(train.train_cmd)
-app.command("locate")(locate.locate_cmd)
-app.command("index")(index.index_cmd)
-app.command("search")(search.search_cmd)
-app.command("serve")(serve.serve_cmd)
-app.command("models")(models.models_cmd)
-app.add_typer(cache.cache_app, name="cache")
+# name -> (module in zsclip/cli/, its command or Typer app, the line `zsclip --help` shows), in --help's order.
+LazyGroup.commands_table = {
+    "classify": (
+        "classify",
+        "classify_cmd",
+        "Classify images by class names: a label, its probability and the top-k classes per image.",
+    ),
+    "eval": (
+        "eval",
+        "eval_cmd",
+        "Zero-shot accuracy of a model on a labelled data set, with confusion and per-class reports.",
+    ),
+    "fit": (
+        "fit",
+        "fit_cmd",
+        "Fit a few-shot classifier: K images per class of DATA (drawn with --seed), the rest held out and scored.",
+    ),
+    "train": (
+        "train",
+        "train_cmd",
+        "Train a CLIP model contrastively on image-caption pairs (the CLIP recipe, small).",
+    ),
+    "locate": (
+        "locate",
+        "locate_cmd",
+        "Find where each text happens in each video, without training: frame-text similarity curves -> segments.",
+    ),
+    "index": (
+        "index",
+        "index_cmd",
+        "Put every image under PATH into the image-embedding store, for `zsclip search` (and classify) to reuse.",
+    ),
+    "search": (
+        "search",
+        "search_cmd",
+        "Find the images most like a text (or --image), best first with their cosine similarity.",
+    ),
+    "serve": (
+        "serve",
+        "serve_cmd",
+        "A local web page to search, classify and browse the images under PATH (Ctrl-C stops it).",
+    ),
+    "models": (
+        "models",
+        "models_cmd",
+        "List open_clip pretrained models (and whether they are downloaded), shipped and local models; with "
+        "--prepare MODEL, make the ONNX backends of MODEL on this CPU and measure them; with --backends MODEL, "
+        "show that measurement: how fast each backend runs that model here and whether it keeps torch's labels.",
+    ),
+    "prompts": ("prompts", "app", "List, show and compare prompt template sets."),
+    "data": ("data", "data_app", "Generate data sets."),
+    "cache": ("cache", "cache_app", "Inspect or clear the cache of text and image embeddings."),
+}
 
 
 def _version(value: bool) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from zsclip.cli.common import typer_app
+from zsclip.cli.group import typer_app
 from zsclip.cli.options import grouped, option
 from zsclip.models import fingerprint_spec
 from zsclip.store.cache import PARTS, Cache, cache_dir, tree_bytes

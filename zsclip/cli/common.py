@@ -6,73 +6,18 @@ at once. Commands import the API inside their bodies."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import sys
-
-import click
-import typer
-from typer.core import TyperGroup
 
 from zsclip.cli.options import Cluster, Limits, Speed, Store, Walk
 from zsclip.core import progress
 from zsclip.core.defaults import DEFAULT_MODEL
-from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.errors import UsageError
 from zsclip.engines import ReadOptions, Runtime, check_engine
 from zsclip.engines.ray import RayOptions, require_ray
 from zsclip.engines.ray_output import contain_output
 from zsclip.fewshot import load_classifier
 from zsclip.fewshot.files import model_of
-from zsclip.store.cache import cache_dir
 from zsclip.zeroshot.classifier import build_classifier
-
-# Typer >= 0.29 vendors its own click; older releases raise click's exceptions.
-_CLICK_ERRORS = (click.ClickException, click.exceptions.Abort, getattr(typer, "TyperException", click.ClickException))
-
-
-class Group(TyperGroup):
-    """Every error a user can cause ends as one line on stderr and an exit code; never a traceback."""
-
-    def invoke(self, ctx):
-        # Typer turns Ctrl-C into a silent Exit(130) before main() below could see it: say so here.
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except _CLICK_ERRORS as exc:
-            if not hasattr(exc, "format_message"):  # Abort
-                fail("interrupted", 130)
-            code = getattr(exc, "exit_code", 1)
-            ctx = getattr(exc, "ctx", None)
-            message = exc.format_message()
-            if not message and ctx is not None:  # a group run without a command: its help was printed
-                sys.exit(code)
-            where = f" (see '{ctx.command_path} --help')" if code == 2 and ctx else ""
-            fail(f"{message}{where}", code)
-        except ZsclipError as exc:
-            fail(str(exc), exc.exit_code)
-        except MemoryError:
-            fail("out of memory: try a smaller --batch-size or fewer --workers (finished output is kept)", 1)
-        except OSError as exc:  # a folder zsclip must write to that cannot take it (read-only, full, no access)
-            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
-                raise
-
-            where = exc.filename or "a file"
-            cached = str(where).startswith(str(cache_dir()))
-            hint = "; set ZSCLIP_CACHE_DIR to a writable folder" if cached else "; choose another folder"
-            fail(f"cannot write {where}: {exc.strerror}{hint} (finished output is kept)", 1)
-        except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) and CPU allocator failures
-            if "out of memory" not in str(exc).lower():
-                raise
-            first = str(exc).splitlines()[0][:200]
-            fail(f"out of memory ({first}): try a smaller --batch-size (finished output is kept)", 1)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
 
 _RESULTS: list = []  # the stream results go to, when it is not sys.stdout (see engine_options)
 
@@ -86,22 +31,6 @@ def echo(text: str) -> None:
     stream = results()
     stream.write(text + "\n")
     stream.flush()
-
-
-def fail(message: str, code: int) -> None:
-    progress.log(f"error: {message}")
-    sys.exit(code)
-
-
-def typer_app(help: str) -> typer.Typer:
-    return typer.Typer(
-        cls=Group,
-        help=help,
-        no_args_is_help=True,
-        pretty_exceptions_enable=False,
-        add_completion=False,
-        rich_markup_mode="markdown",
-    )
 
 
 def choice(option: str, value: str | None, allowed: tuple[str, ...]) -> None:

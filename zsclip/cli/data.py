@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from zsclip.cli.common import typer_app
+from zsclip.cli.group import typer_app
 from zsclip.cli.options import OUTPUT, grouped, option
 from zsclip.core import progress
 from zsclip.core.errors import UsageError

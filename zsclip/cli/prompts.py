@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from zsclip.cli.common import echo, engine_options, print_table, read_options, typer_app
+from zsclip.cli.common import echo, engine_options, print_table, read_options
 from zsclip.cli.dataset_options import Data, embed_with_progress, eval_data
+from zsclip.cli.group import typer_app
 from zsclip.cli.options import OUTPUT, Backend, Cluster, Device, Limits, ModelOpt, Quiet, Speed, Store, grouped, option
 from zsclip.core import progress
 from zsclip.core.defaults import DEFAULT_MODEL
