@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zsclip.pipeline.images import HEIF_PLUGIN
+from zsclip.pipeline.formats import HEIF_PLUGIN
 
 # name -> what zsclip must do with it: "ok" (classified), "skip: <part of the reason>", "ignore" (not reported)
 EXPECTED: dict[str, str] = {}
@@ -80,8 +80,8 @@ def make_corpus(root: Path) -> dict[str, str]:
     _add(root, "page.png", "skip: not a recognised image format", data=b"<!doctype html><html><body>404</body></html>")
     _add(root, "header_only.jpg", "skip: cannot decode", data=b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)  # an iPhone photo's header, no image
-    # Without pillow-heif the reason names the plugin; with it, this header alone is no image it can read.
-    why = "not a recognised image format" if HEIF_PLUGIN else "pillow-heif"
+    # Without pillow-heif the reason names the photos extra; with it, this header alone is no image it can read.
+    why = "not a recognised image format" if HEIF_PLUGIN else "photos extra"
     _add(root, "IMG_0001.HEIC", f"skip: {why}", data=heic)
     bomb = io.BytesIO()
     Image.new("1", (20000, 20000)).save(bomb, format="PNG")  # 400M pixels in a few KB

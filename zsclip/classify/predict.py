@@ -27,6 +27,7 @@ class Prediction:
     prob: float
     top_k: list[dict] = field(default_factory=list)  # [{"label": str, "prob": float}], best first
     abstained: bool = False
+    extra: dict = field(default_factory=dict)  # columns asked for besides (classify --exif: taken, camera, gps)
 
     def to_dict(self) -> dict:
         return {
@@ -35,6 +36,7 @@ class Prediction:
             "prob": self.prob,
             "top_k": self.top_k,
             "abstained": self.abstained,
+            **self.extra,
         }
 
 

@@ -5,14 +5,16 @@ arrive in walk order and each is written as it comes, so an interrupted run keep
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 from zsclip.classify.gallery import Gallery
 from zsclip.classify.output import RESUMABLE, FailuresLog, OutputFile, OutputPlan, make_writer
+from zsclip.classify.output.render import EXIF_COLUMNS
 from zsclip.classify.predict import Skipped, classify
 from zsclip.classify.recheck import Recheck
 from zsclip.classify.sort import Sorter
@@ -21,6 +23,7 @@ from zsclip.core.errors import ZsclipError, is_disk_full
 from zsclip.core.wording import all_skipped, plural
 from zsclip.engines import ReadOptions, Runtime
 from zsclip.models import ClipModel
+from zsclip.photos.facts import facts_of
 from zsclip.pipeline.sources import Exclude, count_candidates
 from zsclip.zeroshot.classifier import Classifier
 
@@ -33,7 +36,7 @@ class Counts:
     rechecked: int = 0  # int8 labels settled by the fp32 tower (zsclip.classify.recheck)
 
 
-def output_settings(clip, clf, fmt: str, top_k: int, threshold: float | None, exact: bool) -> dict:
+def output_settings(clip, clf, fmt: str, top_k: int, threshold: float | None, exact: bool, exif: bool = False) -> dict:
     """What an --output file was made with: --resume refuses to continue it with anything else."""
     return {
         "format": fmt,
@@ -45,6 +48,7 @@ def output_settings(clip, clf, fmt: str, top_k: int, threshold: float | None, ex
         "exact_preprocess": exact,
         # Only off torch, so --output files written before backends existed still resume.
         **({"backend": clip.backend} if getattr(clip, "backend", "torch") != "torch" else {}),
+        **({"exif": True} if exif else {}),  # only when asked, so files written before --exif still resume
     }
 
 
@@ -64,29 +68,34 @@ def run(
     show: bool = False,
     sorter: Sorter | None = None,
     gallery: Gallery | None = None,
+    sinks: Sequence = (),
+    exif: bool = False,
     stdout: TextIO | None = None,
     made_of: dict | None = None,
 ) -> Counts:
     """Classify `sources` and write every record where `plan` (zsclip.classify.output.plan_output) says: to stdout,
     or to the output file (FILE.partial, renamed when the run ends; a resumed plan continues it, for the same
     `inputs`, and `made_of` is what a finished file records). Skipped files go to stderr and the failures log.
-    `sorter` and `gallery` receive every record too; they are closed here. `stdout`: where records go without an
-    output file (default sys.stdout)."""
+    `sorter`, `gallery` and `sinks` (zsclip.photos.xmp.TagWriter: anything with `add(record)` that is a context
+    manager) receive every record too; they are closed here. `exif`: records gain the taken, camera and gps
+    columns (zsclip.photos.exif). `stdout`: where records go without an output file (default sys.stdout)."""
     counts = Counts()
     fmt, output = plan.fmt, plan.output
-    settings = output_settings(clip, clf, fmt, top_k, threshold, read.exact)
+    settings = output_settings(clip, clf, fmt, top_k, threshold, read.exact, exif)
+    columns = EXIF_COLUMNS if exif else ()
     with contextlib.ExitStack() as stack:
         out_file = OutputFile(output, fmt, settings, plan.resume, inputs=inputs, run=made_of) if output else None
         if out_file and out_file.done:
             counts.resumed = len(out_file.done)
             progress.log(f"resuming {out_file.partial}: {plural(counts.resumed, 'image')} already classified")
-        for sink in (sorter, gallery):
+        for sink in (sorter, gallery, *sinks):
             if sink is not None:
                 stack.enter_context(sink)
         dry_run = sorter is not None and sorter.dry_run
         out = out_file.stream if out_file else (None if dry_run else stdout or sys.stdout)  # a dry run: its plan
         fail_log = stack.enter_context(FailuresLog(plan.failures)) if plan.failures else None
-        writer = make_writer(fmt, out, top_k, header=not (out_file and out_file.appending)) if out else None
+        header = not (out_file and out_file.appending)
+        writer = make_writer(fmt, out, top_k, header=header, extra=columns) if out else None
         written = out_file.done if out_file else ()
         bar = stack.enter_context(progress.bar("classifying", None, "img", show))
         exclude = _finished(out_file, sorter)
@@ -112,6 +121,8 @@ def run(
                         raise ZsclipError(f"{record.path}: {record.reason} (--strict stops at the first bad file)")
                 elif record.path not in written:  # sorted only now, but in --output already
                     counts.done += 1
+                    if exif:
+                        record.extra.update(_exif_columns(record.path, read.cache))
                     if writer:
                         writer.write(record)
                     if out_file:
@@ -121,6 +132,8 @@ def run(
                 place = sorter.add(record) if sorter else None
                 if gallery:
                     gallery.add(record, image=None if dry_run else place)
+                for sink in sinks:
+                    sink.add(record)
                 if bar:
                     bar.update(0, advance=1, extra=f"{counts.skipped} skipped" if counts.skipped else "")
             if writer:
@@ -149,6 +162,13 @@ def run(
             out_file.finish()
     counts.rechecked = recheck.rechecked
     return counts
+
+
+def _exif_columns(path: str, cache) -> dict:
+    """taken, camera and gps of one photo (EXIF, kept in the cache by zsclip.photos.facts)."""
+    facts, _ = facts_of([path], cache)
+    found = facts.get(os.path.abspath(path))
+    return found.to_dict() if found else {"taken": None, "camera": None, "gps": None}
 
 
 class _Both:

@@ -70,6 +70,12 @@ LazyGroup.commands_table = {
         "--prepare MODEL, make the ONNX backends of MODEL on this CPU and measure them; with --backends MODEL, "
         "show that measurement: how fast each backend runs that model here and whether it keeps torch's labels.",
     ),
+    "dupes": (
+        "dupes",
+        "dupes_cmd",
+        "Find duplicate photos: exact copies (the same bytes) and near duplicates (resized, recompressed, "
+        "re-exported, lightly edited or cropped), one record per file in a group with the one kept and why.",
+    ),
     "prompts": ("prompts", "app", "List, show and compare prompt template sets."),
     "data": ("data", "data_app", "Generate data sets."),
     "cache": ("cache", "cache_app", "Inspect or clear the cache of text and image embeddings."),

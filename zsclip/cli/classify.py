@@ -48,6 +48,7 @@ from zsclip.core.limits import check_ranking
 from zsclip.core.wording import plural
 from zsclip.fewshot.files import load as load_classifier_file
 from zsclip.models import fingerprint_spec
+from zsclip.photos.xmp import TagWriter
 from zsclip.pipeline.sources import Exclude, check_sources, expand_sources, first_image
 from zsclip.store.cache import Cache
 from zsclip.zeroshot.prompts import class_names
@@ -91,6 +92,43 @@ class Records(Options):
     threshold: Annotated[
         float | None, option(panel=OUTPUT, help="Label 'unknown' when the top probability is below P.")
     ] = None
+    exif: Annotated[
+        bool, option("--exif", panel=OUTPUT, help="Add the taken, camera and gps columns (from each photo's EXIF).")
+    ] = False
+
+
+@dataclass
+class Tags(Options):
+    """Keywords a photo manager reads (zsclip.photos.xmp)."""
+
+    write_tags: Annotated[
+        str | None,
+        option(
+            panel=OUTPUT,
+            show_default=False,
+            help="Write each label as a keyword (zsclip|LABEL) into an XMP sidecar beside the photo (xmp), or into "
+            "the photo itself (embedded); keywords already there are kept.",
+        ),
+    ] = None
+    tags_top_k: Annotated[
+        int | None,
+        option(panel=OUTPUT, show_default=False, help="With --write-tags: the top K labels, not only the first."),
+    ] = None
+    tags_threshold: Annotated[
+        float | None,
+        option(panel=OUTPUT, show_default=False, help="With --write-tags: only labels with at least this probability."),
+    ] = None
+    sidecar: Annotated[
+        str,
+        option(panel=OUTPUT, help="Sidecar names: beside (NAME.EXT.xmp: digiKam, darktable) or lightroom (NAME.xmp)."),
+    ] = "beside"
+
+    def writer(self, dry_run: bool):
+        if self.write_tags is None:
+            if self.tags_top_k is not None or self.tags_threshold is not None:
+                raise UsageError("--tags-top-k and --tags-threshold need --write-tags xmp")
+            return None
+        return TagWriter(self.write_tags, self.sidecar, self.tags_top_k, self.tags_threshold, dry_run)
 
 
 @dataclass
@@ -135,6 +173,7 @@ def classify_cmd(
     *,
     records: Records,
     sorting: Sorting,
+    tags: Tags,
     walk: Walk,
     limits: Limits,
     device: Device,
@@ -156,6 +195,7 @@ def classify_cmd(
     runtime = engine_options(cluster)
     check_ranking(records.top_k, records.threshold)
     backend.check()
+    writer = tags.writer(sorting.dry_run)  # None without --write-tags; usage errors before the model loads
     made_of = _made_of(spec, names, templates, fitted, records, speed, backend, shard, paths)
     plan = _plan(records, sorting, made_of)
     settings = {"classes": names, "threshold": records.threshold}  # a resumed sort must have been made with these
@@ -173,11 +213,15 @@ def classify_cmd(
     sorter, gallery = _sinks(sorting, records, clf, settings, sources)
     counts = run(
         clip, clf, sources, plan, read, runtime, inputs=paths, top_k=top_k, threshold=records.threshold,
-        strict=records.strict, quiet=quiet.quiet, show=show, sorter=sorter, gallery=gallery, stdout=results(),
+        strict=records.strict, quiet=quiet.quiet, show=show, sorter=sorter, gallery=gallery,
+        sinks=[writer] if writer else [], exif=records.exif, stdout=results(),
         made_of=made_of(clip.fingerprint) if records.output else None,
     )  # fmt: skip
     if not quiet.quiet:
         _summary(counts, plan, sorter, gallery, sorting)
+        if writer is not None and not sorting.dry_run:
+            where = "photos" if writer.kind == "embedded" else "XMP sidecars"
+            progress.log(f"keywords written into {plural(writer.written, 'file')} ({where})")
 
 
 def _made_of(spec, names, templates, fitted, records, speed, backend, shard, paths):

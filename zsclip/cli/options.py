@@ -224,6 +224,33 @@ class Walk(Options):
 
 
 @dataclass
+class When(Options):
+    """Search by when, where and which camera (EXIF, read once into the cache: zsclip.photos.filters)."""
+
+    taken_after: Annotated[
+        str | None,
+        option(panel=INPUT, help="Only photos taken on or after this ISO date or time (2024-06-01, 2024-06-01T14:30)."),
+    ] = None
+    taken_before: Annotated[str | None, option(panel=INPUT, help="Only photos taken before this ISO date or time.")] = (
+        None
+    )
+    camera: Annotated[
+        str | None, option(panel=INPUT, help="Only photos from this camera: a make or model, any part, any case.")
+    ] = None
+    has_gps: Annotated[
+        bool | None,
+        option(
+            "--has-gps/--no-gps", panel=INPUT, help="Only photos with (or without) a GPS position.", show_default=False
+        ),
+    ] = None
+
+    def filter(self):
+        from zsclip.photos.filters import PhotoFilter  # PIL: only when a command filters
+
+        return PhotoFilter.checked(self.taken_after, self.taken_before, self.camera, self.has_gps)
+
+
+@dataclass
 class Quiet(Options):
     quiet: Annotated[
         bool, option("--quiet", "-q", panel=OUTPUT, help="No progress bar, no skip lines, no summary.")

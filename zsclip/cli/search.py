@@ -30,6 +30,7 @@ from zsclip.cli.options import (
     Quiet,
     Speed,
     Walk,
+    When,
     grouped,
     option,
 )
@@ -137,6 +138,7 @@ def search_cmd(
     *,
     ask: Query,
     hits: Hits,
+    when: When,
     walk: Walk,
     limits: Limits,
     device: Device,
@@ -154,6 +156,7 @@ def search_cmd(
     if query is None and ask.image is None:
         raise UsageError("give a QUERY text or --image FILE")
     read = read_options(speed, limits, walk=walk)
+    where = when.filter()
     hits.check()
     backend.check()
     if embeddings is not None and paths:
@@ -161,16 +164,23 @@ def search_cmd(
     if embeddings is not None:
         spec = spec or read_export(embeddings).spec  # the vectors' own model, recorded in the export
     sources = expand_sources(paths or ["."]) if embeddings is None else []
+    if where.active and embeddings is not None:
+        raise UsageError("--taken-after, --taken-before, --camera and --has-gps filter the store, not --embeddings")
     if classifier_file is not None:
+        if where.active:
+            raise UsageError("--taken-after, --taken-before, --camera and --has-gps filter text and image searches")
         if embeddings is not None or ask.image is not None or ask.add or ask.subtract:
             raise UsageError("--classifier ranks by a class: leave out --embeddings, --image, --add and --subtract")
         spec = model_for_classifier(spec, classifier_file)
         return _class_search(query, classifier_file, paths, sources, spec, hits, (device, backend), read, quiet.quiet)
     spec = spec or DEFAULT_MODEL
-    _search(query, paths, sources, spec, embeddings, approximate, ask, hits, (device, backend), read, quiet.quiet)
+    _search(
+        query, paths, sources, spec, embeddings, approximate, ask, hits, (device, backend), (read, where), quiet.quiet
+    )
 
 
-def _search(query, paths, sources, spec, embeddings, approximate, ask: Query, hits: Hits, runtime, read, quiet):
+def _search(query, paths, sources, spec, embeddings, approximate, ask: Query, hits: Hits, runtime, reading, quiet):
+    read, where = reading
 
     cache = Cache()
     device, backend = runtime
@@ -189,7 +199,7 @@ def _search(query, paths, sources, spec, embeddings, approximate, ask: Query, hi
     if embeddings is not None:  # vectors exported by `zsclip index --embeddings-out`: no store, no indexing
         found = _search_parquet(embeddings, q, hits.top, hits.threshold, clip.fingerprint)
     else:
-        found = _search_store(clip, q, sources, hits, approximate, quiet, read.but(cache=cache))
+        found = _search_store(clip, q, sources, hits, approximate, quiet, read.but(cache=cache), where)
     _write_hits(found, hits)
     if hits.report:
         described = {
@@ -200,6 +210,7 @@ def _search(query, paths, sources, spec, embeddings, approximate, ask: Query, hi
             "paths": ", ".join(paths or ["."]),
             "model": clip.spec,
             "templates": ask.templates,
+            **where.to_dict(),
         }
         page = write_search_report(found, hits.report, described)
         if not quiet:
@@ -235,7 +246,7 @@ def _class_search(label, classifier_file, paths, sources, spec, hits: Hits, runt
         progress.log("no results")
 
 
-def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, read: ReadOptions):
+def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, read: ReadOptions, where=None):
     """Index what is new under the sources (one line for the files that cannot be read), then search the store."""
 
     indexed = index_with_progress(clip, sources, progress.enabled(quiet), True, None, read)
@@ -259,6 +270,7 @@ def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, 
         exact=read.exact,
         cache=read.cache,
         read=read,
+        where=where,
     )
 
 

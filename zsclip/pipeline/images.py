@@ -27,19 +27,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from zsclip.core.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_PIXELS, check_limits
+from zsclip.pipeline.formats import MissingExtra, is_raw, missing_reader, open_raw
 from zsclip.pipeline.sources import has_image_extension, looks_like_image, walk
 from zsclip.pipeline.workers import in_worker_process, run_tasks
 from zsclip.store.embeddings import FileIdentity, ImageStore
 from zsclip.store.shards import MemberError, describe, is_member, read_member
-
-_HEIF = (".heic", ".heif")
-try:  # phone photos: HEIC/HEIF decode only with this optional plugin
-    from pillow_heif import register_heif_opener
-
-    register_heif_opener()
-    HEIF_PLUGIN = True
-except ImportError:
-    HEIF_PLUGIN = False
 
 
 @dataclass
@@ -137,17 +129,20 @@ def decode_image(
             if draft and im.format == "JPEG" and min(im.size) >= 2 * draft:
                 im.draft("RGB", (draft, draft))
             im.load()
-            return preprocess(to_rgb(_upright(im)))
+            return preprocess(to_rgb(upright(im)))
+    except MissingExtra as exc:
+        raise SkipFile(str(exc)) from None
     except UnidentifiedImageError:
-        if path.lower().endswith(_HEIF) and not HEIF_PLUGIN:
-            raise SkipFile("HEIC/HEIF images need the pillow-heif plugin: pip install pillow-heif") from None
-        raise SkipFile("not a recognised image format") from None
+        raise SkipFile(missing_reader(path) or "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise SkipFile(f"cannot decode: {' '.join(str(exc).split()) or type(exc).__name__}") from None
 
 
 def open_image(source: str | IO[bytes]) -> Image.Image:
-    """Image.open (the header only) without PIL's global pixel limit, which check_pixels replaces."""
+    """Image.open (the header only) without PIL's global pixel limit, which check_pixels replaces; a camera RAW
+    file opens as its embedded preview (zsclip.pipeline.formats)."""
+    if isinstance(source, str) and is_raw(source):
+        return open_raw(source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -181,7 +176,7 @@ def check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
         )
 
 
-def _upright(im: Image.Image) -> Image.Image:
+def upright(im: Image.Image) -> Image.Image:
     try:
         return ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block should not cost the image

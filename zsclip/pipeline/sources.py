@@ -15,8 +15,12 @@ from zsclip.core.textfiles import read_text
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-    | {".avif", ".heic", ".heif"}
+    | {".avif", ".heic", ".heif", ".mpo"}
+    | {".cr2", ".cr3", ".nef", ".nrw", ".arw", ".dng", ".orf", ".rw2", ".raf", ".pef", ".srw"}  # camera RAW
 )
+RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".nef", ".nrw", ".arw", ".dng", ".orf", ".rw2", ".raf", ".pef", ".srw"})
+# Which files stand for a RAW of the same name in the same folder: the camera's own JPEG, or a phone's HEIC.
+DEVELOPED = frozenset({".jpg", ".jpeg", ".heic", ".heif"})
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
@@ -152,6 +156,14 @@ def in_shard(relative_path: str, shard: tuple[int, int]) -> bool:
     return int.from_bytes(hashlib.sha1(key).digest()[:8], "big") % n == i
 
 
+def raw_siblings(names: list[str]) -> set[str]:
+    """The RAW files among `names` (one folder's entries) that a developed file of the same stem stands for."""
+    stems = {os.path.splitext(n)[0].lower() for n in names if os.path.splitext(n)[1].lower() in DEVELOPED}
+    return {
+        n for n in names if os.path.splitext(n)[1].lower() in RAW_EXTENSIONS and os.path.splitext(n)[0].lower() in stems
+    }
+
+
 def _walk_dir(root: str, recursive: bool, avoid: frozenset[tuple[int, int]] = frozenset()) -> Iterator[str]:
     seen: set[tuple[int, int]] = set(avoid)
     stack: list[Iterator[os.DirEntry]] = []
@@ -167,7 +179,8 @@ def _walk_dir(root: str, recursive: bool, avoid: frozenset[tuple[int, int]] = fr
                 entries = sorted(it, key=lambda e: e.name)
         except OSError:
             return
-        stack.append(iter(entries))
+        paired = raw_siblings([e.name for e in entries])  # RAW+JPEG: one photo, read from the JPEG
+        stack.append(iter([e for e in entries if e.name not in paired]))
 
     enter(root)
     while stack:

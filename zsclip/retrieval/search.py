@@ -17,6 +17,7 @@ from zsclip.classify.predict import probabilities
 from zsclip.core.errors import UsageError
 from zsclip.engines import ReadOptions, Runtime, embed_stream, reading
 from zsclip.models import ClipModel
+from zsclip.photos.filters import PhotoFilter, allowed_rows, as_ranges
 from zsclip.pipeline.encode import store_variant
 from zsclip.pipeline.sources import expand_sources
 from zsclip.store import snapshots
@@ -257,6 +258,7 @@ def search(
     on_batch: Callable[[int, int], None] | None = None,
     read: ReadOptions | None = None,
     runtime: Runtime | None = None,
+    where: PhotoFilter | None = None,
     **read_fields,
 ) -> list[Hit]:
     """The `top` stored images most similar to the query, best first (score = cosine similarity).
@@ -279,6 +281,8 @@ def search(
         image: a query image file (combined with the text when both are given).
         read, runtime: how new files are read and who runs it (as for zsclip.index); ReadOptions fields may be
             given by name.
+        where: only photos taken in a time span, with a camera, with or without GPS
+            (zsclip.photos.filters.PhotoFilter, read from EXIF once into the cache).
 
     Returns:
         A list of Hit(rank, path, score), best first.
@@ -308,6 +312,11 @@ def search(
         raise UsageError(f"no images indexed for model {model.spec}{where}; index them: {how} --model {model.spec}")
     if snapshot.vectors.shape[1] != len(q):
         raise UsageError(f"the stored vectors have {snapshot.vectors.shape[1]} dimensions, the query {len(q)}")
+    if where is not None and where.active:  # when, where, which camera: the rows that pass, before ranking
+        rows = np.concatenate([np.arange(lo, hi) for lo, hi in ranges])
+        ranges = as_ranges(allowed_rows(snapshot.paths, rows, where, cache))
+        if not ranges:
+            return []
     want = top
     total = sum(hi - lo for lo, hi in ranges)
     while True:  # a few more candidates than asked, for stored files that have since been deleted

@@ -31,6 +31,7 @@ from zsclip.classify.output.render import make_writer
 from zsclip.classify.predict import check_options, predict
 from zsclip.classify.sort import Sorter
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.photos.filters import PhotoFilter
 from zsclip.pipeline.images import SkipFile
 from zsclip.serve.guard import Guard, Refused, contained
 from zsclip.serve.openapi import OPENAPI
@@ -91,7 +92,8 @@ def make_app(
             if not text.strip():
                 raise UsageError("q: give a text to search for (or like=PATH for images like one)")
             q = library.query(text)
-        return JSONResponse({"results": library.search(q, top, offset), "images": len(library.rows)})
+        results = library.search(q, top, offset, _where(request))
+        return JSONResponse({"results": results, "images": len(library.rows)})
 
     async def search_image(request: Request) -> Response:
         data = bytearray()
@@ -111,7 +113,8 @@ def make_app(
             with open(path, "wb") as f:
                 f.write(data)
             q = library.query(image_file=path)
-        return JSONResponse({"results": library.search(q, top, offset), "images": len(library.rows)})
+        results = library.search(q, top, offset, _where(request))
+        return JSONResponse({"results": results, "images": len(library.rows)})
 
     @api
     def classify(request: Request) -> Response:
@@ -390,3 +393,17 @@ def _json(value) -> str:
     import json
 
     return json.dumps(value).replace("</", "<\\/")
+
+
+def _where(request: Request) -> PhotoFilter:
+    """taken_after, taken_before (ISO dates), camera and has_gps (true/false) of a search request."""
+    params = request.query_params
+    gps = params.get("has_gps")
+    if gps not in (None, "", "true", "false", "1", "0"):
+        raise UsageError(f"has_gps={gps}: use true or false")
+    return PhotoFilter.checked(
+        params.get("taken_after") or None,
+        params.get("taken_before") or None,
+        params.get("camera") or None,
+        None if gps in (None, "") else gps in ("true", "1"),
+    )

@@ -22,6 +22,7 @@ from zsclip.classify.predict import probabilities
 from zsclip.classify.recheck import Recheck
 from zsclip.core.errors import UsageError
 from zsclip.engines import ReadOptions
+from zsclip.photos.filters import PhotoFilter, allowed_rows, as_ranges
 from zsclip.pipeline.encode import store_variant
 from zsclip.pipeline.sources import count_candidates
 from zsclip.retrieval.search import image_vector, index, query_vector
@@ -197,16 +198,20 @@ class Library:
         j = int(np.searchsorted(rows, i))
         return i if j < len(rows) and rows[j] == i and self._servable(snapshot, i) else None
 
-    def search(self, q: np.ndarray, top: int, offset: int = 0) -> list[dict]:
-        """Hits offset..offset+top, best first: path and cosine score; files changed or gone since are left out."""
+    def search(self, q: np.ndarray, top: int, offset: int = 0, where: PhotoFilter | None = None) -> list[dict]:
+        """Hits offset..offset+top, best first: path and cosine score; files changed or gone since are left out;
+        `where`: only photos taken when, where and with what it says (zsclip.photos.filters)."""
         snapshot = self._snapshot()
-        if not len(self.rows):
+        served = self.rows
+        if where is not None and where.active:
+            served = allowed_rows(snapshot.paths, served, where, self.cache)
+        if not len(served):
             return []
         want, hits = offset + top, []
         while True:
-            rows, scores = _top(snapshot, self.rows, q, min(len(self.rows), want + 8))
+            rows, scores = _top(snapshot, served, q, min(len(served), want + 8))
             hits = [(r, s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True) if self._servable(snapshot, r)]
-            if len(hits) >= offset + top or len(rows) >= len(self.rows):
+            if len(hits) >= offset + top or len(rows) >= len(served):
                 break
             want *= 4
         return [{"path": snapshot.paths[r], "score": round(float(s), 6)} for r, s in hits[offset : offset + top]]
@@ -237,11 +242,7 @@ class Library:
 
 def _top(snapshot: snapshots.Snapshot, rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of the served rows (runs of consecutive rows scored as ranges)."""
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [len(rows)]])
-    ranges = [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, ends, strict=True)]
-    return snapshots.top_k(snapshot.vectors, q, k, ranges)
+    return snapshots.top_k(snapshot.vectors, q, k, as_ranges(rows))
 
 
 def parse_query(text: str) -> tuple[str | None, list[str], list[str]]:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zsclip.classify.output.render import csv_header, json_line
+from zsclip.classify.output.render import EXIF_COLUMNS, csv_header, json_line
 from zsclip.core import atomic
 from zsclip.core.errors import UsageError
 from zsclip.core.locks import Lock, probe
@@ -246,7 +246,7 @@ class OutputFile:
     def _csv_rows(self, text: str, top_k: int) -> tuple[set[str], int]:
         """Paths of the complete CSV records, and the byte offset after the last one. A row is complete when
         it has every column: a kill can tear a quoted path that holds a line break after that break."""
-        header = csv_header(top_k)
+        header = csv_header(top_k, EXIF_COLUMNS if self.settings.get("exif") else ())
         consumed = [0]
 
         def lines():

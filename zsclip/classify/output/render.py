@@ -100,6 +100,7 @@ class Writer:
     def __init__(self, stream: IO[str], top_k: int):
         self.stream = stream
         self.top_k = top_k
+        self.extra: tuple[str, ...] = ()  # columns besides (EXIF_COLUMNS with classify --exif)
 
     def write(self, pred: Prediction) -> None:
         raise NotImplementedError
@@ -130,18 +131,22 @@ class JsonWriter(Writer):
         super().close()
 
 
-def csv_header(top_k: int) -> list[str]:
+EXIF_COLUMNS = ("taken", "camera", "gps")  # classify --exif (zsclip.photos.exif)
+
+
+def csv_header(top_k: int, extra: tuple[str, ...] = ()) -> list[str]:
     ranked = [col for i in range(1, top_k + 1) for col in (f"label_{i}", f"prob_{i}")]
-    return ["path", "label", "prob", "abstained", *ranked]
+    return ["path", "label", "prob", "abstained", *ranked, *extra]
 
 
 class CsvWriter(Writer):
-    def __init__(self, stream: IO[str], top_k: int, header: bool = True):
+    def __init__(self, stream: IO[str], top_k: int, header: bool = True, extra: tuple[str, ...] = ()):
         super().__init__(stream, top_k)
+        self.extra = extra
         self._row = io.StringIO()  # one row at a time, so a file name's raw bytes can go out as they are
         self.csv = csv.writer(self._row)
         if header:
-            self._write(csv_header(top_k))
+            self._write(csv_header(top_k, extra))
 
     def _write(self, row: list) -> None:
         self._row.seek(0)
@@ -152,7 +157,8 @@ class CsvWriter(Writer):
     def write(self, pred: Prediction) -> None:
         record = _rounded(pred)
         ranked = [v for t in record["top_k"] for v in (t["label"], t["prob"])]
-        self._write([record["path"], record["label"], record["prob"], record["abstained"], *ranked])
+        columns = [record.get(name, "") for name in self.extra]
+        self._write([record["path"], record["label"], record["prob"], record["abstained"], *ranked, *columns])
         self.stream.flush()
 
 
@@ -181,6 +187,7 @@ class TableWriter(Writer):
         paths = [display_path(os.path.relpath(p.path, root) if root else p.path) for p in self.rows]
         labels = [p.label for p in self.rows]
         ranked = [", ".join(f"{t['label']} {t['prob']:.2f}" for t in p.top_k) for p in self.rows]
+        extra = self.extra
         console = Console(file=self.stream, highlight=False, soft_wrap=False)
         widths = self._widths(paths, labels, ranked, console.width if console.is_terminal else None)
         path_w, label_w, topk_w = widths
@@ -194,9 +201,12 @@ class TableWriter(Writer):
         table.add_column("label", no_wrap=True, overflow="ellipsis", width=label_w)
         table.add_column("prob", justify="right", no_wrap=True, width=5)
         table.add_column("top-k", no_wrap=True, overflow="ellipsis", width=topk_w)
+        for name in extra:
+            table.add_column(name, no_wrap=True)
         for p, path, rank in zip(self.rows, paths, ranked, strict=True):
             label = f"[dim]{escape(p.label)}[/dim]" if p.abstained else escape(p.label)
-            table.add_row(escape(shorten_left(path, path_w)), label, f"{p.prob:.3f}", escape(rank))
+            more = [escape(str(p.extra.get(name) if p.extra.get(name) is not None else "")) for name in extra]
+            table.add_row(escape(shorten_left(path, path_w)), label, f"{p.prob:.3f}", escape(rank), *more)
         console.print(table)
         super().close()
 
@@ -232,7 +242,9 @@ def shorten_left(text: str, width: int) -> str:
 _WRITERS = {"table": TableWriter, "csv": CsvWriter, "json": JsonWriter, "jsonl": JsonlWriter}
 
 
-def make_writer(fmt: str, stream: IO[str], top_k: int, header: bool = True) -> Writer:
+def make_writer(fmt: str, stream: IO[str], top_k: int, header: bool = True, extra: tuple[str, ...] = ()) -> Writer:
     if fmt == "csv":
-        return CsvWriter(stream, top_k, header)
-    return _WRITERS[fmt](stream, top_k)
+        return CsvWriter(stream, top_k, header, extra)
+    writer = _WRITERS[fmt](stream, top_k)
+    writer.extra = extra
+    return writer
