@@ -35,6 +35,7 @@ SCRIPTS = {
     ),
     "serve.py": (["--images", "300", "--queries", "5"], "targets", ("starlette",)),
     "search.py": (["--sizes", "2000", "--queries", "3"], "| 2,000 |", ()),
+    "dupes.py": (["--originals", "6", "--scale", "500", "--thresholds", "10"], "target <= 60 s", ()),
     "locate_found.py": (["--videos", "1", "--work", "{tmp}/videos"], "zsclip's rule", ("av",)),
     "locate.py": (
         ["--minutes", "0.05", "--no-reference", "--model", "shapes", "--work", "{tmp}/v"],

@@ -259,7 +259,8 @@ def test_the_classify_guide_documents_every_classify_option():
 
     root = Path(__file__).resolve().parents[1]
     guide = (root / "README.md").read_text() + (root / "docs" / "classify.md").read_text()
-    command = typer.main.get_command(app).commands["classify"]
+    group = typer.main.get_command(app)
+    command = group.get_command(group.context_class(group), "classify")
     for param in command.params:
         for opt in param.opts:
             if opt.startswith("--"):
