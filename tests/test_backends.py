@@ -182,12 +182,13 @@ def test_export_is_made_once_per_model(tiny_model_dir, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("made again")
 
-    import zsclip.backends.int8
+    import zsclip.backends.exports
     import zsclip.backends.onnx_export
 
+    # Patched where exports.py looks them up (it imports the int8 functions at its top).
     monkeypatch.setattr(zsclip.backends.onnx_export, "export_tower", no_export)
-    monkeypatch.setattr(zsclip.backends.int8, "quantize_image_tower", no_export)
-    monkeypatch.setattr(zsclip.backends.int8, "errors", no_export)
+    monkeypatch.setattr(zsclip.backends.exports, "quantize_image_tower", no_export)
+    monkeypatch.setattr(zsclip.backends.exports, "errors", no_export)
     model = use_backend(load_model(str(tiny_model_dir), device="cpu"), "onnx-int8", show=False)
     assert encode_images(model, builtin_images(model, 2)).shape[0] == 2
 

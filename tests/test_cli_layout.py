@@ -260,3 +260,12 @@ def test_the_root_help_lists_each_command_as_its_own_help_says_and_imports_none(
     probe = "import sys, zsclip.cli, zsclip.cli.group; print(sorted(m for m in sys.modules if m.startswith('zsclip.')))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "zsclip.cli.classify" not in loaded and "zsclip.backends" not in loaded
+
+
+def test_the_callable_packages_show_the_functions_signature():
+    import inspect
+
+    import zsclip
+
+    assert list(inspect.signature(zsclip.classify).parameters)[:3] == ["model", "classifier", "paths"]
+    assert list(inspect.signature(zsclip.evaluate).parameters)[:2] == ["model", "dataset"]

@@ -124,6 +124,15 @@ def answers(backend: str, labelled: Path, captions: Path, video: Path, work: Pat
     out["fitted"] = fitted
     out["locate"] = json.loads(run("locate", video, "-m", "shapes", "--text", "red circle", "--text", "blue square",
                                    "--format", "json", backend=backend).stdout)  # fmt: skip
+    # the photo library: keywords and EXIF columns from the same labels, a filtered search, duplicates
+    tagged = jsonl(run("classify", photos, "-m", "shapes", "-c", CLASSES, "-t", "shapes", "-f", "jsonl",
+                       "--write-tags", "xmp", "--exif", backend=backend))  # fmt: skip
+    out["tags"] = {Path(r["path"]).name: (r["label"], r["gps"], f"zsclip|{r['label']}" in
+                   Path(f"{r['path']}.xmp").read_text()) for r in tagged}  # fmt: skip
+    out["search_filtered"] = jsonl(run("search", "a red circle", photos, "-m", "shapes", "-f", "jsonl", "-n", "5",
+                                       "--no-gps", "--taken-before", "2100-01-01", backend=backend))  # fmt: skip
+    shutil.copy(photos / "red_star.png", photos / "red_star copy.png")
+    out["dupes"] = jsonl(run("dupes", photos, "-f", "jsonl"))
     return out
 
 
@@ -196,6 +205,11 @@ def test_every_command_gives_torchs_answers(backend, cache, reference, labelled,
         with_it = jsonl(run("classify", photos, "--classifier", fitted, "-f", "jsonl", backend=backend))
         with_torch = jsonl(run("classify", photos, "--classifier", fitted, "-f", "jsonl", backend="torch"))
         assert [r["label"] for r in with_it] == [r["label"] for r in with_torch]
+
+    # the photo library: the same keywords in every sidecar; the EXIF filter keeps what has no EXIF date out
+    assert got["tags"] == {name: (label, False, True) for name, (label, _, _) in reference["tags"].items()}
+    assert got["search_filtered"] == [] and reference["search_filtered"] == []
+    assert {Path(r["path"]).name for r in got["dupes"]} == {"red_star.png", "red_star copy.png"}
 
     # locate: the same segments (int8: within a frame)
     for a, b in zip(got["locate"]["segments"], reference["locate"]["segments"], strict=True):

@@ -341,3 +341,21 @@ def test_a_copy_is_counted_as_copied_not_moved(tiny, tmp_path):
     result = zsclip.index(tiny, tmp_path / "photos", workers=0)
     assert (result.reused, result.copied, result.moved, result.new) == (7, 1, 1, 0)
     assert result.to_dict()["copied"] == 1
+
+
+def test_the_api_reads_its_cache_and_exact_from_the_read_options(tmp_path):
+    """Review of issue 32: read=ReadOptions(exact=True) indexed one store and searched another; read.cache was
+    replaced by the default cache."""
+    import zsclip
+    from zsclip.engines import ReadOptions
+    from zsclip.store.cache import Cache
+
+    _images(tmp_path / "photos", 3)
+    model = zsclip.load_model("shapes", backend="torch")
+    mine = Cache(tmp_path / "mine")
+    read = ReadOptions(exact=True, cache=mine, workers=0)
+    hits = zsclip.search(model, "a red circle", tmp_path / "photos", read=read)
+    assert len(hits) == 3
+    assert mine.conn.execute("SELECT COUNT(*) FROM image_embeddings").fetchone()[0] == 3
+    with pytest.raises(zsclip.UsageError, match="store=False"):
+        zsclip.index(model, tmp_path / "photos", store=False)

@@ -4,18 +4,19 @@ function and a package of one name cannot both be that attribute; a callable pac
 
 from __future__ import annotations
 
-import functools
+import inspect
 import sys
 import types
 from collections.abc import Callable
 
 
 def callable_package(name: str, function: Callable) -> None:
-    """Make the module `name` call `function` when called, with its signature and docstring for help()."""
+    """Make the module `name` call `function` when called; inspect.signature (help, IDEs) shows the function's."""
 
     class CallablePackage(types.ModuleType):
-        @functools.wraps(function)
         def __call__(self, *args, **kwargs):
             return function(*args, **kwargs)
 
-    sys.modules[name].__class__ = CallablePackage
+    module = sys.modules[name]
+    module.__class__ = CallablePackage
+    module.__signature__ = inspect.signature(function)

@@ -114,7 +114,7 @@ def evaluate_retrieval(
     ks = check_recall_k(recall_k)
     if not isinstance(data, CaptionData):
         data = load_captions(data)
-    cache = cache or Cache()
+    cache = cache or (read.cache if read is not None else None) or Cache()
     feats: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
     reused = 0

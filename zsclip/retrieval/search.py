@@ -110,10 +110,12 @@ def index(
         >>> model = zsclip.load_model("shapes")
         >>> zsclip.index(model, "photos/").to_dict()
     """
-    cache = cache or Cache()
     read, runtime = reading(read, runtime, read_fields)
+    if not read.store:
+        raise UsageError("index keeps every vector in the image-embedding store: store=False does not apply")
+    cache = cache or read.cache or Cache()
     exact = exact or read.exact
-    read = read.but(store=True, cache=cache, exact=exact)
+    read = read.but(cache=cache, exact=exact)
     sources = _sources(paths)
     roots = _roots(sources)
     variant = store_variant(model, exact)
@@ -292,8 +294,9 @@ def search(
         >>> [hit.to_dict() for hit in zsclip.search(model, "a red circle", "photos/", top=5)]
     """
     check_search_options(top, threshold)
-    cache = cache or Cache()
     read, runtime = reading(read, runtime, read_fields)
+    cache = cache or read.cache or Cache()
+    exact = exact or read.exact  # the vectors searched are those index_first stores
     sources = _sources(paths) if paths is not None else None
     if isinstance(query, np.ndarray):
         q = query.astype(np.float32)
