@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from zsclip.core import atomic
 from zsclip.core.errors import UsageError, ZsclipError
 
 NAMESPACE = "https://zsclip.dev/ns/1.0/"
@@ -52,59 +53,44 @@ def write_keywords(target: str | os.PathLike, labels: list[str], *, sidecar: boo
     exists = target.exists()
     if not labels and sidecar and not exists:
         return False
-    tmp = target.with_name(f".{target.name}.zsclip-{os.getpid()}.tmp")
     try:
-        if exists:
-            shutil.copy2(target, tmp)
-        else:
-            tmp.write_text(EMPTY_PACKET, encoding="utf-8")
-        image = pyexiv2.Image(str(tmp))
-        try:
-            xmp = image.read_xmp()
-            subjects = _list(xmp.get("Xmp.dc.subject"))
-            hierarchy = _list(xmp.get("Xmp.lr.hierarchicalSubject"))
-            ours = set(_list(xmp.get(f"Xmp.{ROOT}.keywords")))
-            user = [s for s in subjects if s not in ours]
-            added = [label for label in dict.fromkeys(labels) if label not in user]
-            image.modify_xmp(
-                {
-                    "Xmp.dc.subject": (user + added) or None,
-                    "Xmp.lr.hierarchicalSubject": [h for h in hierarchy if not h.startswith(f"{ROOT}|")]
-                    + [f"{ROOT}|{label}" for label in dict.fromkeys(labels)]
-                    or None,
-                    f"Xmp.{ROOT}.keywords": added or None,
-                }
-            )
-        finally:
-            image.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        _sync_dir(target.parent)
+        with atomic.written_at(target) as tmp:  # renamed over target when whole; a kill leaves the old file
+            if exists:
+                shutil.copy2(target, tmp)
+            else:
+                tmp.write_text(EMPTY_PACKET, encoding="utf-8")
+            _merge(pyexiv2, tmp, labels)
         return True
     except RuntimeError as exc:  # exiv2's errors: a photo format it cannot write, a damaged sidecar
         raise ZsclipError(f"{target}: cannot write XMP ({' '.join(str(exc).split())[:160]})") from None
+
+
+def _merge(pyexiv2, path: Path, labels: list[str]) -> None:
+    """zsclip's keywords in the XMP of `path` made `labels`; the others left as they are."""
+    image = pyexiv2.Image(str(path))
+    try:
+        xmp = image.read_xmp()
+        subjects = _list(xmp.get("Xmp.dc.subject"))
+        hierarchy = _list(xmp.get("Xmp.lr.hierarchicalSubject"))
+        ours = set(_list(xmp.get(f"Xmp.{ROOT}.keywords")))
+        user = [s for s in subjects if s not in ours]
+        added = [label for label in dict.fromkeys(labels) if label not in user]
+        kept = [h for h in hierarchy if not h.startswith(f"{ROOT}|")]
+        image.modify_xmp(
+            {
+                "Xmp.dc.subject": (user + added) or None,
+                "Xmp.lr.hierarchicalSubject": (kept + [f"{ROOT}|{label}" for label in dict.fromkeys(labels)]) or None,
+                f"Xmp.{ROOT}.keywords": added or None,
+            }
+        )
     finally:
-        tmp.unlink(missing_ok=True)
+        image.close()
 
 
 def _list(value) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-def _sync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class TagWriter:
