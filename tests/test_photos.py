@@ -231,6 +231,19 @@ def test_write_tags_top_k_lightroom_names_and_embedded(tmp_path):
     assert Image.open(jpeg).size == Image.open(photos[0]).size
 
 
+def test_lightroom_names_never_let_two_photos_share_one_sidecar(tmp_path):
+    photos = shapes_photos(tmp_path / "p")
+    twin = photos[0].with_suffix(".jpg")  # blue_cross.jpg beside blue_cross.png: one NAME.xmp for both
+    Image.open(photos[0]).convert("RGB").save(twin)
+    args = ["-c", CLASSES, *SHAPES, "-f", "jsonl", "--write-tags", "xmp", "--sidecar", "lightroom"]
+    result = run("classify", tmp_path / "p", *args)
+    assert result.exit_code == 0, result.output
+    assert f"no keywords for {twin}" in " ".join(result.stderr.split()) or f"no keywords for {photos[0]}" in " ".join(
+        result.stderr.split()
+    )
+    assert photos[0].with_suffix(".xmp").exists()
+
+
 def test_write_tags_usage_errors(tmp_path):
     shapes_photos(tmp_path / "p")
     assert run("classify", tmp_path / "p", "-c", CLASSES, *SHAPES, "--write-tags", "iptc").exit_code == 2

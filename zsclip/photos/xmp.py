@@ -17,6 +17,7 @@ from pathlib import Path
 
 from zsclip.core import atomic
 from zsclip.core.errors import UsageError, ZsclipError
+from zsclip.core.progress import log
 
 NAMESPACE = "https://zsclip.dev/ns/1.0/"
 ROOT = "zsclip"  # the hierarchy keywords go under: zsclip|<label>
@@ -116,6 +117,7 @@ class TagWriter:
         require_exiv2()
         self.kind, self.naming, self.top_k, self.threshold, self.dry_run = kind, naming, top_k, threshold, dry_run
         self.written = 0
+        self.owners: dict[Path, str] = {}  # sidecar -> the photo it was written for in this run
 
     def labels_of(self, record) -> list[str]:
         if getattr(record, "abstained", False) or not hasattr(record, "label"):
@@ -131,10 +133,14 @@ class TagWriter:
             return
         labels = self.labels_of(record)
         if self.kind == "embedded":
-            done = write_keywords(record.path, labels, sidecar=False)
-        else:
-            done = write_keywords(sidecar_of(record.path, self.naming), labels)
-        self.written += done
+            self.written += write_keywords(record.path, labels, sidecar=False)
+            return
+        sidecar = sidecar_of(record.path, self.naming)
+        owner = self.owners.setdefault(sidecar.resolve(), record.path)
+        if owner != record.path:  # photo.jpg and photo.png share Lightroom's photo.xmp: never one over the other
+            log(f"note: no keywords for {record.path}: {owner} has them in {sidecar} (--sidecar beside keeps both)")
+            return
+        self.written += write_keywords(sidecar, labels)
 
     def __enter__(self) -> TagWriter:
         return self
