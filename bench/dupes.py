@@ -177,9 +177,9 @@ def scale(args, work: Path) -> None:
     rows = []
     for i, path in enumerate(paths):
         key = stat_of(path).key()
-        rows.append((path, *key[1:], 4000, 3000, None, None, None, 0, contents[i], int(hashes[i]), int(centers[i])))
+        rows.append((path, *key[1:], 4000, 3000, None, None, None, 0, contents[i], int(hashes[i]), int(centers[i]), 0))
     with cache.conn:
-        cache.conn.executemany("INSERT OR REPLACE INTO photo_facts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        cache.conn.executemany("INSERT OR REPLACE INTO photo_facts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
     say(f"stored {n:,} photos' facts in {time.perf_counter() - start:.1f} s (setup, not timed)")
     start = time.perf_counter()
     groups, _ = find_dupes(paths, cache, near_threshold=10)

@@ -132,7 +132,8 @@ def test_dupes_writes_csv_a_page_and_moves_all_but_the_kept_file_with_a_manifest
     assert html.count("<section") == 2 and "keep" in html and len(list((page / "thumbs").glob("*.webp"))) >= 5
     assert files["a"].exists() and files["b"].exists() and files["c"].exists()  # kept and unrelated stay
     placed = sorted(p.relative_to(moved).as_posix() for p in moved.rglob("*") if p.is_file() and p.parent != moved)
-    assert placed == ["0001-exact/a.jpg", "0002-near/a_crop.png", "0002-near/a_q30.jpg", "0002-near/a_small.jpg"]
+    assert [p.split("/")[1] for p in placed] == ["a.jpg", "a_crop.png", "a_q30.jpg", "a_small.jpg"]
+    assert placed[0].startswith("exact-") and all(p.startswith("near-") for p in placed[1:])
     after = sorted(p.read_bytes() for p in [*(tmp_path / "photos").rglob("*"), *moved.rglob("*")] if p.is_file())
     assert [b for b in before if b not in after] == []  # nothing deleted
     manifest = (moved / "manifest.csv").read_text()
@@ -437,3 +438,123 @@ def test_a_raw_is_read_from_its_embedded_preview(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     raw_record, png_record = (json.loads(line) for line in result.stdout.splitlines())
     assert raw_record["label"] == png_record["label"] and raw_record["taken"] == "2022-01-02T03:04:05"
+
+
+# -- found by the review of issue 33 ------------------------------------------------------------------------------
+@needs_exiftool
+def test_a_photo_moved_by_sort_into_is_tagged_where_it_goes_and_takes_its_sidecar_and_raw(tmp_path):
+    photos = shapes_photos(tmp_path / "p")
+    first = photos[0]
+    Path(f"{first}.xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Bag>'
+        "<rdf:li>userkw</rdf:li></rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    jpeg = tmp_path / "p" / "IMG_0001.jpg"
+    Image.open(photos[1]).convert("RGB").save(jpeg, quality=95)
+    raw = tmp_path / "p" / "IMG_0001.DNG"
+    raw.write_bytes(b"II*\x00" + bytes(64))
+    originals = {p.name: p.read_bytes() for p in [*photos, jpeg]}
+    out = tmp_path / "sorted"
+    args = ["-c", CLASSES, *SHAPES, "-f", "jsonl", "--write-tags", "xmp", "--sort-into", out, "--mode", "move"]
+    result = run("classify", tmp_path / "p", *args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == []  # photos, sidecars and the RAW all went
+    for name, data in originals.items():
+        (moved,) = out.glob(f"*/{name}")
+        assert moved.read_bytes() == data  # never turned into a sidecar
+        tags = exiftool_tags(Path(f"{moved}.xmp"))
+        assert len(tags["hierarchy"]) == 1 and tags["hierarchy"][0] == f"zsclip|{moved.parent.name}"
+    (moved_first,) = out.glob(f"*/{first.name}")
+    assert "userkw" in exiftool_tags(Path(f"{moved_first}.xmp"))["subject"]
+    (moved_jpeg,) = out.glob("*/IMG_0001.jpg")
+    assert (moved_jpeg.parent / "IMG_0001.DNG").read_bytes() == b"II*\x00" + bytes(64)
+
+
+def test_a_file_reached_by_two_paths_is_never_its_own_duplicate(tmp_path):
+    files = library(tmp_path / "lib")
+    (tmp_path / "link").symlink_to(tmp_path / "lib")
+    (tmp_path / "lib" / "alias.jpg").symlink_to(files["b"])
+    result = run("dupes", tmp_path / "lib", tmp_path / "link", "--move-into", tmp_path / "moved", "-f", "json")
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert all(Path(r["path"]) == Path(os.path.realpath(r["path"])) for r in records)
+    assert str(files["b"]) not in {r["path"] for r in records}  # b and its alias are one file
+    assert files["b"].exists() and files["a"].exists() and (tmp_path / "lib" / "alias.jpg").exists()
+
+
+def test_no_file_marked_keep_is_moved_and_the_cameras_original_is_kept(tmp_path):
+    root = tmp_path / "lib"
+    (root / "orig").mkdir(parents=True)
+    (root / "backup").mkdir()
+    (root / "export").mkdir()
+    im = picture(7, (300, 200))
+    im.save(root / "orig" / "photo.jpg", quality=92, exif=exif_bytes("2019:01:02 03:04:05", "Canon", "EOS R5"))
+    shutil.copy(root / "orig" / "photo.jpg", root / "backup" / "photo.jpg")
+    im.resize((600, 400), Image.LANCZOS).save(root / "export" / "photo_big.jpg", quality=90)  # upscaled, no EXIF
+    os.utime(root / "backup" / "photo.jpg", ns=(2_000_000_000_000_000_000,) * 2)
+    result = run("dupes", root, "--move-into", tmp_path / "moved", "-f", "json")
+    records = json.loads(result.stdout)
+    kept = {r["path"] for r in records if r["keep"]}
+    assert kept == {str(root / "orig" / "photo.jpg")}
+    assert (root / "orig" / "photo.jpg").exists()
+    for r in records:
+        assert Path(r["path"]).exists() == r["keep"]
+
+
+def test_dupes_move_takes_sidecars_along_and_folders_survive_a_resume(tmp_path):
+    files = library(tmp_path / "lib")
+    Path(f"{files['a_q30']}.xmp").write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    from zsclip.photos.dupes import candidates, find_dupes
+    from zsclip.pipeline.sources import expand_sources
+
+    first, _ = find_dupes(candidates(expand_sources([str(tmp_path / "lib")])))
+    files["a_small"].unlink()  # as if a move had taken it before a kill
+    second, _ = find_dupes(candidates(expand_sources([str(tmp_path / "lib")])))
+    assert {g[0].key for g in first} == {g[0].key for g in second}
+    result = run("dupes", tmp_path / "lib", "--move-into", tmp_path / "moved", "-q")
+    assert result.exit_code == 0, result.output
+    (moved,) = (tmp_path / "moved").glob("near-*/a_q30.jpg")
+    assert Path(f"{moved}.xmp").exists() and not Path(f"{files['a_q30']}.xmp").exists()
+
+
+def test_a_photo_that_cannot_take_keywords_is_said_and_the_run_goes_on(tmp_path):
+    photos = shapes_photos(tmp_path / "p")
+    Image.open(photos[0]).save(tmp_path / "p" / "anim.gif")
+    Path(f"{photos[1]}.xmp").write_bytes(b"")  # an empty sidecar: made anew
+    result = run("classify", tmp_path / "p", "-c", CLASSES, *SHAPES, "-f", "jsonl", "--write-tags", "embedded")
+    assert result.exit_code == 0, result.output
+    assert "no keywords for" in result.stderr and "anim.gif" in result.stderr
+    result = run("classify", tmp_path / "p", "-c", CLASSES, *SHAPES, "-f", "jsonl", "--write-tags", "xmp")
+    assert result.exit_code == 0 and Path(f"{photos[1]}.xmp").stat().st_size > 0
+
+
+def test_the_capture_time_is_when_it_was_taken_never_when_it_was_edited():
+    import io
+
+    from zsclip.photos.exif import capture_of
+
+    def capture(exif: Image.Exif):
+        data = io.BytesIO()
+        picture(1, (32, 32)).save(data, "JPEG", exif=exif.tobytes())
+        return capture_of(Image.open(data))
+
+    edited = Image.Exif()
+    edited[0x0132] = "2024:07:01 10:00:00"  # ModifyDate only
+    assert capture(edited).taken is None
+    blank = Image.Exif()
+    blank.get_ifd(0x8769).update({0x9003: "    :  :     :  :  ", 0x9004: "2018:03:03 12:00:00"})
+    assert capture(blank).taken == "2018-03-03T12:00:00"
+    dashed = Image.Exif()
+    dashed.get_ifd(0x8769)[0x9003] = "2024-06-01 14:03:22"
+    assert capture(dashed).taken == "2024-06-01T14:03:22"
+
+
+def test_flat_pictures_are_no_ones_near_duplicates(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    Image.new("RGB", (300, 200), (0, 0, 0)).save(root / "black.jpg")
+    Image.new("RGB", (300, 200), (250, 250, 250)).save(root / "white.jpg")
+    Image.new("RGB", (300, 200), (90, 140, 220)).save(root / "sky.png")
+    result = run("dupes", root, "-f", "json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == []

@@ -76,8 +76,8 @@ def run(
     """Classify `sources` and write every record where `plan` (zsclip.classify.output.plan_output) says: to stdout,
     or to the output file (FILE.partial, renamed when the run ends; a resumed plan continues it, for the same
     `inputs`, and `made_of` is what a finished file records). Skipped files go to stderr and the failures log.
-    `sorter`, `gallery` and `sinks` (zsclip.photos.xmp.TagWriter: anything with `add(record)` that is a context
-    manager) receive every record too; they are closed here. `exif`: records gain the taken, camera and gps
+    `sorter`, `gallery` and `sinks` (zsclip.photos.xmp.TagWriter: anything with `add(record, moved_to)` that is a
+    context manager) receive every record too; they are closed here. `exif`: records gain the taken, camera and gps
     columns (zsclip.photos.exif). `stdout`: where records go without an output file (default sys.stdout)."""
     counts = Counts()
     fmt, output = plan.fmt, plan.output
@@ -132,8 +132,9 @@ def run(
                 place = sorter.add(record) if sorter else None
                 if gallery:
                     gallery.add(record, image=None if dry_run else place)
+                moved = place if place is not None and sorter.mode == "move" and not dry_run else None
                 for sink in sinks:
-                    sink.add(record)
+                    sink.add(record, moved)  # a moved photo is tagged where it is now
                 if bar:
                     bar.update(0, advance=1, extra=f"{counts.skipped} skipped" if counts.skipped else "")
             if writer:

@@ -94,7 +94,7 @@ def dupes_cmd(
     if sorter is not None:
         with sorter:
             for group in groups:
-                for record in group[1:]:
+                for record in (r for r in group if not r.keep):
                     sorter.add(SimpleNamespace(path=record.path, label=_folder(record), prob=1.0, abstained=False))
         for line in sorter.summary() if not quiet.quiet else []:
             progress.log(line)
@@ -138,7 +138,8 @@ def _find(sources, recursive: bool, sorter, near: int, exact_only: bool, limits:
 
 
 def _folder(record: DupeRecord) -> str:
-    return f"{record.group:04d}-{record.tier}"
+    """The group's folder under --move-into: named by what survives a resumed move (zsclip.photos.dupes)."""
+    return record.key
 
 
 def _write(groups: list[list[DupeRecord]], fmt: str, output: Path | None) -> None:

@@ -7,11 +7,17 @@
   components of that relation over one file per content.
 
 In each group one file is kept and the others are said, with why: for exact copies the oldest (then the first by
-path); for near duplicates the one with most pixels (then the oldest, the largest file, the first by path). Measured
+path); for near duplicates the camera's original (its EXIF names a camera or a capture time), then the one with
+most pixels (then the oldest, the largest file, the first by path). A copy kept in its exact group whose picture a
+near group keeps in another file is not kept either. Flat pictures (a black frame, a blank sky) have no near
+duplicates: their hashes say nothing. Documents and screenshots of one layout can lie within a few bits of each
+other: look at the page before moving them. Measured
 against imagededup on a near-duplicate set with known groups in bench/dupes.py (bench/README.md)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Callable, Container, Iterable
@@ -38,6 +44,7 @@ class DupeRecord:
     height: int
     keep: bool
     why: str
+    key: str = ""  # the group's name that survives a resumed move: its content (exact) or its kept file (near)
 
     @property
     def pixels(self) -> int:
@@ -58,11 +65,12 @@ class DupeRecord:
 
 
 def candidates(sources: list[tuple[str, bool]], recursive: bool = True, exclude: Container[str] = ()) -> list[str]:
-    """The image files under the sources (as a walk finds them; `exclude` as for walk), absolute, each once."""
+    """The image files under the sources (as a walk finds them; `exclude` as for walk), each once by its real path:
+    a file reached through two links (or a link and its target) is one file, never its own duplicate."""
     seen: dict[str, None] = {}
     for path, explicit in walk(sources, recursive, exclude=exclude):
         if explicit or has_image_extension(path) or looks_like_image(path):
-            seen.setdefault(os.path.abspath(path), None)
+            seen.setdefault(os.path.realpath(path), None)
     return list(seen)
 
 
@@ -88,9 +96,24 @@ def find_dupes(
         if len(members) > 1:
             groups.append(_exact_group(len(groups) + 1, kept, members))
     if near_threshold is not None:
-        for component in near_components(representatives, near_threshold):
+        for component in near_components([f for f in representatives if not f.flat], near_threshold):
             groups.append(_near_group(len(groups) + 1, component, near_threshold))
-    return groups, skipped
+    return _consistent(groups), skipped
+
+
+def _consistent(groups: list[list[DupeRecord]]) -> list[list[DupeRecord]]:
+    """One decision per file: a copy kept in its exact group whose picture a near group keeps in another file is
+    not kept either (its exact group says which file keeps the picture)."""
+    replaced = {r.path: (g[0].group, next(k.path for k in g if k.keep)) for g in groups if g[0].tier == "near"
+                for r in g if not r.keep}  # fmt: skip
+    out = []
+    for group in groups:
+        if group[0].tier == "exact" and group[0].path in replaced:
+            number, kept = replaced[group[0].path]
+            why = f"same content as the others here, and {kept} (group {number}) keeps the picture"
+            group = [dataclasses.replace(group[0], keep=False, why=why), *group[1:]]
+        out.append(group)
+    return out
 
 
 def _mtime(path: str) -> int:
@@ -103,20 +126,27 @@ def _mtime(path: str) -> int:
 def _exact_group(number: int, kept: Facts, members: list[Facts]) -> list[DupeRecord]:
     others = sorted((f for f in members if f is not kept), key=lambda f: f.path)
     why_kept = f"the oldest of {len(members)} copies with the same content"
-    records = [DupeRecord(number, "exact", kept.path, kept.size, kept.width, kept.height, True, why_kept)]
+    key = f"exact-{kept.content_hash[:12]}"
+    records = [DupeRecord(number, "exact", kept.path, kept.size, kept.width, kept.height, True, why_kept, key)]
     for f in others:
-        records.append(
-            DupeRecord(number, "exact", f.path, f.size, f.width, f.height, False, f"same content as {kept.path}")
-        )
+        why = f"same content as {kept.path}"
+        records.append(DupeRecord(number, "exact", f.path, f.size, f.width, f.height, False, why, key))
     return records
 
 
 def _near_group(number: int, members: list[tuple[Facts, int]], threshold: int) -> list[DupeRecord]:
     """`members`: (facts, bits from the kept one, by the nearer of the two hashes)."""
-    ordered = sorted(members, key=lambda m: (-m[0].pixels, _mtime(m[0].path), -m[0].size, m[0].path))
+    ordered = sorted(
+        members, key=lambda m: (not _original(m[0]), -m[0].pixels, _mtime(m[0].path), -m[0].size, m[0].path)
+    )
     kept = ordered[0][0]
     runner = ordered[1][0]
-    if kept.pixels > runner.pixels:
+    key = f"near-{hashlib.sha256(kept.path.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
+    if _original(kept) and not _original(runner):
+        why_kept = (
+            f"the camera's original (EXIF {kept.capture.camera or kept.capture.taken}; {kept.width}x{kept.height})"
+        )
+    elif kept.pixels > runner.pixels:
         why_kept = f"most pixels ({kept.width}x{kept.height})"
     elif _mtime(kept.path) < _mtime(runner.path):
         why_kept = f"the oldest file with the most pixels ({kept.width}x{kept.height})"
@@ -124,12 +154,17 @@ def _near_group(number: int, members: list[tuple[Facts, int]], threshold: int) -
         why_kept = f"the largest file with the most pixels ({kept.size:,} bytes)"
     else:
         why_kept = "the first by path of equal copies"
-    records = [DupeRecord(number, "near", kept.path, kept.size, kept.width, kept.height, True, why_kept)]
+    records = [DupeRecord(number, "near", kept.path, kept.size, kept.width, kept.height, True, why_kept, key)]
     for f, _ in ordered[1:]:
         bits = hamming(kept, f)
         why = f"near duplicate of {kept.path} ({bits} of 64 bits differ; {f.width}x{f.height})"
-        records.append(DupeRecord(number, "near", f.path, f.size, f.width, f.height, False, why))
+        records.append(DupeRecord(number, "near", f.path, f.size, f.width, f.height, False, why, key))
     return records
+
+
+def _original(f: Facts) -> bool:
+    """What a camera wrote (its EXIF names the camera or the capture time): an export or a resize usually lost it."""
+    return bool(f.capture.camera or f.capture.taken)
 
 
 def hamming(a: Facts, b: Facts) -> int:

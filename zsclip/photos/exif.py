@@ -9,7 +9,7 @@ from PIL import Image
 
 # EXIF tag numbers (the standard's, as PIL.ExifTags names them)
 MAKE, MODEL, DATETIME, EXIF_IFD, GPS_IFD = 0x010F, 0x0110, 0x0132, 0x8769, 0x8825
-DATETIME_ORIGINAL, DATETIME_DIGITIZED = 0x9003, 0x9004
+DATETIME_ORIGINAL, DATETIME_DIGITIZED = 0x9003, 0x9004  # CreateDate
 GPS_LATITUDE = 2
 
 
@@ -42,7 +42,8 @@ def capture_of(im: Image.Image) -> Capture:
         sub = exif.get_ifd(EXIF_IFD)
     except Exception:
         sub = {}
-    taken = iso_time(sub.get(DATETIME_ORIGINAL) or sub.get(DATETIME_DIGITIZED) or exif.get(DATETIME))
+    # When it was taken: DateTimeOriginal, else CreateDate; never ModifyDate (IFD0 DateTime), which an edit moves.
+    taken = next(filter(None, (iso_time(sub.get(tag)) for tag in (DATETIME_ORIGINAL, DATETIME_DIGITIZED))), None)
     try:
         gps = bool(exif.get_ifd(GPS_IFD).get(GPS_LATITUDE))
     except Exception:
@@ -51,12 +52,13 @@ def capture_of(im: Image.Image) -> Capture:
 
 
 def iso_time(value) -> str | None:
-    """EXIF's 'YYYY:MM:DD HH:MM:SS' as ISO 8601, or None for a blank or malformed one ('0000:00:00 00:00:00')."""
+    """EXIF's 'YYYY:MM:DD HH:MM:SS' (or 'YYYY-MM-DD ...', which some writers use) as ISO 8601, or None for a
+    blank or malformed one ('0000:00:00 00:00:00', '    :  :     :  :  ')."""
     text = _text(value)
     if not text or len(text) < 10:
         return None
-    date, _, time = text.partition(" ")
-    parts = date.split(":")
+    date, _, time = text.replace("T", " ", 1).partition(" ")
+    parts = date.replace("-", ":").split(":")
     if len(parts) != 3 or not all(p.isdigit() for p in parts) or parts[0] == "0000":
         return None
     iso = "-".join(parts)

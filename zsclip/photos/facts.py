@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from zsclip.core.limits import DEFAULT_MAX_PIXELS
 from zsclip.photos.exif import Capture, capture_of
+from zsclip.pipeline.formats import is_raw
 from zsclip.pipeline.images import SkipFile, check_file, check_pixels, open_image, to_rgb, upright
 from zsclip.store.cache import Cache
 from zsclip.store.identity import content_hash, stat_of
@@ -38,9 +40,11 @@ CREATE TABLE IF NOT EXISTS photo_facts (
     gps      INTEGER NOT NULL,
     content_hash TEXT,   -- filled with the hashes, by the first reader that needs them
     phash    INTEGER,    -- 64-bit DCT hash of the whole picture, as a signed integer
-    center   INTEGER     -- the same of its central 80 %
+    center   INTEGER,    -- the same of its central 80 %
+    flat     INTEGER     -- 1: nearly uniform (a black frame, a blank sky): its hashes say nothing, no near tier
 );
 """
+FLAT = 3.0  # grey levels: below this standard deviation at 32x32 a picture is flat (its DCT hash is noise)
 HASH_SIDE = 64  # decode JPEGs at the smallest DCT scale that leaves both sides >= this (the hash reads 32x32)
 CENTER = 0.1  # the centre hash leaves this much of each side out
 
@@ -55,6 +59,7 @@ class Facts:
     content_hash: str | None = None
     phash: int | None = None
     center: int | None = None
+    flat: bool = False
 
     @property
     def pixels(self) -> int:
@@ -81,8 +86,11 @@ def read_facts(path: str, hashes: bool, max_pixels: int | None = DEFAULT_MAX_PIX
         with open_image(path) as im:
             check_pixels(im.size, max_pixels)
             capture = capture_of(im)
+            if capture == Capture() and is_raw(path):  # a bitmap preview carries no EXIF: the RAW's own header
+                capture = raw_capture(path)
             size = upright_size(im)  # before a draft decode shrinks it
             phash = center = digest = None
+            flat = False
             if hashes:
                 if im.format == "JPEG":
                     im.draft("RGB", (HASH_SIDE, HASH_SIDE))
@@ -90,6 +98,7 @@ def read_facts(path: str, hashes: bool, max_pixels: int | None = DEFAULT_MAX_PIX
                 rgb = to_rgb(upright(im))
                 w, h = rgb.size
                 inner = rgb.crop((int(w * CENTER), int(h * CENTER), int(w * (1 - CENTER)), int(h * (1 - CENTER))))
+                flat = float(np.asarray(rgb.convert("L").resize((32, 32)), dtype=np.float32).std()) < FLAT
                 phash = _signed(int(str(imagehash.phash(rgb)), 16))
                 center = _signed(int(str(imagehash.phash(inner)), 16))
                 digest = content_hash(path)
@@ -97,7 +106,17 @@ def read_facts(path: str, hashes: bool, max_pixels: int | None = DEFAULT_MAX_PIX
         raise
     except Exception as exc:  # what decode_image turns into skip reasons
         raise SkipFile(f"cannot decode: {' '.join(str(exc).split()) or type(exc).__name__}") from None
-    return Facts(path, os.path.getsize(path), size[0], size[1], capture, digest, phash, center)
+    return Facts(path, os.path.getsize(path), size[0], size[1], capture, digest, phash, center, flat)
+
+
+def raw_capture(path: str) -> Capture:
+    """The capture facts in a RAW file's own TIFF header (CR2, NEF, ARW, DNG are TIFF inside), where Pillow reads
+    it; an empty Capture otherwise."""
+    try:
+        with Image.open(path) as im:
+            return capture_of(im)
+    except Exception:
+        return Capture()
 
 
 def upright_size(im: Image.Image) -> tuple[int, int]:
@@ -140,7 +159,7 @@ class FactsTable:
         conn = self.cache.conn
         with conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO photo_facts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO photo_facts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         f.path,
@@ -154,6 +173,7 @@ class FactsTable:
                         f.content_hash,
                         f.phash,
                         f.center,
+                        int(f.flat),
                     )
                     for f, key in facts
                 ],
@@ -161,8 +181,8 @@ class FactsTable:
 
 
 def _from_row(row: tuple) -> Facts:
-    path, size, _, _, _, width, height, taken, make, model, gps, digest, phash, center = row
-    return Facts(path, size, width, height, Capture(taken, make, model, bool(gps)), digest, phash, center)
+    path, size, _, _, _, width, height, taken, make, model, gps, digest, phash, center, flat = row
+    return Facts(path, size, width, height, Capture(taken, make, model, bool(gps)), digest, phash, center, bool(flat))
 
 
 def facts_of(

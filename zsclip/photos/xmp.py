@@ -51,7 +51,7 @@ def write_keywords(target: str | os.PathLike, labels: list[str], *, sidecar: boo
     itself), the user's keywords kept. Returns whether anything was written (no labels and no sidecar: nothing)."""
     pyexiv2 = require_exiv2()
     target = Path(target)
-    exists = target.exists()
+    exists = target.exists() and target.stat().st_size > 0  # an empty sidecar holds nothing: made anew
     if not labels and sidecar and not exists:
         return False
     try:
@@ -117,6 +117,7 @@ class TagWriter:
         require_exiv2()
         self.kind, self.naming, self.top_k, self.threshold, self.dry_run = kind, naming, top_k, threshold, dry_run
         self.written = 0
+        self.failed = 0  # photos that could not take keywords (said on stderr)
         self.owners: dict[Path, str] = {}  # sidecar -> the photo it was written for in this run
 
     def labels_of(self, record) -> list[str]:
@@ -128,19 +129,28 @@ class TagWriter:
         ranked = record.top_k[: self.top_k]
         return [t["label"] for t in ranked if self.threshold is None or t["prob"] >= self.threshold]
 
-    def add(self, record) -> None:
+    def add(self, record, moved_to: str | os.PathLike | None = None) -> None:
+        """Tag the photo of `record`, where it is now (`moved_to` after a --sort-into move). A photo that cannot
+        take keywords (a format exiv2 cannot write, a damaged sidecar) is said and left; the run goes on."""
         if not hasattr(record, "label") or self.dry_run:  # a Skipped record: its file is left alone
             return
+        photo = str(moved_to or record.path)
         labels = self.labels_of(record)
-        if self.kind == "embedded":
-            self.written += write_keywords(record.path, labels, sidecar=False)
-            return
-        sidecar = sidecar_of(record.path, self.naming)
-        owner = self.owners.setdefault(sidecar.resolve(), record.path)
-        if owner != record.path:  # photo.jpg and photo.png share Lightroom's photo.xmp: never one over the other
-            log(f"note: no keywords for {record.path}: {owner} has them in {sidecar} (--sidecar beside keeps both)")
-            return
-        self.written += write_keywords(sidecar, labels)
+        try:
+            if self.kind == "embedded":
+                self.written += write_keywords(photo, labels, sidecar=False)
+                return
+            sidecar = sidecar_of(photo, self.naming)
+            owner = self.owners.setdefault(sidecar.resolve(), photo)
+            if owner != photo:  # photo.jpg and photo.png share Lightroom's photo.xmp: never one over the other
+                log(f"note: no keywords for {photo}: {owner} has them in {sidecar} (--sidecar beside keeps both)")
+                self.failed += 1
+                return
+            self.written += write_keywords(sidecar, labels)
+        except ZsclipError as exc:
+            self.failed += 1
+            hint = " (--write-tags xmp writes a sidecar instead)" if self.kind == "embedded" else ""
+            log(f"note: no keywords for {photo}: {exc}{hint}")
 
     def __enter__(self) -> TagWriter:
         return self

@@ -164,6 +164,29 @@ def raw_siblings(names: list[str]) -> set[str]:
     }
 
 
+def companions(photo: str) -> list[tuple[str, str]]:
+    """The files that belong with a photo and go where it goes: (path, name beside its new name, as a suffix
+    template "{stem}" / "{name}"): its XMP sidecars (NAME.EXT.xmp; NAME.xmp when no other photo shares the stem)
+    and, for a developed JPEG or HEIC, the RAW of the same stem it stands for."""
+    folder, name = os.path.split(photo)
+    stem, ext = os.path.splitext(name)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return []
+    found = []
+    if f"{name}.xmp" in names:
+        found.append((os.path.join(folder, f"{name}.xmp"), "{name}.xmp"))
+    same_stem = [n for n in names if os.path.splitext(n)[0] == stem and n != name]
+    others = [n for n in same_stem if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    raws = [n for n in others if os.path.splitext(n)[1].lower() in RAW_EXTENSIONS] if ext.lower() in DEVELOPED else []
+    for n in raws:
+        found.append((os.path.join(folder, n), "{stem}" + os.path.splitext(n)[1]))
+    if f"{stem}.xmp" in names and len(others) == len(raws):  # no photo stays behind that it could belong to
+        found.append((os.path.join(folder, f"{stem}.xmp"), "{stem}.xmp"))
+    return found
+
+
 def _walk_dir(root: str, recursive: bool, avoid: frozenset[tuple[int, int]] = frozenset()) -> Iterator[str]:
     seen: set[tuple[int, int]] = set(avoid)
     stack: list[Iterator[os.DirEntry]] = []

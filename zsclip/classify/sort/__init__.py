@@ -34,7 +34,7 @@ from zsclip.classify.sort.plan import (
 from zsclip.core.errors import ZsclipError, is_disk_full
 from zsclip.core.locks import Lock
 from zsclip.core.wording import plural
-from zsclip.pipeline.sources import Exclude
+from zsclip.pipeline.sources import Exclude, companions
 from zsclip.store.identity import FileIdentity
 
 if TYPE_CHECKING:  # classify imports torch; a sink must not
@@ -243,7 +243,20 @@ class Sorter:
                 raise ZsclipError(f"--sort-into: cannot {self.mode} {source} to {dest}: {exc}{full}") from exc
             raise
         self.manifest.tick()
+        if self.mode == "move":
+            self._carry(source, dest)
         return "placed"
+
+    def _carry(self, source: str, dest: Path) -> None:
+        """A moved photo's sidecars (and the RAW its JPEG stands for) go with it, named after its new name; one
+        that cannot is left where it was and said (never written over another file)."""
+        stem = os.path.splitext(dest.name)[0]
+        for path, template in companions(source):
+            target = dest.with_name(template.format(name=dest.name, stem=stem))
+            try:
+                placing.move(path, target)
+            except OSError as exc:
+                print(f"note: {path} stays (it goes with {source}, but: {exc})", file=sys.stderr)
 
     def close(self) -> None:
         """Flush the plan, or make the manifest durable and record that it was closed cleanly."""
