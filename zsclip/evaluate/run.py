@@ -168,8 +168,24 @@ def compare_templates(
     per_template: bool = False,
     read: ReadOptions | None = None,
 ) -> Comparison:
-    """Score every template set on the same image embeddings; text comes from the cache. `read`: the reading
-    options of an int8 label re-check (zsclip.classify.recheck)."""
+    """Score every template set on the same image embeddings (encoded once); text comes from the cache.
+
+    Args:
+        model: a loaded model (zsclip.load_model).
+        embedded: a data set's image embeddings (zsclip.evaluate.run.embed_dataset).
+        sets: template set names (default: every set in prompts/).
+        per_template: also score each template alone, and the greedy subset built from them.
+        read: the reading options of an int8 label re-check (zsclip.classify.recheck).
+
+    Returns:
+        A Comparison: one row per set (acc1, acc5, mean per-class recall), best first; per-template rows and the
+        greedy subset with `per_template`.
+
+    Examples:
+        >>> model = zsclip.load_model("shapes")
+        >>> data = zsclip.load_dataset("path/to/folder")
+        >>> rows = zsclip.compare_templates(model, embed_dataset(model, data), ["shapes", "photo"]).rows
+    """
     names = list(sets) if sets else [s.name for s in list_template_sets()]
     classnames = embedded.dataset.classnames
     default = resolve_dataset_templates("default", embedded.dataset, model)  # what 'default' is, as in eval
