@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from zsclip.shapes import Scene, render
+from zsclip.datasets.shapes import Scene, render
 from zsclip.video import write_video
 
 TIMELINE = [(1.0, 4.0, "red", "circle"), (5.0, 8.0, "blue", "square"), (9.0, 11.0, "green", "triangle")]

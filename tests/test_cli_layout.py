@@ -269,3 +269,46 @@ def test_the_callable_packages_show_the_functions_signature():
 
     assert list(inspect.signature(zsclip.classify).parameters)[:3] == ["model", "classifier", "paths"]
     assert list(inspect.signature(zsclip.evaluate).parameters)[:2] == ["model", "dataset"]
+
+
+def test_a_mistyped_command_is_told_the_close_one():
+    result = runner.invoke(app, ["clasify", "x"])
+    assert result.exit_code == 2 and "Did you mean 'classify'?" in result.stderr
+
+
+def test_the_documented_submodule_and_the_callable_packages_import_and_pickle():
+    import pickle
+
+    from zsclip.report import write_report
+
+    import zsclip
+
+    assert write_report is zsclip.evaluate.report.write_report
+    assert pickle.loads(pickle.dumps(zsclip.classify)) is zsclip.classify.classify
+    with pytest.raises(TypeError, match=r"evaluate\(\) got an unexpected keyword argument 'bogus'"):
+        zsclip.evaluate(None, "x", bogus=1)
+
+
+def test_ray_options_alone_do_not_choose_ray():
+    from zsclip.engines import reading
+    from zsclip.engines.ray import RayOptions
+
+    _, runtime = reading(None, None, {"ray": RayOptions(actors=1)})
+    assert runtime.engine == "local"
+    _, runtime = reading(None, None, {"engine": "ray"})
+    assert runtime.engine == "ray"
+
+
+def test_a_new_data_set_kind_says_its_own_splits(monkeypatch):
+    import zsclip.datasets as datasets
+
+    seen = []
+    monkeypatch.setitem(datasets.KINDS, "mine:", lambda name, root, classnames, split, task: seen.append(split))
+    datasets.load_dataset("mine:x", split="train")
+    assert seen == ["train"]
+
+
+def test_a_file_timeout_that_is_not_a_number_of_seconds_is_a_usage_error(tmp_path):
+    for value in ("nan", "inf", "0"):
+        result = runner.invoke(app, ["classify", str(tmp_path), "-c", "a,b", "--file-timeout", value])
+        assert result.exit_code == 2 and "--file-timeout" in result.stderr and "Traceback" not in result.output

@@ -18,6 +18,7 @@ FILES = [
     ROOT / "README.md",
     *sorted((ROOT / "bench").glob("*.py")),
     ROOT / "bench" / "README.md",
+    *sorted((ROOT / "examples").glob("*.py")),
 ]
 
 

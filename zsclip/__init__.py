@@ -14,6 +14,9 @@ Names are loaded on first use (PEP 562), so `import zsclip` and the CLI's `--hel
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -72,6 +75,25 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return __all__
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`import zsclip.report` (a documented submodule) finds the module where it lives now (zsclip.evaluate.report)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        short = fullname.removeprefix(f"{__name__}.")
+        if fullname.startswith(f"{__name__}.") and short in _SUBMODULES:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(f"{__name__}.{_SUBMODULES[spec.name.removeprefix(f'{__name__}.')]}")
+
+    def exec_module(self, module) -> None:
+        return None
+
+
+sys.meta_path.append(_Alias())
 
 
 if TYPE_CHECKING:

@@ -141,7 +141,7 @@ def classify(
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     k = check_options(classifier, top_k, threshold)
-    read, runtime = reading(read, runtime, read_fields)
+    read, runtime = reading(read, runtime, read_fields, "classify")
     sources = paths if _expanded(paths) else expand_sources(paths)
     recheck = recheck or Recheck(model, classifier, read)
     for batch in embed_stream(model, sources, read, runtime):

@@ -5,6 +5,7 @@ Light on purpose: this module and the root group import click, typer and zsclip.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import importlib
 import sys
@@ -112,6 +113,14 @@ class LazyGroup(Group):
             command = typer.main.get_command(single)
         command.name = name
         return command
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in self.commands_table:  # the suggestion click made
+            close = difflib.get_close_matches(name, list(self.commands_table), n=2, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         self._listing = True

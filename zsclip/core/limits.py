@@ -19,8 +19,8 @@ def check_limits(
         raise UsageError(f"--workers {workers}: must be 0 or more")
     if max_pixels is not None and max_pixels < 1:
         raise UsageError(f"--max-pixels {max_pixels}: must be at least 1")
-    if file_timeout is not None and file_timeout <= 0:
-        raise UsageError(f"--file-timeout {file_timeout:g}: must be more than 0 seconds")
+    if file_timeout is not None and not 0 < file_timeout < 10**6:  # nan and inf too: a timer cannot take them
+        raise UsageError(f"--file-timeout {file_timeout:g}: give a number of seconds above 0 (such as 60)")
 
 
 def check_ranking(top_k: int | None, threshold: float | None) -> None:

@@ -59,13 +59,9 @@ def load_dataset(
         >>> data.classnames, len(data.items)
     """
     kind = next((prefix for prefix in KINDS if name.startswith(prefix)), None)
-    if kind is None or not kind.startswith("wds"):
-        if split != "test":
-            raise UsageError(f"--split {split}: only wds:DIR and wds/NAME data sets have splits ({name} has test only)")
-        if task not in (None, "classification"):
-            raise UsageError(f"--task {task}: {name} is a classification data set")
-    if kind is not None:
+    if kind is not None:  # the kind's loader says which splits and tasks it has
         return KINDS[kind](name, root, classnames, split, task)
+    test_only(name, split, task)
     key = ALIASES.get(name, name)
     if key in NAMED:
         folder = named_folder(key, root)
@@ -93,7 +89,16 @@ def _wds(name: str, root: str | None, classnames: str | None, split: str, task: 
 
 
 def _csv(name: str, root: str | None, classnames: str | None, split: str, task: str | None) -> EvalDataset:
+    test_only(name, split, task)
     return csv_dataset(Path(name[len("csv:") :]).expanduser(), classnames)
+
+
+def test_only(name: str, split: str, task: str | None) -> None:
+    """The usage errors of a data set kind with one split of classification images (all but webdataset)."""
+    if split != "test":
+        raise UsageError(f"--split {split}: only wds:DIR and wds/NAME data sets have splits ({name} has test only)")
+    if task not in (None, "classification"):
+        raise UsageError(f"--task {task}: {name} is a classification data set")
 
 
 # Data set kinds by name prefix, each a loader (name, root, classnames, split, task) -> EvalDataset. A new kind is

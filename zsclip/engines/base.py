@@ -7,6 +7,7 @@ the store
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -69,14 +70,19 @@ class ReadOptions:
         return replace(self, **changes)
 
 
-def reading(read: ReadOptions | None, runtime: Runtime | None, fields: dict) -> tuple[ReadOptions, Runtime | None]:
+def reading(
+    read: ReadOptions | None, runtime: Runtime | None, fields: dict, caller: str = "the call"
+) -> tuple[ReadOptions, Runtime | None]:
     """The public API's shorthand, taken apart once at its edge: `classify(model, clf, "photos/", batch_size=16,
-    engine="ray", ray=RayOptions(...))` reads as `read=ReadOptions(batch_size=16), runtime=Runtime("ray", ...)`.
-    An unknown name is a TypeError, as for any keyword."""
+    engine="ray", ray=RayOptions(...))` reads as `read=ReadOptions(batch_size=16), runtime=Runtime("ray", ...)`
+    (`ray` alone configures Ray without choosing it, as before). An unknown name is a TypeError naming `caller`."""
     fields = dict(fields)
     engine, ray = fields.pop("engine", None), fields.pop("ray", None)
     if engine is not None or ray is not None:
-        runtime = Runtime(engine or "ray", ray)
+        runtime = Runtime(engine or (runtime.engine if runtime else "local"), ray)
+    unknown = [name for name in fields if name not in {f.name for f in dataclasses.fields(ReadOptions)}]
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
     read = read or ReadOptions()
     return (read.but(**fields) if fields else read), runtime
 

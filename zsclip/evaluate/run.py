@@ -138,7 +138,7 @@ def evaluate(
         >>> result = zsclip.evaluate(model, "shapes-test", templates="default", workers=0)
         >>> result.metrics["acc1"]
     """
-    read, runtime = reading(read, runtime, read_fields)
+    read, runtime = reading(read, runtime, read_fields, "evaluate")
     if task == "retrieval":
         return evaluate_retrieval(model, dataset, recall_k, read, runtime, on_batch=on_batch)
     if task != "classification":

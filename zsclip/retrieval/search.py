@@ -110,7 +110,7 @@ def index(
         >>> model = zsclip.load_model("shapes")
         >>> zsclip.index(model, "photos/").to_dict()
     """
-    read, runtime = reading(read, runtime, read_fields)
+    read, runtime = reading(read, runtime, read_fields, "index")
     if not read.store:
         raise UsageError("index keeps every vector in the image-embedding store: store=False does not apply")
     cache = cache or read.cache or Cache()
@@ -294,7 +294,7 @@ def search(
         >>> [hit.to_dict() for hit in zsclip.search(model, "a red circle", "photos/", top=5)]
     """
     check_search_options(top, threshold)
-    read, runtime = reading(read, runtime, read_fields)
+    read, runtime = reading(read, runtime, read_fields, "search")
     cache = cache or read.cache or Cache()
     exact = exact or read.exact  # the vectors searched are those index_first stores
     sources = _sources(paths) if paths is not None else None
