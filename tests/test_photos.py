@@ -558,3 +558,35 @@ def test_flat_pictures_are_no_ones_near_duplicates(tmp_path):
     Image.new("RGB", (300, 200), (90, 140, 220)).save(root / "sky.png")
     result = run("dupes", root, "-f", "json")
     assert result.exit_code == 0 and json.loads(result.stdout) == []
+
+
+def test_the_new_users_findings_on_dupes(tmp_path):
+    files = library(tmp_path / "lib")
+    result = run("dupes", tmp_path / "lib", "--move-into", tmp_path / "lib")
+    assert result.exit_code == 2 and "--move-into" in result.stderr and not (tmp_path / "lib" / "manifest.csv").exists()
+    (tmp_path / "afile").write_text("x")
+    result = run("dupes", tmp_path / "lib", "--move-into", tmp_path / "afile")
+    assert result.exit_code == 2 and "--move-into" in result.stderr and "--sort-into" not in result.stderr
+    dry = run("dupes", tmp_path / "lib", "--move-into", tmp_path / "m", "--dry-run", "-o", tmp_path / "d.csv")
+    assert dry.exit_code == 0 and (tmp_path / "d.csv").exists()
+    planned = [line for line in dry.stdout.splitlines() if str(files["a_small"]) in line]
+    assert len(planned) == 1  # a file in an exact and a near group is moved once
+    table = run("dupes", tmp_path / "lib", "-f", "table", "-o", tmp_path / "t.txt")
+    assert table.exit_code == 0 and "keep" in (tmp_path / "t.txt").read_text().splitlines()[0]
+    (tmp_path / "lib" / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    result = run("dupes", tmp_path / "lib", "--move-into", tmp_path / "m", "--report", tmp_path / "page")
+    assert result.exit_code == 0 and "dangling.jpg" in result.stderr
+    page = (tmp_path / "page" / "dupes.html").read_text()
+    assert "moved to" in page and (tmp_path / "m").as_uri() in page
+
+
+def test_a_folder_where_a_sidecar_goes_is_said_and_a_zoned_time_is_refused(tmp_path):
+    photos = shapes_photos(tmp_path / "p")
+    Path(f"{photos[1]}.xmp").mkdir()
+    result = run("classify", tmp_path / "p", "-c", CLASSES, *SHAPES, "-f", "jsonl", "--write-tags", "xmp")
+    assert result.exit_code == 0 and f"no keywords for {photos[1]}" in " ".join(result.stderr.split())
+    assert Path(f"{photos[2]}.xmp").is_file()
+    result = run("search", "x", tmp_path / "p", "-m", "shapes", "--taken-after", "2024-06-01T14:30Z")
+    assert result.exit_code == 2 and "time zone" in result.stderr
+    result = run("classify", tmp_path / "p", "-c", CLASSES, *SHAPES, "--sidecar", "lightroom")
+    assert result.exit_code == 2 and "--write-tags" in result.stderr

@@ -119,16 +119,21 @@ class Tags(Options):
         option(panel=OUTPUT, show_default=False, help="With --write-tags: only labels with at least this probability."),
     ] = None
     sidecar: Annotated[
-        str,
-        option(panel=OUTPUT, help="Sidecar names: beside (NAME.EXT.xmp: digiKam, darktable) or lightroom (NAME.xmp)."),
-    ] = "beside"
+        str | None,
+        option(
+            panel=OUTPUT,
+            show_default=False,
+            help="With --write-tags xmp: sidecar names beside (NAME.EXT.xmp: digiKam, darktable; the default) or "
+            "lightroom (NAME.xmp).",
+        ),
+    ] = None
 
     def writer(self, dry_run: bool):
         if self.write_tags is None:
-            if self.tags_top_k is not None or self.tags_threshold is not None:
-                raise UsageError("--tags-top-k and --tags-threshold need --write-tags xmp")
+            if self.tags_top_k is not None or self.tags_threshold is not None or self.sidecar is not None:
+                raise UsageError("--tags-top-k, --tags-threshold and --sidecar need --write-tags xmp")
             return None
-        return TagWriter(self.write_tags, self.sidecar, self.tags_top_k, self.tags_threshold, dry_run)
+        return TagWriter(self.write_tags, self.sidecar or "beside", self.tags_top_k, self.tags_threshold, dry_run)
 
 
 @dataclass

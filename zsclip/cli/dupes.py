@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated
@@ -54,8 +55,8 @@ def dupes_cmd(
         Path | None,
         option(
             panel=OUTPUT,
-            help="Move every file but the kept one into DIR/<group>/ (DIR/manifest.csv says where each came from; "
-            "nothing is deleted).",
+            help="Move every file but the kept ones into a folder per group under DIR (DIR/manifest.csv says where "
+            "each came from; nothing is deleted).",
         ),
     ] = None,
     resume: Annotated[bool, option("--resume", panel=OUTPUT, help="Continue a --move-into that was stopped.")] = False,
@@ -85,21 +86,30 @@ def dupes_cmd(
     sources = check_sources(paths, walk.recursive)
     sorter = _sorter(move_into, resume, dry_run, near_threshold, exact_only, sources)
     groups, skipped = _find(sources, walk.recursive, sorter, near_threshold, exact_only, limits, quiet.quiet)
-    if sorter is None or not dry_run:
+    if sorter is None or not dry_run or output is not None:  # a dry run's stdout is its plan
         _write(groups, fmt, output)
+    moved = _move(groups, sorter, quiet.quiet) if sorter is not None else {}
     if report is not None:
-        page = write_page(groups, report)
+        page = write_page(groups, report, moved=moved)
         if not quiet.quiet:
             progress.log(f"report written to {page}")
-    if sorter is not None:
-        with sorter:
-            for group in groups:
-                for record in (r for r in group if not r.keep):
-                    sorter.add(SimpleNamespace(path=record.path, label=_folder(record), prob=1.0, abstained=False))
-        for line in sorter.summary() if not quiet.quiet else []:
-            progress.log(line)
     if not quiet.quiet:
         _summary(groups, skipped)
+
+
+def _move(groups: list[list[DupeRecord]], sorter: Sorter, quiet: bool) -> dict[str, str]:
+    """All but the kept files into their group's folder, each once; returns where each went (not in a dry run)."""
+    moved: dict[str, str] = {}
+    with sorter:
+        for group in groups:
+            for record in group:
+                if record.keep or record.path in moved:  # a file in an exact and a near group moves once
+                    continue
+                place = sorter.add(SimpleNamespace(path=record.path, label=_folder(record), prob=1.0, abstained=False))
+                moved[record.path] = str(place) if place is not None and not sorter.dry_run else ""
+    for line in sorter.summary() if not quiet else []:
+        progress.log(line)
+    return {path: where for path, where in moved.items() if where}
 
 
 def _format(fmt: str | None, output: Path | None) -> str:
@@ -114,8 +124,17 @@ def _format(fmt: str | None, output: Path | None) -> str:
 def _sorter(move_into, resume: bool, dry_run: bool, near: int, exact_only: bool, sources) -> Sorter | None:
     if move_into is None:
         return None
+    target = os.path.realpath(move_into)
+    for path, explicit in sources:
+        if not explicit and os.path.realpath(path) == target:
+            raise UsageError(f"--move-into {move_into}: that is the folder searched; give another (or a subfolder)")
     settings = {"dupes": "exact" if exact_only else f"near<={near}"}
-    return Sorter(move_into, "move", dry_run=dry_run, resume=resume, settings=settings, plan=results(), sources=sources)
+    try:
+        return Sorter(
+            move_into, "move", dry_run=dry_run, resume=resume, settings=settings, plan=results(), sources=sources
+        )
+    except ZsclipError as exc:  # the sorter's checks say --sort-into, the option of classify
+        raise type(exc)(str(exc).replace("--sort-into", "--move-into")) from None
 
 
 def _find(sources, recursive: bool, sorter, near: int, exact_only: bool, limits: Limits, quiet: bool):
@@ -144,7 +163,7 @@ def _folder(record: DupeRecord) -> str:
 
 def _write(groups: list[list[DupeRecord]], fmt: str, output: Path | None) -> None:
     records = [r.to_dict() for group in groups for r in group]
-    if fmt == "table" and output is None:
+    if fmt == "table":
         rows = [
             [
                 str(r["group"]),
@@ -157,7 +176,12 @@ def _write(groups: list[list[DupeRecord]], fmt: str, output: Path | None) -> Non
             ]
             for r in records
         ]
-        print_table(None, ["group", "tier", "path", "pixels", "bytes", "keep", "why"], rows, right=False)
+        columns = ["group", "tier", "path", "pixels", "bytes", "keep", "why"]
+        if output is None:
+            print_table(None, columns, rows, right=False)
+            return
+        with atomic.atomic_open(output, "w", encoding="utf-8") as f:
+            table_to(f, columns, rows)
         return
     text = io.StringIO()
     if fmt == "csv":
@@ -183,3 +207,17 @@ def _summary(groups: list[list[DupeRecord]], skipped: list) -> None:
     if skipped:
         line += f"; skipped {plural(len(skipped), 'unreadable file')}"
     progress.log(line)
+
+
+def table_to(stream, columns: list[str], rows: list[list[str]]) -> None:
+    """The table for people, into a file: every column whole (no terminal to fit)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    width = sum(max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)) + 30
+    Console(file=stream, highlight=False, soft_wrap=False, width=width).print(table)

@@ -70,7 +70,8 @@ def candidates(sources: list[tuple[str, bool]], recursive: bool = True, exclude:
     seen: dict[str, None] = {}
     for path, explicit in walk(sources, recursive, exclude=exclude):
         if explicit or has_image_extension(path) or looks_like_image(path):
-            seen.setdefault(os.path.realpath(path), None)
+            real = os.path.realpath(path)
+            seen.setdefault(real if os.path.exists(real) else os.path.abspath(path), None)  # a dangling link: itself
     return list(seen)
 
 

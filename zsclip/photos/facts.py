@@ -86,8 +86,8 @@ def read_facts(path: str, hashes: bool, max_pixels: int | None = DEFAULT_MAX_PIX
         with open_image(path) as im:
             check_pixels(im.size, max_pixels)
             capture = capture_of(im)
-            if capture == Capture() and is_raw(path):  # a bitmap preview carries no EXIF: the RAW's own header
-                capture = raw_capture(path)
+            if is_raw(path) and None in (capture.taken, capture.camera):  # a preview may carry little EXIF
+                capture = _merged(capture, raw_capture(path))
             size = upright_size(im)  # before a draft decode shrinks it
             phash = center = digest = None
             flat = False
@@ -107,6 +107,12 @@ def read_facts(path: str, hashes: bool, max_pixels: int | None = DEFAULT_MAX_PIX
     except Exception as exc:  # what decode_image turns into skip reasons
         raise SkipFile(f"cannot decode: {' '.join(str(exc).split()) or type(exc).__name__}") from None
     return Facts(path, os.path.getsize(path), size[0], size[1], capture, digest, phash, center, flat)
+
+
+def _merged(first: Capture, second: Capture) -> Capture:
+    return Capture(
+        first.taken or second.taken, first.make or second.make, first.model or second.model, first.gps or second.gps
+    )
 
 
 def raw_capture(path: str) -> Capture:
@@ -143,7 +149,12 @@ class FactsTable:
 
     def __init__(self, cache: Cache):
         self.cache = cache
-        self.cache.conn.executescript(SCHEMA)
+        conn = self.cache.conn
+        conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(photo_facts)")}
+        if "flat" not in columns:  # a table made before flat pictures were told apart: read them as not flat
+            with conn:
+                conn.execute("ALTER TABLE photo_facts ADD COLUMN flat INTEGER")
 
     def get(self, paths: list[str]) -> dict[str, tuple]:
         rows = {}

@@ -67,9 +67,12 @@ def iso_when(text: str, option: str) -> str:
     try:
         if len(value) == 10:
             return dt.date.fromisoformat(value).isoformat()
-        return dt.datetime.fromisoformat(value).replace(tzinfo=None).isoformat(timespec="seconds")
+        when = dt.datetime.fromisoformat(value)
     except ValueError:
         raise UsageError(f"{option} {text}: give an ISO date such as 2024-06-01 or 2024-06-01T14:30") from None
+    if when.tzinfo is not None or when.microsecond:  # EXIF times are the camera clock's, to the second, no zone
+        raise UsageError(f"{option} {text}: give the camera's local time to the second, with no time zone")
+    return when.isoformat(timespec="seconds")
 
 
 def allowed_rows(paths: list[str], rows: np.ndarray, where: PhotoFilter, cache: Cache) -> np.ndarray:

@@ -32,19 +32,26 @@ figcaption{font-size:12px;word-break:break-all} .badge{font-weight:bold}
 """
 
 
-def write_page(groups: list[list[DupeRecord]], directory: str | os.PathLike, title: str = "zsclip dupes") -> Path:
-    """Write DIR/dupes.html (and its thumbnails); returns the page's path."""
+def write_page(
+    groups: list[list[DupeRecord]],
+    directory: str | os.PathLike,
+    title: str = "zsclip dupes",
+    moved: dict[str, str] | None = None,
+) -> Path:
+    """Write DIR/dupes.html (and its thumbnails); returns the page's path. `moved`: where --move-into put files
+    (the page links and shows them there)."""
+    moved = moved or {}
     root = Path(directory)
     thumbs = root / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
     page = root / "dupes.html"
-    sections = [_section(group, thumbs, root) for group in groups]
-    files = sum(len(g) for g in groups)
-    extra = sum(len(g) - 1 for g in groups)
+    sections = [_section(group, thumbs, root, moved) for group in groups]
+    files = {r.path for g in groups for r in g}
+    kept = {r.path for g in groups for r in g if r.keep}
     tiers = {t: sum(1 for g in groups if g[0].tier == t) for t in ("exact", "near")}
     summary = (
         f"{plural(len(groups), 'group')} ({tiers['exact']} exact, {tiers['near']} near) of "
-        f"{plural(files, 'file')}: {plural(extra, 'file')} could go, one per group is kept."
+        f"{plural(len(files), 'file')}: {plural(len(kept), 'file')} kept, {plural(len(files - kept), 'file')} could go."
     )
     body = f"<h1>{html.escape(title)}</h1><p class=summary>{html.escape(summary)}</p>{''.join(sections)}"
     if not groups:
@@ -55,27 +62,28 @@ def write_page(groups: list[list[DupeRecord]], directory: str | os.PathLike, tit
     return page
 
 
-def _section(group: list[DupeRecord], thumbs: Path, root: Path) -> str:
+def _section(group: list[DupeRecord], thumbs: Path, root: Path, moved: dict[str, str]) -> str:
     first = group[0]
     tier = "same content" if first.tier == "exact" else "near duplicates"
-    figures = "".join(_figure(r, thumbs, root) for r in group)
+    figures = "".join(_figure(r, thumbs, root, moved.get(r.path)) for r in group)
     return (
         f"<section id=g{first.group}><h2>Group {first.group} <span class=tier>{tier}, "
         f"{plural(len(group), 'file')}</span></h2><div class=row>{figures}</div></section>"
     )
 
 
-def _figure(record: DupeRecord, thumbs: Path, root: Path) -> str:
-    name = _thumbnail(record.path, thumbs)
+def _figure(record: DupeRecord, thumbs: Path, root: Path, now: str | None = None) -> str:
+    where = now or record.path
+    name = _thumbnail(where, thumbs)
     src = f"thumbs/{name}" if name else ""
-    href = Path(record.path).resolve().as_uri()
+    href = Path(where).resolve().as_uri()
     badge = "keep" if record.keep else "duplicate"
     image = f"<img src='{html.escape(src)}' alt='' loading=lazy>" if src else "<img alt='(no preview)'>"
     return (
         f"<figure class={'keep' if record.keep else 'move'}><a href='{html.escape(href)}'>{image}</a>"
         f"<figcaption><span class=badge>{badge}</span> {html.escape(os.path.basename(record.path))}<br>"
         f"{record.width}x{record.height}, {record.size:,} bytes<br>{html.escape(record.why)}<br>"
-        f"<small>{html.escape(os.path.dirname(record.path))}</small></figcaption></figure>"
+        f"<small>{html.escape(('moved to ' if now else '') + os.path.dirname(where))}</small></figcaption></figure>"
     )
 
 

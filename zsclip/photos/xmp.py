@@ -37,6 +37,7 @@ def require_exiv2():
     except ImportError:
         raise UsageError("--write-tags needs the photos extra: pip install 'zsclip[photos]'") from None
     pyexiv2.registerNs(NAMESPACE, ROOT)
+    pyexiv2.set_log_level(4)  # exiv2's own warnings are not for users: a sidecar it cannot read is said once here
     return pyexiv2
 
 
@@ -147,7 +148,7 @@ class TagWriter:
                 self.failed += 1
                 return
             self.written += write_keywords(sidecar, labels)
-        except ZsclipError as exc:
+        except (ZsclipError, OSError) as exc:  # a damaged sidecar, a folder in its place, a read-only folder
             self.failed += 1
             hint = " (--write-tags xmp writes a sidecar instead)" if self.kind == "embedded" else ""
             log(f"note: no keywords for {photo}: {exc}{hint}")

@@ -28,7 +28,10 @@ _SEARCH = {
     "top": "1-500 (24)",
     "offset": "for the next page (0)",
 }
-_TOKEN = "with a non-loopback --host: ?token=, the X-Zsclip-Token header or the cookie the page sets"
+_TOKEN = (
+    "every request (loopback too, unless --no-token): the header `Authorization: token T`, or the cookie the page "
+    "sets after /?token=T"
+)
 
 OPENAPI = {
     "openapi": "3.1.0",
@@ -42,6 +45,10 @@ OPENAPI = {
                 "like": "an indexed image's path (more like this)",
                 "top": "1-500 (24)",
                 "offset": "for the next page (0)",
+                "taken_after": "only photos taken on or after this ISO date or time (EXIF)",
+                "taken_before": "only photos taken before this ISO date or time",
+                "camera": "only photos from this camera (make or model, any part, any case)",
+                "has_gps": "true: only photos with a GPS position; false: only those without",
             },
             '{"results": [{"path": ..., "score": ...}], "images": N}',
         ),

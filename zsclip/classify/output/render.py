@@ -188,12 +188,17 @@ class TableWriter(Writer):
         labels = [p.label for p in self.rows]
         ranked = [", ".join(f"{t['label']} {t['prob']:.2f}" for t in p.top_k) for p in self.rows]
         extra = self.extra
+        cells = {
+            name: [str(p.extra.get(name) if p.extra.get(name) is not None else "") for p in self.rows] for name in extra
+        }
+        extra_w = sum(max([len(name), *map(len, cells[name])]) + 3 for name in extra)  # each column and its rule
         console = Console(file=self.stream, highlight=False, soft_wrap=False)
-        widths = self._widths(paths, labels, ranked, console.width if console.is_terminal else None)
+        width = console.width - extra_w if console.is_terminal else None
+        widths = self._widths(paths, labels, ranked, width)
         path_w, label_w, topk_w = widths
         under = display_path(root + os.sep) if root else ""
         if not console.is_terminal:  # a pipe or a file: no width to fit, so nothing is cut or wrapped
-            width = max(sum(widths) + 5 + 11, len(under) + 6)
+            width = max(sum(widths) + 5 + 11 + extra_w, len(under) + 6)
             console = Console(file=self.stream, highlight=False, soft_wrap=False, width=width)
         title = escape(f"under {shorten_left(under, console.width - 6)}") if root else None
         table = Table(show_edge=False, header_style="bold", title=title, title_justify="left", title_style="dim")
@@ -202,10 +207,10 @@ class TableWriter(Writer):
         table.add_column("prob", justify="right", no_wrap=True, width=5)
         table.add_column("top-k", no_wrap=True, overflow="ellipsis", width=topk_w)
         for name in extra:
-            table.add_column(name, no_wrap=True)
+            table.add_column(name, no_wrap=True, min_width=max([len(name), *map(len, cells[name])]))
         for p, path, rank in zip(self.rows, paths, ranked, strict=True):
             label = f"[dim]{escape(p.label)}[/dim]" if p.abstained else escape(p.label)
-            more = [escape(str(p.extra.get(name) if p.extra.get(name) is not None else "")) for name in extra]
+            more = [escape(_cell(p.extra.get(name))) for name in extra]
             table.add_row(escape(shorten_left(path, path_w)), label, f"{p.prob:.3f}", escape(rank), *more)
         console.print(table)
         super().close()
@@ -222,6 +227,10 @@ class TableWriter(Writer):
         topk_w = min(topk_w, max(self.MIN_TOP_K, room - path_w))
         path_w = max(self.MIN_PATH, min(path_w, room - topk_w))
         return path_w, label_w, topk_w
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
 
 
 def common_root(paths: list[str]) -> str:
