@@ -254,10 +254,10 @@ def _search_store(clip, q, sources, hits: Hits, approximate: bool, quiet: bool, 
         if indexed.new + indexed.changed:
             progress.log(f"indexed {plural(indexed.new + indexed.changed, 'new or changed image')} first")
         if indexed.skipped:  # one line, not every file again on every search: `zsclip index` lists them
-            where, n = " ".join(p for p, _ in sources), len(indexed.skipped)
+            folders, n = " ".join(p for p, _ in sources), len(indexed.skipped)
             progress.log(
-                f"{plural(n, 'file')} under {where} could not be read and {'is' if n == 1 else 'are'} "
-                f"not searched (zsclip index {where} lists them)"
+                f"{plural(n, 'file')} under {folders} could not be read and {'is' if n == 1 else 'are'} "
+                f"not searched (zsclip index {folders} lists them)"
             )
     return search(
         clip,
