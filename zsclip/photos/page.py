@@ -4,9 +4,7 @@ killed run leaves the previous page or none."""
 
 from __future__ import annotations
 
-import hashlib
 import html
-import io
 import os
 from pathlib import Path
 from urllib.parse import quote
@@ -14,9 +12,8 @@ from urllib.parse import quote
 from zsclip.core import atomic
 from zsclip.core.wording import plural
 from zsclip.photos.dupes import DupeRecord
-from zsclip.pipeline.images import SkipFile, check_file, open_image, to_rgb, upright
-
-THUMB = 220
+from zsclip.pipeline.images import SkipFile
+from zsclip.pipeline.thumbs import target_of, thumbnail
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
@@ -88,25 +85,12 @@ def _figure(record: DupeRecord, thumbs: Path, root: Path, now: str | None = None
 
 
 def _thumbnail(path: str, folder: Path) -> str | None:
-    """The thumbnail's file name in `folder` (made once per file identity), or None when it cannot be made."""
+    """The thumbnail's file name in `folder` (made once per file identity, zsclip.pipeline.thumbs), or None when it
+    cannot be made."""
     try:
-        st = os.stat(path)
-        key = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{THUMB}"
-        name = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".webp"
-        target = folder / name
-        if target.exists():
-            return quote(name)
-        check_file(path)
-        with open_image(path) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (THUMB, THUMB))
-            im.load()
-            small = to_rgb(upright(im))
-            small.thumbnail((THUMB, THUMB))
-        data = io.BytesIO()
-        small.save(data, "WEBP", quality=80)
-        with atomic.atomic_open(target, "wb") as f:
-            f.write(data.getvalue())
-        return quote(name)
-    except (OSError, SkipFile, ValueError, SyntaxError):
+        target = target_of(path, folder)
+        if not target.exists():
+            thumbnail(path, folder)
+        return quote(target.name)
+    except (OSError, SkipFile):
         return None

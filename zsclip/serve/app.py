@@ -33,9 +33,9 @@ from zsclip.classify.sort import Sorter
 from zsclip.core.errors import UsageError, ZsclipError
 from zsclip.photos.filters import PhotoFilter
 from zsclip.pipeline.images import SkipFile
+from zsclip.pipeline.thumbs import thumbnail
 from zsclip.serve.guard import Guard, Refused, contained
 from zsclip.serve.openapi import OPENAPI
-from zsclip.serve.thumbs import thumbnail
 
 if TYPE_CHECKING:
     from zsclip.serve.library import Library

@@ -36,7 +36,7 @@ _WARNED: set[str] = set()  # cache directories warned about in this process
 PARTS = {
     "onnx": "ONNX exports",  # zsclip.backends.exports
     "search": "search snapshots",  # zsclip.store.snapshots
-    "thumbs": "serve thumbnails",  # zsclip.serve.thumbs
+    "thumbs": "serve thumbnails",  # zsclip.pipeline.thumbs
     "datasets": "downloaded data sets",  # zsclip.datasets.named
 }
 DERIVED = ("onnx", "search", "thumbs")  # what `cache clear` removes with the vectors; data sets are inputs

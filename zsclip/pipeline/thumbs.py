@@ -1,6 +1,6 @@
-"""Thumbnails for `zsclip serve`: WebP, made once, kept in the cache under the file's identity (real path, size,
-mtime, ctime, inode), so an edited or replaced file gets a new one; EXIF rotation applied; the same pixel limit
-and decode timeout as every other read."""
+"""Thumbnails (`zsclip serve`'s page, `zsclip dupes --report`): WebP, made once, kept in the cache under the file's
+identity (real path, size, mtime, ctime, inode), so an edited or replaced file gets a new one; EXIF rotation applied;
+the same pixel limit and decode timeout as every other read."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ SIZE = 320
 
 def thumbnail(path: str, folder: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
     """The WebP thumbnail of the image at `path` (a real path), made if missing; SkipFile if it cannot be read."""
-    st = os.stat(path)
-    key = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{SIZE}"
-    target = folder / f"{hashlib.sha256(key.encode('utf-8', 'surrogateescape')).hexdigest()}.webp"
+    target = target_of(path, folder)
     try:
         return target.read_bytes()
     except OSError:
@@ -29,6 +27,13 @@ def thumbnail(path: str, folder: Path, max_pixels: int | None = DEFAULT_MAX_PIXE
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_bytes(target, data)
     return data
+
+
+def target_of(path: str, folder: Path) -> Path:
+    """Where the thumbnail of the file at `path`, as it is now, lives in `folder` (OSError if it is gone)."""
+    st = os.stat(path)
+    key = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{SIZE}"
+    return folder / f"{hashlib.sha256(key.encode('utf-8', 'surrogateescape')).hexdigest()}.webp"
 
 
 def make(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
