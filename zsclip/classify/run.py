@@ -23,8 +23,9 @@ from zsclip.core.errors import ZsclipError, is_disk_full
 from zsclip.core.wording import all_skipped, plural
 from zsclip.engines import ReadOptions, Runtime
 from zsclip.models import ClipModel
-from zsclip.photos.facts import facts_of
+from zsclip.photos.facts import FactsTable, facts_of
 from zsclip.pipeline.sources import Exclude, count_candidates
+from zsclip.store.cache import Cache
 from zsclip.zeroshot.classifier import Classifier
 
 
@@ -83,6 +84,7 @@ def run(
     fmt, output = plan.fmt, plan.output
     settings = output_settings(clip, clf, fmt, top_k, threshold, read.exact, exif)
     columns = EXIF_COLUMNS if exif else ()
+    facts = FactsTable(read.cache or Cache()) if exif else None  # opened once, asked per record
     with contextlib.ExitStack() as stack:
         out_file = OutputFile(output, fmt, settings, plan.resume, inputs=inputs, run=made_of) if output else None
         if out_file and out_file.done:
@@ -122,7 +124,7 @@ def run(
                 elif record.path not in written:  # sorted only now, but in --output already
                     counts.done += 1
                     if exif:
-                        record.extra.update(_exif_columns(record.path, read.cache))
+                        record.extra.update(_exif_columns(record.path, facts))
                     if writer:
                         writer.write(record)
                     if out_file:
@@ -165,9 +167,9 @@ def run(
     return counts
 
 
-def _exif_columns(path: str, cache) -> dict:
+def _exif_columns(path: str, table: FactsTable) -> dict:
     """taken, camera and gps of one photo (EXIF, kept in the cache by zsclip.photos.facts)."""
-    facts, _ = facts_of([path], cache)
+    facts, _ = facts_of([path], table)
     found = facts.get(os.path.abspath(path))
     return found.to_dict() if found else {"taken": None, "camera": None, "gps": None}
 

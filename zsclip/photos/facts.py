@@ -9,6 +9,7 @@ hash needs no more), read the first time something asks for them (`zsclip dupes`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -198,7 +199,7 @@ def _from_row(row: tuple) -> Facts:
 
 def facts_of(
     paths: Iterable[str],
-    cache: Cache | None = None,
+    cache: Cache | FactsTable | None = None,
     *,
     hashes: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -207,8 +208,8 @@ def facts_of(
 ) -> tuple[dict[str, Facts], list[tuple[str, str]]]:
     """The facts of every file (absolute paths), from the cache where the file is unchanged (and, with `hashes`,
     hashed already), else read (in threads: decoding releases the GIL) and kept. Returns (facts by path, skipped
-    (path, reason))."""
-    table = FactsTable(cache or Cache())
+    (path, reason)). `cache` may be a FactsTable already open (a caller asking file by file)."""
+    table = cache if isinstance(cache, FactsTable) else FactsTable(cache or Cache())
     paths = [os.path.abspath(p) for p in paths]
     known = table.get(paths)
     found: dict[str, Facts] = {}
@@ -238,8 +239,9 @@ def facts_of(
             return path, key, None, str(exc)
 
     fresh: list[tuple[Facts, tuple]] = []
-    with ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1)) as pool:
-        for path, key, facts, reason in pool.map(read, todo):
+    workers = min(threads or 4, os.cpu_count() or 1, len(todo))
+    with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for path, key, facts, reason in pool.map(read, todo) if pool else map(read, todo):
             if facts is None:
                 skipped.append((path, reason or "cannot read it"))
             else:
