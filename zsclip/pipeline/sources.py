@@ -4,6 +4,7 @@ can refuse a path with no images before torch loads."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -164,27 +165,35 @@ def raw_siblings(names: list[str]) -> set[str]:
     }
 
 
-def companions(photo: str) -> list[tuple[str, str]]:
+def by_stem(folder: str) -> dict[str, list[str]]:
+    """A folder's entries by stem ('IMG_1.CR2' and 'IMG_1.jpg' under 'IMG_1', 'IMG_1.jpg.xmp' under 'IMG_1.jpg'):
+    what `companions` looks in, listed once for every photo of the folder."""
+    index: dict[str, list[str]] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder or "."):
+            index.setdefault(os.path.splitext(name)[0], []).append(name)
+    return index
+
+
+def companions(photo: str, index: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
     """The files that belong with a photo and go where it goes: (path, name beside its new name, as a suffix
     template "{stem}" / "{name}"): its XMP sidecars (NAME.EXT.xmp; NAME.xmp when no other photo shares the stem)
-    and, for a developed JPEG or HEIC, the RAW of the same stem it stands for."""
+    and, for a developed JPEG or HEIC, the RAW of the same stem it stands for. `index`: its folder's by_stem (one
+    listing for many photos; an entry gone since is left out)."""
     folder, name = os.path.split(photo)
     stem, ext = os.path.splitext(name)
-    try:
-        names = os.listdir(folder or ".")
-    except OSError:
-        return []
+    index = by_stem(folder) if index is None else index
     found = []
-    if f"{name}.xmp" in names:
+    if f"{name}.xmp" in index.get(name, ()):
         found.append((os.path.join(folder, f"{name}.xmp"), "{name}.xmp"))
-    same_stem = [n for n in names if os.path.splitext(n)[0] == stem and n != name]
+    same_stem = [n for n in index.get(stem, ()) if n != name]
     others = [n for n in same_stem if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
     raws = [n for n in others if os.path.splitext(n)[1].lower() in RAW_EXTENSIONS] if ext.lower() in DEVELOPED else []
     for n in raws:
         found.append((os.path.join(folder, n), "{stem}" + os.path.splitext(n)[1]))
-    if f"{stem}.xmp" in names and len(others) == len(raws):  # no photo stays behind that it could belong to
+    if f"{stem}.xmp" in index.get(stem, ()) and len(others) == len(raws):  # no photo stays that it could belong to
         found.append((os.path.join(folder, f"{stem}.xmp"), "{stem}.xmp"))
-    return found
+    return [(path, template) for path, template in found if os.path.lexists(path)]
 
 
 def _walk_dir(root: str, recursive: bool, avoid: frozenset[tuple[int, int]] = frozenset()) -> Iterator[str]:

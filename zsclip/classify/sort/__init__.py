@@ -34,7 +34,7 @@ from zsclip.classify.sort.plan import (
 from zsclip.core.errors import ZsclipError, is_disk_full
 from zsclip.core.locks import Lock
 from zsclip.core.wording import plural
-from zsclip.pipeline.sources import Exclude, companions
+from zsclip.pipeline.sources import Exclude, by_stem, companions
 from zsclip.store.identity import FileIdentity
 
 if TYPE_CHECKING:  # classify imports torch; a sink must not
@@ -115,6 +115,7 @@ class Sorter:
         self.skipped = 0  # Skipped records seen (their files are not moved)
         self.missing: list[str] = []  # sources gone between classification and sorting
         self._claimed: set[str] = set()  # destinations planned by a dry run (which writes nothing)
+        self._listings: dict[str, dict[str, list[str]]] = {}  # the source folder last moved from, by stem
         self._lock = Lock(self.root / LOCK, f"--sort-into {self.root}")
         if not dry_run:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -251,7 +252,10 @@ class Sorter:
         """A moved photo's sidecars (and the RAW its JPEG stands for) go with it, named after its new name; one
         that cannot is left where it was and said (never written over another file)."""
         stem = os.path.splitext(dest.name)[0]
-        for path, template in companions(source):
+        folder = os.path.dirname(source)
+        if folder not in self._listings:  # one listing per source folder, not one per photo moved out of it
+            self._listings = {folder: by_stem(folder)}
+        for path, template in companions(source, self._listings[folder]):
             target = dest.with_name(template.format(name=dest.name, stem=stem))
             try:
                 placing.move(path, target)
