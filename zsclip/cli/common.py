@@ -98,17 +98,22 @@ def build_with_progress(clip, names, templates, cache, show: bool, quiet: bool =
     return clf
 
 
-def print_table(title: str | None, columns: list[str], rows: list[list[str]], right: bool = True) -> None:
-    """A rich table on stdout (the human format of results)."""
+def print_table(title: str | None, columns: list[str], rows: list[list[str]], right: bool = True, file=None) -> None:
+    """A rich table on stdout (the human format of results), or into `file` with every column whole (no terminal
+    width to fit)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(show_edge=False, header_style="bold", title=title)
     for i, col in enumerate(columns):
-        table.add_column(col, justify="right" if right and i else "left")
+        table.add_column(col, justify="right" if right and i else "left", no_wrap=file is not None)
     for row in rows:
         table.add_row(*row)
-    Console(file=results(), highlight=False).print(table)
+    if file is None:
+        Console(file=results(), highlight=False).print(table)
+        return
+    width = sum(max([len(c), *(len(r[i]) for r in rows)]) + 3 for i, c in enumerate(columns))
+    Console(file=file, highlight=False, soft_wrap=False, width=width).print(table)
 
 
 def fitted_classifier(path, clip, quiet: bool):

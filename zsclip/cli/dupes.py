@@ -181,7 +181,7 @@ def _write(groups: list[list[DupeRecord]], fmt: str, output: Path | None) -> Non
             print_table(None, columns, rows, right=False)
             return
         with atomic.atomic_open(output, "w", encoding="utf-8") as f:
-            table_to(f, columns, rows)
+            print_table(None, columns, rows, right=False, file=f)
         return
     text = io.StringIO()
     if fmt == "csv":
@@ -207,17 +207,3 @@ def _summary(groups: list[list[DupeRecord]], skipped: list) -> None:
     if skipped:
         line += f"; skipped {plural(len(skipped), 'unreadable file')}"
     progress.log(line)
-
-
-def table_to(stream, columns: list[str], rows: list[list[str]]) -> None:
-    """The table for people, into a file: every column whole (no terminal to fit)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    width = sum(max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)) + 30
-    Console(file=stream, highlight=False, soft_wrap=False, width=width).print(table)
