@@ -11,6 +11,7 @@ sidecar or the new one, whole."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -31,6 +32,7 @@ EMPTY_PACKET = (
 )
 
 
+@functools.cache  # once per process: the namespace and log level hold for every later write
 def require_exiv2():
     try:
         import pyexiv2  # the photos extra
